@@ -1,0 +1,105 @@
+//! Step conditions: `skip` conditions decide before a step runs, `check` conditions after.
+//! The comparison of rendered values is pure and lives here; rendering is the engine's.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub kind: ConditionKind,
+    /// All must hold (AND).
+    #[serde(rename = "if")]
+    pub asserts: Vec<Assert>,
+    /// Step name (or `this`) → state to set when the condition holds.
+    pub then: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Stop evaluating later conditions once this one held.
+    #[serde(default)]
+    pub r#final: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConditionKind {
+    Skip,
+    Check,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Assert {
+    pub value: String,
+    pub operator: Operator,
+    #[serde(default)]
+    pub expected: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub list_separator: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Operator {
+    Eq,
+    Ne,
+    Gt,
+    Lt,
+    Ge,
+    Le,
+    Regexp,
+    Notregexp,
+    In,
+    Notin,
+}
+
+impl Operator {
+    /// Compares a rendered `value` with a rendered `expected`.
+    /// GT/LT/GE/LE compare numbers; IN/NOTIN look for `value` in the `expected` list.
+    pub fn holds(self, value: &str, expected: &str, separator: Option<&str>) -> Result<bool, String> {
+        let num = |s: &str, what: &str| {
+            s.trim().parse::<f64>().map_err(|_| format!("{what} {s:?} is not a number"))
+        };
+        Ok(match self {
+            Operator::Eq => value == expected,
+            Operator::Ne => value != expected,
+            Operator::Gt => num(value, "value")? > num(expected, "expected")?,
+            Operator::Lt => num(value, "value")? < num(expected, "expected")?,
+            Operator::Ge => num(value, "value")? >= num(expected, "expected")?,
+            Operator::Le => num(value, "value")? <= num(expected, "expected")?,
+            Operator::Regexp | Operator::Notregexp => {
+                let re = regex::Regex::new(expected).map_err(|e| format!("invalid regex {expected:?}: {e}"))?;
+                re.is_match(value) == (self == Operator::Regexp)
+            }
+            Operator::In | Operator::Notin => {
+                let sep = separator.unwrap_or(",");
+                let found = expected.split(sep).any(|item| item.trim() == value.trim());
+                found == (self == Operator::In)
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operators() {
+        use Operator::*;
+        assert!(Eq.holds("a", "a", None).unwrap());
+        assert!(Ne.holds("a", "b", None).unwrap());
+        assert!(Gt.holds("10", "9", None).unwrap());
+        assert!(!Lt.holds("10", "9", None).unwrap());
+        assert!(Ge.holds("1.5", "1.5", None).unwrap());
+        assert!(Le.holds("-1", "0", None).unwrap());
+        assert!(Gt.holds("x", "1", None).is_err());
+        assert!(Regexp.holds("refs/heads/main", "^refs/heads/", None).unwrap());
+        assert!(Notregexp.holds("v1", "^refs/", None).unwrap());
+        assert!(Regexp.holds("a", "(", None).is_err());
+        assert!(In.holds("b", "a, b ,c", None).unwrap());
+        assert!(Notin.holds("d", "a|b", Some("|")).unwrap());
+    }
+}

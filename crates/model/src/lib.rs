@@ -1,0 +1,18 @@
+//! The domain of taskhook as plain data and pure functions: templates, inputs,
+//! steps, task and step states, and the rules that validate them.
+//!
+//! Architecture invariant: this crate does no I/O and knows nothing of storage,
+//! HTTP or the runtime; everything here tests in microseconds.
+
+pub mod condition;
+pub mod duration;
+pub mod input;
+pub mod state;
+pub mod template;
+pub mod validate;
+
+pub use condition::{Assert, Condition, ConditionKind, Operator};
+pub use input::{InputSpec, InputType, InputError};
+pub use state::{StepState, TaskState, TransitionError};
+pub use template::{Action, Dependency, ForeachStrategy, OutputStrategy, RetryPattern, Step, Template, Variable, Function};
+pub use validate::{Catalog, TemplateError, ValidationError};

@@ -1,0 +1,299 @@
+//! The template document: what a task is made of. Parsed from YAML or JSON with
+//! unknown fields rejected; [`crate::validate`] checks the rules that serde cannot.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::condition::Condition;
+use crate::input::InputSpec;
+
+/// A declarative process definition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Template {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub long_description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub doc_link: Option<String>,
+    /// Templated title of each task, rendered at creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title_format: Option<String>,
+    /// Templated result of each task, rendered when it reaches DONE.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_format: Option<Value>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<InputSpec>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resolver_inputs: Vec<InputSpec>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub variables: Vec<Variable>,
+    #[serde(default)]
+    pub steps: BTreeMap<String, Step>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub base_configurations: BTreeMap<String, Value>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+    /// Tasks start at once; otherwise they wait in TODO for a resolver.
+    #[serde(default)]
+    pub auto_runnable: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_resolver_usernames: Vec<String>,
+    #[serde(default)]
+    pub allow_all_resolver_usernames: bool,
+    /// No task can be created from a blocked template.
+    #[serde(default)]
+    pub blocked: bool,
+    /// Not listed unless asked for.
+    #[serde(default)]
+    pub hidden: bool,
+    /// How many runs a task may take before it is BLOCKED (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_max: Option<u32>,
+}
+
+pub const DEFAULT_RETRY_MAX: u32 = 100;
+pub const DEFAULT_STEP_MAX_RETRIES: u32 = 10_000;
+
+impl Template {
+    pub fn retry_max(&self) -> u32 {
+        self.retry_max.unwrap_or(DEFAULT_RETRY_MAX)
+    }
+}
+
+/// A named value available to templating as `{{ var.<name> }}`. Its value is itself templated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Variable {
+    pub name: String,
+    pub value: Value,
+}
+
+/// A node of the task's graph.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    #[serde(default)]
+    pub description: String,
+    pub action: Action,
+    /// An action run before the main one on every attempt; its result is `{{ pre_hook.output }}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_hook: Option<Action>,
+    /// `step`, `step:STATE1,STATE2` or `step:ANY`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dependencies: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub custom_states: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Templated expression yielding a list; the step runs once per item as `{{ iterator }}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub foreach: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub foreach_strategy: Option<ForeachStrategy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_pattern: Option<RetryPattern>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+    /// Safe to run again after a crash interrupted it.
+    #[serde(default)]
+    pub idempotent: bool,
+    /// JSON Schema the step's output must satisfy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json_schema: Option<Value>,
+    /// Longest one attempt may take, e.g. `30s`, `5m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// Named resources this step holds while it runs (server-wide limits).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resources: Vec<String>,
+}
+
+impl Step {
+    pub fn max_retries(&self) -> u32 {
+        self.max_retries.unwrap_or(DEFAULT_STEP_MAX_RETRIES)
+    }
+
+    pub fn parsed_dependencies(&self) -> Vec<Dependency> {
+        self.dependencies.iter().map(|d| Dependency::parse(d)).collect()
+    }
+}
+
+/// What a step does: an action type, its configuration, and how its output is shaped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Action {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_configuration: Option<String>,
+    #[serde(default = "empty_object", skip_serializing_if = "Value::is_null")]
+    pub configuration: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<OutputSpec>,
+}
+
+fn empty_object() -> Value {
+    Value::Object(Default::default())
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSpec {
+    pub strategy: OutputStrategy,
+    pub format: Value,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputStrategy {
+    /// The templated `format` object is merged into the action's output.
+    Merge,
+    /// The templated `format` replaces the action's output.
+    Template,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ForeachStrategy {
+    #[default]
+    Parallel,
+    Sequence,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RetryPattern {
+    #[default]
+    Seconds,
+    Minutes,
+    Hours,
+}
+
+impl RetryPattern {
+    /// Delay before attempt `tries + 1`, in milliseconds, before jitter.
+    /// seconds: 10 s ×1.25 per try up to 10 min; minutes: 1.6 min per try up to 30 min;
+    /// hours: 1 h + 10 min per further try up to 3 h.
+    pub fn delay_ms(self, tries: u32) -> u64 {
+        let t = tries.max(1) as f64;
+        let ms = match self {
+            RetryPattern::Seconds => (10_000.0 * 1.25f64.powf(t - 1.0)).min(600_000.0),
+            RetryPattern::Minutes => (96_000.0 * t).min(1_800_000.0),
+            RetryPattern::Hours => (3_600_000.0 + 600_000.0 * (t - 1.0)).min(10_800_000.0),
+        };
+        ms as u64
+    }
+}
+
+/// One entry of `dependencies`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dependency {
+    pub step: String,
+    pub states: DependencyStates,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DependencyStates {
+    /// Satisfied once the step and its ancestors are final, whatever the state, PRUNE included.
+    Any,
+    /// Satisfied when the step is in one of these states (default: DONE).
+    OneOf(Vec<String>),
+}
+
+impl Dependency {
+    pub fn parse(s: &str) -> Dependency {
+        match s.split_once(':') {
+            None => Dependency { step: s.trim().to_string(), states: DependencyStates::OneOf(vec!["DONE".into()]) },
+            Some((step, states)) => {
+                let states = states.trim();
+                let states = if states == "ANY" {
+                    DependencyStates::Any
+                } else {
+                    DependencyStates::OneOf(states.split(',').map(|s| s.trim().to_string()).collect())
+                };
+                Dependency { step: step.trim().to_string(), states }
+            }
+        }
+    }
+}
+
+/// A reusable named action with arguments: a step whose `action.type` names a function runs
+/// the function's action with the step's configuration available as `{{ function_args.x }}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Function {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub action: Action,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_hook: Option<Action>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub custom_states: Vec<String>,
+}
+
+/// Error from reading a template or function document.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct ParseError {
+    pub message: String,
+}
+
+/// Parses a YAML or JSON document (JSON is valid YAML, but serde_json gives better JSON errors).
+pub fn parse_document<T: for<'de> Deserialize<'de>>(text: &str) -> Result<T, ParseError> {
+    let trimmed = text.trim_start();
+    if trimmed.starts_with('{') {
+        serde_json::from_str(text).map_err(|e| ParseError { message: e.to_string() })
+    } else {
+        serde_saphyr::from_str(text).map_err(|e| ParseError { message: e.to_string() })
+    }
+}
+
+impl Template {
+    pub fn parse(text: &str) -> Result<Template, ParseError> {
+        parse_document(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dependency_syntax() {
+        assert_eq!(Dependency::parse("a"), Dependency { step: "a".into(), states: DependencyStates::OneOf(vec!["DONE".into()]) });
+        assert_eq!(Dependency::parse("a:ANY").states, DependencyStates::Any);
+        assert_eq!(
+            Dependency::parse("a:DONE, FOO").states,
+            DependencyStates::OneOf(vec!["DONE".into(), "FOO".into()])
+        );
+    }
+
+    #[test]
+    fn retry_delays_grow_and_are_capped() {
+        assert_eq!(RetryPattern::Seconds.delay_ms(1), 10_000);
+        assert_eq!(RetryPattern::Seconds.delay_ms(2), 12_500);
+        assert_eq!(RetryPattern::Seconds.delay_ms(100), 600_000);
+        assert_eq!(RetryPattern::Minutes.delay_ms(1), 96_000);
+        assert_eq!(RetryPattern::Minutes.delay_ms(1000), 1_800_000);
+        assert_eq!(RetryPattern::Hours.delay_ms(1), 3_600_000);
+        assert_eq!(RetryPattern::Hours.delay_ms(100), 10_800_000);
+    }
+
+    #[test]
+    fn yaml_and_json_parse_and_unknown_fields_fail() {
+        let y = "name: t\nsteps:\n  a:\n    action:\n      type: echo\n      configuration: {output: 1}\n";
+        let t = Template::parse(y).unwrap();
+        assert_eq!(t.steps["a"].action.kind, "echo");
+        let j = r#"{"name":"t","steps":{"a":{"action":{"type":"echo"}}}}"#;
+        assert_eq!(Template::parse(j).unwrap().steps.len(), 1);
+        let err = Template::parse("name: t\nstepz: {}\n").unwrap_err();
+        assert!(err.message.contains("stepz"), "{}", err.message);
+    }
+}

@@ -1,0 +1,503 @@
+//! Load-time validation of templates: every rule serde cannot express, each error
+//! naming where it is (`steps.<name>.<field>`). Knowledge of actions and of the
+//! templating language comes in through [`Catalog`], so this module stays pure.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::Value;
+
+use crate::state::StepState;
+use crate::template::{Action, DependencyStates, Step, Template};
+
+/// One problem in a template, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ValidationError {
+    /// Dotted path of the offending field, e.g. `steps.fetch.dependencies[0]`.
+    pub field: String,
+    pub message: String,
+}
+
+/// All problems found in one template.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.errors.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; "))]
+pub struct TemplateError {
+    pub errors: Vec<ValidationError>,
+}
+
+/// What validation needs to know from the rest of the system.
+pub trait Catalog {
+    /// Checks that an action type exists and its (merged) configuration is valid.
+    /// `Err((field inside configuration, message))`.
+    fn check_action(&self, kind: &str, config: &Value) -> Result<(), (String, String)>;
+    /// Parses a templated string; returns the dotted variable paths it reads
+    /// (e.g. `step.fetch.output.id`, `input.name`), or a syntax error.
+    fn template_references(&self, text: &str) -> Result<Vec<String>, String>;
+}
+
+/// Names of the root variables templates may read.
+const ROOTS: [&str; 10] =
+    ["input", "resolver_input", "step", "task", "var", "iterator", "pre_hook", "function_args", "config", "secret"];
+
+const LIMIT_STEPS: usize = 500;
+
+struct Ctx<'a> {
+    t: &'a Template,
+    catalog: &'a dyn Catalog,
+    errors: Vec<ValidationError>,
+}
+
+impl Ctx<'_> {
+    fn err(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(ValidationError { field: field.into(), message: message.into() });
+    }
+}
+
+fn valid_name(s: &str, max: usize) -> bool {
+    !s.is_empty() && s.len() <= max && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+/// Validates a template; returns every problem found, not only the first.
+pub fn validate_template(t: &Template, catalog: &dyn Catalog) -> Result<(), TemplateError> {
+    let mut cx = Ctx { t, catalog, errors: Vec::new() };
+    if !valid_name(&t.name, 128) {
+        cx.err("name", "must be 1-128 characters among letters, digits, '_', '-' and '.'");
+    }
+    if t.steps.is_empty() {
+        cx.err("steps", "a template needs at least one step");
+    }
+    if t.steps.len() > LIMIT_STEPS {
+        cx.err("steps", format!("at most {LIMIT_STEPS} steps"));
+    }
+    if t.auto_runnable && !t.resolver_inputs.is_empty() {
+        cx.err("resolver_inputs", "cannot be used with auto_runnable: nobody resolves an auto-runnable task");
+    }
+    let mut seen = BTreeSet::new();
+    for (i, input) in t.inputs.iter().enumerate() {
+        if let Err(e) = input.check_spec() {
+            cx.err(format!("inputs[{i}]"), e);
+        }
+        if !seen.insert(&input.name) {
+            cx.err(format!("inputs[{i}].name"), format!("duplicate input {:?}", input.name));
+        }
+    }
+    let mut seen = BTreeSet::new();
+    for (i, input) in t.resolver_inputs.iter().enumerate() {
+        if let Err(e) = input.check_spec() {
+            cx.err(format!("resolver_inputs[{i}]"), e);
+        }
+        if !seen.insert(&input.name) {
+            cx.err(format!("resolver_inputs[{i}].name"), format!("duplicate input {:?}", input.name));
+        }
+    }
+    let mut seen = BTreeSet::new();
+    for (i, var) in t.variables.iter().enumerate() {
+        if !valid_name(&var.name, 128) || var.name.contains('.') {
+            cx.err(format!("variables[{i}].name"), "use letters, digits, '_' and '-'");
+        }
+        if !seen.insert(&var.name) {
+            cx.err(format!("variables[{i}].name"), format!("duplicate variable {:?}", var.name));
+        }
+        check_templates_in(&mut cx, &format!("variables[{i}].value"), &var.value, None);
+    }
+    if let Some(title) = &t.title_format {
+        check_template_text(&mut cx, "title_format", title, None);
+    }
+    if let Some(result) = &t.result_format {
+        check_templates_in(&mut cx, "result_format", result, None);
+    }
+    for (name, step) in &t.steps {
+        check_step(&mut cx, name, step);
+    }
+    check_cycles(&mut cx);
+    if cx.errors.is_empty() { Ok(()) } else { Err(TemplateError { errors: cx.errors }) }
+}
+
+fn check_step(cx: &mut Ctx<'_>, name: &str, step: &Step) {
+    let at = |f: &str| format!("steps.{name}.{f}");
+    if name == "this" || !valid_name(name, 128) || name.contains('.') {
+        cx.err(format!("steps.{name}"), "step names use letters, digits, '_' and '-', and 'this' is reserved");
+    }
+    check_action(cx, &at("action"), &step.action, Some(name));
+    if let Some(pre) = &step.pre_hook {
+        check_action(cx, &at("pre_hook"), pre, Some(name));
+    }
+    let mut customs = BTreeSet::new();
+    for s in &step.custom_states {
+        if StepState::is_builtin_name(s) || s == "ANY" {
+            cx.err(at("custom_states"), format!("{s:?} is a builtin state"));
+        } else if !customs.insert(s) {
+            cx.err(at("custom_states"), format!("{s:?} is listed twice"));
+        }
+    }
+    let mut dep_targets = BTreeSet::new();
+    for (i, dep) in step.parsed_dependencies().iter().enumerate() {
+        let f = at(&format!("dependencies[{i}]"));
+        let Some(target) = cx.t.steps.get(&dep.step) else {
+            cx.err(f, format!("unknown step {:?}", dep.step));
+            continue;
+        };
+        if dep.step == name {
+            cx.err(f, "a step cannot depend on itself");
+            continue;
+        }
+        if !dep_targets.insert(dep.step.clone()) {
+            cx.err(f.clone(), format!("{:?} is listed twice", dep.step));
+        }
+        if let DependencyStates::OneOf(states) = &dep.states {
+            for s in states {
+                let ok = s == "DONE" || target.custom_states.contains(s);
+                if !ok {
+                    cx.err(f.clone(), format!("state {s:?} is neither DONE, ANY, nor a custom state of {:?}", dep.step));
+                }
+            }
+        }
+    }
+    for (i, cond) in step.conditions.iter().enumerate() {
+        let f = at(&format!("conditions[{i}]"));
+        if cond.asserts.is_empty() {
+            cx.err(format!("{f}.if"), "a condition needs at least one assertion");
+        }
+        for (j, a) in cond.asserts.iter().enumerate() {
+            check_template_text(cx, &format!("{f}.if[{j}].value"), &a.value, Some(name));
+            check_template_text(cx, &format!("{f}.if[{j}].expected"), &a.expected, Some(name));
+            if matches!(a.operator, crate::Operator::Regexp | crate::Operator::Notregexp)
+                && !a.expected.contains("{{")
+                && let Err(e) = regex::Regex::new(&a.expected)
+            {
+                cx.err(format!("{f}.if[{j}].expected"), format!("invalid regex: {e}"));
+            }
+        }
+        if cond.then.is_empty() {
+            cx.err(format!("{f}.then"), "a condition must set at least one state");
+        }
+        for (target, state) in &cond.then {
+            let target_step = if target == "this" { Some(step) } else { cx.t.steps.get(target) };
+            let Some(target_step) = target_step else {
+                cx.err(format!("{f}.then"), format!("unknown step {target:?}"));
+                continue;
+            };
+            let allowed = ["DONE", "PRUNE", "TO_RETRY", "RETRY_NOW", "FATAL_ERROR", "CLIENT_ERROR"];
+            if !allowed.contains(&state.as_str()) && !target_step.custom_states.contains(state) {
+                cx.err(
+                    format!("{f}.then.{target}"),
+                    format!("state {state:?} is not one of {} nor a custom state of the step", allowed.join(", ")),
+                );
+            }
+        }
+        if let Some(m) = &cond.message {
+            check_template_text(cx, &format!("{f}.message"), m, Some(name));
+        }
+    }
+    match (&step.foreach, &step.foreach_strategy) {
+        (None, Some(_)) => cx.err(at("foreach_strategy"), "only allowed with foreach"),
+        (Some(fe), _) => check_template_text(cx, &at("foreach"), fe, Some(name)),
+        _ => {}
+    }
+    if let Some(schema) = &step.json_schema
+        && let Err(e) = jsonschema::validator_for(schema)
+    {
+        cx.err(at("json_schema"), format!("invalid JSON Schema: {e}"));
+    }
+    if let Some(t) = &step.timeout {
+        match crate::duration::parse_duration_str(t) {
+            Ok(d) if d.is_zero() => cx.err(at("timeout"), "must be more than zero"),
+            Ok(_) => {}
+            Err(e) => cx.err(at("timeout"), e),
+        }
+    }
+    for (i, r) in step.resources.iter().enumerate() {
+        if !valid_name(r, 128) {
+            cx.err(at(&format!("resources[{i}]")), "resource names use letters, digits, '_', '-' and '.'");
+        }
+    }
+}
+
+fn check_action(cx: &mut Ctx<'_>, field: &str, action: &Action, step: Option<&str>) {
+    let mut config = action.configuration.clone();
+    if !config.is_object() {
+        cx.err(format!("{field}.configuration"), "must be an object");
+        return;
+    }
+    if let Some(base) = &action.base_configuration {
+        match cx.t.base_configurations.get(base) {
+            None => {
+                cx.err(format!("{field}.base_configuration"), format!("unknown base configuration {base:?}"));
+                return;
+            }
+            Some(b) => config = merge_configuration(b, &config),
+        }
+    }
+    if let Err((f, m)) = cx.catalog.check_action(&action.kind, &config) {
+        let path = if f.is_empty() { format!("{field}.type") } else { format!("{field}.configuration.{f}") };
+        let path = if m.starts_with("unknown action") { format!("{field}.type") } else { path };
+        cx.err(path, m);
+    }
+    check_templates_in(cx, &format!("{field}.configuration"), &config, step);
+    if let Some(out) = &action.output {
+        check_templates_in(cx, &format!("{field}.output.format"), &out.format, step);
+    }
+}
+
+/// `base` overlaid with `config`: objects merge key by key, anything else is replaced.
+pub fn merge_configuration(base: &Value, config: &Value) -> Value {
+    match (base, config) {
+        (Value::Object(b), Value::Object(c)) => {
+            let mut out = b.clone();
+            for (k, v) in c {
+                let merged = match out.get(k) {
+                    Some(existing) => merge_configuration(existing, v),
+                    None => v.clone(),
+                };
+                out.insert(k.clone(), merged);
+            }
+            Value::Object(out)
+        }
+        (_, c) => c.clone(),
+    }
+}
+
+fn check_templates_in(cx: &mut Ctx<'_>, field: &str, v: &Value, step: Option<&str>) {
+    match v {
+        Value::String(s) => check_template_text(cx, field, s, step),
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                check_templates_in(cx, &format!("{field}[{i}]"), item, step);
+            }
+        }
+        Value::Object(m) => {
+            for (k, item) in m {
+                check_templates_in(cx, &format!("{field}.{k}"), item, step);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Syntax and references: `step.X` must name a step, `input.X` a declared input, and so on.
+fn check_template_text(cx: &mut Ctx<'_>, field: &str, text: &str, step: Option<&str>) {
+    if !text.contains("{{") && !text.contains("{%") {
+        return;
+    }
+    let refs = match cx.catalog.template_references(text) {
+        Ok(r) => r,
+        Err(e) => {
+            cx.err(field, format!("templating error: {e}"));
+            return;
+        }
+    };
+    for r in refs {
+        let mut parts = r.split('.');
+        let root = parts.next().unwrap_or_default();
+        let second = parts.next();
+        if !ROOTS.contains(&root) {
+            // Names bound inside the template itself ({% set %}, loop variables) are fine;
+            // minijinja only reports free variables, so anything else is a typo.
+            cx.err(field, format!("unknown variable {root:?}; templates read {}", ROOTS.join(", ")));
+            continue;
+        }
+        let Some(second) = second else { continue };
+        match root {
+            "step" if second != "this" && !cx.t.steps.contains_key(second) => {
+                cx.err(field, format!("{r:?} refers to unknown step {second:?}"))
+            }
+            "step" if second == "this" && step.is_none() => {
+                cx.err(field, "step.this is only defined inside a step")
+            }
+            "input" if !cx.t.inputs.iter().any(|i| i.name == second) => {
+                cx.err(field, format!("{r:?} refers to undeclared input {second:?}"))
+            }
+            "resolver_input" if !cx.t.resolver_inputs.iter().any(|i| i.name == second) => {
+                cx.err(field, format!("{r:?} refers to undeclared resolver input {second:?}"))
+            }
+            "var" if !cx.t.variables.iter().any(|v| v.name == second) => {
+                cx.err(field, format!("{r:?} refers to undeclared variable {second:?}"))
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Rejects dependency cycles, naming one step on each.
+fn check_cycles(cx: &mut Ctx<'_>) {
+    let graph: BTreeMap<&str, Vec<String>> = cx
+        .t
+        .steps
+        .iter()
+        .map(|(n, s)| (n.as_str(), s.parsed_dependencies().into_iter().map(|d| d.step).collect()))
+        .collect();
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        Active,
+        Done,
+    }
+    let mut marks: BTreeMap<&str, Mark> = graph.keys().map(|k| (*k, Mark::New)).collect();
+    let mut cycles = Vec::new();
+    fn visit<'a>(
+        n: &'a str,
+        graph: &'a BTreeMap<&str, Vec<String>>,
+        marks: &mut BTreeMap<&'a str, Mark>,
+        path: &mut Vec<&'a str>,
+        cycles: &mut Vec<String>,
+    ) {
+        match marks.get(n) {
+            Some(Mark::Done) | None => return,
+            Some(Mark::Active) => {
+                let start = path.iter().position(|p| *p == n).unwrap_or(0);
+                let mut cyc: Vec<&str> = path[start..].to_vec();
+                cyc.push(n);
+                cycles.push(cyc.join(" -> "));
+                return;
+            }
+            Some(Mark::New) => {}
+        }
+        marks.insert(n, Mark::Active);
+        path.push(n);
+        for d in &graph[n] {
+            if let Some((k, _)) = graph.get_key_value(d.as_str()) {
+                visit(k, graph, marks, path, cycles);
+            }
+        }
+        path.pop();
+        marks.insert(n, Mark::Done);
+    }
+    for n in graph.keys() {
+        visit(n, &graph, &mut marks, &mut Vec::new(), &mut cycles);
+    }
+    for c in cycles {
+        let first = c.split(" -> ").next().unwrap_or_default().to_string();
+        cx.err(format!("steps.{first}.dependencies"), format!("dependency cycle: {c}"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A catalog that knows `echo` (any config) and reads `{{ a.b.c }}` references by hand.
+    struct TestCatalog;
+    impl Catalog for TestCatalog {
+        fn check_action(&self, kind: &str, config: &Value) -> Result<(), (String, String)> {
+            match kind {
+                "echo" => Ok(()),
+                "http" if config.get("url").is_none() => Err(("url".into(), "missing field `url`".into())),
+                "http" => Ok(()),
+                _ => Err((String::new(), format!("unknown action type {kind:?}"))),
+            }
+        }
+        fn template_references(&self, text: &str) -> Result<Vec<String>, String> {
+            let mut out = Vec::new();
+            let mut rest = text;
+            while let Some(i) = rest.find("{{") {
+                let end = rest[i..].find("}}").ok_or("unclosed {{")? + i;
+                out.push(rest[i + 2..end].trim().split(['|', ' ']).next().unwrap().to_string());
+                rest = &rest[end + 2..];
+            }
+            Ok(out)
+        }
+    }
+
+    fn errors(yaml: &str) -> Vec<String> {
+        let t = Template::parse(yaml).unwrap();
+        match validate_template(&t, &TestCatalog) {
+            Ok(()) => vec![],
+            Err(e) => e.errors.into_iter().map(|e| format!("{}: {}", e.field, e.message)).collect(),
+        }
+    }
+
+    #[test]
+    fn a_good_template_passes() {
+        let y = r#"
+name: hello
+inputs: [{name: who}]
+variables: [{name: greeting, value: "hello {{ input.who }}"}]
+steps:
+  a:
+    action: {type: echo, configuration: {output: "{{ var.greeting }}"}}
+  b:
+    dependencies: ["a"]
+    custom_states: [SKIPPED]
+    action: {type: http, configuration: {url: "http://x/{{ step.a.output }}"}}
+  c:
+    dependencies: ["b:SKIPPED,DONE", "a:ANY"]
+    conditions:
+      - type: skip
+        if: [{value: "{{ step.b.output.x }}", operator: REGEXP, expected: "^a"}]
+        then: {this: PRUNE}
+    action: {type: echo}
+"#;
+        assert_eq!(errors(y), Vec::<String>::new());
+    }
+
+    #[test]
+    fn each_error_names_its_step_and_field() {
+        let y = r#"
+name: bad name!
+steps:
+  a:
+    dependencies: [nope, "b:WEIRD"]
+    custom_states: [DONE]
+    action: {type: teleport}
+  b:
+    foreach_strategy: sequence
+    timeout: 10 parsecs
+    json_schema: {type: 12}
+    action: {type: http, configuration: {}}
+    conditions:
+      - type: check
+        if: [{value: "{{ step.zzz.output }}", operator: REGEXP, expected: "("}]
+        then: {this: RUNNING}
+  c:
+    action: {type: echo, configuration: {output: "{{ input.missing }} {{ nonsense }}"}}
+"#;
+        let got = errors(y);
+        let expect = [
+            "name: must be",
+            "steps.a.action.type: unknown action type \"teleport\"",
+            "steps.a.custom_states: \"DONE\" is a builtin state",
+            "steps.a.dependencies[0]: unknown step \"nope\"",
+            "steps.a.dependencies[1]: state \"WEIRD\" is neither DONE",
+            "steps.b.action.configuration.url: missing field `url`",
+            "steps.b.conditions[0].if[0].value: \"step.zzz.output\" refers to unknown step \"zzz\"",
+            "steps.b.conditions[0].if[0].expected: invalid regex",
+            "steps.b.conditions[0].then.this: state \"RUNNING\"",
+            "steps.b.foreach_strategy: only allowed with foreach",
+            "steps.b.json_schema: invalid JSON Schema",
+            "steps.b.timeout: invalid duration",
+            "steps.c.action.configuration.output: \"input.missing\" refers to undeclared input",
+            "steps.c.action.configuration.output: unknown variable \"nonsense\"",
+        ];
+        for e in expect {
+            assert!(got.iter().any(|g| g.starts_with(e)), "missing {e:?} in {got:#?}");
+        }
+        assert_eq!(got.len(), expect.len(), "{got:#?}");
+    }
+
+    #[test]
+    fn cycles_are_found() {
+        let y = r#"
+name: cyc
+steps:
+  a: {dependencies: [c], action: {type: echo}}
+  b: {dependencies: [a], action: {type: echo}}
+  c: {dependencies: [b], action: {type: echo}}
+  d: {action: {type: echo}}
+"#;
+        let got = errors(y);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(got[0].contains("dependency cycle: a -> c -> b -> a"), "{got:?}");
+    }
+
+    #[test]
+    fn base_configuration_merges_and_must_exist() {
+        let y = r#"
+name: base
+base_configurations:
+  api: {url: "http://x"}
+steps:
+  a: {action: {type: http, base_configuration: api, configuration: {method: POST}}}
+  b: {action: {type: http, base_configuration: nope}}
+"#;
+        assert_eq!(errors(y), vec!["steps.b.action.base_configuration: unknown base configuration \"nope\"".to_string()]);
+    }
+}
