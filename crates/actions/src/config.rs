@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use serde::de::{self, DeserializeOwned, Deserializer};
 use serde::Deserialize;
+use serde::de::{self, DeserializeOwned, Deserializer};
 use serde_json::{Map, Value};
 
 use crate::duration::kind;
@@ -22,7 +22,11 @@ pub(crate) enum Stage {
 
 /// `prefix.key`, or `key` when the prefix is empty.
 pub(crate) fn join(prefix: &str, key: &str) -> String {
-    if prefix.is_empty() { key.to_string() } else { format!("{prefix}.{key}") }
+    if prefix.is_empty() {
+        key.to_string()
+    } else {
+        format!("{prefix}.{key}")
+    }
 }
 
 /// An optional field: `None` when absent or `null` (serde reads both as "not set").
@@ -55,7 +59,10 @@ impl Check {
         match v {
             Value::Object(m) => Ok(Some(m)),
             _ if self.deferred(v) => Ok(None),
-            other => Err(ConfigError::new(field, format!("expected an object, got {}", kind(other)))),
+            other => Err(ConfigError::new(
+                field,
+                format!("expected an object, got {}", kind(other)),
+            )),
         }
     }
 
@@ -77,7 +84,10 @@ impl Check {
         }
         for key in required {
             if !map.contains_key(*key) {
-                return Err(ConfigError::new(join(prefix, key), "missing required field"));
+                return Err(ConfigError::new(
+                    join(prefix, key),
+                    "missing required field",
+                ));
             }
         }
         Ok(())
@@ -88,7 +98,10 @@ impl Check {
         match v {
             _ if self.deferred(v) => Ok(None),
             Value::String(s) => Ok(Some(s)),
-            other => Err(ConfigError::new(field, format!("expected a string, got {}", kind(other)))),
+            other => Err(ConfigError::new(
+                field,
+                format!("expected a string, got {}", kind(other)),
+            )),
         }
     }
 
@@ -97,7 +110,10 @@ impl Check {
             Value::Bool(_) => Ok(()),
             _ if self.deferred(v) => Ok(()),
             Value::String(s) if self.stage == Stage::Run && parse_bool(s).is_some() => Ok(()),
-            other => Err(ConfigError::new(field, format!("expected a boolean, got {}", kind(other)))),
+            other => Err(ConfigError::new(
+                field,
+                format!("expected a boolean, got {}", kind(other)),
+            )),
         }
     }
 
@@ -123,7 +139,9 @@ impl Check {
         if self.deferred(v) {
             return Ok(None);
         }
-        parse_duration(v).map(Some).map_err(|e| ConfigError::new(field, e))
+        parse_duration(v)
+            .map(Some)
+            .map_err(|e| ConfigError::new(field, e))
     }
 
     /// An object whose values are all strings (or templates).
@@ -132,7 +150,9 @@ impl Check {
         field: &str,
         v: &'a Value,
     ) -> Result<Option<&'a Map<String, Value>>, ConfigError> {
-        let Some(map) = self.object(field, v)? else { return Ok(None) };
+        let Some(map) = self.object(field, v)? else {
+            return Ok(None);
+        };
         for (key, value) in map {
             self.string(&join(field, key), value)?;
         }
@@ -149,7 +169,10 @@ impl Check {
                 Ok(())
             }
             _ if self.deferred(v) => Ok(()),
-            other => Err(ConfigError::new(field, format!("expected an array of strings, got {}", kind(other)))),
+            other => Err(ConfigError::new(
+                field,
+                format!("expected an array of strings, got {}", kind(other)),
+            )),
         }
     }
 
@@ -189,14 +212,20 @@ pub(crate) fn parse<T: DeserializeOwned>(
                 Err(e) => describe(&e),
                 Ok(()) => serde_error.to_string(),
             };
-            Err(ActionError::fatal(format!("invalid {action} configuration: {message}")))
+            Err(ActionError::fatal(format!(
+                "invalid {action} configuration: {message}"
+            )))
         }
     }
 }
 
 /// `field: message`, or just the message for the whole configuration.
 pub(crate) fn describe(e: &ConfigError) -> String {
-    if e.field.is_empty() { e.message.clone() } else { format!("{}: {}", e.field, e.message) }
+    if e.field.is_empty() {
+        e.message.clone()
+    } else {
+        format!("{}: {}", e.field, e.message)
+    }
 }
 
 fn parse_bool(s: &str) -> Option<bool> {
@@ -216,7 +245,10 @@ pub(crate) fn de_opt_bool<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool
         Value::String(s) => parse_bool(&s)
             .map(Some)
             .ok_or_else(|| de::Error::custom(format!("expected a boolean, got {s:?}"))),
-        other => Err(de::Error::custom(format!("expected a boolean, got {}", kind(&other)))),
+        other => Err(de::Error::custom(format!(
+            "expected a boolean, got {}",
+            kind(&other)
+        ))),
     }
 }
 
@@ -231,7 +263,10 @@ pub(crate) fn de_opt_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>,
     };
     match n {
         Some(n) => Ok(Some(n)),
-        None => Err(de::Error::custom(format!("expected a non-negative integer, got {}", kind(&v)))),
+        None => Err(de::Error::custom(format!(
+            "expected a non-negative integer, got {}",
+            kind(&v)
+        ))),
     }
 }
 

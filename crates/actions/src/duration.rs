@@ -31,7 +31,9 @@ pub fn parse_duration(value: &Value) -> Result<Duration, String> {
 
 fn from_secs_f64(secs: f64) -> Result<Duration, String> {
     if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("invalid duration {secs}: must be a non-negative number of seconds"));
+        return Err(format!(
+            "invalid duration {secs}: must be a non-negative number of seconds"
+        ));
     }
     Duration::try_from_secs_f64(secs).map_err(|_| format!("duration {secs}s is too large"))
 }
@@ -46,13 +48,17 @@ fn parse_str(input: &str) -> Result<Duration, String> {
     let mut total: u128 = 0;
     let mut first = true;
     while !rest.is_empty() {
-        let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let num_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
         if num_end == 0 {
             return Err(bad("expected a number before each unit"));
         }
         let number = &rest[..num_end];
         rest = rest[num_end..].trim_start();
-        let unit_end = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
         let unit = rest[..unit_end].trim_end();
         rest = &rest[unit_end..];
         let unit_nanos: u128 = match unit {
@@ -65,9 +71,14 @@ fn parse_str(input: &str) -> Result<Duration, String> {
             "m" => 60 * NANOS_PER_SEC,
             "h" => 3_600 * NANOS_PER_SEC,
             "d" => 86_400 * NANOS_PER_SEC,
-            other => return Err(bad(&format!("unknown unit {other:?} (use ms, s, m, h or d)"))),
+            other => {
+                return Err(bad(&format!(
+                    "unknown unit {other:?} (use ms, s, m, h or d)"
+                )));
+            }
         };
-        let part = scaled(number, unit_nanos).ok_or_else(|| bad("not a valid number or too large"))?;
+        let part =
+            scaled(number, unit_nanos).ok_or_else(|| bad("not a valid number or too large"))?;
         total = total.checked_add(part).ok_or_else(|| bad("too large"))?;
         first = false;
     }

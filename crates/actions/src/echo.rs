@@ -37,7 +37,9 @@ const ERROR_TYPES: &[&str] = &["client", "server", "fatal"];
 
 fn check(config: &Value, stage: Stage) -> Result<(), ConfigError> {
     let c = Check::new(stage);
-    let Some(map) = c.object("", config)? else { return Ok(()) };
+    let Some(map) = c.object("", config)? else {
+        return Ok(());
+    };
     c.keys("", map, FIELDS, &["output"])?;
     if let Some(v) = opt(map, "error_type")
         && let Some(s) = c.string("error_type", v)?
@@ -45,7 +47,10 @@ fn check(config: &Value, stage: Stage) -> Result<(), ConfigError> {
     {
         return Err(ConfigError::new(
             "error_type",
-            format!("unknown error type {s:?}; expected one of: {}", ERROR_TYPES.join(", ")),
+            format!(
+                "unknown error type {s:?}; expected one of: {}",
+                ERROR_TYPES.join(", ")
+            ),
         ));
     }
     if let Some(v) = opt(map, "error_message") {
@@ -66,9 +71,18 @@ impl Action for Echo {
 
     async fn run(&self, config: Value, _ctx: ActionContext) -> Result<ActionOutput, ActionError> {
         let cfg: EchoConfig = config::parse("echo", &config, check)?;
-        let out = ActionOutput { output: cfg.output, metadata: cfg.metadata };
-        let Some(kind) = cfg.error_type else { return Ok(out) };
-        let message = |default: &str| cfg.error_message.clone().unwrap_or_else(|| default.to_string());
+        let out = ActionOutput {
+            output: cfg.output,
+            metadata: cfg.metadata,
+        };
+        let Some(kind) = cfg.error_type else {
+            return Ok(out);
+        };
+        let message = |default: &str| {
+            cfg.error_message
+                .clone()
+                .unwrap_or_else(|| default.to_string())
+        };
         Err(match kind {
             ErrorType::Client => ActionError::Client {
                 message: message("echo: client error"),
@@ -78,7 +92,9 @@ impl Action for Echo {
                 message: message("echo: server error"),
                 output: Some(out),
             },
-            ErrorType::Fatal => ActionError::Fatal { message: message("echo: fatal error") },
+            ErrorType::Fatal => ActionError::Fatal {
+                message: message("echo: fatal error"),
+            },
         })
     }
 }
@@ -91,8 +107,16 @@ mod tests {
 
     #[tokio::test]
     async fn returns_output_and_metadata() {
-        let r = Echo.run(json!({"output": {"a": 1}, "metadata": [1, 2]}), ctx()).await;
-        assert_eq!(r, Ok(ActionOutput { output: json!({"a": 1}), metadata: json!([1, 2]) }));
+        let r = Echo
+            .run(json!({"output": {"a": 1}, "metadata": [1, 2]}), ctx())
+            .await;
+        assert_eq!(
+            r,
+            Ok(ActionOutput {
+                output: json!({"a": 1}),
+                metadata: json!([1, 2])
+            })
+        );
         let r = Echo.run(json!({"output": "x"}), ctx()).await.unwrap();
         assert_eq!(r.metadata, Value::Null);
     }
@@ -100,37 +124,61 @@ mod tests {
     #[tokio::test]
     async fn raises_errors_with_output() {
         let r = Echo
-            .run(json!({"output": 1, "error_type": "client", "error_message": "nope"}), ctx())
+            .run(
+                json!({"output": 1, "error_type": "client", "error_message": "nope"}),
+                ctx(),
+            )
             .await;
         assert_eq!(
             r,
             Err(ActionError::Client {
                 message: "nope".into(),
-                output: Some(ActionOutput { output: json!(1), metadata: Value::Null }),
+                output: Some(ActionOutput {
+                    output: json!(1),
+                    metadata: Value::Null
+                }),
             })
         );
-        let r = Echo.run(json!({"output": 2, "metadata": 3, "error_type": "server"}), ctx()).await;
+        let r = Echo
+            .run(
+                json!({"output": 2, "metadata": 3, "error_type": "server"}),
+                ctx(),
+            )
+            .await;
         assert_eq!(
             r,
             Err(ActionError::Server {
                 message: "echo: server error".into(),
-                output: Some(ActionOutput { output: json!(2), metadata: json!(3) }),
+                output: Some(ActionOutput {
+                    output: json!(2),
+                    metadata: json!(3)
+                }),
             })
         );
-        let r = Echo.run(json!({"output": 2, "error_type": "fatal"}), ctx()).await;
+        let r = Echo
+            .run(json!({"output": 2, "error_type": "fatal"}), ctx())
+            .await;
         assert_eq!(r, Err(ActionError::fatal("echo: fatal error")));
     }
 
     #[tokio::test]
     async fn bad_run_config_is_fatal_naming_the_field() {
-        let r = Echo.run(json!({"output": 1, "error_type": "weird"}), ctx()).await;
-        let Err(ActionError::Fatal { message }) = r else { panic!("{r:?}") };
+        let r = Echo
+            .run(json!({"output": 1, "error_type": "weird"}), ctx())
+            .await;
+        let Err(ActionError::Fatal { message }) = r else {
+            panic!("{r:?}")
+        };
         assert!(message.contains("error_type"), "{message}");
         let r = Echo.run(json!({"output": 1, "extra": 1}), ctx()).await;
-        let Err(ActionError::Fatal { message }) = r else { panic!("{r:?}") };
+        let Err(ActionError::Fatal { message }) = r else {
+            panic!("{r:?}")
+        };
         assert!(message.contains("extra"), "{message}");
         let r = Echo.run(json!({}), ctx()).await;
-        let Err(ActionError::Fatal { message }) = r else { panic!("{r:?}") };
+        let Err(ActionError::Fatal { message }) = r else {
+            panic!("{r:?}")
+        };
         assert!(message.contains("output"), "{message}");
         let r = Echo.run(json!("nope"), ctx()).await;
         assert!(matches!(r, Err(ActionError::Fatal { .. })), "{r:?}");
@@ -139,16 +187,28 @@ mod tests {
     #[test]
     fn validate() {
         assert_eq!(Echo.validate(&json!({"output": null})), Ok(()));
-        assert_eq!(Echo.validate(&json!({"output": "{{ inputs.x }}", "error_type": "{{ x }}"})), Ok(()));
+        assert_eq!(
+            Echo.validate(&json!({"output": "{{ inputs.x }}", "error_type": "{{ x }}"})),
+            Ok(())
+        );
         assert_eq!(Echo.validate(&json!("{{ inputs.config }}")), Ok(()));
         assert_eq!(Echo.validate(&json!({})).unwrap_err().field, "output");
-        assert_eq!(Echo.validate(&json!({"output": 1, "oops": 1})).unwrap_err().field, "oops");
         assert_eq!(
-            Echo.validate(&json!({"output": 1, "error_type": "bad"})).unwrap_err().field,
+            Echo.validate(&json!({"output": 1, "oops": 1}))
+                .unwrap_err()
+                .field,
+            "oops"
+        );
+        assert_eq!(
+            Echo.validate(&json!({"output": 1, "error_type": "bad"}))
+                .unwrap_err()
+                .field,
             "error_type"
         );
         assert_eq!(
-            Echo.validate(&json!({"output": 1, "error_message": 5})).unwrap_err().field,
+            Echo.validate(&json!({"output": 1, "error_message": 5}))
+                .unwrap_err()
+                .field,
             "error_message"
         );
         assert_eq!(Echo.validate(&json!([1])).unwrap_err().field, "");

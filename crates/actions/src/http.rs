@@ -8,9 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use base64::Engine as _;
-use reqwest::header::{
-    AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue,
-};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -36,7 +34,11 @@ impl Http {
     }
 
     /// The shared client for one combination of settings, built on first use.
-    fn client(&self, insecure: bool, follow_redirects: bool) -> Result<&reqwest::Client, ActionError> {
+    fn client(
+        &self,
+        insecure: bool,
+        follow_redirects: bool,
+    ) -> Result<&reqwest::Client, ActionError> {
         let slot = &self.clients[usize::from(insecure) * 2 + usize::from(follow_redirects)];
         if let Some(client) = slot.get() {
             return Ok(client);
@@ -127,13 +129,20 @@ fn parse_url(u: &str) -> Result<Url, String> {
 }
 
 fn check_auth(c: &Check, v: &Value) -> Result<(), ConfigError> {
-    let Some(auth) = c.object("auth", v)? else { return Ok(()) };
+    let Some(auth) = c.object("auth", v)? else {
+        return Ok(());
+    };
     c.keys("auth", auth, &["basic", "bearer"], &[])?;
     match (auth.get("basic"), auth.get("bearer")) {
         (None, None) => Err(ConfigError::new("auth", "expected `basic` or `bearer`")),
-        (Some(_), Some(_)) => Err(ConfigError::new("auth", "set either `basic` or `bearer`, not both")),
+        (Some(_), Some(_)) => Err(ConfigError::new(
+            "auth",
+            "set either `basic` or `bearer`, not both",
+        )),
         (Some(basic), None) => {
-            let Some(basic) = c.object("auth.basic", basic)? else { return Ok(()) };
+            let Some(basic) = c.object("auth.basic", basic)? else {
+                return Ok(());
+            };
             c.keys("auth.basic", basic, &["user", "password"], &["user"])?;
             if let Some(user) = basic.get("user") {
                 c.string("auth.basic.user", user)?;
@@ -149,7 +158,9 @@ fn check_auth(c: &Check, v: &Value) -> Result<(), ConfigError> {
 
 fn check(config: &Value, stage: Stage) -> Result<(), ConfigError> {
     let c = Check::new(stage);
-    let Some(map) = c.object("", config)? else { return Ok(()) };
+    let Some(map) = c.object("", config)? else {
+        return Ok(());
+    };
     c.keys("", map, FIELDS, &["url"])?;
     if let Some(v) = opt(map, "method")
         && let Some(m) = c.string("method", v)?
@@ -198,7 +209,10 @@ fn check(config: &Value, stage: Stage) -> Result<(), ConfigError> {
     if let Some(v) = opt(map, "max_response_bytes")
         && c.uint("max_response_bytes", v)? == Some(0)
     {
-        return Err(ConfigError::new("max_response_bytes", "must be greater than zero"));
+        return Err(ConfigError::new(
+            "max_response_bytes",
+            "must be greater than zero",
+        ));
     }
     Ok(())
 }
@@ -274,8 +288,10 @@ fn prepare<'a>(
     let mut headers = HeaderMap::new();
     for (name, value) in cfg.headers.unwrap_or_default() {
         let field = join("headers", &name);
-        let header = HeaderName::from_bytes(name.as_bytes()).map_err(|_| fatal(&field, "invalid header name"))?;
-        let value = HeaderValue::from_str(&value).map_err(|_| fatal(&field, "invalid header value"))?;
+        let header = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| fatal(&field, "invalid header name"))?;
+        let value =
+            HeaderValue::from_str(&value).map_err(|_| fatal(&field, "invalid header value"))?;
         headers.append(header, value);
     }
     if !headers.contains_key(IDEMPOTENCY_KEY)
@@ -287,12 +303,15 @@ fn prepare<'a>(
         let credentials = match auth {
             Auth::Basic(BasicAuth { user, password }) => {
                 let raw = format!("{user}:{}", password.unwrap_or_default());
-                format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw))
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(raw)
+                )
             }
             Auth::Bearer(token) => format!("Bearer {token}"),
         };
-        let mut value =
-            HeaderValue::from_str(&credentials).map_err(|_| fatal("auth", "credentials are not a valid header value"))?;
+        let mut value = HeaderValue::from_str(&credentials)
+            .map_err(|_| fatal("auth", "credentials are not a valid header value"))?;
         value.set_sensitive(true);
         headers.insert(AUTHORIZATION, value);
     }
@@ -315,7 +334,10 @@ fn prepare<'a>(
             other => {
                 return Err(fatal(
                     &join("query", &name),
-                    format!("expected a string, number or boolean, got {}", crate::duration::kind(&other)),
+                    format!(
+                        "expected a string, number or boolean, got {}",
+                        crate::duration::kind(&other)
+                    ),
                 ));
             }
         };
@@ -331,11 +353,23 @@ fn prepare<'a>(
         builder = builder.body(body);
     }
     let request = builder.build().map_err(classify)?;
-    Ok((Prepared { request, timeout, max_bytes, insecure, follow_redirects }, client))
+    Ok((
+        Prepared {
+            request,
+            timeout,
+            max_bytes,
+            insecure,
+            follow_redirects,
+        },
+        client,
+    ))
 }
 
 /// Reads the whole response (bounded by `max_bytes`) and classifies it by status.
-async fn receive(mut response: reqwest::Response, max_bytes: u64) -> Result<ActionOutput, ActionError> {
+async fn receive(
+    mut response: reqwest::Response,
+    max_bytes: u64,
+) -> Result<ActionOutput, ActionError> {
     let status = response.status();
     let mut headers = Map::new();
     for (name, value) in response.headers() {
@@ -353,8 +387,14 @@ async fn receive(mut response: reqwest::Response, max_bytes: u64) -> Result<Acti
     }
     let metadata = json!({ "http_status": status.as_u16(), "headers": headers });
     let too_large = |metadata: Value| ActionError::Server {
-        message: format!("{}: response body larger than {max_bytes} bytes", status_line(status)),
-        output: Some(ActionOutput { output: Value::Null, metadata }),
+        message: format!(
+            "{}: response body larger than {max_bytes} bytes",
+            status_line(status)
+        ),
+        output: Some(ActionOutput {
+            output: Value::Null,
+            metadata,
+        }),
     };
     if response.content_length().is_some_and(|len| len > max_bytes) {
         return Err(too_large(metadata));
@@ -372,7 +412,10 @@ async fn receive(mut response: reqwest::Response, max_bytes: u64) -> Result<Acti
             Err(e) => {
                 let mut err = classify(e);
                 if let ActionError::Server { output, .. } = &mut err {
-                    *output = Some(ActionOutput { output: Value::Null, metadata });
+                    *output = Some(ActionOutput {
+                        output: Value::Null,
+                        metadata,
+                    });
                 }
                 return Err(err);
             }
@@ -382,9 +425,15 @@ async fn receive(mut response: reqwest::Response, max_bytes: u64) -> Result<Acti
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
     let result = ActionOutput { output, metadata };
     if status.is_client_error() {
-        Err(ActionError::Client { message: status_line(status), output: Some(result) })
+        Err(ActionError::Client {
+            message: status_line(status),
+            output: Some(result),
+        })
     } else if status.is_server_error() || status.as_u16() >= 600 {
-        Err(ActionError::Server { message: status_line(status), output: Some(result) })
+        Err(ActionError::Server {
+            message: status_line(status),
+            output: Some(result),
+        })
     } else {
         Ok(result)
     }
@@ -403,7 +452,13 @@ impl Action for Http {
     async fn run(&self, config: Value, ctx: ActionContext) -> Result<ActionOutput, ActionError> {
         let cfg: HttpConfig = config::parse("http", &config, check)?;
         let (prepared, client) = prepare(self, cfg, &ctx)?;
-        let Prepared { request, timeout, max_bytes, insecure, follow_redirects } = prepared;
+        let Prepared {
+            request,
+            timeout,
+            max_bytes,
+            insecure,
+            follow_redirects,
+        } = prepared;
         tracing::debug!(
             method = %request.method(),
             url = %request.url(),
@@ -441,10 +496,17 @@ mod tests {
     use super::*;
     use crate::testing::ctx;
 
-    async fn echo(method: AxMethod, uri: Uri, headers: AxHeaders, body: Bytes) -> axum::Json<Value> {
+    async fn echo(
+        method: AxMethod,
+        uri: Uri,
+        headers: AxHeaders,
+        body: Bytes,
+    ) -> axum::Json<Value> {
         let mut h = Map::new();
         for (name, value) in &headers {
-            let entry = h.entry(name.as_str().to_string()).or_insert_with(|| json!([]));
+            let entry = h
+                .entry(name.as_str().to_string())
+                .or_insert_with(|| json!([]));
             if let Value::Array(values) = entry {
                 values.push(json!(value.to_str().unwrap_or("<bin>")));
             }
@@ -479,11 +541,16 @@ mod tests {
             .route("/number-text", get(|| async { "42" }))
             .route(
                 "/bad-json",
-                get(|| async { ([("content-type", "application/json")], "{not json").into_response() }),
+                get(|| async {
+                    ([("content-type", "application/json")], "{not json").into_response()
+                }),
             )
             .route("/big", get(|| async { "x".repeat(5000) }))
             .route("/empty", get(|| async { AxStatus::NO_CONTENT }))
-            .route("/redirect", get(|| async { Redirect::temporary("/echo?from=redirect") }));
+            .route(
+                "/redirect",
+                get(|| async { Redirect::temporary("/echo?from=redirect") }),
+            );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
@@ -525,7 +592,10 @@ mod tests {
         let base = server().await;
         let http = Http::new();
         let out = http
-            .run(json!({"method": "post", "url": format!("{base}/echo"), "body": {"k": [1, "two"]}}), ctx())
+            .run(
+                json!({"method": "post", "url": format!("{base}/echo"), "body": {"k": [1, "two"]}}),
+                ctx(),
+            )
             .await
             .unwrap();
         assert_eq!(out.output["method"], "POST");
@@ -553,7 +623,10 @@ mod tests {
     async fn user_idempotency_key_wins() {
         let base = server().await;
         let out = Http::new()
-            .run(json!({"url": format!("{base}/echo"), "headers": {"Idempotency-Key": "mine"}}), ctx())
+            .run(
+                json!({"url": format!("{base}/echo"), "headers": {"Idempotency-Key": "mine"}}),
+                ctx(),
+            )
             .await
             .unwrap();
         assert_eq!(header(&out, "idempotency-key"), &json!(["mine"]));
@@ -570,9 +643,15 @@ mod tests {
             )
             .await
             .unwrap();
-        assert_eq!(header(&out, "authorization"), &json!(["Basic YWxpY2U6czNjcmV0"]));
+        assert_eq!(
+            header(&out, "authorization"),
+            &json!(["Basic YWxpY2U6czNjcmV0"])
+        );
         let out = http
-            .run(json!({"url": format!("{base}/echo"), "auth": {"bearer": "tok-123"}}), ctx())
+            .run(
+                json!({"url": format!("{base}/echo"), "auth": {"bearer": "tok-123"}}),
+                ctx(),
+            )
             .await
             .unwrap();
         assert_eq!(header(&out, "authorization"), &json!(["Bearer tok-123"]));
@@ -582,20 +661,42 @@ mod tests {
     async fn status_classes() {
         let base = server().await;
         let http = Http::new();
-        let r = http.run(json!({"url": format!("{base}/status/404")}), ctx()).await;
-        let Err(ActionError::Client { message, output: Some(out) }) = r else { panic!("{r:?}") };
+        let r = http
+            .run(json!({"url": format!("{base}/status/404")}), ctx())
+            .await;
+        let Err(ActionError::Client {
+            message,
+            output: Some(out),
+        }) = r
+        else {
+            panic!("{r:?}")
+        };
         assert_eq!(message, "HTTP 404 Not Found");
         assert_eq!(out.output, json!({"code": 404}));
         assert_eq!(out.metadata["http_status"], 404);
 
-        let r = http.run(json!({"url": format!("{base}/status/503")}), ctx()).await;
-        let Err(ActionError::Server { message, output: Some(out) }) = r else { panic!("{r:?}") };
+        let r = http
+            .run(json!({"url": format!("{base}/status/503")}), ctx())
+            .await;
+        let Err(ActionError::Server {
+            message,
+            output: Some(out),
+        }) = r
+        else {
+            panic!("{r:?}")
+        };
         assert_eq!(message, "HTTP 503 Service Unavailable");
         assert_eq!(out.metadata["http_status"], 503);
 
-        let out = http.run(json!({"url": format!("{base}/status/201")}), ctx()).await.unwrap();
+        let out = http
+            .run(json!({"url": format!("{base}/status/201")}), ctx())
+            .await
+            .unwrap();
         assert_eq!(out.metadata["http_status"], 201);
-        let out = http.run(json!({"url": format!("{base}/empty")}), ctx()).await.unwrap();
+        let out = http
+            .run(json!({"url": format!("{base}/empty")}), ctx())
+            .await
+            .unwrap();
         assert_eq!(out.metadata["http_status"], 204);
         assert_eq!(out.output, "");
     }
@@ -604,12 +705,26 @@ mod tests {
     async fn non_json_bodies_are_strings() {
         let base = server().await;
         let http = Http::new();
-        let out = http.run(json!({"url": format!("{base}/text")}), ctx()).await.unwrap();
+        let out = http
+            .run(json!({"url": format!("{base}/text")}), ctx())
+            .await
+            .unwrap();
         assert_eq!(out.output, "hello world");
-        assert!(out.metadata["headers"]["content-type"].as_str().unwrap().starts_with("text/plain"));
-        let out = http.run(json!({"url": format!("{base}/number-text")}), ctx()).await.unwrap();
+        assert!(
+            out.metadata["headers"]["content-type"]
+                .as_str()
+                .unwrap()
+                .starts_with("text/plain")
+        );
+        let out = http
+            .run(json!({"url": format!("{base}/number-text")}), ctx())
+            .await
+            .unwrap();
         assert_eq!(out.output, 42);
-        let out = http.run(json!({"url": format!("{base}/bad-json")}), ctx()).await.unwrap();
+        let out = http
+            .run(json!({"url": format!("{base}/bad-json")}), ctx())
+            .await
+            .unwrap();
         assert_eq!(out.output, "{not json");
     }
 
@@ -617,12 +732,18 @@ mod tests {
     async fn redirects() {
         let base = server().await;
         let http = Http::new();
-        let out = http.run(json!({"url": format!("{base}/redirect")}), ctx()).await.unwrap();
+        let out = http
+            .run(json!({"url": format!("{base}/redirect")}), ctx())
+            .await
+            .unwrap();
         assert_eq!(out.metadata["http_status"], 200);
         assert_eq!(out.output["query"], "from=redirect");
         // Run-time booleans may come out of templating as strings.
         let out = http
-            .run(json!({"url": format!("{base}/redirect"), "follow_redirects": "false"}), ctx())
+            .run(
+                json!({"url": format!("{base}/redirect"), "follow_redirects": "false"}),
+                ctx(),
+            )
             .await
             .unwrap();
         assert_eq!(out.metadata["http_status"], 307);
@@ -633,8 +754,15 @@ mod tests {
     async fn timeout_is_a_server_error() {
         let base = server().await;
         let started = Instant::now();
-        let r = Http::new().run(json!({"url": format!("{base}/slow"), "timeout": "200ms"}), ctx()).await;
-        let Err(ActionError::Server { message, .. }) = r else { panic!("{r:?}") };
+        let r = Http::new()
+            .run(
+                json!({"url": format!("{base}/slow"), "timeout": "200ms"}),
+                ctx(),
+            )
+            .await;
+        let Err(ActionError::Server { message, .. }) = r else {
+            panic!("{r:?}")
+        };
         assert!(message.contains("timed out"), "{message}");
         assert!(started.elapsed() < Duration::from_secs(3));
     }
@@ -649,7 +777,9 @@ mod tests {
             cancel.cancel();
         });
         let started = Instant::now();
-        let r = Http::new().run(json!({"url": format!("{base}/slow")}), ctx).await;
+        let r = Http::new()
+            .run(json!({"url": format!("{base}/slow")}), ctx)
+            .await;
         assert_eq!(r, Err(ActionError::server("cancelled")));
         assert!(started.elapsed() < Duration::from_secs(3));
     }
@@ -657,11 +787,21 @@ mod tests {
     #[tokio::test]
     async fn oversize_response_is_a_server_error() {
         let base = server().await;
-        let r = Http::new().run(json!({"url": format!("{base}/big"), "max_response_bytes": 100}), ctx()).await;
-        let Err(ActionError::Server { message, .. }) = r else { panic!("{r:?}") };
+        let r = Http::new()
+            .run(
+                json!({"url": format!("{base}/big"), "max_response_bytes": 100}),
+                ctx(),
+            )
+            .await;
+        let Err(ActionError::Server { message, .. }) = r else {
+            panic!("{r:?}")
+        };
         assert!(message.contains("larger than 100 bytes"), "{message}");
         let out = Http::new()
-            .run(json!({"url": format!("{base}/big"), "max_response_bytes": 5000}), ctx())
+            .run(
+                json!({"url": format!("{base}/big"), "max_response_bytes": 5000}),
+                ctx(),
+            )
             .await
             .unwrap();
         assert_eq!(out.output.as_str().map(str::len), Some(5000));
@@ -672,7 +812,9 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         drop(listener);
-        let r = Http::new().run(json!({"url": format!("http://{addr}/")}), ctx()).await;
+        let r = Http::new()
+            .run(json!({"url": format!("http://{addr}/")}), ctx())
+            .await;
         assert!(matches!(r, Err(ActionError::Server { .. })), "{r:?}");
     }
 
@@ -681,12 +823,17 @@ mod tests {
         let base = server().await;
         let http = Http::new();
         for _ in 0..3 {
-            http.run(json!({"url": format!("{base}/echo")}), ctx()).await.unwrap();
+            http.run(json!({"url": format!("{base}/echo")}), ctx())
+                .await
+                .unwrap();
         }
         let a: *const reqwest::Client = http.client(false, true).unwrap();
         let b: *const reqwest::Client = http.client(false, true).unwrap();
         assert!(std::ptr::eq(a, b));
-        assert!(http.clients[2].get().is_none(), "insecure client built without being asked");
+        assert!(
+            http.clients[2].get().is_none(),
+            "insecure client built without being asked"
+        );
         let c: *const reqwest::Client = http.client(true, true).unwrap();
         assert!(!std::ptr::eq(a, c));
     }
@@ -699,20 +846,43 @@ mod tests {
             (json!({"url": "not a url"}), "url"),
             (json!({"url": "ftp://example.com/"}), "url"),
             (json!({"url": "http://x/", "method": "GE T"}), "method"),
-            (json!({"url": "http://x/", "headers": {"bad name": "v"}}), "headers.bad name"),
-            (json!({"url": "http://x/", "headers": {"X": "a\nb"}}), "headers.X"),
-            (json!({"url": "http://x/", "headers": {"X": 1}}), "headers.X"),
+            (
+                json!({"url": "http://x/", "headers": {"bad name": "v"}}),
+                "headers.bad name",
+            ),
+            (
+                json!({"url": "http://x/", "headers": {"X": "a\nb"}}),
+                "headers.X",
+            ),
+            (
+                json!({"url": "http://x/", "headers": {"X": 1}}),
+                "headers.X",
+            ),
             (json!({"url": "http://x/", "query": {"q": [1]}}), "query.q"),
             (json!({"url": "http://x/", "timeout": "soon"}), "timeout"),
             (json!({"url": "http://x/", "timeout": 0}), "timeout"),
-            (json!({"url": "http://x/", "insecure_skip_verify": "yes"}), "insecure_skip_verify"),
-            (json!({"url": "http://x/", "max_response_bytes": -1}), "max_response_bytes"),
-            (json!({"url": "http://x/", "auth": {"digest": {}}}), "auth.digest"),
-            (json!({"url": "http://x/", "auth": {"basic": {"password": "p"}}}), "auth.basic.user"),
+            (
+                json!({"url": "http://x/", "insecure_skip_verify": "yes"}),
+                "insecure_skip_verify",
+            ),
+            (
+                json!({"url": "http://x/", "max_response_bytes": -1}),
+                "max_response_bytes",
+            ),
+            (
+                json!({"url": "http://x/", "auth": {"digest": {}}}),
+                "auth.digest",
+            ),
+            (
+                json!({"url": "http://x/", "auth": {"basic": {"password": "p"}}}),
+                "auth.basic.user",
+            ),
             (json!({"url": "http://x/", "surprise": 1}), "surprise"),
         ] {
             let r = http.run(config.clone(), ctx()).await;
-            let Err(ActionError::Fatal { message }) = r else { panic!("{config}: {r:?}") };
+            let Err(ActionError::Fatal { message }) = r else {
+                panic!("{config}: {r:?}")
+            };
             assert!(message.contains(field), "{config}: {message}");
         }
     }
@@ -752,17 +922,41 @@ mod tests {
             (json!({"url": "http://x", "method": 1}), "method"),
             (json!({"url": "http://x", "headers": {"X": 1}}), "headers.X"),
             (json!({"url": "http://x", "headers": ["X"]}), "headers"),
-            (json!({"url": "http://x", "query": {"q": {"a": 1}}}), "query.q"),
+            (
+                json!({"url": "http://x", "query": {"q": {"a": 1}}}),
+                "query.q",
+            ),
             (json!({"url": "http://x", "timeout": "fast"}), "timeout"),
             (json!({"url": "http://x", "timeout": true}), "timeout"),
-            (json!({"url": "http://x", "insecure_skip_verify": "true"}), "insecure_skip_verify"),
-            (json!({"url": "http://x", "follow_redirects": 1}), "follow_redirects"),
-            (json!({"url": "http://x", "max_response_bytes": 0}), "max_response_bytes"),
-            (json!({"url": "http://x", "max_response_bytes": 1.5}), "max_response_bytes"),
+            (
+                json!({"url": "http://x", "insecure_skip_verify": "true"}),
+                "insecure_skip_verify",
+            ),
+            (
+                json!({"url": "http://x", "follow_redirects": 1}),
+                "follow_redirects",
+            ),
+            (
+                json!({"url": "http://x", "max_response_bytes": 0}),
+                "max_response_bytes",
+            ),
+            (
+                json!({"url": "http://x", "max_response_bytes": 1.5}),
+                "max_response_bytes",
+            ),
             (json!({"url": "http://x", "auth": {}}), "auth"),
-            (json!({"url": "http://x", "auth": {"bearer": "a", "basic": {"user": "u"}}}), "auth"),
-            (json!({"url": "http://x", "auth": {"basic": {"user": "u", "pass": "p"}}}), "auth.basic.pass"),
-            (json!({"url": "http://x", "auth": {"bearer": 5}}), "auth.bearer"),
+            (
+                json!({"url": "http://x", "auth": {"bearer": "a", "basic": {"user": "u"}}}),
+                "auth",
+            ),
+            (
+                json!({"url": "http://x", "auth": {"basic": {"user": "u", "pass": "p"}}}),
+                "auth.basic.pass",
+            ),
+            (
+                json!({"url": "http://x", "auth": {"bearer": 5}}),
+                "auth.bearer",
+            ),
             (json!(null), ""),
         ];
         for (config, field) in bad {

@@ -5,6 +5,10 @@
 //! Actions never touch the store: what they need from the engine (subtasks)
 //! comes through [`TaskService`] in the context.
 
+// `ActionError` carries the attempt's output by value (it is this crate's API), so every helper
+// returning it trips this size lint.
+#![allow(clippy::result_large_err)]
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -41,10 +45,16 @@ pub struct ActionOutput {
 pub enum ActionError {
     /// The request was wrong (HTTP 4xx, bad arguments): step becomes CLIENT_ERROR; a human must look.
     #[error("{message}")]
-    Client { message: String, output: Option<ActionOutput> },
+    Client {
+        message: String,
+        output: Option<ActionOutput>,
+    },
     /// A transient failure (HTTP 5xx, network, non-zero exit): step becomes SERVER_ERROR and is retried.
     #[error("{message}")]
-    Server { message: String, output: Option<ActionOutput> },
+    Server {
+        message: String,
+        output: Option<ActionOutput>,
+    },
     /// Retrying cannot help: step becomes FATAL_ERROR.
     #[error("{message}")]
     Fatal { message: String },
@@ -52,18 +62,29 @@ pub enum ActionError {
     /// With `wake_at` (unix milliseconds) the engine re-runs the step at that time; without it the
     /// step waits for an external wake-up (a subtask ending).
     #[error("waiting")]
-    Waiting { metadata: Value, wake_at: Option<i64> },
+    Waiting {
+        metadata: Value,
+        wake_at: Option<i64>,
+    },
 }
 
 impl ActionError {
     pub fn client(message: impl Into<String>) -> Self {
-        ActionError::Client { message: message.into(), output: None }
+        ActionError::Client {
+            message: message.into(),
+            output: None,
+        }
     }
     pub fn server(message: impl Into<String>) -> Self {
-        ActionError::Server { message: message.into(), output: None }
+        ActionError::Server {
+            message: message.into(),
+            output: None,
+        }
     }
     pub fn fatal(message: impl Into<String>) -> Self {
-        ActionError::Fatal { message: message.into() }
+        ActionError::Fatal {
+            message: message.into(),
+        }
     }
 }
 
@@ -78,7 +99,10 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError { field: field.into(), message: message.into() }
+        ConfigError {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 

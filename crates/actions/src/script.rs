@@ -54,7 +54,14 @@ struct ScriptConfig {
     max_output_bytes: Option<u64>,
 }
 
-const FIELDS: &[&str] = &["file", "argv", "env", "stdin", "timeout", "max_output_bytes"];
+const FIELDS: &[&str] = &[
+    "file",
+    "argv",
+    "env",
+    "stdin",
+    "timeout",
+    "max_output_bytes",
+];
 
 /// A relative path with no `..`: the lexical half of the containment check.
 fn check_file(file: &str) -> Result<(), String> {
@@ -66,7 +73,9 @@ fn check_file(file: &str) -> Result<(), String> {
     }
     let path = Path::new(file);
     if path.is_absolute() || file.starts_with('/') {
-        return Err("must be a path relative to the scripts directory, not an absolute path".into());
+        return Err(
+            "must be a path relative to the scripts directory, not an absolute path".into(),
+        );
     }
     for component in path.components() {
         match component {
@@ -90,7 +99,9 @@ fn check_env_name(name: &str) -> Result<(), String> {
 
 fn check(config: &Value, stage: Stage) -> Result<(), ConfigError> {
     let c = Check::new(stage);
-    let Some(map) = c.object("", config)? else { return Ok(()) };
+    let Some(map) = c.object("", config)? else {
+        return Ok(());
+    };
     c.keys("", map, FIELDS, &["file"])?;
     if let Some(v) = map.get("file")
         && let Some(file) = c.string("file", v)?
@@ -116,7 +127,10 @@ fn check(config: &Value, stage: Stage) -> Result<(), ConfigError> {
     if let Some(v) = opt(map, "max_output_bytes")
         && c.uint("max_output_bytes", v)? == Some(0)
     {
-        return Err(ConfigError::new("max_output_bytes", "must be greater than zero"));
+        return Err(ConfigError::new(
+            "max_output_bytes",
+            "must be greater than zero",
+        ));
     }
     Ok(())
 }
@@ -144,14 +158,18 @@ impl Captured {
 /// Drains `reader` to its end (so the child never blocks on a full pipe), keeping the tail.
 async fn capture<R: AsyncRead + Unpin>(reader: Option<R>, max: usize) -> Captured {
     let mut captured = Captured::default();
-    let Some(mut reader) = reader else { return captured };
+    let Some(mut reader) = reader else {
+        return captured;
+    };
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         match reader.read(&mut buf).await {
             Ok(0) => break,
             Ok(n) => {
                 captured.total = captured.total.saturating_add(n as u64);
-                captured.tail.extend_from_slice(buf.get(..n).unwrap_or_default());
+                captured
+                    .tail
+                    .extend_from_slice(buf.get(..n).unwrap_or_default());
                 // Trim now and then rather than on every read: amortised O(1) per byte.
                 if captured.tail.len() > max.saturating_mul(2).max(64 * 1024) {
                     let excess = captured.tail.len() - max;
@@ -226,29 +244,41 @@ async fn kill_tree(child: &mut tokio::process::Child) {
 async fn resolve(dir: &Path, file: &str) -> Result<(PathBuf, PathBuf), ActionError> {
     check_file(file).map_err(|e| fatal("file", e))?;
     let root = tokio::fs::canonicalize(dir).await.map_err(|e| {
-        ActionError::fatal(format!("scripts directory {} is not usable: {e}", dir.display()))
+        ActionError::fatal(format!(
+            "scripts directory {} is not usable: {e}",
+            dir.display()
+        ))
     })?;
     let path = match tokio::fs::canonicalize(root.join(file)).await {
         Ok(path) => path,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(ActionError::fatal(format!("script {file:?} not found in the scripts directory")));
+            return Err(ActionError::fatal(format!(
+                "script {file:?} not found in the scripts directory"
+            )));
         }
         Err(e) => return Err(ActionError::fatal(format!("script {file:?}: {e}"))),
     };
     if !path.starts_with(&root) {
-        return Err(fatal("file", format!("{file:?} resolves outside the scripts directory")));
+        return Err(fatal(
+            "file",
+            format!("{file:?} resolves outside the scripts directory"),
+        ));
     }
     let meta = tokio::fs::metadata(&path)
         .await
         .map_err(|e| ActionError::fatal(format!("script {file:?}: {e}")))?;
     if !meta.is_file() {
-        return Err(ActionError::fatal(format!("script {file:?} is not a regular file")));
+        return Err(ActionError::fatal(format!(
+            "script {file:?} is not a regular file"
+        )));
     }
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         if meta.permissions().mode() & 0o111 == 0 {
-            return Err(ActionError::fatal(format!("script {file:?} is not executable")));
+            return Err(ActionError::fatal(format!(
+                "script {file:?} is not executable"
+            )));
         }
     }
     Ok((root, path))
@@ -273,7 +303,9 @@ impl Action for Script {
     async fn run(&self, config: Value, ctx: ActionContext) -> Result<ActionOutput, ActionError> {
         let cfg: ScriptConfig = config::parse("script", &config, check)?;
         let Some(dir) = &self.dir else {
-            return Err(ActionError::fatal("scripts are disabled: start the server with --scripts-dir"));
+            return Err(ActionError::fatal(
+                "scripts are disabled: start the server with --scripts-dir",
+            ));
         };
         let timeout = cfg.timeout.unwrap_or(DEFAULT_TIMEOUT);
         if timeout.is_zero() {
@@ -295,10 +327,17 @@ impl Action for Script {
         command
             .args(cfg.argv.unwrap_or_default())
             .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| FALLBACK_PATH.into()))
+            .env(
+                "PATH",
+                std::env::var_os("PATH").unwrap_or_else(|| FALLBACK_PATH.into()),
+            )
             .envs(&env)
             .current_dir(&root)
-            .stdin(if cfg.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdin(if cfg.stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
@@ -308,9 +347,9 @@ impl Action for Script {
             let message = format!("cannot start script {file:?}: {e}");
             match e.kind() {
                 _ if e.raw_os_error() == Some(ETXTBSY) => ActionError::server(message),
-                io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied | io::ErrorKind::InvalidInput => {
-                    ActionError::fatal(message)
-                }
+                io::ErrorKind::NotFound
+                | io::ErrorKind::PermissionDenied
+                | io::ErrorKind::InvalidInput => ActionError::fatal(message),
                 _ => ActionError::server(message),
             }
         })?;
@@ -339,7 +378,9 @@ impl Action for Script {
             Outcome::Exited(status, out, err) => (status, out, err),
             Outcome::TimedOut => {
                 kill_tree(&mut child).await;
-                return Err(ActionError::server(format!("script {file:?} timed out after {timeout:?}")));
+                return Err(ActionError::server(format!(
+                    "script {file:?} timed out after {timeout:?}"
+                )));
             }
             Outcome::Cancelled => {
                 kill_tree(&mut child).await;
@@ -351,7 +392,10 @@ impl Action for Script {
         let stdout = out.text();
         let stderr = err.text();
         let mut metadata = Map::new();
-        metadata.insert("exit_code".into(), status.code().map_or(Value::Null, Value::from));
+        metadata.insert(
+            "exit_code".into(),
+            status.code().map_or(Value::Null, Value::from),
+        );
         metadata.insert("stdout".into(), Value::String(stdout.clone()));
         metadata.insert("stderr".into(), Value::String(stderr.clone()));
         if out.truncated() {
@@ -360,7 +404,10 @@ impl Action for Script {
         if err.truncated() {
             metadata.insert("stderr_truncated".into(), Value::Bool(true));
         }
-        let result = ActionOutput { output: script_output(&stdout), metadata: Value::Object(metadata) };
+        let result = ActionOutput {
+            output: script_output(&stdout),
+            metadata: Value::Object(metadata),
+        };
         if status.success() {
             return Ok(result);
         }
@@ -370,7 +417,10 @@ impl Action for Script {
             message.push_str(": ");
             message.push_str(stderr_tail);
         }
-        Err(ActionError::Server { message, output: Some(result) })
+        Err(ActionError::Server {
+            message,
+            output: Some(result),
+        })
     }
 }
 
@@ -389,7 +439,19 @@ mod tests {
     fn scripts_dir() -> &'static Path {
         static DIR: OnceLock<PathBuf> = OnceLock::new();
         DIR.get_or_init(|| {
-            let base = std::env::temp_dir().join(format!("taskhook-actions-test-{}", std::process::id()));
+            const PREFIX: &str = "taskhook-actions-test-";
+            let tmp = std::env::temp_dir();
+            // Remove what earlier runs left behind (their process is gone).
+            for entry in fs::read_dir(&tmp).into_iter().flatten().flatten() {
+                let name = entry.file_name();
+                if let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(PREFIX))
+                    && !Path::new("/proc").join(pid).exists()
+                    && Path::new("/proc/self").exists()
+                {
+                    let _ = fs::remove_dir_all(entry.path());
+                }
+            }
+            let base = tmp.join(format!("{PREFIX}{}", std::process::id()));
             let _ = fs::remove_dir_all(&base);
             let dir = base.join("scripts");
             fs::create_dir_all(dir.join("sub")).unwrap();
@@ -432,29 +494,49 @@ mod tests {
 
     #[tokio::test]
     async fn json_last_line_is_the_output() {
-        let out = script().run(json!({"file": "json.sh", "argv": ["a", "b c"]}), ctx()).await.unwrap();
+        let out = script()
+            .run(json!({"file": "json.sh", "argv": ["a", "b c"]}), ctx())
+            .await
+            .unwrap();
         assert_eq!(out.output, json!({"args": "a|b c", "count": 2}));
         assert_eq!(out.metadata["exit_code"], 0);
         assert_eq!(out.metadata["stderr"], "");
-        assert!(out.metadata["stdout"].as_str().unwrap().starts_with("working on it\n"));
+        assert!(
+            out.metadata["stdout"]
+                .as_str()
+                .unwrap()
+                .starts_with("working on it\n")
+        );
     }
 
     #[tokio::test]
     async fn plain_output_is_wrapped() {
-        let out = script().run(json!({"file": "plain.sh"}), ctx()).await.unwrap();
+        let out = script()
+            .run(json!({"file": "plain.sh"}), ctx())
+            .await
+            .unwrap();
         assert_eq!(out.output, json!({"stdout": "hello\nworld\n"}));
-        let out = script().run(json!({"file": "./sub/nested.sh"}), ctx()).await.unwrap();
+        let out = script()
+            .run(json!({"file": "./sub/nested.sh"}), ctx())
+            .await
+            .unwrap();
         assert_eq!(out.output, json!({"nested": true}));
     }
 
     #[tokio::test]
     async fn stdin_and_working_directory() {
         let out = script()
-            .run(json!({"file": "stdin.sh", "stdin": "first\n{\"from\": \"stdin\"}\n"}), ctx())
+            .run(
+                json!({"file": "stdin.sh", "stdin": "first\n{\"from\": \"stdin\"}\n"}),
+                ctx(),
+            )
             .await
             .unwrap();
         assert_eq!(out.output, json!({"from": "stdin"}));
-        let out = script().run(json!({"file": "pwd.sh"}), ctx()).await.unwrap();
+        let out = script()
+            .run(json!({"file": "pwd.sh"}), ctx())
+            .await
+            .unwrap();
         let root = fs::canonicalize(scripts_dir()).unwrap();
         assert_eq!(out.output["stdout"].as_str().map(str::trim), root.to_str());
     }
@@ -462,7 +544,13 @@ mod tests {
     #[tokio::test]
     async fn non_zero_exit_is_a_server_error() {
         let r = script().run(json!({"file": "fail.sh"}), ctx()).await;
-        let Err(ActionError::Server { message, output: Some(out) }) = r else { panic!("{r:?}") };
+        let Err(ActionError::Server {
+            message,
+            output: Some(out),
+        }) = r
+        else {
+            panic!("{r:?}")
+        };
         assert!(message.contains("exited with code 3"), "{message}");
         assert!(message.contains("boom happened"), "{message}");
         assert_eq!(out.metadata["exit_code"], 3);
@@ -470,7 +558,13 @@ mod tests {
         assert_eq!(out.metadata["stderr"], "boom happened\n");
 
         let r = script().run(json!({"file": "signal.sh"}), ctx()).await;
-        let Err(ActionError::Server { message, output: Some(out) }) = r else { panic!("{r:?}") };
+        let Err(ActionError::Server {
+            message,
+            output: Some(out),
+        }) = r
+        else {
+            panic!("{r:?}")
+        };
         assert!(message.contains("signal 9"), "{message}");
         assert_eq!(out.metadata["exit_code"], Value::Null);
     }
@@ -478,8 +572,15 @@ mod tests {
     #[tokio::test]
     async fn timeout_kills_the_script() {
         let started = Instant::now();
-        let r = script().run(json!({"file": "slow.sh", "timeout": "300ms"}), ctx()).await;
-        assert_eq!(r, Err(ActionError::server("script \"slow.sh\" timed out after 300ms")));
+        let r = script()
+            .run(json!({"file": "slow.sh", "timeout": "300ms"}), ctx())
+            .await;
+        assert_eq!(
+            r,
+            Err(ActionError::server(
+                "script \"slow.sh\" timed out after 300ms"
+            ))
+        );
         assert!(started.elapsed() < Duration::from_secs(5));
     }
 
@@ -500,11 +601,17 @@ mod tests {
     #[tokio::test]
     async fn environment_is_cleared() {
         let out = script()
-            .run(json!({"file": "env.sh", "env": {"GIVEN": "yes it is"}}), ctx())
+            .run(
+                json!({"file": "env.sh", "env": {"GIVEN": "yes it is"}}),
+                ctx(),
+            )
             .await
             .unwrap();
         let stdout = out.metadata["stdout"].as_str().unwrap();
-        let names: Vec<&str> = stdout.lines().filter_map(|l| l.split_once('=').map(|(k, _)| k)).collect();
+        let names: Vec<&str> = stdout
+            .lines()
+            .filter_map(|l| l.split_once('=').map(|(k, _)| k))
+            .collect();
         assert!(stdout.lines().any(|l| l == "GIVEN=yes it is"), "{stdout}");
         assert!(names.contains(&"PATH"), "{stdout}");
         // Variables a shell sets by itself are fine; nothing else of ours may leak through.
@@ -516,30 +623,52 @@ mod tests {
                 continue;
             }
             checked += 1;
-            assert!(!names.contains(&name), "{name} leaked into the script's environment:\n{stdout}");
+            assert!(
+                !names.contains(&name),
+                "{name} leaked into the script's environment:\n{stdout}"
+            );
         }
         assert!(checked > 0, "the test process has no variable to check");
     }
 
     #[tokio::test]
     async fn output_is_bounded_keeping_the_tail() {
-        let out = script().run(json!({"file": "big.sh", "max_output_bytes": 1000}), ctx()).await.unwrap();
+        let out = script()
+            .run(json!({"file": "big.sh", "max_output_bytes": 1000}), ctx())
+            .await
+            .unwrap();
         assert_eq!(out.output, json!({"done": true}));
         assert!(out.metadata["stdout"].as_str().unwrap().len() <= 1000);
         assert_eq!(out.metadata["stdout_truncated"], true);
-        let out = script().run(json!({"file": "big.sh"}), ctx()).await.unwrap();
-        assert!(out.metadata["stdout"].as_str().unwrap().starts_with("line 0 of noise\n"));
+        let out = script()
+            .run(json!({"file": "big.sh"}), ctx())
+            .await
+            .unwrap();
+        assert!(
+            out.metadata["stdout"]
+                .as_str()
+                .unwrap()
+                .starts_with("line 0 of noise\n")
+        );
         assert!(out.metadata.get("stdout_truncated").is_none());
     }
 
     #[tokio::test]
     async fn paths_cannot_escape() {
-        for file in ["../outside/secret.sh", "sub/../../outside/secret.sh", "/bin/sh", ""] {
+        for file in [
+            "../outside/secret.sh",
+            "sub/../../outside/secret.sh",
+            "/bin/sh",
+            "",
+        ] {
             let message = fatal_message(script().run(json!({"file": file}), ctx()).await);
             assert!(message.contains("file"), "{file}: {message}");
         }
         let message = fatal_message(script().run(json!({"file": "link.sh"}), ctx()).await);
-        assert!(message.contains("outside the scripts directory"), "{message}");
+        assert!(
+            message.contains("outside the scripts directory"),
+            "{message}"
+        );
     }
 
     #[tokio::test]
@@ -554,8 +683,15 @@ mod tests {
 
     #[tokio::test]
     async fn disabled_without_a_scripts_dir() {
-        let r = Script::new(None).run(json!({"file": "json.sh"}), ctx()).await;
-        assert_eq!(r, Err(ActionError::fatal("scripts are disabled: start the server with --scripts-dir")));
+        let r = Script::new(None)
+            .run(json!({"file": "json.sh"}), ctx())
+            .await;
+        assert_eq!(
+            r,
+            Err(ActionError::fatal(
+                "scripts are disabled: start the server with --scripts-dir"
+            ))
+        );
     }
 
     #[tokio::test]
@@ -566,7 +702,10 @@ mod tests {
             (json!({"file": "json.sh", "env": {"A=B": "x"}}), "env.A=B"),
             (json!({"file": "json.sh", "env": {"A": 1}}), "env.A"),
             (json!({"file": "json.sh", "timeout": "never"}), "timeout"),
-            (json!({"file": "json.sh", "max_output_bytes": "lots"}), "max_output_bytes"),
+            (
+                json!({"file": "json.sh", "max_output_bytes": "lots"}),
+                "max_output_bytes",
+            ),
             (json!({"file": "json.sh", "shell": true}), "shell"),
         ] {
             let message = fatal_message(script().run(config.clone(), ctx()).await);
@@ -597,7 +736,10 @@ mod tests {
             (json!({"file": "x", "env": {"": "v"}}), "env."),
             (json!({"file": "x", "stdin": {}}), "stdin"),
             (json!({"file": "x", "timeout": "0s"}), "timeout"),
-            (json!({"file": "x", "max_output_bytes": 0}), "max_output_bytes"),
+            (
+                json!({"file": "x", "max_output_bytes": 0}),
+                "max_output_bytes",
+            ),
             (json!({"file": "x", "cwd": "/"}), "cwd"),
         ] {
             let e = s.validate(&config).expect_err(&config.to_string());

@@ -34,15 +34,19 @@ fn parse_until(s: &str) -> Result<jiff::Timestamp, ConfigError> {
 
 fn check(config: &Value, stage: Stage) -> Result<(), ConfigError> {
     let c = Check::new(stage);
-    let Some(map) = c.object("", config)? else { return Ok(()) };
+    let Some(map) = c.object("", config)? else {
+        return Ok(());
+    };
     c.keys("", map, &["duration", "until"], &[])?;
     match (opt(map, "duration"), opt(map, "until")) {
-        (None, None) => {
-            Err(ConfigError::new("duration", "missing required field: set `duration` or `until`"))
-        }
-        (Some(_), Some(_)) => {
-            Err(ConfigError::new("until", "set either `duration` or `until`, not both"))
-        }
+        (None, None) => Err(ConfigError::new(
+            "duration",
+            "missing required field: set `duration` or `until`",
+        )),
+        (Some(_), Some(_)) => Err(ConfigError::new(
+            "until",
+            "set either `duration` or `until`, not both",
+        )),
         (Some(d), None) => c.duration("duration", d).map(|_| ()),
         (None, Some(u)) => match c.string("until", u)? {
             Some(s) => parse_until(s).map(|_| ()),
@@ -52,7 +56,9 @@ fn check(config: &Value, stage: Stage) -> Result<(), ConfigError> {
 }
 
 fn now_ms() -> i64 {
-    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
     i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
 }
 
@@ -63,11 +69,17 @@ fn after(now: i64, d: Duration) -> Option<i64> {
 }
 
 fn done(wake_at: i64) -> ActionOutput {
-    ActionOutput { output: json!({ "slept_until": wake_at }), metadata: json!({ "wake_at": wake_at }) }
+    ActionOutput {
+        output: json!({ "slept_until": wake_at }),
+        metadata: json!({ "wake_at": wake_at }),
+    }
 }
 
 fn waiting(wake_at: i64) -> ActionError {
-    ActionError::Waiting { metadata: json!({ "wake_at": wake_at }), wake_at: Some(wake_at) }
+    ActionError::Waiting {
+        metadata: json!({ "wake_at": wake_at }),
+        wake_at: Some(wake_at),
+    }
 }
 
 #[async_trait]
@@ -83,8 +95,11 @@ impl Action for Sleep {
     async fn run(&self, config: Value, ctx: ActionContext) -> Result<ActionOutput, ActionError> {
         let cfg: SleepConfig = config::parse("sleep", &config, check)?;
         let now = now_ms();
-        let previous =
-            ctx.previous_metadata.as_ref().and_then(|m| m.get("wake_at")).and_then(Value::as_i64);
+        let previous = ctx
+            .previous_metadata
+            .as_ref()
+            .and_then(|m| m.get("wake_at"))
+            .and_then(Value::as_i64);
         let wake_at = match previous {
             Some(wake_at) => wake_at,
             None => match (cfg.duration, cfg.until) {
@@ -115,7 +130,11 @@ impl Action for Sleep {
                 }
             },
         };
-        if wake_at <= now { Ok(done(wake_at)) } else { Err(waiting(wake_at)) }
+        if wake_at <= now {
+            Ok(done(wake_at))
+        } else {
+            Err(waiting(wake_at))
+        }
     }
 }
 
@@ -126,7 +145,10 @@ mod tests {
 
     fn wake_at_of(r: &Result<ActionOutput, ActionError>) -> i64 {
         match r {
-            Err(ActionError::Waiting { metadata, wake_at: Some(w) }) => {
+            Err(ActionError::Waiting {
+                metadata,
+                wake_at: Some(w),
+            }) => {
                 assert_eq!(metadata, &json!({ "wake_at": w }));
                 *w
             }
@@ -143,12 +165,22 @@ mod tests {
         assert!(w >= before + 10_000 && w <= now_ms() + 10_000, "{w}");
 
         // Re-run too early: same wake_at.
-        let again = Sleep.run(json!({"duration": "10s"}), next_attempt(&ctx, json!({"wake_at": w}))).await;
+        let again = Sleep
+            .run(
+                json!({"duration": "10s"}),
+                next_attempt(&ctx, json!({"wake_at": w})),
+            )
+            .await;
         assert_eq!(wake_at_of(&again), w);
 
         // Re-run after the deadline: done.
         let past = now_ms() - 5;
-        let r = Sleep.run(json!({"duration": "10s"}), next_attempt(&ctx, json!({"wake_at": past}))).await;
+        let r = Sleep
+            .run(
+                json!({"duration": "10s"}),
+                next_attempt(&ctx, json!({"wake_at": past})),
+            )
+            .await;
         assert_eq!(r, Ok(done(past)));
         assert_eq!(r.unwrap().output, json!({"slept_until": past}));
     }
@@ -160,7 +192,9 @@ mod tests {
         let w = wake_at_of(&first);
         let metadata = json!({"wake_at": w});
         tokio::time::sleep(Duration::from_millis(80)).await;
-        let r = Sleep.run(json!({"duration": 0.05}), next_attempt(&ctx, metadata)).await;
+        let r = Sleep
+            .run(json!({"duration": 0.05}), next_attempt(&ctx, metadata))
+            .await;
         assert_eq!(r, Ok(done(w)));
     }
 
@@ -168,13 +202,17 @@ mod tests {
     async fn zero_or_past_deadline_finishes_at_once() {
         let r = Sleep.run(json!({"duration": "0s"}), ctx()).await.unwrap();
         assert!(r.output["slept_until"].is_i64());
-        let r = Sleep.run(json!({"until": "2001-02-03T04:05:06Z"}), ctx()).await;
+        let r = Sleep
+            .run(json!({"until": "2001-02-03T04:05:06Z"}), ctx())
+            .await;
         assert_eq!(r, Ok(done(981_173_106_000)));
     }
 
     #[tokio::test]
     async fn until_in_the_future() {
-        let r = Sleep.run(json!({"until": "2999-01-01T00:00:00+01:00"}), ctx()).await;
+        let r = Sleep
+            .run(json!({"until": "2999-01-01T00:00:00+01:00"}), ctx())
+            .await;
         assert_eq!(wake_at_of(&r), 32_472_140_400_000);
     }
 
@@ -183,14 +221,19 @@ mod tests {
         for (config, field) in [
             (json!({}), "duration"),
             (json!({"duration": "soon"}), "duration"),
-            (json!({"duration": "1s", "until": "2030-01-01T00:00:00Z"}), "until"),
+            (
+                json!({"duration": "1s", "until": "2030-01-01T00:00:00Z"}),
+                "until",
+            ),
             (json!({"until": "tomorrow"}), "until"),
             (json!({"duration": "1s", "x": 1}), "x"),
             (json!({"duration": "99999999999999999999d"}), "duration"),
             (json!({"duration": 1e300}), "duration"),
         ] {
             let r = Sleep.run(config.clone(), ctx()).await;
-            let Err(ActionError::Fatal { message }) = r else { panic!("{config}: {r:?}") };
+            let Err(ActionError::Fatal { message }) = r else {
+                panic!("{config}: {r:?}")
+            };
             assert!(message.contains(field), "{config}: {message}");
         }
         // A duration too large to add to now (but valid on its own).
@@ -202,18 +245,51 @@ mod tests {
     fn validate() {
         assert_eq!(Sleep.validate(&json!({"duration": "1h30m"})), Ok(()));
         assert_eq!(Sleep.validate(&json!({"duration": 5})), Ok(()));
-        assert_eq!(Sleep.validate(&json!({"duration": "{{ inputs.delay }}"})), Ok(()));
-        assert_eq!(Sleep.validate(&json!({"until": "{{ inputs.when }}"})), Ok(()));
-        assert_eq!(Sleep.validate(&json!({"until": "2030-01-01T00:00:00Z"})), Ok(()));
-        assert_eq!(Sleep.validate(&json!({})).unwrap_err().field, "duration");
-        assert_eq!(Sleep.validate(&json!({"duration": "x"})).unwrap_err().field, "duration");
-        assert_eq!(Sleep.validate(&json!({"duration": true})).unwrap_err().field, "duration");
-        assert_eq!(Sleep.validate(&json!({"until": 5})).unwrap_err().field, "until");
-        assert_eq!(Sleep.validate(&json!({"until": "nope"})).unwrap_err().field, "until");
         assert_eq!(
-            Sleep.validate(&json!({"duration": "1s", "until": "{{ x }}"})).unwrap_err().field,
+            Sleep.validate(&json!({"duration": "{{ inputs.delay }}"})),
+            Ok(())
+        );
+        assert_eq!(
+            Sleep.validate(&json!({"until": "{{ inputs.when }}"})),
+            Ok(())
+        );
+        assert_eq!(
+            Sleep.validate(&json!({"until": "2030-01-01T00:00:00Z"})),
+            Ok(())
+        );
+        assert_eq!(Sleep.validate(&json!({})).unwrap_err().field, "duration");
+        assert_eq!(
+            Sleep.validate(&json!({"duration": "x"})).unwrap_err().field,
+            "duration"
+        );
+        assert_eq!(
+            Sleep
+                .validate(&json!({"duration": true}))
+                .unwrap_err()
+                .field,
+            "duration"
+        );
+        assert_eq!(
+            Sleep.validate(&json!({"until": 5})).unwrap_err().field,
             "until"
         );
-        assert_eq!(Sleep.validate(&json!({"duration": "1s", "y": 1})).unwrap_err().field, "y");
+        assert_eq!(
+            Sleep.validate(&json!({"until": "nope"})).unwrap_err().field,
+            "until"
+        );
+        assert_eq!(
+            Sleep
+                .validate(&json!({"duration": "1s", "until": "{{ x }}"}))
+                .unwrap_err()
+                .field,
+            "until"
+        );
+        assert_eq!(
+            Sleep
+                .validate(&json!({"duration": "1s", "y": 1}))
+                .unwrap_err()
+                .field,
+            "y"
+        );
     }
 }

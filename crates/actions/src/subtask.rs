@@ -22,7 +22,9 @@ struct SubtaskConfig {
 
 fn check(config: &Value, stage: Stage) -> Result<(), ConfigError> {
     let c = Check::new(stage);
-    let Some(map) = c.object("", config)? else { return Ok(()) };
+    let Some(map) = c.object("", config)? else {
+        return Ok(());
+    };
     c.keys("", map, &["template", "inputs"], &["template"])?;
     if let Some(template) = map.get("template")
         && let Some(t) = c.string("template", template)?
@@ -37,7 +39,10 @@ fn check(config: &Value, stage: Stage) -> Result<(), ConfigError> {
 }
 
 fn waiting(metadata: Value) -> ActionError {
-    ActionError::Waiting { metadata, wake_at: None }
+    ActionError::Waiting {
+        metadata,
+        wake_at: None,
+    }
 }
 
 #[async_trait]
@@ -53,9 +58,15 @@ impl Action for Subtask {
     async fn run(&self, config: Value, ctx: ActionContext) -> Result<ActionOutput, ActionError> {
         let cfg: SubtaskConfig = config::parse("subtask", &config, check)?;
         if cfg.template.trim().is_empty() {
-            return Err(ActionError::fatal("invalid subtask configuration: template: must not be empty"));
+            return Err(ActionError::fatal(
+                "invalid subtask configuration: template: must not be empty",
+            ));
         }
-        let previous = ctx.previous_metadata.as_ref().and_then(|m| m.get("task_id")).and_then(Value::as_str);
+        let previous = ctx
+            .previous_metadata
+            .as_ref()
+            .and_then(|m| m.get("task_id"))
+            .and_then(Value::as_str);
         let Some(id) = previous else {
             let inputs = Value::Object(cfg.inputs.unwrap_or_default());
             let id = ctx
@@ -103,9 +114,10 @@ mod tests {
 
     fn task_id(r: Result<ActionOutput, ActionError>) -> String {
         match r {
-            Err(ActionError::Waiting { metadata, wake_at: None }) => {
-                metadata["task_id"].as_str().expect("task_id").to_string()
-            }
+            Err(ActionError::Waiting {
+                metadata,
+                wake_at: None,
+            }) => metadata["task_id"].as_str().expect("task_id").to_string(),
             other => panic!("expected Waiting without wake_at, got {other:?}"),
         }
     }
@@ -117,7 +129,10 @@ mod tests {
         let config = json!({"template": "child", "inputs": {"n": 1}});
 
         let id = task_id(Subtask.run(config.clone(), ctx.clone()).await);
-        assert_eq!(tasks.created_with(&id), Some(("t1".to_string(), json!({"n": 1}))));
+        assert_eq!(
+            tasks.created_with(&id),
+            Some(("t1".to_string(), json!({"n": 1})))
+        );
         // A crash before the engine committed WAITING re-runs the first attempt: no duplicate.
         assert_eq!(task_id(Subtask.run(config.clone(), ctx.clone()).await), id);
         assert_eq!(tasks.count(), 1);
@@ -149,7 +164,11 @@ mod tests {
     #[tokio::test]
     async fn inputs_default_to_empty_object() {
         let tasks = Arc::new(MemoryTasks::with_templates(&["child"]));
-        let id = task_id(Subtask.run(json!({"template": "child"}), ctx_with(tasks.clone())).await);
+        let id = task_id(
+            Subtask
+                .run(json!({"template": "child"}), ctx_with(tasks.clone()))
+                .await,
+        );
         assert_eq!(tasks.created_with(&id), Some(("t1".to_string(), json!({}))));
     }
 
@@ -159,8 +178,19 @@ mod tests {
         let ctx = ctx_with(tasks.clone());
         let id = task_id(Subtask.run(json!({"template": "child"}), ctx.clone()).await);
         tasks.set(&id, "CANCELLED", Value::Null);
-        let r = Subtask.run(json!({"template": "child"}), next_attempt(&ctx, json!({"task_id": id}))).await;
-        let Err(ActionError::Client { message, output: Some(out) }) = r else { panic!("{r:?}") };
+        let r = Subtask
+            .run(
+                json!({"template": "child"}),
+                next_attempt(&ctx, json!({"task_id": id})),
+            )
+            .await;
+        let Err(ActionError::Client {
+            message,
+            output: Some(out),
+        }) = r
+        else {
+            panic!("{r:?}")
+        };
         assert_eq!(message, format!("subtask {id} was cancelled"));
         assert_eq!(out.metadata, json!({"task_id": id, "state": "CANCELLED"}));
     }
@@ -168,8 +198,16 @@ mod tests {
     #[tokio::test]
     async fn creation_failure_is_a_client_error() {
         let tasks = Arc::new(MemoryTasks::with_templates(&["child"]));
-        let r = Subtask.run(json!({"template": "nope"}), ctx_with(tasks.clone())).await;
-        let Err(ActionError::Client { message, output: None }) = r else { panic!("{r:?}") };
+        let r = Subtask
+            .run(json!({"template": "nope"}), ctx_with(tasks.clone()))
+            .await;
+        let Err(ActionError::Client {
+            message,
+            output: None,
+        }) = r
+        else {
+            panic!("{r:?}")
+        };
         assert!(message.contains("unknown template"), "{message}");
         assert_eq!(tasks.count(), 0);
     }
@@ -193,7 +231,9 @@ mod tests {
             (json!({"template": "child", "extra": 1}), "extra"),
         ] {
             let r = Subtask.run(config.clone(), ctx_with(tasks.clone())).await;
-            let Err(ActionError::Fatal { message }) = r else { panic!("{config}: {r:?}") };
+            let Err(ActionError::Fatal { message }) = r else {
+                panic!("{config}: {r:?}")
+            };
             assert!(message.contains(field), "{config}: {message}");
         }
         assert_eq!(tasks.count(), 0);
@@ -202,11 +242,35 @@ mod tests {
     #[test]
     fn validate() {
         assert_eq!(Subtask.validate(&json!({"template": "child"})), Ok(()));
-        assert_eq!(Subtask.validate(&json!({"template": "{{ inputs.t }}", "inputs": "{{ inputs }}"})), Ok(()));
-        assert_eq!(Subtask.validate(&json!({"template": "c", "inputs": {"a": "{{ x }}"}})), Ok(()));
+        assert_eq!(
+            Subtask.validate(&json!({"template": "{{ inputs.t }}", "inputs": "{{ inputs }}"})),
+            Ok(())
+        );
+        assert_eq!(
+            Subtask.validate(&json!({"template": "c", "inputs": {"a": "{{ x }}"}})),
+            Ok(())
+        );
         assert_eq!(Subtask.validate(&json!({})).unwrap_err().field, "template");
-        assert_eq!(Subtask.validate(&json!({"template": ""})).unwrap_err().field, "template");
-        assert_eq!(Subtask.validate(&json!({"template": "c", "inputs": 5})).unwrap_err().field, "inputs");
-        assert_eq!(Subtask.validate(&json!({"template": "c", "input": {}})).unwrap_err().field, "input");
+        assert_eq!(
+            Subtask
+                .validate(&json!({"template": ""}))
+                .unwrap_err()
+                .field,
+            "template"
+        );
+        assert_eq!(
+            Subtask
+                .validate(&json!({"template": "c", "inputs": 5}))
+                .unwrap_err()
+                .field,
+            "inputs"
+        );
+        assert_eq!(
+            Subtask
+                .validate(&json!({"template": "c", "input": {}}))
+                .unwrap_err()
+                .field,
+            "input"
+        );
     }
 }

@@ -26,7 +26,10 @@ struct Inner {
 
 impl MemoryTasks {
     pub fn with_templates(names: &[&str]) -> Self {
-        MemoryTasks { templates: names.iter().map(|s| s.to_string()).collect(), ..Default::default() }
+        MemoryTasks {
+            templates: names.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
     }
 
     pub fn set(&self, id: &str, state: &str, result: Value) {
@@ -43,7 +46,10 @@ impl MemoryTasks {
     /// Parent id and inputs a task was created with.
     pub fn created_with(&self, id: &str) -> Option<(String, Value)> {
         let inner = self.inner.lock().unwrap();
-        inner.tasks.get(id).map(|(_, parent, inputs)| (parent.clone(), inputs.clone()))
+        inner
+            .tasks
+            .get(id)
+            .map(|(_, parent, inputs)| (parent.clone(), inputs.clone()))
     }
 }
 
@@ -68,15 +74,25 @@ impl TaskService for MemoryTasks {
         }
         inner.next += 1;
         let id = format!("task-{}", inner.next);
-        let snapshot = TaskSnapshot { id: id.clone(), state: "TODO".into(), result: Value::Null };
-        inner.tasks.insert(id.clone(), (snapshot, parent_id.to_string(), inputs));
+        let snapshot = TaskSnapshot {
+            id: id.clone(),
+            state: "TODO".into(),
+            result: Value::Null,
+        };
+        inner
+            .tasks
+            .insert(id.clone(), (snapshot, parent_id.to_string(), inputs));
         inner.by_key.insert(key.to_string(), id.clone());
         Ok(id)
     }
 
     async fn task_snapshot(&self, id: &str) -> Result<TaskSnapshot, String> {
         let inner = self.inner.lock().unwrap();
-        inner.tasks.get(id).map(|t| t.0.clone()).ok_or_else(|| format!("no task {id}"))
+        inner
+            .tasks
+            .get(id)
+            .map(|t| t.0.clone())
+            .ok_or_else(|| format!("no task {id}"))
     }
 }
 

@@ -72,7 +72,7 @@ impl TaskState {
             // Resolving a TODO task, or scheduling it for later.
             (Todo, Ready) => true,
             // The engine claims a ready task; waking a waiting task makes it ready.
-            (Ready, Running) | (Waiting, Ready) => true,
+            (Ready | Waiting, Running) | (Waiting, Ready) => true,
             // A run ends in one of these (RUNNING→READY: a retry or a released lease).
             (Running, Ready | Waiting | Blocked | Done) => true,
             // A human resumes a blocked or paused task.
@@ -238,7 +238,7 @@ mod tests {
             (Ready, Running), (Ready, Paused), (Ready, Cancelled),
             (Running, Ready), (Running, Waiting), (Running, Blocked), (Running, Done),
             (Running, Paused), (Running, Cancelled),
-            (Waiting, Ready), (Waiting, Paused), (Waiting, Cancelled),
+            (Waiting, Ready), (Waiting, Running), (Waiting, Paused), (Waiting, Cancelled),
             (Paused, Ready), (Paused, Cancelled),
             (Blocked, Ready), (Blocked, Paused), (Blocked, Cancelled),
         ];

@@ -1,0 +1,639 @@
+//! SQLite backend. One dedicated writer thread owns the only write connection and
+//! commits every queued write in one transaction (each write inside its own savepoint,
+//! so one failure does not undo its neighbours); callers hear back only after COMMIT.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, mpsc};
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use serde_json::Value;
+use taskhook_model::{StepState, TaskState};
+use tokio::sync::oneshot;
+
+use crate::types::*;
+use crate::{Result, StoreError, now_ms};
+
+const MIGRATIONS: &[&str] = &[include_str!("../migrations/sqlite/0001_init.sql")];
+/// Most writes one transaction takes; beyond it the next batch starts.
+const MAX_BATCH: usize = 2048;
+const READERS: usize = 4;
+
+type Finisher = Box<dyn FnOnce(Option<&StoreError>) + Send>;
+type Job = Box<dyn FnOnce(&Connection) -> (bool, Finisher) + Send>;
+
+/// Handle to an open SQLite database. Cheap to clone.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    writer: Mutex<Option<mpsc::Sender<Job>>>,
+    readers: Mutex<Vec<Connection>>,
+    path: std::path::PathBuf,
+    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+fn open_connection(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // FULL: a commit is on disk (WAL fsync) before anyone is told it happened.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
+    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    while let Ok(first) = rx.recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        let mut finishers = Vec::with_capacity(batch.len());
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            // Dropping the jobs unanswered tells every caller the write did not happen.
+            tracing::error!(error = %e, "could not begin a write transaction");
+            batch.clear();
+            continue;
+        }
+        for job in batch.drain(..) {
+            let _ = conn.execute_batch("SAVEPOINT job");
+            let (ok, finish) = job(&conn);
+            if !ok {
+                let _ = conn.execute_batch("ROLLBACK TO job");
+            }
+            let _ = conn.execute_batch("RELEASE job");
+            finishers.push(finish);
+        }
+        let commit = conn.execute_batch("COMMIT").map_err(StoreError::from);
+        if commit.is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        for f in finishers {
+            f(commit.as_ref().err());
+        }
+    }
+}
+
+fn json(v: &Value) -> String {
+    v.to_string()
+}
+
+fn parse_json(s: String) -> rusqlite::Result<Value> {
+    serde_json::from_str(&s).map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
+}
+
+fn parse_state(s: String) -> rusqlite::Result<TaskState> {
+    s.parse::<TaskState>().map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
+    })
+}
+
+const TASK_COLUMNS: &str = "id, template, template_version, title, state, inputs, resolver_inputs, result, tags, \
+     requester, parent_id, idempotency_key, run_count, run_max, due_at, lease_epoch, created_at, updated_at";
+
+fn task_from_row(r: &Row<'_>) -> rusqlite::Result<TaskRow> {
+    Ok(TaskRow {
+        id: r.get(0)?,
+        template: r.get(1)?,
+        template_version: r.get(2)?,
+        title: r.get(3)?,
+        state: parse_state(r.get(4)?)?,
+        inputs: parse_json(r.get(5)?)?,
+        resolver_inputs: parse_json(r.get(6)?)?,
+        result: parse_json(r.get(7)?)?,
+        tags: parse_json(r.get(8)?)?,
+        requester: r.get(9)?,
+        parent_id: r.get(10)?,
+        idempotency_key: r.get(11)?,
+        run_count: r.get(12)?,
+        run_max: r.get(13)?,
+        due_at: r.get(14)?,
+        lease_epoch: r.get(15)?,
+        created_at: r.get(16)?,
+        updated_at: r.get(17)?,
+    })
+}
+
+const STEP_COLUMNS: &str = "name, state, output, metadata, error, attempts, next_retry_at, foreach_parent, item";
+
+fn step_from_row(r: &Row<'_>) -> rusqlite::Result<StepRow> {
+    let item: Option<String> = r.get(8)?;
+    Ok(StepRow {
+        name: r.get(0)?,
+        state: StepState::parse(&r.get::<_, String>(1)?),
+        output: parse_json(r.get(2)?)?,
+        metadata: parse_json(r.get(3)?)?,
+        error: r.get(4)?,
+        attempts: r.get(5)?,
+        next_retry_at: r.get(6)?,
+        foreach_parent: r.get(7)?,
+        item: item.map(parse_json).transpose()?,
+    })
+}
+
+fn load_task(conn: &Connection, id: &str) -> Result<Option<TaskRow>> {
+    let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1");
+    Ok(conn.prepare_cached(&sql)?.query_row([id], task_from_row).optional()?)
+}
+
+fn load_steps(conn: &Connection, id: &str) -> Result<Vec<StepRow>> {
+    let sql = format!("SELECT {STEP_COLUMNS} FROM steps WHERE task_id = ?1 ORDER BY name");
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map([id], step_from_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+fn insert_event(conn: &Connection, task_id: &str, at: i64, e: &NewEvent) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO task_events (task_id, at, actor, kind, from_state, to_state, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![task_id, at, e.actor, e.kind, e.from_state, e.to_state, json(&e.detail)])?;
+    Ok(())
+}
+
+fn upsert_steps(conn: &Connection, task_id: &str, steps: &[StepRow], now: i64) -> Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO steps (task_id, name, state, output, metadata, error, attempts, next_retry_at, foreach_parent, item, updated_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
+         ON CONFLICT (task_id, name) DO UPDATE SET state = excluded.state, output = excluded.output, \
+         metadata = excluded.metadata, error = excluded.error, attempts = excluded.attempts, \
+         next_retry_at = excluded.next_retry_at, foreach_parent = excluded.foreach_parent, item = excluded.item, \
+         updated_at = excluded.updated_at",
+    )?;
+    for s in steps {
+        stmt.execute(params![
+            task_id,
+            s.name,
+            s.state.as_str(),
+            json(&s.output),
+            json(&s.metadata),
+            s.error,
+            s.attempts,
+            s.next_retry_at,
+            s.foreach_parent,
+            s.item.as_ref().map(json),
+            now
+        ])?;
+    }
+    Ok(())
+}
+
+/// Fails unless the task is still held at `epoch` (fencing: a stale runner cannot write).
+fn check_lease(conn: &Connection, task_id: &str, epoch: i64) -> Result<()> {
+    let held: Option<(String, i64)> = conn
+        .prepare_cached("SELECT state, lease_epoch FROM tasks WHERE id = ?1")?
+        .query_row([task_id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    match held {
+        Some((state, e)) if e == epoch && state == "RUNNING" => Ok(()),
+        _ => Err(StoreError::LeaseLost { task: task_id.to_string() }),
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and runs migrations.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let mut conn = open_connection(&path)?;
+        migrate(&mut conn)?;
+        let (tx, rx) = mpsc::channel::<Job>();
+        let handle = std::thread::Builder::new()
+            .name("taskhook-sqlite-writer".into())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(|e| StoreError::Database(e.to_string()))?;
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            readers.push(open_connection(&path)?);
+        }
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                writer: Mutex::new(Some(tx)),
+                readers: Mutex::new(readers),
+                path,
+                writer_thread: Mutex::new(Some(handle)),
+            }),
+        })
+    }
+
+    /// Stops accepting writes and waits for the writer to commit what it has.
+    pub fn close(&self) {
+        self.inner.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(h) = self.inner.writer_thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = h.join();
+        }
+    }
+
+    /// Runs `f` inside the shared write transaction; resolves after COMMIT.
+    async fn write<T: Send + 'static>(&self, f: impl FnOnce(&Connection) -> Result<T> + Send + 'static) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let res = f(conn);
+            let ok = res.is_ok();
+            let finish: Finisher = Box::new(move |commit_err| {
+                let out = match commit_err {
+                    Some(e) if ok => Err(StoreError::Database(format!("commit failed: {e}"))),
+                    _ => res,
+                };
+                let _ = tx.send(out);
+            });
+            (ok, finish)
+        });
+        {
+            let guard = self.inner.writer.lock().unwrap_or_else(|e| e.into_inner());
+            guard.as_ref().ok_or(StoreError::Closed)?.send(job).map_err(|_| StoreError::Closed)?;
+        }
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs `f` on a reader connection on the blocking pool.
+    async fn read<T: Send + 'static>(&self, f: impl FnOnce(&Connection) -> Result<T> + Send + 'static) -> Result<T> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = inner.readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            let conn = match conn {
+                Some(c) => c,
+                None => open_connection(&inner.path)?,
+            };
+            let out = f(&conn);
+            let mut pool = inner.readers.lock().unwrap_or_else(|e| e.into_inner());
+            if pool.len() < READERS {
+                pool.push(conn);
+            }
+            out
+        })
+        .await
+        .map_err(|e| StoreError::Database(format!("reader failed: {e}")))?
+    }
+
+    // ---- templates ----
+
+    /// Stores a template body as a new version when it differs from the current one.
+    /// Returns the current row and whether the template did not exist before.
+    pub async fn put_template(&self, name: &str, body: Value) -> Result<(TemplateRow, bool)> {
+        let name = name.to_string();
+        self.write(move |c| {
+            let now = now_ms();
+            let current: Option<i64> =
+                c.prepare_cached("SELECT version FROM templates WHERE name = ?1")?.query_row([&name], |r| r.get(0)).optional()?;
+            if let Some(v) = current {
+                let existing: String = c
+                    .prepare_cached("SELECT body FROM template_versions WHERE name = ?1 AND version = ?2")?
+                    .query_row(params![name, v], |r| r.get(0))?;
+                if parse_json(existing)? == body {
+                    let created_at = now;
+                    return Ok((TemplateRow { name, version: v, body, created_at }, false));
+                }
+            }
+            let last: Option<i64> = c
+                .prepare_cached("SELECT MAX(version) FROM template_versions WHERE name = ?1")?
+                .query_row([&name], |r| r.get(0))?;
+            let version = last.unwrap_or(0) + 1;
+            c.prepare_cached("INSERT INTO template_versions (name, version, body, created_at) VALUES (?1, ?2, ?3, ?4)")?
+                .execute(params![name, version, json(&body), now])?;
+            c.prepare_cached(
+                "INSERT INTO templates (name, version, updated_at) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (name) DO UPDATE SET version = excluded.version, updated_at = excluded.updated_at",
+            )?
+            .execute(params![name, version, now])?;
+            Ok((TemplateRow { name, version, body, created_at: now }, current.is_none()))
+        })
+        .await
+    }
+
+    pub async fn get_template(&self, name: &str) -> Result<Option<TemplateRow>> {
+        let name = name.to_string();
+        self.read(move |c| {
+            Ok(c.prepare_cached(
+                "SELECT v.name, v.version, v.body, v.created_at FROM templates t \
+                 JOIN template_versions v ON v.name = t.name AND v.version = t.version WHERE t.name = ?1",
+            )?
+            .query_row([name], |r| Ok(TemplateRow { name: r.get(0)?, version: r.get(1)?, body: parse_json(r.get(2)?)?, created_at: r.get(3)? }))
+            .optional()?)
+        })
+        .await
+    }
+
+    pub async fn get_template_version(&self, name: &str, version: i64) -> Result<Option<TemplateRow>> {
+        let name = name.to_string();
+        self.read(move |c| {
+            Ok(c.prepare_cached("SELECT name, version, body, created_at FROM template_versions WHERE name = ?1 AND version = ?2")?
+                .query_row(params![name, version], |r| {
+                    Ok(TemplateRow { name: r.get(0)?, version: r.get(1)?, body: parse_json(r.get(2)?)?, created_at: r.get(3)? })
+                })
+                .optional()?)
+        })
+        .await
+    }
+
+    pub async fn list_templates(&self) -> Result<Vec<TemplateRow>> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT v.name, v.version, v.body, v.created_at FROM templates t \
+                 JOIN template_versions v ON v.name = t.name AND v.version = t.version ORDER BY t.name",
+            )?;
+            let rows = stmt
+                .query_map([], |r| Ok(TemplateRow { name: r.get(0)?, version: r.get(1)?, body: parse_json(r.get(2)?)?, created_at: r.get(3)? }))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    /// Removes a template from the catalogue. Its versions stay, so tasks pinned to them finish.
+    pub async fn delete_template(&self, name: &str) -> Result<bool> {
+        let name = name.to_string();
+        self.write(move |c| Ok(c.prepare_cached("DELETE FROM templates WHERE name = ?1")?.execute([name])? > 0)).await
+    }
+
+    // ---- tasks ----
+
+    /// Inserts a task and its steps. With an idempotency key already used for this template,
+    /// returns the existing task and `false`.
+    pub async fn create_task(&self, t: NewTask, event: NewEvent) -> Result<(TaskRow, bool)> {
+        self.write(move |c| {
+            if let Some(key) = &t.idempotency_key {
+                let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE template = ?1 AND idempotency_key = ?2");
+                if let Some(existing) = c.prepare_cached(&sql)?.query_row(params![t.template, key], task_from_row).optional()? {
+                    return Ok((existing, false));
+                }
+            }
+            let now = now_ms();
+            c.prepare_cached(
+                "INSERT INTO tasks (id, template, template_version, title, state, inputs, tags, requester, parent_id, \
+                 idempotency_key, run_max, due_at, created_at, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13)",
+            )?
+            .execute(params![
+                t.id,
+                t.template,
+                t.template_version,
+                t.title,
+                t.state.as_str(),
+                json(&t.inputs),
+                json(&t.tags),
+                t.requester,
+                t.parent_id,
+                t.idempotency_key,
+                t.run_max,
+                t.due_at,
+                now
+            ])?;
+            let steps: Vec<StepRow> = t.steps.iter().map(StepRow::new).collect();
+            upsert_steps(c, &t.id, &steps, now)?;
+            insert_event(c, &t.id, now, &event)?;
+            let row = load_task(c, &t.id)?.ok_or_else(|| StoreError::NotFound { what: format!("task {}", t.id) })?;
+            Ok((row, true))
+        })
+        .await
+    }
+
+    pub async fn get_task(&self, id: &str) -> Result<Option<(TaskRow, Vec<StepRow>)>> {
+        let id = id.to_string();
+        self.read(move |c| {
+            let Some(task) = load_task(c, &id)? else { return Ok(None) };
+            let steps = load_steps(c, &id)?;
+            Ok(Some((task, steps)))
+        })
+        .await
+    }
+
+    pub async fn list_tasks(&self, f: TaskFilter) -> Result<Vec<TaskRow>> {
+        self.read(move |c| {
+            let mut sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE 1=1");
+            let mut args: Vec<Box<dyn rusqlite::ToSql>> = Vec::new();
+            if let Some(s) = f.state {
+                args.push(Box::new(s.as_str()));
+                sql.push_str(&format!(" AND state = ?{}", args.len()));
+            }
+            if let Some(t) = f.template {
+                args.push(Box::new(t));
+                sql.push_str(&format!(" AND template = ?{}", args.len()));
+            }
+            if let Some(b) = f.before {
+                args.push(Box::new(b));
+                sql.push_str(&format!(" AND id < ?{}", args.len()));
+            }
+            args.push(Box::new(f.limit.clamp(1, 1000)));
+            sql.push_str(&format!(" ORDER BY id DESC LIMIT ?{}", args.len()));
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt
+                .query_map(rusqlite::params_from_iter(args.iter().map(|a| a.as_ref())), task_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    pub async fn task_events(&self, id: &str) -> Result<Vec<TaskEvent>> {
+        let id = id.to_string();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT seq, task_id, at, actor, kind, from_state, to_state, detail FROM task_events WHERE task_id = ?1 ORDER BY seq",
+            )?;
+            let rows = stmt
+                .query_map([id], |r| {
+                    Ok(TaskEvent {
+                        seq: r.get(0)?,
+                        task_id: r.get(1)?,
+                        at: r.get(2)?,
+                        actor: r.get(3)?,
+                        kind: r.get(4)?,
+                        from_state: r.get(5)?,
+                        to_state: r.get(6)?,
+                        detail: parse_json(r.get(7)?)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    // ---- the engine's side ----
+
+    /// Claims up to `limit` tasks due at `now` (READY, or WAITING on a timer that fired):
+    /// sets them RUNNING under a new lease epoch and returns them with their steps.
+    pub async fn claim_due(&self, owner: &str, now: i64, limit: usize, lease_ms: i64) -> Result<Vec<ClaimedTask>> {
+        let owner = owner.to_string();
+        self.write(move |c| {
+            let mut pick = c.prepare_cached(
+                "SELECT id, state FROM tasks WHERE due_at <= ?1 AND state IN ('READY', 'WAITING') ORDER BY due_at LIMIT ?2",
+            )?;
+            let picked = pick
+                .query_map(params![now, limit as i64], |r| Ok((r.get::<_, String>(0)?, parse_state(r.get(1)?)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut claimed = Vec::with_capacity(picked.len());
+            let mut update = c.prepare_cached(
+                "UPDATE tasks SET state = 'RUNNING', due_at = NULL, lease_owner = ?2, lease_epoch = lease_epoch + 1, \
+                 lease_until = ?3, run_count = run_count + 1, updated_at = ?4 WHERE id = ?1",
+            )?;
+            for (id, from) in picked {
+                update.execute(params![id, owner, now + lease_ms, now])?;
+                insert_event(c, &id, now, &NewEvent::transition("engine", "claimed", from, TaskState::Running, Value::Null))?;
+                let task = load_task(c, &id)?.ok_or_else(|| StoreError::NotFound { what: format!("task {id}") })?;
+                let steps = load_steps(c, &id)?;
+                claimed.push(ClaimedTask { task, claimed_from: from, steps });
+            }
+            Ok(claimed)
+        })
+        .await
+    }
+
+    /// When the next READY or timer-WAITING task becomes due, if any.
+    pub async fn next_due_at(&self) -> Result<Option<i64>> {
+        self.read(|c| {
+            Ok(c.prepare_cached("SELECT MIN(due_at) FROM tasks WHERE due_at IS NOT NULL AND state IN ('READY', 'WAITING')")?
+                .query_row([], |r| r.get(0))?)
+        })
+        .await
+    }
+
+    /// Writes step rows of a task held at `epoch`.
+    pub async fn save_steps(&self, task_id: &str, epoch: i64, steps: Vec<StepRow>) -> Result<()> {
+        let task_id = task_id.to_string();
+        self.write(move |c| {
+            check_lease(c, &task_id, epoch)?;
+            upsert_steps(c, &task_id, &steps, now_ms())
+        })
+        .await
+    }
+
+    /// Ends a run: writes the last step rows, moves the task to its next state, releases the
+    /// lease and records why. When the task ends and its parent waits on it, wakes the parent
+    /// (returns its id so the caller can notify the engine).
+    pub async fn end_run(&self, task_id: &str, epoch: i64, steps: Vec<StepRow>, end: RunEnd) -> Result<Option<String>> {
+        let task_id = task_id.to_string();
+        self.write(move |c| {
+            check_lease(c, &task_id, epoch)?;
+            TaskState::Running.check_transition(end.state)?;
+            let now = now_ms();
+            upsert_steps(c, &task_id, &steps, now)?;
+            c.prepare_cached(
+                "UPDATE tasks SET state = ?2, due_at = ?3, result = COALESCE(?4, result), lease_owner = NULL, \
+                 lease_until = NULL, updated_at = ?5 WHERE id = ?1",
+            )?
+            .execute(params![task_id, end.state.as_str(), end.due_at, end.result.as_ref().map(json), now])?;
+            insert_event(c, &task_id, now, &end.event)?;
+            wake_parent_if_ended(c, &task_id, end.state, now)
+        })
+        .await
+    }
+
+    /// A human or the API changes a task's state (resolve, retry, pause, cancel).
+    /// `due_at` is set when the task becomes READY. A RUNNING task is left alone for
+    /// PAUSED and CANCELLED: the engine must stop its run, and [`TransitionOutcome::Running`] says so.
+    pub async fn transition(
+        &self,
+        task_id: &str,
+        allowed_from: &'static [TaskState],
+        to: TaskState,
+        due_at: Option<i64>,
+        resolver_inputs: Option<Value>,
+        event: NewEvent,
+    ) -> Result<TransitionOutcome> {
+        let task_id = task_id.to_string();
+        self.write(move |c| {
+            let task = load_task(c, &task_id)?.ok_or_else(|| StoreError::NotFound { what: format!("task {task_id}") })?;
+            if task.state == TaskState::Running && matches!(to, TaskState::Paused | TaskState::Cancelled) {
+                return Ok(TransitionOutcome::Running);
+            }
+            if !allowed_from.contains(&task.state) {
+                return Err(taskhook_model::TransitionError { from: task.state, to }.into());
+            }
+            task.state.check_transition(to)?;
+            let now = now_ms();
+            c.prepare_cached(
+                "UPDATE tasks SET state = ?2, due_at = ?3, resolver_inputs = COALESCE(?4, resolver_inputs), updated_at = ?5 WHERE id = ?1",
+            )?
+            .execute(params![task_id, to.as_str(), due_at, resolver_inputs.as_ref().map(json), now])?;
+            let mut event = event;
+            event.from_state = Some(task.state.as_str().to_string());
+            event.to_state = Some(to.as_str().to_string());
+            insert_event(c, &task_id, now, &event)?;
+            if to == TaskState::Cancelled {
+                wake_parent_if_ended(c, &task_id, to, now)?;
+            }
+            Ok(TransitionOutcome::Applied(task.state, to))
+        })
+        .await
+    }
+
+    /// After a restart: tasks left RUNNING by a process that is gone become READY now.
+    /// The engine then sorts out their RUNNING steps (re-run if idempotent, else block).
+    pub async fn recover_running(&self) -> Result<usize> {
+        self.write(|c| {
+            let now = now_ms();
+            let ids = c
+                .prepare_cached("SELECT id FROM tasks WHERE state = 'RUNNING'")?
+                .query_map([], |r| r.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            for id in &ids {
+                c.prepare_cached(
+                    "UPDATE tasks SET state = 'READY', due_at = ?2, lease_owner = NULL, lease_until = NULL, updated_at = ?2 WHERE id = ?1",
+                )?
+                .execute(params![id, now])?;
+                insert_event(
+                    c,
+                    id,
+                    now,
+                    &NewEvent::transition("engine", "recovered", TaskState::Running, TaskState::Ready, serde_json::json!({"reason": "the server stopped while the task ran"})),
+                )?;
+            }
+            Ok(ids.len())
+        })
+        .await
+    }
+
+    // ---- settings ----
+
+    pub async fn get_setting(&self, key: &str) -> Result<Option<String>> {
+        let key = key.to_string();
+        self.read(move |c| Ok(c.prepare_cached("SELECT value FROM settings WHERE key = ?1")?.query_row([key], |r| r.get(0)).optional()?))
+            .await
+    }
+
+    pub async fn set_setting(&self, key: &str, value: &str) -> Result<()> {
+        let (key, value) = (key.to_string(), value.to_string());
+        self.write(move |c| {
+            c.prepare_cached("INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value")?
+                .execute(params![key, value])?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// When a child task reaches a final state and its parent is WAITING, the parent becomes due now.
+fn wake_parent_if_ended(c: &Connection, task_id: &str, state: TaskState, now: i64) -> Result<Option<String>> {
+    if !state.is_final() {
+        return Ok(None);
+    }
+    let parent: Option<String> =
+        c.prepare_cached("SELECT parent_id FROM tasks WHERE id = ?1")?.query_row([task_id], |r| r.get(0)).optional()?.flatten();
+    let Some(parent) = parent else { return Ok(None) };
+    let woke = c
+        .prepare_cached("UPDATE tasks SET due_at = ?2, updated_at = ?2 WHERE id = ?1 AND state = 'WAITING'")?
+        .execute(params![parent, now])?;
+    Ok((woke > 0).then_some(parent))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,156 @@
+//! Rows as the store reads and writes them. The server converts these to API shapes.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use taskhook_model::{StepState, TaskState};
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TemplateRow {
+    pub name: String,
+    pub version: i64,
+    pub body: Value,
+    pub created_at: i64,
+}
+
+/// A task to insert, with its initial steps.
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    pub id: String,
+    pub template: String,
+    pub template_version: i64,
+    pub title: String,
+    pub state: TaskState,
+    pub inputs: Value,
+    pub tags: Value,
+    pub requester: String,
+    pub parent_id: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub run_max: u32,
+    pub due_at: Option<i64>,
+    pub steps: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TaskRow {
+    pub id: String,
+    pub template: String,
+    pub template_version: i64,
+    pub title: String,
+    pub state: TaskState,
+    pub inputs: Value,
+    pub resolver_inputs: Value,
+    pub result: Value,
+    pub tags: Value,
+    pub requester: String,
+    pub parent_id: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub run_count: u32,
+    pub run_max: u32,
+    pub due_at: Option<i64>,
+    pub lease_epoch: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRow {
+    pub name: String,
+    pub state: StepState,
+    pub output: Value,
+    pub metadata: Value,
+    pub error: Option<String>,
+    pub attempts: u32,
+    pub next_retry_at: Option<i64>,
+    /// For a foreach child: the step it was expanded from.
+    pub foreach_parent: Option<String>,
+    /// For a foreach child: its item (`{{ iterator }}`).
+    pub item: Option<Value>,
+}
+
+impl StepRow {
+    pub fn new(name: impl Into<String>) -> Self {
+        StepRow {
+            name: name.into(),
+            state: StepState::Todo,
+            output: Value::Null,
+            metadata: Value::Null,
+            error: None,
+            attempts: 0,
+            next_retry_at: None,
+            foreach_parent: None,
+            item: None,
+        }
+    }
+}
+
+/// One entry of a task's audit trail.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TaskEvent {
+    pub seq: i64,
+    pub task_id: String,
+    pub at: i64,
+    pub actor: String,
+    pub kind: String,
+    pub from_state: Option<String>,
+    pub to_state: Option<String>,
+    pub detail: Value,
+}
+
+/// An audit entry to append.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub actor: String,
+    pub kind: String,
+    pub from_state: Option<String>,
+    pub to_state: Option<String>,
+    pub detail: Value,
+}
+
+impl NewEvent {
+    pub fn transition(actor: &str, kind: &str, from: TaskState, to: TaskState, detail: Value) -> Self {
+        NewEvent {
+            actor: actor.to_string(),
+            kind: kind.to_string(),
+            from_state: Some(from.as_str().to_string()),
+            to_state: Some(to.as_str().to_string()),
+            detail,
+        }
+    }
+}
+
+/// A task the engine now holds under a lease, with its steps.
+#[derive(Debug, Clone)]
+pub struct ClaimedTask {
+    pub task: TaskRow,
+    /// The state it was claimed from (READY or WAITING).
+    pub claimed_from: TaskState,
+    pub steps: Vec<StepRow>,
+}
+
+/// How a run ends: the task's next state and what changed.
+#[derive(Debug, Clone)]
+pub struct RunEnd {
+    pub state: TaskState,
+    pub due_at: Option<i64>,
+    pub result: Option<Value>,
+    pub event: NewEvent,
+}
+
+/// Filters for listing tasks, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct TaskFilter {
+    pub state: Option<TaskState>,
+    pub template: Option<String>,
+    /// Only tasks older than this id (keyset pagination).
+    pub before: Option<String>,
+    pub limit: u32,
+}
+
+/// What happened to a requested state change.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TransitionOutcome {
+    /// Applied: the task went from the first state to the second.
+    Applied(TaskState, TaskState),
+    /// The task is running right now; the engine must stop it.
+    Running,
+}
