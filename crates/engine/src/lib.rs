@@ -1,1 +1,456 @@
-//! placeholder
+//! The engine runs tasks: it claims due tasks from the store, walks each task's step
+//! graph, runs actions, and writes every step change before acting on it.
+//!
+//! It knows nothing of HTTP routes. Wake-ups are notifications, not polling: creating,
+//! retrying or waking a task notifies the dispatcher, which otherwise sleeps until the
+//! next due time the store reports.
+
+mod catalog;
+mod run;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::{Value, json};
+use taskhook_actions::{Registry, TaskService, TaskSnapshot};
+use taskhook_model::input::resolve_inputs;
+use taskhook_model::{TaskState, Template};
+use taskhook_store::{NewEvent, NewTask, Store, StoreError, TaskRow, TemplateRow, TransitionOutcome, now_ms};
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+pub use catalog::{ActionCatalog, CompiledTemplate, parse_and_validate};
+pub use taskhook_model::validate::TemplateError;
+
+/// Operator settings of the engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Name of this process in leases and audit entries.
+    pub owner: String,
+    /// Tasks run at once by this process.
+    pub max_running_tasks: usize,
+    /// Step attempts run at once by this process.
+    pub max_running_steps: usize,
+    /// Named resources and how many steps may hold each at once.
+    pub resource_limits: HashMap<String, usize>,
+    pub lease: Duration,
+    /// How long running steps get to finish on shutdown.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            owner: format!("taskhook-{}", std::process::id()),
+            max_running_tasks: 1024,
+            max_running_steps: 512,
+            resource_limits: HashMap::new(),
+            lease: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why an engine call failed, in terms the API maps to a status.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{what} not found")]
+    NotFound { what: String },
+    /// Bad input: `field` names what is wrong.
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    /// The request is valid but conflicts with the current state.
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl From<StoreError> for EngineError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound { what } => EngineError::NotFound { what },
+            StoreError::Transition(t) => EngineError::Conflict(t.to_string()),
+            other => EngineError::Store(other),
+        }
+    }
+}
+
+/// A request to start a task.
+#[derive(Debug, Clone, Default)]
+pub struct CreateTask {
+    pub template: String,
+    pub inputs: Value,
+    pub requester: String,
+    pub tags: serde_json::Map<String, Value>,
+    pub idempotency_key: Option<String>,
+    /// Unix ms; the task waits until then.
+    pub run_at: Option<i64>,
+    pub parent_id: Option<String>,
+}
+
+pub(crate) struct Inner {
+    pub store: Store,
+    pub actions: Registry,
+    pub config: EngineConfig,
+    /// Wakes the dispatcher: a task became due.
+    pub wake: Notify,
+    /// Wakes the dispatcher: a runner finished, so there is room to claim more.
+    pub room: Notify,
+    pub templates: Mutex<HashMap<(String, i64), Arc<CompiledTemplate>>>,
+    /// Runs in progress, with the token that stops them.
+    pub running: Mutex<HashMap<String, RunControl>>,
+    /// Stops asked for before the run registered itself.
+    pub pending_stops: Mutex<HashMap<String, StopRequest>>,
+    pub task_slots: Arc<Semaphore>,
+    pub step_slots: Arc<Semaphore>,
+    pub resources: HashMap<String, Arc<Semaphore>>,
+    pub shutdown: CancellationToken,
+}
+
+#[derive(Clone)]
+pub(crate) struct RunControl {
+    pub stop: Arc<Mutex<Option<StopRequest>>>,
+    pub token: CancellationToken,
+}
+
+/// Why a run must stop early.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct StopRequest {
+    pub to: TaskState,
+    pub actor: String,
+}
+
+/// The engine handle. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl Engine {
+    pub fn new(store: Store, actions: Registry, config: EngineConfig) -> Self {
+        let resources = config.resource_limits.iter().map(|(k, v)| (k.clone(), Arc::new(Semaphore::new(*v)))).collect();
+        let inner = Arc::new(Inner {
+            store,
+            actions,
+            task_slots: Arc::new(Semaphore::new(config.max_running_tasks.max(1))),
+            step_slots: Arc::new(Semaphore::new(config.max_running_steps.max(1))),
+            config,
+            wake: Notify::new(),
+            room: Notify::new(),
+            templates: Mutex::new(HashMap::new()),
+            running: Mutex::new(HashMap::new()),
+            pending_stops: Mutex::new(HashMap::new()),
+            resources,
+            shutdown: CancellationToken::new(),
+        });
+        Engine { inner }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn actions(&self) -> &Registry {
+        &self.inner.actions
+    }
+
+    /// Parses and validates a template document.
+    pub fn parse_template(&self, text: &str) -> Result<Template, TemplateError> {
+        parse_and_validate(text, &self.inner.actions)
+    }
+
+    /// Validates and stores a template; a changed body becomes a new version, and running
+    /// tasks keep the version they started with.
+    pub async fn put_template(&self, template: Template) -> Result<(TemplateRow, bool), EngineError> {
+        catalog::compile(template.clone(), &self.inner.actions)?;
+        let body = serde_json::to_value(&template).map_err(|e| EngineError::Invalid { field: "template".into(), message: e.to_string() })?;
+        Ok(self.inner.store.put_template(&template.name, body).await?)
+    }
+
+    /// Creates a task; with an idempotency key already used, returns the first task and `false`.
+    pub async fn create_task(&self, req: CreateTask) -> Result<(TaskRow, bool), EngineError> {
+        self.inner.create_task(req).await
+    }
+
+    /// Starts a task waiting for a resolver (TODO), with the resolver's inputs.
+    pub async fn resolve(&self, id: &str, actor: &str, resolver_inputs: Value) -> Result<(), EngineError> {
+        let (task, _) = self.inner.store.get_task(id).await?.ok_or_else(|| EngineError::NotFound { what: format!("task {id}") })?;
+        let compiled = self.inner.template(&task.template, task.template_version).await?;
+        let inputs = resolve_inputs(&compiled.template.resolver_inputs, &resolver_inputs)
+            .map_err(|e| EngineError::Invalid { field: format!("resolver_inputs.{}", e.input), message: e.message })?;
+        let ev = NewEvent { actor: actor.into(), kind: "resolved".into(), from_state: None, to_state: None, detail: Value::Null };
+        self.inner
+            .store
+            .transition(id, &[TaskState::Todo], TaskState::Ready, Some(now_ms()), Some(Value::Object(inputs)), ev)
+            .await?;
+        self.inner.wake.notify_one();
+        Ok(())
+    }
+
+    /// Runs a BLOCKED or PAUSED task again.
+    pub async fn retry(&self, id: &str, actor: &str) -> Result<(), EngineError> {
+        let ev = NewEvent { actor: actor.into(), kind: "retried".into(), from_state: None, to_state: None, detail: Value::Null };
+        self.inner
+            .store
+            .transition(id, &[TaskState::Blocked, TaskState::Paused], TaskState::Ready, Some(now_ms()), None, ev)
+            .await?;
+        self.inner.wake.notify_one();
+        Ok(())
+    }
+
+    /// Cancels a task; a running one is stopped (its actions see the cancellation).
+    pub async fn cancel(&self, id: &str, actor: &str) -> Result<(), EngineError> {
+        self.stop(id, actor, TaskState::Cancelled, "cancelled").await
+    }
+
+    /// Pauses a task; a running one finishes the attempts in flight and starts no more.
+    pub async fn pause(&self, id: &str, actor: &str) -> Result<(), EngineError> {
+        self.stop(id, actor, TaskState::Paused, "paused").await
+    }
+
+    async fn stop(&self, id: &str, actor: &str, to: TaskState, kind: &str) -> Result<(), EngineError> {
+        use TaskState::*;
+        let from: &'static [TaskState] = if to == Cancelled {
+            &[Todo, Ready, Waiting, Paused, Blocked]
+        } else {
+            &[Todo, Ready, Waiting, Blocked]
+        };
+        let ev = NewEvent { actor: actor.into(), kind: kind.into(), from_state: None, to_state: None, detail: Value::Null };
+        match self.inner.store.transition(id, from, to, None, None, ev).await? {
+            TransitionOutcome::Applied(..) => {
+                self.inner.wake.notify_one();
+                Ok(())
+            }
+            TransitionOutcome::Running => {
+                self.inner.request_stop(id, StopRequest { to, actor: actor.to_string() });
+                Ok(())
+            }
+        }
+    }
+
+    /// Recovers tasks a previous process left running, then runs the dispatcher until shutdown.
+    pub async fn start(&self) -> Result<tokio::task::JoinHandle<()>, EngineError> {
+        let recovered = self.inner.store.recover_running().await?;
+        if recovered > 0 {
+            tracing::info!(recovered, "resuming tasks that were running when the server stopped");
+        }
+        let inner = self.inner.clone();
+        Ok(tokio::spawn(async move { inner.dispatch().await }))
+    }
+
+    /// Stops claiming, lets running steps finish within the grace period, and returns.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+        let deadline = tokio::time::Instant::now() + self.inner.config.shutdown_grace;
+        while !self.inner.running.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
+            if tokio::time::Instant::now() > deadline {
+                for ctl in self.inner.running.lock().unwrap_or_else(|e| e.into_inner()).values() {
+                    ctl.token.cancel();
+                }
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A service actions use to start and watch subtasks.
+    pub fn task_service(&self) -> Arc<dyn TaskService> {
+        Arc::new(Tasks { inner: Arc::downgrade(&self.inner) })
+    }
+}
+
+impl Inner {
+    pub(crate) async fn template(&self, name: &str, version: i64) -> Result<Arc<CompiledTemplate>, EngineError> {
+        let key = (name.to_string(), version);
+        if let Some(t) = self.templates.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return Ok(t.clone());
+        }
+        let row = self
+            .store
+            .get_template_version(name, version)
+            .await?
+            .ok_or_else(|| EngineError::NotFound { what: format!("template {name} version {version}") })?;
+        let template: Template = serde_json::from_value(row.body)
+            .map_err(|e| EngineError::Invalid { field: "template".into(), message: format!("stored template is unreadable: {e}") })?;
+        let compiled = catalog::compile(template, &self.actions)?;
+        self.templates.lock().unwrap_or_else(|e| e.into_inner()).insert(key, compiled.clone());
+        Ok(compiled)
+    }
+
+    async fn create_task(&self, req: CreateTask) -> Result<(TaskRow, bool), EngineError> {
+        let row = self
+            .store
+            .get_template(&req.template)
+            .await?
+            .ok_or_else(|| EngineError::NotFound { what: format!("template {:?}", req.template) })?;
+        let compiled = self.template(&row.name, row.version).await?;
+        let t = &compiled.template;
+        if t.blocked {
+            return Err(EngineError::Conflict(format!("template {:?} is blocked: no task can be created from it", t.name)));
+        }
+        let inputs = resolve_inputs(&t.inputs, &req.inputs).map_err(|e| EngineError::Invalid {
+            field: if e.input.is_empty() { "inputs".into() } else { format!("inputs.{}", e.input) },
+            message: e.message,
+        })?;
+        let id = uuid::Uuid::now_v7().to_string();
+        let ctx = json!({"input": inputs, "task": {"id": id, "template": t.name, "requester": req.requester}});
+        let renderer = taskhook_expr::renderer();
+        let title = match &t.title_format {
+            Some(f) => renderer
+                .render_str(f, &ctx)
+                .map_err(|e| EngineError::Invalid { field: "template.title_format".into(), message: e.message })?,
+            None => t.name.clone(),
+        };
+        let mut tags = serde_json::Map::new();
+        for (k, v) in &t.tags {
+            let v = renderer
+                .render_str(v, &ctx)
+                .map_err(|e| EngineError::Invalid { field: format!("template.tags.{k}"), message: e.message })?;
+            tags.insert(k.clone(), Value::String(v));
+        }
+        tags.extend(req.tags);
+        let state = if t.auto_runnable { TaskState::Ready } else { TaskState::Todo };
+        let due_at = (state == TaskState::Ready).then(|| req.run_at.unwrap_or_else(now_ms));
+        let new = NewTask {
+            id,
+            template: row.name.clone(),
+            template_version: row.version,
+            title,
+            state,
+            inputs: Value::Object(inputs),
+            tags: Value::Object(tags),
+            requester: req.requester.clone(),
+            parent_id: req.parent_id,
+            idempotency_key: req.idempotency_key,
+            run_max: t.retry_max(),
+            due_at,
+            steps: t.steps.keys().cloned().collect(),
+        };
+        let event = NewEvent {
+            actor: req.requester,
+            kind: "created".into(),
+            from_state: None,
+            to_state: Some(state.as_str().into()),
+            detail: Value::Null,
+        };
+        let (task, created) = self.store.create_task(new, event).await?;
+        if created && state == TaskState::Ready {
+            self.wake.notify_one();
+        }
+        Ok((task, created))
+    }
+
+    fn request_stop(&self, id: &str, req: StopRequest) {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        match running.get(id) {
+            Some(ctl) => {
+                *ctl.stop.lock().unwrap_or_else(|e| e.into_inner()) = Some(req.clone());
+                if req.to == TaskState::Cancelled {
+                    ctl.token.cancel();
+                } else {
+                    // Pause: no new attempts; the run notices at its next step boundary.
+                    ctl.token.cancel();
+                }
+            }
+            None => {
+                self.pending_stops.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_string(), req);
+            }
+        }
+    }
+
+    /// Claims due tasks while there is room, then sleeps until woken or the next due time.
+    async fn dispatch(self: Arc<Self>) {
+        const MAX_CLAIM: usize = 256;
+        loop {
+            if self.shutdown.is_cancelled() {
+                return;
+            }
+            let room = self.task_slots.available_permits().min(MAX_CLAIM);
+            if room == 0 {
+                tokio::select! {
+                    _ = self.room.notified() => continue,
+                    _ = self.shutdown.cancelled() => return,
+                }
+            }
+            let now = now_ms();
+            let claimed = match self.store.claim_due(&self.config.owner, now, room, self.config.lease.as_millis() as i64).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(error = %e, "claiming tasks failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            let full_batch = claimed.len() == room;
+            for c in claimed {
+                let Ok(permit) = self.task_slots.clone().try_acquire_owned() else { break };
+                let inner = self.clone();
+                tokio::spawn(async move {
+                    run::run_task(inner.clone(), c).await;
+                    drop(permit);
+                    inner.room.notify_one();
+                });
+            }
+            if full_batch {
+                continue;
+            }
+            let next = match self.store.next_due_at().await {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::error!(error = %e, "reading the next due time failed");
+                    Some(now_ms() + 1000)
+                }
+            };
+            let sleep = match next {
+                Some(t) => Duration::from_millis((t - now_ms()).clamp(0, 60_000) as u64),
+                None => Duration::from_secs(60),
+            };
+            if sleep.is_zero() {
+                continue;
+            }
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(sleep) => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+        }
+    }
+}
+
+/// The engine as seen by actions (subtasks). Holds a weak reference so actions never keep
+/// a stopped engine alive.
+struct Tasks {
+    inner: std::sync::Weak<Inner>,
+}
+
+#[async_trait]
+impl TaskService for Tasks {
+    async fn create_subtask(&self, parent_id: &str, template: &str, inputs: Value, key: &str) -> Result<String, String> {
+        let inner = self.inner.upgrade().ok_or("the engine is stopping")?;
+        let req = CreateTask {
+            template: template.to_string(),
+            inputs,
+            requester: format!("task:{parent_id}"),
+            idempotency_key: Some(key.to_string()),
+            parent_id: Some(parent_id.to_string()),
+            ..Default::default()
+        };
+        inner.create_task(req).await.map(|(t, _)| t.id).map_err(|e| e.to_string())
+    }
+
+    async fn task_snapshot(&self, id: &str) -> Result<TaskSnapshot, String> {
+        let inner = self.inner.upgrade().ok_or("the engine is stopping")?;
+        let (t, _) = inner.store.get_task(id).await.map_err(|e| e.to_string())?.ok_or_else(|| format!("task {id} not found"))?;
+        Ok(TaskSnapshot { id: t.id, state: t.state.as_str().to_string(), result: t.result })
+    }
+}
+
+/// Ids of tasks currently run by this process (for tests and metrics).
+pub fn running_ids(engine: &Engine) -> HashSet<String> {
+    engine.inner.running.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect()
+}

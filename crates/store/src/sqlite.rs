@@ -527,8 +527,10 @@ impl SqliteStore {
             let now = now_ms();
             upsert_steps(c, &task_id, &steps, now)?;
             c.prepare_cached(
-                "UPDATE tasks SET state = ?2, due_at = ?3, result = COALESCE(?4, result), lease_owner = NULL, \
-                 lease_until = NULL, updated_at = ?5 WHERE id = ?1",
+                // A child that ended during this run set due_at to wake us: a WAITING end keeps it.
+                "UPDATE tasks SET state = ?2, \
+                 due_at = CASE WHEN ?2 = 'WAITING' AND due_at IS NOT NULL THEN MIN(due_at, COALESCE(?3, due_at)) ELSE ?3 END, \
+                 result = COALESCE(?4, result), lease_owner = NULL, lease_until = NULL, updated_at = ?5 WHERE id = ?1",
             )?
             .execute(params![task_id, end.state.as_str(), end.due_at, end.result.as_ref().map(json), now])?;
             insert_event(c, &task_id, now, &end.event)?;
@@ -630,7 +632,7 @@ fn wake_parent_if_ended(c: &Connection, task_id: &str, state: TaskState, now: i6
         c.prepare_cached("SELECT parent_id FROM tasks WHERE id = ?1")?.query_row([task_id], |r| r.get(0)).optional()?.flatten();
     let Some(parent) = parent else { return Ok(None) };
     let woke = c
-        .prepare_cached("UPDATE tasks SET due_at = ?2, updated_at = ?2 WHERE id = ?1 AND state = 'WAITING'")?
+        .prepare_cached("UPDATE tasks SET due_at = ?2, updated_at = ?2 WHERE id = ?1 AND state IN ('WAITING', 'RUNNING')")?
         .execute(params![parent, now])?;
     Ok((woke > 0).then_some(parent))
 }

@@ -1,0 +1,65 @@
+//! Loading a template: parse, validate against the known actions and the templating
+//! language, and compile what every run needs (schemas, timeouts) once.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use taskhook_actions::Registry;
+use taskhook_model::validate::{Catalog, TemplateError, ValidationError, validate_template};
+use taskhook_model::Template;
+
+/// Validation's view of the actions and of MiniJinja.
+pub struct ActionCatalog<'a> {
+    pub actions: &'a Registry,
+}
+
+impl Catalog for ActionCatalog<'_> {
+    fn check_action(&self, kind: &str, config: &Value) -> Result<(), (String, String)> {
+        let Some(action) = self.actions.get(kind) else {
+            let known: Vec<&str> = self.actions.names().collect();
+            return Err((String::new(), format!("unknown action type {kind:?}; known types: {}", known.join(", "))));
+        };
+        action.validate(config).map_err(|e| (e.field, e.message))
+    }
+
+    fn template_references(&self, text: &str) -> Result<Vec<String>, String> {
+        taskhook_expr::renderer().references(text).map_err(|e| e.message)
+    }
+}
+
+/// A validated template with its per-step compiled parts.
+pub struct CompiledTemplate {
+    pub template: Template,
+    pub schemas: HashMap<String, jsonschema::Validator>,
+    pub timeouts: HashMap<String, Duration>,
+}
+
+/// Parses (YAML or JSON) and validates a template document.
+pub fn parse_and_validate(text: &str, actions: &Registry) -> Result<Template, TemplateError> {
+    let template = Template::parse(text).map_err(|e| TemplateError {
+        errors: vec![ValidationError { field: "template".into(), message: e.message }],
+    })?;
+    validate_template(&template, &ActionCatalog { actions })?;
+    Ok(template)
+}
+
+pub fn compile(template: Template, actions: &Registry) -> Result<Arc<CompiledTemplate>, TemplateError> {
+    validate_template(&template, &ActionCatalog { actions })?;
+    let mut schemas = HashMap::new();
+    let mut timeouts = HashMap::new();
+    for (name, step) in &template.steps {
+        if let Some(schema) = &step.json_schema
+            && let Ok(v) = jsonschema::validator_for(schema)
+        {
+            schemas.insert(name.clone(), v);
+        }
+        if let Some(t) = &step.timeout
+            && let Ok(d) = taskhook_model::duration::parse_duration_str(t)
+        {
+            timeouts.insert(name.clone(), d);
+        }
+    }
+    Ok(Arc::new(CompiledTemplate { template, schemas, timeouts }))
+}

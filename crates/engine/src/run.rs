@@ -1,0 +1,754 @@
+//! One run of one task: walk the step graph until nothing more can run now, then end
+//! the run in the state the steps call for. Every step change is committed (in one
+//! write per round) before the engine starts what follows from it.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::Rng;
+use serde_json::{Map, Value, json};
+use taskhook_actions::{ActionContext, ActionError, ActionOutput};
+use taskhook_model::condition::ConditionKind;
+use taskhook_model::template::{Action, DependencyStates, OutputStrategy, Step};
+use taskhook_model::validate::merge_configuration;
+use taskhook_model::{StepState, TaskState};
+use taskhook_store::{ClaimedTask, NewEvent, RunEnd, StepRow, StoreError, TaskRow, now_ms};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::CompiledTemplate;
+use crate::{Inner, RunControl, StopRequest};
+
+struct Run {
+    inner: Arc<Inner>,
+    task: TaskRow,
+    compiled: Arc<CompiledTemplate>,
+    steps: BTreeMap<String, StepRow>,
+    /// Steps already attempted in this run (each runs at most once per run, but RETRY_NOW).
+    executed: HashSet<String>,
+    /// Steps changed since the last write.
+    dirty: HashSet<String>,
+    stop: Arc<Mutex<Option<StopRequest>>>,
+    token: CancellationToken,
+}
+
+/// What one attempt came back with.
+struct Attempt {
+    step: String,
+    result: Result<ActionOutput, ActionError>,
+}
+
+pub(crate) async fn run_task(inner: Arc<Inner>, claimed: ClaimedTask) {
+    let id = claimed.task.id.clone();
+    let compiled = match inner.template(&claimed.task.template, claimed.task.template_version).await {
+        Ok(c) => c,
+        Err(e) => {
+            let end = RunEnd {
+                state: TaskState::Blocked,
+                due_at: None,
+                result: None,
+                event: NewEvent::transition("engine", "blocked", TaskState::Running, TaskState::Blocked, json!({"reason": format!("template unusable: {e}")})),
+            };
+            if let Err(e) = inner.store.end_run(&id, claimed.task.lease_epoch, vec![], end).await {
+                tracing::error!(task = %id, error = %e, "could not block a task whose template is unusable");
+            }
+            return;
+        }
+    };
+    let ctl = RunControl { stop: Arc::new(Mutex::new(None)), token: CancellationToken::new() };
+    {
+        let mut running = inner.running.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(req) = inner.pending_stops.lock().unwrap_or_else(|e| e.into_inner()).remove(&id) {
+            *ctl.stop.lock().unwrap_or_else(|e| e.into_inner()) = Some(req);
+            ctl.token.cancel();
+        }
+        running.insert(id.clone(), ctl.clone());
+    }
+    let mut run = Run {
+        inner: inner.clone(),
+        steps: claimed.steps.into_iter().map(|s| (s.name.clone(), s)).collect(),
+        task: claimed.task,
+        compiled,
+        executed: HashSet::new(),
+        dirty: HashSet::new(),
+        stop: ctl.stop,
+        token: ctl.token,
+    };
+    match run.drive().await {
+        Ok(()) => {}
+        Err(StoreError::LeaseLost { .. }) => tracing::warn!(task = %id, "lease lost; another run owns the task"),
+        Err(e) => tracing::error!(task = %id, error = %e, "run aborted by a store error; the task resumes after recovery"),
+    }
+    inner.running.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+}
+
+impl Run {
+    fn def(&self, name: &str) -> Option<&Step> {
+        let t = &self.compiled.template;
+        t.steps.get(name).or_else(|| {
+            let parent = self.steps.get(name)?.foreach_parent.as_ref()?;
+            t.steps.get(parent)
+        })
+    }
+
+    fn set(&mut self, name: &str, f: impl FnOnce(&mut StepRow)) {
+        if let Some(s) = self.steps.get_mut(name) {
+            f(s);
+            self.dirty.insert(name.to_string());
+        }
+    }
+
+    fn take_dirty(&mut self) -> Vec<StepRow> {
+        let mut out: Vec<StepRow> = self.dirty.drain().filter_map(|n| self.steps.get(&n).cloned()).collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    fn stop_request(&self) -> Option<StopRequest> {
+        self.stop.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    async fn drive(&mut self) -> Result<(), StoreError> {
+        // Steps left RUNNING by a process that died: re-run if idempotent, else a human decides.
+        let interrupted: Vec<String> =
+            self.steps.values().filter(|s| s.state == StepState::Running).map(|s| s.name.clone()).collect();
+        let mut crashed = Vec::new();
+        for name in interrupted {
+            let idempotent = self.def(&name).is_some_and(|d| d.idempotent);
+            if idempotent {
+                self.set(&name, |s| s.state = StepState::Todo);
+            } else {
+                crashed.push(name.clone());
+                self.set(&name, |s| {
+                    s.state = StepState::Crashed;
+                    s.error = Some("the server stopped while this step ran, and it is not idempotent: check its effect, then retry the task".into());
+                });
+            }
+        }
+        if !crashed.is_empty() {
+            let detail = json!({"reason": "non-idempotent steps were interrupted by a crash", "steps": crashed});
+            return self.end(TaskState::Blocked, None, None, "blocked", detail).await;
+        }
+
+        let mut inflight: JoinSet<Attempt> = JoinSet::new();
+        loop {
+            let stopping = self.stop_request().is_some() || self.inner.shutdown.is_cancelled();
+            let to_start = if stopping { Vec::new() } else { self.advance() };
+            if !self.dirty.is_empty() {
+                let rows = self.take_dirty();
+                self.inner.store.save_steps(&self.task.id, self.task.lease_epoch, rows).await?;
+            }
+            for name in to_start {
+                self.spawn_attempt(&mut inflight, name);
+            }
+            if inflight.is_empty() {
+                if stopping || !self.has_eligible() {
+                    break;
+                }
+                continue;
+            }
+            let done = tokio::select! {
+                r = inflight.join_next() => r,
+                _ = self.token.cancelled(), if !self.token.is_cancelled() => None,
+            };
+            if let Some(joined) = done {
+                self.absorb(joined);
+                while let Some(joined) = inflight.try_join_next() {
+                    self.absorb(joined);
+                }
+            }
+        }
+        self.finish().await
+    }
+
+    fn absorb(&mut self, joined: Result<Attempt, tokio::task::JoinError>) {
+        match joined {
+            Ok(a) => self.apply_result(a),
+            Err(e) => tracing::error!(task = %self.task.id, error = %e, "a step attempt panicked"),
+        }
+    }
+
+    fn has_eligible(&self) -> bool {
+        self.steps.keys().any(|n| self.eligibility(n) == Eligibility::Ready)
+    }
+
+    /// Applies skip conditions, pruning and foreach expansion; marks runnable steps RUNNING
+    /// and returns them (to start after the write commits).
+    fn advance(&mut self) -> Vec<String> {
+        let mut start = Vec::new();
+        loop {
+            let mut changed = false;
+            let names: Vec<String> = self.steps.keys().cloned().collect();
+            for name in names {
+                match self.eligibility(&name) {
+                    Eligibility::Prune => {
+                        self.set(&name, |s| s.state = StepState::Prune);
+                        changed = true;
+                    }
+                    Eligibility::Contract => {
+                        self.set(&name, |s| {
+                            s.state = StepState::Done;
+                            s.error = None;
+                        });
+                        changed = true;
+                    }
+                    Eligibility::Ready => {
+                        changed = true;
+                        self.executed.insert(name.clone());
+                        if self.apply_skip_conditions(&name) {
+                            continue;
+                        }
+                        let is_child = self.steps[&name].foreach_parent.is_some();
+                        if !is_child && let Some(expr) = self.def(&name).and_then(|d| d.foreach.clone()) {
+                            self.expand(&name, &expr);
+                            continue;
+                        }
+                        self.set(&name, |s| {
+                            s.state = StepState::Running;
+                            s.attempts += 1;
+                        });
+                        start.push(name);
+                    }
+                    Eligibility::No => {}
+                }
+            }
+            if !changed {
+                return start;
+            }
+        }
+    }
+
+    fn eligibility(&self, name: &str) -> Eligibility {
+        let Some(row) = self.steps.get(name) else { return Eligibility::No };
+        let now = now_ms();
+        if row.state == StepState::Expanded {
+            let children_final = self.steps.values().filter(|c| c.foreach_parent.as_deref() == Some(name)).all(|c| c.state.is_final());
+            return if children_final { Eligibility::Contract } else { Eligibility::No };
+        }
+        let runnable = match &row.state {
+            StepState::Todo | StepState::RetryNow => true,
+            StepState::ServerError | StepState::ToRetry | StepState::Waiting => row.next_retry_at.is_none_or(|t| t <= now),
+            StepState::ClientError | StepState::FatalError | StepState::Crashed => true,
+            _ => false,
+        };
+        if !runnable || (self.executed.contains(name) && row.state != StepState::RetryNow) {
+            return Eligibility::No;
+        }
+        // Deps: a foreach child's come from its parent (already met) plus, in sequence, its predecessor.
+        if let Some(parent) = &row.foreach_parent {
+            return match self.sequence_predecessor(parent, name) {
+                Some(prev) if !self.steps.get(&prev).is_some_and(|p| p.state.is_final()) => Eligibility::No,
+                _ => Eligibility::Ready,
+            };
+        }
+        let Some(def) = self.def(name) else { return Eligibility::No };
+        let mut ready = true;
+        for dep in def.parsed_dependencies() {
+            let Some(target) = self.steps.get(&dep.step) else { return Eligibility::No };
+            match dep.states {
+                DependencyStates::Any => {
+                    if !(target.state.is_final() && self.ancestors_final(&dep.step)) {
+                        ready = false;
+                    }
+                }
+                DependencyStates::OneOf(states) => {
+                    if states.iter().any(|s| s == target.state.as_str()) {
+                        continue;
+                    }
+                    if target.state.is_final() {
+                        return if row.state == StepState::Todo { Eligibility::Prune } else { Eligibility::No };
+                    }
+                    ready = false;
+                }
+            }
+        }
+        if ready { Eligibility::Ready } else { Eligibility::No }
+    }
+
+    fn ancestors_final(&self, name: &str) -> bool {
+        let mut seen = HashSet::new();
+        let mut stack = vec![name.to_string()];
+        while let Some(n) = stack.pop() {
+            if !seen.insert(n.clone()) {
+                continue;
+            }
+            if !self.steps.get(&n).is_some_and(|s| s.state.is_final()) {
+                return false;
+            }
+            if let Some(d) = self.compiled.template.steps.get(&n) {
+                stack.extend(d.parsed_dependencies().into_iter().map(|d| d.step));
+            }
+        }
+        true
+    }
+
+    fn sequence_predecessor(&self, parent: &str, child: &str) -> Option<String> {
+        let def = self.compiled.template.steps.get(parent)?;
+        if def.foreach_strategy != Some(taskhook_model::ForeachStrategy::Sequence) {
+            return None;
+        }
+        let idx: usize = child.rsplit('-').next()?.parse().ok()?;
+        (idx > 0).then(|| format!("{parent}-{}", idx - 1))
+    }
+
+    /// The templating context for a step: inputs, variables, every step's results.
+    fn context(&self, current: Option<&str>, pre_hook: Option<&ActionOutput>) -> Value {
+        let mut steps = Map::new();
+        for (name, s) in &self.steps {
+            if s.foreach_parent.is_some() {
+                continue;
+            }
+            let mut v = json!({
+                "state": s.state.as_str(),
+                "output": s.output,
+                "metadata": s.metadata,
+                "error": s.error,
+                "attempts": s.attempts,
+            });
+            if self.compiled.template.steps.get(name).is_some_and(|d| d.foreach.is_some()) {
+                let mut children: Vec<&StepRow> =
+                    self.steps.values().filter(|c| c.foreach_parent.as_deref() == Some(name.as_str())).collect();
+                children.sort_by_key(|c| child_index(&c.name));
+                v["children"] = Value::Array(
+                    children
+                        .iter()
+                        .filter(|c| c.state != StepState::Prune)
+                        .map(|c| json!({"item": c.item, "output": c.output, "metadata": c.metadata, "state": c.state.as_str(), "error": c.error}))
+                        .collect(),
+                );
+            }
+            steps.insert(name.clone(), v);
+        }
+        let mut ctx = json!({
+            "input": self.task.inputs,
+            "resolver_input": self.task.resolver_inputs,
+            "task": {
+                "id": self.task.id,
+                "template": self.task.template,
+                "title": self.task.title,
+                "requester": self.task.requester,
+                "created_at": self.task.created_at,
+                "run_count": self.task.run_count,
+                "tags": self.task.tags,
+            },
+            "var": {},
+            "step": Value::Object(steps),
+        });
+        if let Some(cur) = current {
+            let row = &self.steps[cur];
+            let this_key = row.foreach_parent.clone().unwrap_or_else(|| cur.to_string());
+            let mut this = ctx["step"].get(&this_key).cloned().unwrap_or(Value::Null);
+            if row.foreach_parent.is_some() {
+                this = json!({"state": row.state.as_str(), "output": row.output, "metadata": row.metadata, "error": row.error, "attempts": row.attempts});
+            }
+            ctx["step"]["this"] = this;
+            if let Some(item) = &row.item {
+                ctx["iterator"] = item.clone();
+            }
+        }
+        if let Some(p) = pre_hook {
+            ctx["pre_hook"] = json!({"output": p.output, "metadata": p.metadata});
+        }
+        // Variables see everything above, and the variables declared before them.
+        let renderer = taskhook_expr::renderer();
+        for var in &self.compiled.template.variables {
+            let v = renderer.render_value(&var.value, &ctx).unwrap_or_else(|e| Value::String(format!("<error: {e}>")));
+            ctx["var"][&var.name] = v;
+        }
+        ctx
+    }
+
+    /// Evaluates skip conditions; true when one held (the step does not run).
+    fn apply_skip_conditions(&mut self, name: &str) -> bool {
+        let Some(def) = self.def(name).cloned() else { return false };
+        let skips: Vec<_> = def.conditions.iter().filter(|c| c.kind == ConditionKind::Skip).cloned().collect();
+        if skips.is_empty() {
+            return false;
+        }
+        let mut held = false;
+        for cond in &skips {
+            let ctx = self.context(Some(name), None);
+            match evaluate(cond, &ctx) {
+                Ok(true) => {
+                    held = true;
+                    let message = cond.message.as_ref().map(|m| taskhook_expr::renderer().render_str(m, &ctx).unwrap_or_else(|e| e.message));
+                    self.apply_then(name, &cond.then, message);
+                    if cond.r#final {
+                        break;
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    self.set(name, |s| {
+                        s.state = StepState::FatalError;
+                        s.error = Some(format!("skip condition: {e}"));
+                    });
+                    return true;
+                }
+            }
+        }
+        held
+    }
+
+    fn apply_then(&mut self, current: &str, then: &BTreeMap<String, String>, message: Option<String>) {
+        let now = now_ms();
+        for (target, state) in then {
+            let target = if target == "this" { current.to_string() } else { target.clone() };
+            let state = StepState::parse(state);
+            let retry_at = (state == StepState::ToRetry).then(|| {
+                let tries = self.steps.get(&target).map(|s| s.attempts).unwrap_or(1);
+                let pattern = self.def(&target).and_then(|d| d.retry_pattern).unwrap_or_default();
+                now + jittered(pattern.delay_ms(tries))
+            });
+            let message = message.clone();
+            self.set(&target, |s| {
+                s.state = state;
+                s.next_retry_at = retry_at;
+                if message.is_some() {
+                    s.error = message;
+                }
+            });
+        }
+    }
+
+    fn expand(&mut self, name: &str, expr: &str) {
+        let ctx = self.context(Some(name), None);
+        let items = match taskhook_expr::renderer().render_value(&Value::String(expr.to_string()), &ctx) {
+            Ok(Value::Array(items)) => items,
+            Ok(Value::String(s)) => match serde_json::from_str::<Value>(&s) {
+                Ok(Value::Array(items)) => items,
+                _ => return self.fail_expand(name, format!("foreach must give a list, got the text {s:?}")),
+            },
+            Ok(other) => return self.fail_expand(name, format!("foreach must give a list, got {other}")),
+            Err(e) => return self.fail_expand(name, format!("foreach: {e}")),
+        };
+        const MAX_FANOUT: usize = 10_000;
+        if items.len() > MAX_FANOUT {
+            return self.fail_expand(name, format!("foreach gave {} items; the limit is {MAX_FANOUT}", items.len()));
+        }
+        // Old children from an earlier expansion are replaced.
+        let old: Vec<String> = self.steps.values().filter(|c| c.foreach_parent.as_deref() == Some(name)).map(|c| c.name.clone()).collect();
+        for o in old {
+            self.steps.remove(&o);
+            self.dirty.remove(&o);
+        }
+        for (i, item) in items.into_iter().enumerate() {
+            let child = format!("{name}-{i}");
+            let mut row = StepRow::new(child.clone());
+            row.foreach_parent = Some(name.to_string());
+            row.item = Some(item);
+            self.steps.insert(child.clone(), row);
+            self.dirty.insert(child);
+        }
+        self.set(name, |s| {
+            s.state = StepState::Expanded;
+            s.error = None;
+        });
+    }
+
+    fn fail_expand(&mut self, name: &str, message: String) {
+        self.set(name, |s| {
+            s.state = StepState::FatalError;
+            s.error = Some(message);
+        });
+    }
+
+    fn spawn_attempt(&self, set: &mut JoinSet<Attempt>, name: String) {
+        let Some(def) = self.def(&name).cloned() else { return };
+        let row = self.steps[&name].clone();
+        let parent_name = row.foreach_parent.clone().unwrap_or_else(|| name.clone());
+        let timeout = self.compiled.timeouts.get(&parent_name).copied();
+        let inner = self.inner.clone();
+        let needs_ctx = def.pre_hook.is_some()
+            || taskhook_expr::Renderer::value_is_templated(&def.action.configuration)
+            || def.action.base_configuration.is_some()
+            || def.action.output.is_some();
+        let ctx = needs_ctx.then(|| self.context(Some(&name), None));
+        let base = def.action.base_configuration.as_ref().and_then(|b| self.compiled.template.base_configurations.get(b)).cloned();
+        let pre_base = def
+            .pre_hook
+            .as_ref()
+            .and_then(|p| p.base_configuration.as_ref())
+            .and_then(|b| self.compiled.template.base_configurations.get(b))
+            .cloned();
+        let token = self.token.child_token();
+        let action_ctx = ActionContext {
+            task_id: self.task.id.clone(),
+            step: name.clone(),
+            attempt: row.attempts,
+            idempotency_key: format!("{}/{}", self.task.id, name),
+            previous_metadata: (row.state == StepState::Waiting || !row.metadata.is_null()).then(|| row.metadata.clone()),
+            cancel: token.clone(),
+            tasks: crate::Engine { inner: inner.clone() }.task_service(),
+        };
+        let step_name = name.clone();
+        set.spawn(async move {
+            let _slot = inner.step_slots.clone().acquire_owned().await;
+            let mut held = Vec::new();
+            let mut resources = def.resources.clone();
+            resources.sort();
+            for r in &resources {
+                if let Some(sem) = inner.resources.get(r) {
+                    held.push(sem.clone().acquire_owned().await);
+                }
+            }
+            let work = attempt(&inner, &def, base, pre_base, ctx, action_ctx);
+            let result = match timeout {
+                Some(d) => match tokio::time::timeout(d, work).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        token.cancel();
+                        Err(ActionError::server(format!("timed out after {}", humantime(d))))
+                    }
+                },
+                None => work.await,
+            };
+            Attempt { step: step_name, result }
+        });
+    }
+
+    /// Maps an attempt's result to the step's next state, with check conditions,
+    /// output shaping, schema validation and retry scheduling.
+    fn apply_result(&mut self, a: Attempt) {
+        let Some(def) = self.def(&a.step).cloned() else { return };
+        let name = a.step;
+        let now = now_ms();
+        let (mut state, output, metadata, error, wake) = match a.result {
+            Ok(out) => (StepState::Done, out.output, out.metadata, None, None),
+            Err(ActionError::Client { message, output }) => {
+                let o = output.unwrap_or_default();
+                (StepState::ClientError, o.output, o.metadata, Some(message), None)
+            }
+            Err(ActionError::Server { message, output }) => {
+                let o = output.unwrap_or_default();
+                (StepState::ServerError, o.output, o.metadata, Some(message), None)
+            }
+            Err(ActionError::Fatal { message }) => (StepState::FatalError, Value::Null, Value::Null, Some(message), None),
+            Err(ActionError::Waiting { metadata, wake_at }) => (StepState::Waiting, Value::Null, metadata, None, wake_at),
+        };
+        let mut output = output;
+        let mut error = error;
+        if state == StepState::Done {
+            if let Some(spec) = &def.action.output {
+                self.set(&name, |s| s.output = output.clone());
+                let ctx = self.context(Some(&name), None);
+                match taskhook_expr::renderer().render_value(&spec.format, &ctx) {
+                    Ok(formatted) => {
+                        output = match spec.strategy {
+                            OutputStrategy::Template => formatted,
+                            OutputStrategy::Merge => merge_configuration(&output, &formatted),
+                        }
+                    }
+                    Err(e) => {
+                        state = StepState::FatalError;
+                        error = Some(format!("output format: {e}"));
+                    }
+                }
+            }
+            let parent = self.steps.get(&name).and_then(|s| s.foreach_parent.clone()).unwrap_or_else(|| name.clone());
+            if state == StepState::Done
+                && let Some(schema) = self.compiled.schemas.get(&parent)
+            {
+                let problems: Vec<String> = schema.iter_errors(&output).map(|e| format!("{}: {}", e.instance_path(), e)).collect();
+                if !problems.is_empty() {
+                    state = StepState::FatalError;
+                    error = Some(format!("output does not match json_schema: {}", problems.join("; ")));
+                }
+            }
+        }
+        self.set(&name, |s| {
+            s.state = state.clone();
+            s.output = output;
+            s.metadata = metadata;
+            s.error = error;
+            s.next_retry_at = wake;
+        });
+        // Check conditions run after DONE or CLIENT_ERROR, and may change any state.
+        if matches!(state, StepState::Done | StepState::ClientError) {
+            let checks: Vec<_> = def.conditions.iter().filter(|c| c.kind == ConditionKind::Check).cloned().collect();
+            for cond in &checks {
+                let ctx = self.context(Some(&name), None);
+                match evaluate(cond, &ctx) {
+                    Ok(true) => {
+                        let message = cond.message.as_ref().map(|m| taskhook_expr::renderer().render_str(m, &ctx).unwrap_or_else(|e| e.message));
+                        self.apply_then(&name, &cond.then, message);
+                        if cond.r#final {
+                            break;
+                        }
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        self.set(&name, |s| {
+                            s.state = StepState::FatalError;
+                            s.error = Some(format!("check condition: {e}"));
+                        });
+                        break;
+                    }
+                }
+            }
+        }
+        // Retry scheduling and the per-step retry limit.
+        let row = &self.steps[&name];
+        if row.state.is_retriable() || row.state == StepState::RetryNow {
+            let attempts = row.attempts;
+            if attempts > def.max_retries() {
+                self.set(&name, |s| {
+                    s.state = StepState::FatalError;
+                    s.error = Some(format!("gave up after {attempts} attempts (max_retries {}): {}", def.max_retries(), s.error.clone().unwrap_or_default()));
+                });
+            } else if row.state.is_retriable() && row.next_retry_at.is_none() {
+                let delay = jittered(def.retry_pattern.unwrap_or_default().delay_ms(attempts));
+                self.set(&name, |s| s.next_retry_at = Some(now + delay));
+            }
+        }
+    }
+
+    /// Decides the task's state from its steps and ends the run.
+    async fn finish(&mut self) -> Result<(), StoreError> {
+        if let Some(stop) = self.stop_request() {
+            // Attempts interrupted by the stop go back to TODO so a resumed task runs them again.
+            let interrupted: Vec<String> = self.steps.values().filter(|s| s.state == StepState::Running).map(|s| s.name.clone()).collect();
+            for n in interrupted {
+                self.set(&n, |s| {
+                    s.state = StepState::Todo;
+                    s.error = Some(format!("interrupted: task {}", stop.to.as_str().to_lowercase()));
+                });
+            }
+            let kind = if stop.to == TaskState::Cancelled { "cancelled" } else { "paused" };
+            let mut end = self.end_event(stop.to, kind, Value::Null);
+            end.actor = stop.actor;
+            return self.end_with(stop.to, None, None, end).await;
+        }
+        if self.inner.shutdown.is_cancelled() && self.steps.values().any(|s| !s.state.is_final()) {
+            let interrupted: Vec<String> = self.steps.values().filter(|s| s.state == StepState::Running).map(|s| s.name.clone()).collect();
+            for n in interrupted {
+                self.set(&n, |s| s.state = StepState::Todo);
+            }
+            return self.end(TaskState::Ready, Some(now_ms()), None, "released", json!({"reason": "server shutting down"})).await;
+        }
+        let steps: Vec<&StepRow> = self.steps.values().collect();
+        if steps.iter().all(|s| s.state.is_final()) {
+            let result = self.render_result();
+            return self.end(TaskState::Done, None, Some(result), "done", Value::Null).await;
+        }
+        let blocking: Vec<String> = steps.iter().filter(|s| s.state.is_blocking()).map(|s| s.name.clone()).collect();
+        if !blocking.is_empty() {
+            return self.end(TaskState::Blocked, None, None, "blocked", json!({"reason": "steps failed and need a human", "steps": blocking})).await;
+        }
+        let retry_at = steps.iter().filter(|s| s.state.is_retriable()).filter_map(|s| s.next_retry_at).min();
+        let waits: Vec<&&StepRow> = steps.iter().filter(|s| s.state == StepState::Waiting).collect();
+        let wake_at = waits.iter().filter_map(|s| s.next_retry_at).min();
+        if let Some(at) = retry_at {
+            if self.task.run_count >= self.task.run_max {
+                let detail = json!({"reason": format!("retry_max reached: the task ran {} times", self.task.run_count)});
+                return self.end(TaskState::Blocked, None, None, "blocked", detail).await;
+            }
+            let due = wake_at.map_or(at, |w| w.min(at));
+            return self.end(TaskState::Ready, Some(due), None, "retry_scheduled", json!({"due_at": due})).await;
+        }
+        if !waits.is_empty() {
+            return self.end(TaskState::Waiting, wake_at, None, "waiting", json!({"wake_at": wake_at})).await;
+        }
+        let stuck: Vec<String> = steps.iter().filter(|s| s.state == StepState::Todo).map(|s| s.name.clone()).collect();
+        self.end(TaskState::Blocked, None, None, "blocked", json!({"reason": "deadlock: steps can never run", "steps": stuck})).await
+    }
+
+    fn render_result(&self) -> Value {
+        let Some(format) = &self.compiled.template.result_format else { return Value::Null };
+        let ctx = self.context(None, None);
+        taskhook_expr::renderer().render_value(format, &ctx).unwrap_or_else(|e| json!({"error": format!("result_format: {e}")}))
+    }
+
+    fn end_event(&self, to: TaskState, kind: &str, detail: Value) -> NewEvent {
+        NewEvent::transition("engine", kind, TaskState::Running, to, detail)
+    }
+
+    async fn end(&mut self, to: TaskState, due_at: Option<i64>, result: Option<Value>, kind: &str, detail: Value) -> Result<(), StoreError> {
+        let event = self.end_event(to, kind, detail);
+        self.end_with(to, due_at, result, event).await
+    }
+
+    async fn end_with(&mut self, to: TaskState, due_at: Option<i64>, result: Option<Value>, event: NewEvent) -> Result<(), StoreError> {
+        let rows = self.take_dirty();
+        let end = RunEnd { state: to, due_at, result, event };
+        let woke = self.inner.store.end_run(&self.task.id, self.task.lease_epoch, rows, end).await?;
+        if woke.is_some() || due_at.is_some() {
+            self.inner.wake.notify_one();
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, PartialEq)]
+enum Eligibility {
+    No,
+    Ready,
+    Prune,
+    Contract,
+}
+
+fn child_index(name: &str) -> usize {
+    name.rsplit('-').next().and_then(|i| i.parse().ok()).unwrap_or(0)
+}
+
+fn jittered(ms: u64) -> i64 {
+    let spread = (ms / 10).max(1);
+    (ms - spread + rand::rng().random_range(0..=2 * spread)) as i64
+}
+
+fn humantime(d: Duration) -> String {
+    if d.as_millis() < 1000 { format!("{}ms", d.as_millis()) } else { format!("{:.1}s", d.as_secs_f64()) }
+}
+
+fn evaluate(cond: &taskhook_model::Condition, ctx: &Value) -> Result<bool, String> {
+    let r = taskhook_expr::renderer();
+    for a in &cond.asserts {
+        let value = r.render_str(&a.value, ctx).map_err(|e| format!("value: {e}"))?;
+        let expected = r.render_str(&a.expected, ctx).map_err(|e| format!("expected: {e}"))?;
+        if !a.operator.holds(&value, &expected, a.list_separator.as_deref())? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Runs the pre-hook (if any) and the action of one attempt with templated configuration.
+async fn attempt(
+    inner: &Inner,
+    def: &Step,
+    base: Option<Value>,
+    pre_base: Option<Value>,
+    ctx: Option<Value>,
+    actx: ActionContext,
+) -> Result<ActionOutput, ActionError> {
+    let renderer = taskhook_expr::renderer();
+    let mut ctx = ctx;
+    if let Some(pre) = &def.pre_hook {
+        let out = run_action(inner, pre, pre_base, ctx.as_ref(), actx.clone())
+            .await
+            .map_err(|e| ActionError::fatal(format!("pre_hook failed: {e}")))?;
+        if let Some(c) = ctx.as_mut() {
+            c["pre_hook"] = json!({"output": out.output, "metadata": out.metadata});
+        }
+    }
+    let _ = renderer;
+    run_action(inner, &def.action, base, ctx.as_ref(), actx).await
+}
+
+async fn run_action(inner: &Inner, action: &Action, base: Option<Value>, ctx: Option<&Value>, actx: ActionContext) -> Result<ActionOutput, ActionError> {
+    let Some(imp) = inner.actions.get(&action.kind) else {
+        return Err(ActionError::fatal(format!("unknown action type {:?}", action.kind)));
+    };
+    let config = match base {
+        Some(b) => merge_configuration(&b, &action.configuration),
+        None => action.configuration.clone(),
+    };
+    let config = match ctx {
+        Some(ctx) => taskhook_expr::renderer()
+            .render_value(&config, ctx)
+            .map_err(|e| ActionError::fatal(format!("templating error in configuration: {e}")))?,
+        None => config,
+    };
+    imp.run(config, actx).await
+}
