@@ -1,1 +1,55 @@
-fn main() {}
+//! The `taskhook` binary: `serve` runs the server; the other subcommands are
+//! clients of its HTTP API (plus offline template validation and the benchmark).
+
+mod bench;
+mod client;
+mod serve;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "taskhook", version, about = "Event-driven automation engine: templates become durable, audited tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (API and engine) on an embedded SQLite database.
+    Serve(serve::ServeArgs),
+    /// Manage templates.
+    #[command(subcommand)]
+    Template(client::TemplateCommand),
+    /// Create, inspect and steer tasks.
+    #[command(subcommand)]
+    Task(client::TaskCommand),
+    /// Measure the engine on this machine (in-process, SQLite in a temporary directory).
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve::run(args).await,
+            Command::Template(cmd) => client::template(cmd).await,
+            Command::Task(cmd) => client::task(cmd).await,
+            Command::Bench(args) => bench::run(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,41 @@
-//! placeholder
+//! The HTTP face of taskhook: JSON API, bearer-token auth, problem+json errors and
+//! the OpenAPI document. Handlers translate between API shapes and engine calls;
+//! they never run steps themselves.
+
+mod api;
+mod auth;
+mod dto;
+mod problem;
+
+use std::sync::Arc;
+
+use axum::Router;
+use taskhook_engine::Engine;
+
+pub use auth::AdminToken;
+pub use problem::Problem;
+
+/// Request-size limits, each configurable.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_body_bytes: 1024 * 1024 }
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Engine,
+    pub admin: Arc<AdminToken>,
+    pub limits: Limits,
+}
+
+/// The whole HTTP application.
+pub fn router(state: AppState) -> Router {
+    api::routes(state)
+}

@@ -604,6 +604,14 @@ impl SqliteStore {
         .await
     }
 
+    /// How many tasks are in `state`.
+    pub async fn count_tasks(&self, state: TaskState) -> Result<u64> {
+        self.read(move |c| {
+            Ok(c.prepare_cached("SELECT COUNT(*) FROM tasks WHERE state = ?1")?.query_row([state.as_str()], |r| r.get::<_, i64>(0))? as u64)
+        })
+        .await
+    }
+
     // ---- settings ----
 
     pub async fn get_setting(&self, key: &str) -> Result<Option<String>> {

@@ -1,0 +1,199 @@
+//! `taskhook bench`: runs the engine in-process on SQLite in a temporary directory and
+//! prints its setup and numbers: one-step tasks per second end to end, create-to-start
+//! latency, per-step overhead in a 50-step chain, and peak memory.
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use async_trait::async_trait;
+use clap::Args;
+use serde_json::{Value, json};
+use taskhook_actions::{Action, ActionContext, ActionError, ActionOutput, ActionSettings, ConfigError, Registry};
+use taskhook_engine::{CreateTask, Engine, EngineConfig};
+use taskhook_model::TaskState;
+use taskhook_store::Store;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// One-step tasks to run for the throughput figure.
+    #[arg(long, default_value_t = 20_000)]
+    tasks: usize,
+    /// Concurrent task creators.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Tasks created one at a time for the latency figure.
+    #[arg(long, default_value_t = 500)]
+    latency_samples: usize,
+    /// 50-step chain tasks run for the per-step overhead figure.
+    #[arg(long, default_value_t = 20)]
+    chains: usize,
+}
+
+/// Records when each task's step starts.
+#[derive(Default)]
+struct Probe {
+    started: Mutex<HashMap<String, Instant>>,
+    notify: tokio::sync::Notify,
+}
+
+#[async_trait]
+impl Action for ProbeAction {
+    fn name(&self) -> &'static str {
+        "bench_probe"
+    }
+    fn validate(&self, _config: &Value) -> Result<(), ConfigError> {
+        Ok(())
+    }
+    async fn run(&self, _config: Value, ctx: ActionContext) -> Result<ActionOutput, ActionError> {
+        self.0.started.lock().unwrap_or_else(|e| e.into_inner()).insert(ctx.task_id, Instant::now());
+        self.0.notify.notify_one();
+        Ok(ActionOutput { output: json!({"ok": true}), metadata: Value::Null })
+    }
+}
+
+struct ProbeAction(Arc<Probe>);
+
+fn memory_kb(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+async fn wait_done(store: &Store, expected: u64, deadline: Duration) -> anyhow::Result<()> {
+    let start = Instant::now();
+    loop {
+        let done = store.count_tasks(TaskState::Done).await?;
+        if done >= expected {
+            return Ok(());
+        }
+        if start.elapsed() > deadline {
+            bail!("only {done} of {expected} tasks finished within {deadline:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let dir = std::env::temp_dir().join(format!("taskhook-bench-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir)?;
+    let store = Store::open(dir.join("taskhook.db")).context("opening the bench database")?;
+    let probe = Arc::new(Probe::default());
+    let mut registry = Registry::builtin(&ActionSettings::default());
+    registry.register(Arc::new(ProbeAction(probe.clone())));
+    let engine = Engine::new(store.clone(), registry, EngineConfig::default());
+    let _dispatcher = engine.start().await?;
+
+    let one_step = "name: bench-one\nauto_runnable: true\nsteps:\n  only:\n    action:\n      type: echo\n      configuration: {output: {ok: true}}\n";
+    let probe_step = "name: bench-probe\nauto_runnable: true\nsteps:\n  only:\n    action:\n      type: bench_probe\n";
+    let mut chain = String::from("name: bench-chain\nauto_runnable: true\nsteps:\n");
+    for i in 0..50 {
+        chain.push_str(&format!("  s{i:02}:\n    action: {{type: echo, configuration: {{output: {i}}}}}\n"));
+        if i > 0 {
+            chain.push_str(&format!("    dependencies: [s{:02}]\n", i - 1));
+        }
+    }
+    for t in [one_step, probe_step, chain.as_str()] {
+        engine.put_template(engine.parse_template(t)?).await?;
+    }
+
+    println!("taskhook bench: engine in-process, SQLite (WAL, synchronous=FULL) in {}", dir.display());
+    println!("machine: {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+
+    // 1. Throughput: N one-step echo tasks, created by C concurrent clients, until all are DONE.
+    let start = Instant::now();
+    let per_worker = args.tasks.div_ceil(args.concurrency.max(1));
+    let mut workers = Vec::new();
+    for w in 0..args.concurrency.max(1) {
+        let engine = engine.clone();
+        let n = per_worker.min(args.tasks.saturating_sub(w * per_worker));
+        workers.push(tokio::spawn(async move {
+            for _ in 0..n {
+                let req = CreateTask { template: "bench-one".into(), requester: "bench".into(), ..Default::default() };
+                engine.create_task(req).await?;
+            }
+            Ok::<_, taskhook_engine::EngineError>(())
+        }));
+    }
+    for w in workers {
+        w.await??;
+    }
+    let created = start.elapsed();
+    wait_done(&store, args.tasks as u64, Duration::from_secs(600)).await?;
+    let total = start.elapsed();
+    println!(
+        "one-step tasks: {} in {:.2}s = {:.0} tasks/s end to end (created in {:.2}s = {:.0}/s; {} creators)",
+        args.tasks,
+        total.as_secs_f64(),
+        args.tasks as f64 / total.as_secs_f64(),
+        created.as_secs_f64(),
+        args.tasks as f64 / created.as_secs_f64(),
+        args.concurrency
+    );
+
+    // 2. Start latency: create one task, wait until its step starts; repeat.
+    let mut latencies = Vec::with_capacity(args.latency_samples);
+    for _ in 0..args.latency_samples {
+        let t0 = Instant::now();
+        let req = CreateTask { template: "bench-probe".into(), requester: "bench".into(), ..Default::default() };
+        let (task, _) = engine.create_task(req).await?;
+        let started = loop {
+            let notified = probe.notify.notified();
+            if let Some(t) = probe.started.lock().unwrap_or_else(|e| e.into_inner()).get(&task.id) {
+                break *t;
+            }
+            tokio::time::timeout(Duration::from_secs(10), notified).await.context("a probe task never started")?;
+        };
+        latencies.push(started.duration_since(t0));
+    }
+    latencies.sort();
+    println!(
+        "create -> first step start ({} tasks, one at a time): p50 {:.2} ms, p99 {:.2} ms",
+        latencies.len(),
+        percentile(&latencies, 0.50).as_secs_f64() * 1e3,
+        percentile(&latencies, 0.99).as_secs_f64() * 1e3
+    );
+
+    // 3. Per-step overhead: 50 echo steps in a chain, one task at a time.
+    let mut per_step = Vec::new();
+    for _ in 0..args.chains {
+        let t0 = Instant::now();
+        let req = CreateTask { template: "bench-chain".into(), requester: "bench".into(), ..Default::default() };
+        let (task, _) = engine.create_task(req).await?;
+        loop {
+            let (t, _) = store.get_task(&task.id).await?.context("chain task vanished")?;
+            if t.state == TaskState::Done {
+                break;
+            }
+            if t0.elapsed() > Duration::from_secs(60) || t.state == TaskState::Blocked {
+                bail!("chain task {} did not finish: {}", t.id, t.state);
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        per_step.push(t0.elapsed() / 50);
+    }
+    per_step.sort();
+    println!(
+        "50-step chain: per-step overhead p50 {:.3} ms, p99 {:.3} ms ({} chains)",
+        percentile(&per_step, 0.50).as_secs_f64() * 1e3,
+        percentile(&per_step, 0.99).as_secs_f64() * 1e3,
+        args.chains
+    );
+    println!(
+        "memory: peak RSS {} MB, current RSS {} MB",
+        memory_kb("VmHWM:").unwrap_or(0) / 1024,
+        memory_kb("VmRSS:").unwrap_or(0) / 1024
+    );
+    engine.shutdown().await;
+    store.close();
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(ExitCode::SUCCESS)
+}

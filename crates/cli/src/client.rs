@@ -1,0 +1,423 @@
+//! Client subcommands: talk to a running server over its HTTP API, reading
+//! TASKHOOK_URL and TASKHOOK_TOKEN; human output by default, `--json` for scripts.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+
+#[derive(Args, Clone)]
+pub struct Conn {
+    /// Server URL.
+    #[arg(long, env = "TASKHOOK_URL", default_value = "http://127.0.0.1:8080", global = true)]
+    url: String,
+    /// API token.
+    #[arg(long, env = "TASKHOOK_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// Print the server's JSON instead of a summary.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum TemplateCommand {
+    /// Check template files without a server; prints every problem with its step and field.
+    Validate { files: Vec<PathBuf> },
+    /// Create or replace templates from files (YAML or JSON).
+    Put {
+        files: Vec<PathBuf>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// List templates.
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Show one template.
+    Get {
+        name: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Remove a template (tasks already created from it still finish).
+    Delete {
+        name: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TaskCommand {
+    /// Create a task from a template.
+    Create {
+        template: String,
+        /// An input, NAME=VALUE (repeatable); VALUE is parsed as JSON when it can be, else kept as text.
+        #[arg(short, long = "input", value_parser = parse_kv)]
+        inputs: Vec<(String, Value)>,
+        /// All inputs as one JSON object.
+        #[arg(long, conflicts_with = "inputs")]
+        inputs_json: Option<String>,
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// Start no earlier than this RFC 3339 time.
+        #[arg(long)]
+        run_at: Option<String>,
+        /// Watch the task until it stops.
+        #[arg(long)]
+        watch: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Show a task with its steps.
+    Get {
+        id: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// List tasks, newest first.
+    List {
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        template: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Follow a task, printing each step change, until it stops (DONE, BLOCKED, CANCELLED, PAUSED, TODO).
+    Watch {
+        id: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Show a task's audit trail.
+    Events {
+        id: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Start a task that waits for a resolver.
+    Resolve {
+        id: String,
+        #[arg(short, long = "input", value_parser = parse_kv)]
+        inputs: Vec<(String, Value)>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Cancel a task.
+    Cancel {
+        id: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Run a blocked or paused task again.
+    Retry {
+        id: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Pause a task.
+    Pause {
+        id: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+fn parse_kv(s: &str) -> Result<(String, Value), String> {
+    let (k, v) = s.split_once('=').ok_or("expected NAME=VALUE")?;
+    let value = serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.to_string()));
+    Ok((k.to_string(), value))
+}
+
+struct Client {
+    http: reqwest::Client,
+    conn: Conn,
+}
+
+impl Client {
+    fn new(conn: Conn) -> anyhow::Result<Self> {
+        if conn.token.is_none() {
+            bail!("no API token: set TASKHOOK_TOKEN (the server prints its admin token at start) or pass --token");
+        }
+        Ok(Client { http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?, conn })
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<(String, &str)>) -> anyhow::Result<Value> {
+        let url = format!("{}{}", self.conn.url.trim_end_matches('/'), path);
+        let mut req = self.http.request(method, &url).bearer_auth(self.conn.token.as_deref().unwrap_or_default());
+        if let Some((b, content_type)) = body {
+            req = req.header("content-type", content_type).body(b);
+        }
+        let resp = req.send().await.with_context(|| format!("cannot reach {url}"))?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        let value: Value = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        if !status.is_success() {
+            bail!("{}", describe_problem(status.as_u16(), &value));
+        }
+        Ok(value)
+    }
+
+    async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        self.call(reqwest::Method::POST, path, Some((body.to_string(), "application/json"))).await
+    }
+}
+
+/// A problem+json error as one readable paragraph.
+fn describe_problem(status: u16, v: &Value) -> String {
+    let detail = v.get("detail").and_then(Value::as_str).map(String::from).unwrap_or_else(|| v.to_string());
+    let mut out = format!("{status}: {detail}");
+    if let Some(errors) = v.get("errors").and_then(Value::as_array) {
+        out = format!("{status}: the server rejected it:");
+        for e in errors {
+            out.push_str(&format!("\n  {}: {}", e["field"].as_str().unwrap_or(""), e["message"].as_str().unwrap_or("")));
+        }
+    } else if let Some(f) = v.get("field").and_then(Value::as_str) {
+        out.push_str(&format!(" (field: {f})"));
+    }
+    out
+}
+
+fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+pub async fn template(cmd: TemplateCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        TemplateCommand::Validate { files } => validate_files(&files),
+        TemplateCommand::Put { files, conn } => {
+            let json_out = conn.json;
+            let c = Client::new(conn)?;
+            for f in files {
+                let text = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+                let t: taskhook_model::Template = taskhook_model::template::parse_document(&text)
+                    .map_err(|e| anyhow::anyhow!("{}: {}", f.display(), e.message))?;
+                let content_type = if text.trim_start().starts_with('{') { "application/json" } else { "application/yaml" };
+                let out = c
+                    .call(reqwest::Method::PUT, &format!("/api/v1/templates/{}", t.name), Some((text, content_type)))
+                    .await
+                    .with_context(|| f.display().to_string())?;
+                if json_out {
+                    print_json(&out);
+                } else {
+                    println!("{} version {}", out["name"].as_str().unwrap_or(""), out["version"]);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        TemplateCommand::List { conn } => {
+            let json_out = conn.json;
+            let out = Client::new(conn)?.get("/api/v1/templates").await?;
+            if json_out {
+                print_json(&out);
+            } else {
+                for t in out.as_array().into_iter().flatten() {
+                    println!("{:<32} v{:<4} {}", t["name"].as_str().unwrap_or(""), t["version"], t["description"].as_str().unwrap_or(""));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        TemplateCommand::Get { name, conn } => {
+            let out = Client::new(conn)?.get(&format!("/api/v1/templates/{name}")).await?;
+            print_json(&out);
+            Ok(ExitCode::SUCCESS)
+        }
+        TemplateCommand::Delete { name, conn } => {
+            Client::new(conn)?.call(reqwest::Method::DELETE, &format!("/api/v1/templates/{name}"), None).await?;
+            println!("deleted {name}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn validate_files(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    if files.is_empty() {
+        bail!("give at least one template file");
+    }
+    let registry = taskhook_actions::Registry::builtin(&taskhook_actions::ActionSettings::default());
+    let mut failed = false;
+    for f in files {
+        let text = match std::fs::read_to_string(f) {
+            Ok(t) => t,
+            Err(e) => {
+                println!("{}: cannot read: {e}", f.display());
+                failed = true;
+                continue;
+            }
+        };
+        match taskhook_engine::parse_and_validate(&text, &registry) {
+            Ok(t) => println!("{}: ok ({}, {} steps)", f.display(), t.name, t.steps.len()),
+            Err(e) => {
+                failed = true;
+                for err in e.errors {
+                    println!("{}: {}: {}", f.display(), err.field, err.message);
+                }
+            }
+        }
+    }
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+fn inputs_object(inputs: Vec<(String, Value)>) -> Value {
+    Value::Object(inputs.into_iter().collect())
+}
+
+fn summarize_task(t: &Value) {
+    println!("{}  {}  {}  ({})", t["id"].as_str().unwrap_or(""), t["state"].as_str().unwrap_or(""), t["title"].as_str().unwrap_or(""), t["template"].as_str().unwrap_or(""));
+}
+
+fn print_steps(t: &Value) {
+    if let Some(steps) = t["steps"].as_object() {
+        for (name, s) in steps {
+            let err = s["error"].as_str().map(|e| format!("  {e}")).unwrap_or_default();
+            println!("  {:<28} {:<13} attempts {}{}", name, s["state"].as_str().unwrap_or(""), s["attempts"], err);
+        }
+    }
+    if !t["result"].is_null() {
+        println!("  result: {}", t["result"]);
+    }
+}
+
+pub async fn task(cmd: TaskCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        TaskCommand::Create { template, inputs, inputs_json, idempotency_key, run_at, watch: follow, conn } => {
+            let inputs = match inputs_json {
+                Some(j) => serde_json::from_str(&j).context("--inputs-json is not valid JSON")?,
+                None => inputs_object(inputs),
+            };
+            let json_out = conn.json;
+            let c = Client::new(conn)?;
+            let mut body = json!({"template": template, "inputs": inputs});
+            if let Some(k) = idempotency_key {
+                body["idempotency_key"] = json!(k);
+            }
+            if let Some(r) = run_at {
+                body["run_at"] = json!(r);
+            }
+            let out = c.post("/api/v1/tasks", body).await?;
+            let id = out["id"].as_str().unwrap_or_default().to_string();
+            if json_out && !follow {
+                print_json(&out);
+            } else {
+                println!("{id} {}", out["state"].as_str().unwrap_or(""));
+            }
+            if follow { watch(&c, &id).await } else { Ok(ExitCode::SUCCESS) }
+        }
+        TaskCommand::Get { id, conn } => {
+            let json_out = conn.json;
+            let t = Client::new(conn)?.get(&format!("/api/v1/tasks/{id}")).await?;
+            if json_out {
+                print_json(&t);
+            } else {
+                summarize_task(&t);
+                print_steps(&t);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        TaskCommand::List { state, template, limit, conn } => {
+            let json_out = conn.json;
+            let mut q = vec![format!("limit={limit}")];
+            if let Some(s) = state {
+                q.push(format!("state={s}"));
+            }
+            if let Some(t) = template {
+                q.push(format!("template={t}"));
+            }
+            let out = Client::new(conn)?.get(&format!("/api/v1/tasks?{}", q.join("&"))).await?;
+            if json_out {
+                print_json(&out);
+            } else {
+                for t in out["tasks"].as_array().into_iter().flatten() {
+                    summarize_task(t);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        TaskCommand::Watch { id, conn } => {
+            let c = Client::new(conn)?;
+            watch(&c, &id).await
+        }
+        TaskCommand::Events { id, conn } => {
+            let json_out = conn.json;
+            let out = Client::new(conn)?.get(&format!("/api/v1/tasks/{id}/events")).await?;
+            if json_out {
+                print_json(&out);
+            } else {
+                for e in out.as_array().into_iter().flatten() {
+                    let arrow = match (e["from"].as_str(), e["to"].as_str()) {
+                        (Some(f), Some(t)) => format!("{f} -> {t}"),
+                        (None, Some(t)) => format!("-> {t}"),
+                        _ => String::new(),
+                    };
+                    let detail = if e["detail"].is_null() { String::new() } else { e["detail"].to_string() };
+                    println!("{}  {:<10} {:<16} {:<22} {}", e["at"].as_str().unwrap_or(""), e["actor"].as_str().unwrap_or(""), e["kind"].as_str().unwrap_or(""), arrow, detail);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        TaskCommand::Resolve { id, inputs, conn } => action(conn, &id, "resolve", json!({"resolver_inputs": inputs_object(inputs)})).await,
+        TaskCommand::Cancel { id, conn } => action(conn, &id, "cancel", Value::Null).await,
+        TaskCommand::Retry { id, conn } => action(conn, &id, "retry", Value::Null).await,
+        TaskCommand::Pause { id, conn } => action(conn, &id, "pause", Value::Null).await,
+    }
+}
+
+async fn action(conn: Conn, id: &str, verb: &str, body: Value) -> anyhow::Result<ExitCode> {
+    let json_out = conn.json;
+    let body = if body.is_null() { json!({}) } else { body };
+    let c = Client::new(conn)?;
+    let path = format!("/api/v1/tasks/{id}/{verb}");
+    let out = if verb == "resolve" { c.post(&path, body).await? } else { c.call(reqwest::Method::POST, &path, None).await? };
+    if json_out {
+        print_json(&out);
+    } else {
+        println!("{id} {}", out["state"].as_str().unwrap_or(""));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints step changes until the task stops; exit code 0 only for DONE.
+async fn watch(c: &Client, id: &str) -> anyhow::Result<ExitCode> {
+    let mut seen: BTreeMap<String, (String, u64)> = BTreeMap::new();
+    let mut last_state = String::new();
+    loop {
+        let t = c.get(&format!("/api/v1/tasks/{id}")).await?;
+        let state = t["state"].as_str().unwrap_or("").to_string();
+        if let Some(steps) = t["steps"].as_object() {
+            for (name, s) in steps {
+                let now = (s["state"].as_str().unwrap_or("").to_string(), s["attempts"].as_u64().unwrap_or(0));
+                if seen.get(name) != Some(&now) {
+                    let err = s["error"].as_str().map(|e| format!("  {e}")).unwrap_or_default();
+                    println!("step {:<28} {:<13} attempt {}{}", name, now.0, now.1, err);
+                    seen.insert(name.clone(), now);
+                }
+            }
+        }
+        if state != last_state {
+            println!("task {id} {state}");
+            last_state = state.clone();
+        }
+        match state.as_str() {
+            "DONE" => {
+                if !t["result"].is_null() {
+                    println!("result: {}", t["result"]);
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            "BLOCKED" | "CANCELLED" | "PAUSED" | "TODO" => return Ok(ExitCode::from(2)),
+            _ => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! API errors as `application/problem+json` (RFC 9457), mapped in one place.
+
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use taskhook_engine::EngineError;
+use taskhook_model::validate::ValidationError;
+use taskhook_store::StoreError;
+
+/// An API error. `field` names the offending part of the request when there is one.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// Every problem found, for template validation.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<Object>)]
+    pub errors: Vec<ValidationError>,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, detail: impl Into<String>) -> Self {
+        let title = status.canonical_reason().unwrap_or("Error").to_string();
+        let kind = title.to_lowercase().replace(' ', "-");
+        Problem { kind, title, status: status.as_u16(), detail: detail.into(), field: None, errors: vec![] }
+    }
+
+    pub fn field(status: StatusCode, field: impl Into<String>, detail: impl Into<String>) -> Self {
+        Problem { field: Some(field.into()), ..Problem::new(status, detail) }
+    }
+
+    pub fn unauthorized() -> Self {
+        Problem::new(StatusCode::UNAUTHORIZED, "a valid bearer token is required (Authorization: Bearer <token>)")
+    }
+
+    pub fn not_found(what: impl std::fmt::Display) -> Self {
+        Problem::new(StatusCode::NOT_FOUND, format!("{what} not found"))
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = serde_json::to_vec(&self).unwrap_or_default();
+        (status, [(header::CONTENT_TYPE, "application/problem+json")], body).into_response()
+    }
+}
+
+impl From<EngineError> for Problem {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::NotFound { what } => Problem::not_found(what),
+            EngineError::Invalid { field, message } => Problem::field(StatusCode::BAD_REQUEST, field, message),
+            EngineError::Template(t) => {
+                let first = t.errors.first().map(|e| e.field.clone());
+                Problem { field: first, errors: t.errors.clone(), ..Problem::new(StatusCode::BAD_REQUEST, t.to_string()) }
+            }
+            EngineError::Conflict(m) => Problem::new(StatusCode::CONFLICT, m),
+            EngineError::Store(s) => s.into(),
+        }
+    }
+}
+
+impl From<StoreError> for Problem {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound { what } => Problem::not_found(what),
+            StoreError::Transition(t) => Problem::new(StatusCode::CONFLICT, t.to_string()),
+            StoreError::Conflict(m) => Problem::new(StatusCode::CONFLICT, m),
+            other => {
+                tracing::error!(error = %other, "store failure");
+                Problem::new(StatusCode::SERVICE_UNAVAILABLE, "the database is unavailable; try again")
+            }
+        }
+    }
+}
