@@ -15,6 +15,7 @@ pub struct Echo;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct EchoConfig {
+    #[serde(default)]
     output: Value,
     #[serde(default)]
     metadata: Value,
@@ -40,7 +41,7 @@ fn check(config: &Value, stage: Stage) -> Result<(), ConfigError> {
     let Some(map) = c.object("", config)? else {
         return Ok(());
     };
-    c.keys("", map, FIELDS, &["output"])?;
+    c.keys("", map, FIELDS, &[])?;
     if let Some(v) = opt(map, "error_type")
         && let Some(s) = c.string("error_type", v)?
         && !ERROR_TYPES.contains(&s)

@@ -78,7 +78,7 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
-        let field = if path == "." { "body".to_string() } else { path };
+        let field = if path == "." || path == "?" { "body".to_string() } else { path };
         Problem::field(StatusCode::BAD_REQUEST, field, format!("invalid JSON body: {}", e.inner()))
     })
 }

@@ -1,0 +1,132 @@
+//! One way to start the real server for tests: the `taskhook` binary on a fresh data
+//! directory and a free port, talked to over HTTP like a user would.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const TOKEN: &str = "test-admin-token";
+
+pub struct Server {
+    pub child: Child,
+    pub url: String,
+    pub data_dir: PathBuf,
+    pub http: reqwest::Client,
+}
+
+pub fn fresh_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("taskhook-test-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+impl Server {
+    pub fn start() -> Server {
+        Server::start_in(fresh_dir(), &[])
+    }
+
+    /// Starts `taskhook serve` on `data_dir` (reused across restarts) with extra flags.
+    pub fn start_in(data_dir: PathBuf, extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_taskhook"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data_dir)
+            .args(extra)
+            .env("TASKHOOK_ADMIN_TOKEN", TOKEN)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start taskhook serve");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let url = loop {
+            let line = lines.next().expect("server exited before listening").unwrap();
+            if let Some(rest) = line.strip_prefix("taskhook is listening on ") {
+                break rest.trim().to_string();
+            }
+        };
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Server { child, url, data_dir, http: reqwest::Client::new() }
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub async fn req(&self, method: reqwest::Method, path: &str, body: Option<(&str, &str)>) -> (u16, String, Value) {
+        let mut r = self.http.request(method, format!("{}{}", self.url, path)).bearer_auth(TOKEN);
+        if let Some((b, ct)) = body {
+            r = r.header("content-type", ct).body(b.to_string());
+        }
+        let resp = r.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let ct = resp.headers().get("content-type").map(|v| v.to_str().unwrap_or("").to_string()).unwrap_or_default();
+        let text = resp.text().await.unwrap();
+        let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, ct, v)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let (s, _, v) = self.req(reqwest::Method::GET, path, None).await;
+        (s, v)
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let (s, _, v) = self.req(reqwest::Method::POST, path, Some((&body.to_string(), "application/json"))).await;
+        (s, v)
+    }
+
+    pub async fn put_template(&self, name: &str, yaml: &str) -> (u16, Value) {
+        let (s, _, v) = self.req(reqwest::Method::PUT, &format!("/api/v1/templates/{name}"), Some((yaml, "application/yaml"))).await;
+        (s, v)
+    }
+
+    /// Polls a task until it is in one of `states`; panics with the task after 15 s.
+    pub async fn wait_state(&self, id: &str, states: &[&str]) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let (_, t) = self.get(&format!("/api/v1/tasks/{id}")).await;
+            if states.contains(&t["state"].as_str().unwrap_or("")) {
+                return t;
+            }
+            if Instant::now() > deadline {
+                panic!("task {id} never reached {states:?}: {t:#}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A local HTTP service for `http` steps: `/items` lists items, `/echo` echoes JSON,
+/// `/slow` answers after 1.5 s, `/missing` is a 404.
+pub async fn target() -> String {
+    use axum::routing::{get, post};
+    let app = axum::Router::new()
+        .route("/items", get(|| async { axum::Json(serde_json::json!({"items": ["a", "b", "c"], "env": "prod"})) }))
+        .route("/echo", post(|body: axum::Json<Value>| async move { axum::Json(body.0) }))
+        .route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                axum::Json(serde_json::json!({"slow": true}))
+            }),
+        )
+        .route("/missing", get(|| async { (axum::http::StatusCode::NOT_FOUND, "nope") }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
