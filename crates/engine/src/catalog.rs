@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use taskhook_actions::Registry;
-use taskhook_model::validate::{Catalog, TemplateError, ValidationError, validate_template};
 use taskhook_model::Template;
+use taskhook_model::validate::{Catalog, TemplateError, ValidationError, validate_template};
 
 /// Validation's view of the actions and of MiniJinja.
 pub struct ActionCatalog<'a> {
@@ -19,13 +19,21 @@ impl Catalog for ActionCatalog<'_> {
     fn check_action(&self, kind: &str, config: &Value) -> Result<(), (String, String)> {
         let Some(action) = self.actions.get(kind) else {
             let known: Vec<&str> = self.actions.names().collect();
-            return Err((String::new(), format!("unknown action type {kind:?}; known types: {}", known.join(", "))));
+            return Err((
+                String::new(),
+                format!(
+                    "unknown action type {kind:?}; known types: {}",
+                    known.join(", ")
+                ),
+            ));
         };
         action.validate(config).map_err(|e| (e.field, e.message))
     }
 
     fn template_references(&self, text: &str) -> Result<Vec<String>, String> {
-        taskhook_expr::renderer().references(text).map_err(|e| e.message)
+        taskhook_expr::renderer()
+            .references(text)
+            .map_err(|e| e.message)
     }
 }
 
@@ -39,13 +47,19 @@ pub struct CompiledTemplate {
 /// Parses (YAML or JSON) and validates a template document.
 pub fn parse_and_validate(text: &str, actions: &Registry) -> Result<Template, TemplateError> {
     let template = Template::parse(text).map_err(|e| TemplateError {
-        errors: vec![ValidationError { field: "template".into(), message: e.message }],
+        errors: vec![ValidationError {
+            field: "template".into(),
+            message: e.message,
+        }],
     })?;
     validate_template(&template, &ActionCatalog { actions })?;
     Ok(template)
 }
 
-pub fn compile(template: Template, actions: &Registry) -> Result<Arc<CompiledTemplate>, TemplateError> {
+pub fn compile(
+    template: Template,
+    actions: &Registry,
+) -> Result<Arc<CompiledTemplate>, TemplateError> {
     validate_template(&template, &ActionCatalog { actions })?;
     let mut schemas = HashMap::new();
     let mut timeouts = HashMap::new();
@@ -61,5 +75,9 @@ pub fn compile(template: Template, actions: &Registry) -> Result<Arc<CompiledTem
             timeouts.insert(name.clone(), d);
         }
     }
-    Ok(Arc::new(CompiledTemplate { template, schemas, timeouts }))
+    Ok(Arc::new(CompiledTemplate {
+        template,
+        schemas,
+        timeouts,
+    }))
 }

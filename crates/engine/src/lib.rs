@@ -17,7 +17,9 @@ use serde_json::{Value, json};
 use taskhook_actions::{Registry, TaskService, TaskSnapshot};
 use taskhook_model::input::resolve_inputs;
 use taskhook_model::{TaskState, Template};
-use taskhook_store::{NewEvent, NewTask, Store, StoreError, TaskRow, TemplateRow, TransitionOutcome, now_ms};
+use taskhook_store::{
+    NewEvent, NewTask, Store, StoreError, TaskRow, TemplateRow, TransitionOutcome, now_ms,
+};
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -133,7 +135,11 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(store: Store, actions: Registry, config: EngineConfig) -> Self {
-        let resources = config.resource_limits.iter().map(|(k, v)| (k.clone(), Arc::new(Semaphore::new(*v)))).collect();
+        let resources = config
+            .resource_limits
+            .iter()
+            .map(|(k, v)| (k.clone(), Arc::new(Semaphore::new(*v))))
+            .collect();
         let inner = Arc::new(Inner {
             store,
             actions,
@@ -166,9 +172,15 @@ impl Engine {
 
     /// Validates and stores a template; a changed body becomes a new version, and running
     /// tasks keep the version they started with.
-    pub async fn put_template(&self, template: Template) -> Result<(TemplateRow, bool), EngineError> {
+    pub async fn put_template(
+        &self,
+        template: Template,
+    ) -> Result<(TemplateRow, bool), EngineError> {
         catalog::compile(template.clone(), &self.inner.actions)?;
-        let body = serde_json::to_value(&template).map_err(|e| EngineError::Invalid { field: "template".into(), message: e.to_string() })?;
+        let body = serde_json::to_value(&template).map_err(|e| EngineError::Invalid {
+            field: "template".into(),
+            message: e.to_string(),
+        })?;
         Ok(self.inner.store.put_template(&template.name, body).await?)
     }
 
@@ -178,15 +190,48 @@ impl Engine {
     }
 
     /// Starts a task waiting for a resolver (TODO), with the resolver's inputs.
-    pub async fn resolve(&self, id: &str, actor: &str, resolver_inputs: Value) -> Result<(), EngineError> {
-        let (task, _) = self.inner.store.get_task(id).await?.ok_or_else(|| EngineError::NotFound { what: format!("task {id}") })?;
-        let compiled = self.inner.template(&task.template, task.template_version).await?;
-        let inputs = resolve_inputs(&compiled.template.resolver_inputs, &resolver_inputs)
-            .map_err(|e| EngineError::Invalid { field: format!("resolver_inputs.{}", e.input), message: e.message })?;
-        let ev = NewEvent { actor: actor.into(), kind: "resolved".into(), from_state: None, to_state: None, detail: Value::Null };
+    pub async fn resolve(
+        &self,
+        id: &str,
+        actor: &str,
+        resolver_inputs: Value,
+    ) -> Result<(), EngineError> {
+        let (task, _) =
+            self.inner
+                .store
+                .get_task(id)
+                .await?
+                .ok_or_else(|| EngineError::NotFound {
+                    what: format!("task {id}"),
+                })?;
+        let compiled = self
+            .inner
+            .template(&task.template, task.template_version)
+            .await?;
+        let inputs =
+            resolve_inputs(&compiled.template.resolver_inputs, &resolver_inputs).map_err(|e| {
+                EngineError::Invalid {
+                    field: format!("resolver_inputs.{}", e.input),
+                    message: e.message,
+                }
+            })?;
+        let ev = NewEvent {
+            actor: actor.into(),
+            kind: "resolved".into(),
+            from_state: None,
+            to_state: None,
+            detail: Value::Null,
+        };
         self.inner
             .store
-            .transition(id, &[TaskState::Todo], TaskState::Ready, Some(now_ms()), Some(Value::Object(inputs)), ev)
+            .transition(
+                id,
+                &[TaskState::Todo],
+                TaskState::Ready,
+                Some(now_ms()),
+                Some(Value::Object(inputs)),
+                ev,
+            )
             .await?;
         self.inner.wake.notify_one();
         Ok(())
@@ -194,10 +239,23 @@ impl Engine {
 
     /// Runs a BLOCKED or PAUSED task again.
     pub async fn retry(&self, id: &str, actor: &str) -> Result<(), EngineError> {
-        let ev = NewEvent { actor: actor.into(), kind: "retried".into(), from_state: None, to_state: None, detail: Value::Null };
+        let ev = NewEvent {
+            actor: actor.into(),
+            kind: "retried".into(),
+            from_state: None,
+            to_state: None,
+            detail: Value::Null,
+        };
         self.inner
             .store
-            .transition(id, &[TaskState::Blocked, TaskState::Paused], TaskState::Ready, Some(now_ms()), None, ev)
+            .transition(
+                id,
+                &[TaskState::Blocked, TaskState::Paused],
+                TaskState::Ready,
+                Some(now_ms()),
+                None,
+                ev,
+            )
             .await?;
         self.inner.wake.notify_one();
         Ok(())
@@ -205,80 +263,119 @@ impl Engine {
 
     /// Cancels a task; a running one is stopped (its actions see the cancellation).
     pub async fn cancel(&self, id: &str, actor: &str) -> Result<(), EngineError> {
-        self.stop(id, actor, TaskState::Cancelled, "cancelled").await
+        self.inner
+            .stop_task(
+                id,
+                StopRequest {
+                    to: TaskState::Cancelled,
+                    actor: actor.to_string(),
+                },
+            )
+            .await
     }
 
     /// Pauses a task; a running one finishes the attempts in flight and starts no more.
     pub async fn pause(&self, id: &str, actor: &str) -> Result<(), EngineError> {
-        self.stop(id, actor, TaskState::Paused, "paused").await
-    }
-
-    async fn stop(&self, id: &str, actor: &str, to: TaskState, kind: &str) -> Result<(), EngineError> {
-        use TaskState::*;
-        let from: &'static [TaskState] = if to == Cancelled {
-            &[Todo, Ready, Waiting, Paused, Blocked]
-        } else {
-            &[Todo, Ready, Waiting, Blocked]
-        };
-        let ev = NewEvent { actor: actor.into(), kind: kind.into(), from_state: None, to_state: None, detail: Value::Null };
-        match self.inner.store.transition(id, from, to, None, None, ev).await? {
-            TransitionOutcome::Applied(..) => {
-                self.inner.wake.notify_one();
-                Ok(())
-            }
-            TransitionOutcome::Running => {
-                self.inner.request_stop(id, StopRequest { to, actor: actor.to_string() });
-                Ok(())
-            }
-        }
+        self.inner
+            .stop_task(
+                id,
+                StopRequest {
+                    to: TaskState::Paused,
+                    actor: actor.to_string(),
+                },
+            )
+            .await
     }
 
     /// Recovers tasks a previous process left running, then runs the dispatcher until shutdown.
     pub async fn start(&self) -> Result<tokio::task::JoinHandle<()>, EngineError> {
         let recovered = self.inner.store.recover_running().await?;
         if recovered > 0 {
-            tracing::info!(recovered, "resuming tasks that were running when the server stopped");
+            tracing::info!(
+                recovered,
+                "resuming tasks that were running when the server stopped"
+            );
         }
         let inner = self.inner.clone();
         Ok(tokio::spawn(async move { inner.dispatch().await }))
     }
 
-    /// Stops claiming, lets running steps finish within the grace period, and returns.
+    /// Stops claiming, lets running steps finish within the grace period, then cuts off what
+    /// is left (those steps are settled like a crash) and returns once the runs have ended.
     pub async fn shutdown(&self) {
         self.inner.shutdown.cancel();
+        let running = || {
+            !self
+                .inner
+                .running
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty()
+        };
         let deadline = tokio::time::Instant::now() + self.inner.config.shutdown_grace;
-        while !self.inner.running.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
-            if tokio::time::Instant::now() > deadline {
-                for ctl in self.inner.running.lock().unwrap_or_else(|e| e.into_inner()).values() {
-                    ctl.token.cancel();
-                }
-                break;
-            }
+        while running() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if !running() {
+            return;
+        }
+        for ctl in self
+            .inner
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
+            ctl.token.cancel();
+        }
+        // Cancelled actions return promptly; give the runs a moment to record how they ended.
+        // A run that does not make it is left RUNNING, and recovery settles it at the next start.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while running() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
     /// A service actions use to start and watch subtasks.
     pub fn task_service(&self) -> Arc<dyn TaskService> {
-        Arc::new(Tasks { inner: Arc::downgrade(&self.inner) })
+        Arc::new(Tasks {
+            inner: Arc::downgrade(&self.inner),
+        })
     }
 }
 
 impl Inner {
-    pub(crate) async fn template(&self, name: &str, version: i64) -> Result<Arc<CompiledTemplate>, EngineError> {
+    pub(crate) async fn template(
+        &self,
+        name: &str,
+        version: i64,
+    ) -> Result<Arc<CompiledTemplate>, EngineError> {
         let key = (name.to_string(), version);
-        if let Some(t) = self.templates.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        if let Some(t) = self
+            .templates
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
             return Ok(t.clone());
         }
         let row = self
             .store
             .get_template_version(name, version)
             .await?
-            .ok_or_else(|| EngineError::NotFound { what: format!("template {name} version {version}") })?;
-        let template: Template = serde_json::from_value(row.body)
-            .map_err(|e| EngineError::Invalid { field: "template".into(), message: format!("stored template is unreadable: {e}") })?;
+            .ok_or_else(|| EngineError::NotFound {
+                what: format!("template {name} version {version}"),
+            })?;
+        let template: Template =
+            serde_json::from_value(row.body).map_err(|e| EngineError::Invalid {
+                field: "template".into(),
+                message: format!("stored template is unreadable: {e}"),
+            })?;
         let compiled = catalog::compile(template, &self.actions)?;
-        self.templates.lock().unwrap_or_else(|e| e.into_inner()).insert(key, compiled.clone());
+        self.templates
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, compiled.clone());
         Ok(compiled)
     }
 
@@ -287,14 +384,23 @@ impl Inner {
             .store
             .get_template(&req.template)
             .await?
-            .ok_or_else(|| EngineError::NotFound { what: format!("template {:?}", req.template) })?;
+            .ok_or_else(|| EngineError::NotFound {
+                what: format!("template {:?}", req.template),
+            })?;
         let compiled = self.template(&row.name, row.version).await?;
         let t = &compiled.template;
         if t.blocked {
-            return Err(EngineError::Conflict(format!("template {:?} is blocked: no task can be created from it", t.name)));
+            return Err(EngineError::Conflict(format!(
+                "template {:?} is blocked: no task can be created from it",
+                t.name
+            )));
         }
         let inputs = resolve_inputs(&t.inputs, &req.inputs).map_err(|e| EngineError::Invalid {
-            field: if e.input.is_empty() { "inputs".into() } else { format!("inputs.{}", e.input) },
+            field: if e.input.is_empty() {
+                "inputs".into()
+            } else {
+                format!("inputs.{}", e.input)
+            },
             message: e.message,
         })?;
         let id = uuid::Uuid::now_v7().to_string();
@@ -303,18 +409,28 @@ impl Inner {
         let title = match &t.title_format {
             Some(f) => renderer
                 .render_str(f, &ctx)
-                .map_err(|e| EngineError::Invalid { field: "template.title_format".into(), message: e.message })?,
+                .map_err(|e| EngineError::Invalid {
+                    field: "template.title_format".into(),
+                    message: e.message,
+                })?,
             None => t.name.clone(),
         };
         let mut tags = serde_json::Map::new();
         for (k, v) in &t.tags {
             let v = renderer
                 .render_str(v, &ctx)
-                .map_err(|e| EngineError::Invalid { field: format!("template.tags.{k}"), message: e.message })?;
+                .map_err(|e| EngineError::Invalid {
+                    field: format!("template.tags.{k}"),
+                    message: e.message,
+                })?;
             tags.insert(k.clone(), Value::String(v));
         }
         tags.extend(req.tags);
-        let state = if t.auto_runnable { TaskState::Ready } else { TaskState::Todo };
+        let state = if t.auto_runnable {
+            TaskState::Ready
+        } else {
+            TaskState::Todo
+        };
         let due_at = (state == TaskState::Ready).then(|| req.run_at.unwrap_or_else(now_ms));
         let new = NewTask {
             id,
@@ -345,20 +461,92 @@ impl Inner {
         Ok((task, created))
     }
 
-    fn request_stop(&self, id: &str, req: StopRequest) {
+    /// Cancels or pauses a task: at once when no run holds it, else by asking the run to stop.
+    pub(crate) async fn stop_task(&self, id: &str, req: StopRequest) -> Result<(), EngineError> {
+        use TaskState::*;
+        let from: &'static [TaskState] = if req.to == Cancelled {
+            &[Todo, Ready, Waiting, Paused, Blocked]
+        } else {
+            &[Todo, Ready, Waiting, Blocked]
+        };
+        let kind = if req.to == Cancelled {
+            "cancelled"
+        } else {
+            "paused"
+        };
+        let event = || NewEvent {
+            actor: req.actor.clone(),
+            kind: kind.into(),
+            from_state: None,
+            to_state: None,
+            detail: Value::Null,
+        };
+        match self
+            .store
+            .transition(id, from, req.to, None, None, event())
+            .await?
+        {
+            TransitionOutcome::Applied(..) => {
+                self.wake.notify_one();
+                Ok(())
+            }
+            TransitionOutcome::Running => {
+                if self.request_stop(id, req.clone()) {
+                    return Ok(());
+                }
+                // The store says RUNNING but no run of ours is registered: either a claim is about
+                // to register (it takes the pending stop), or a run just ended and unregistered, in
+                // which case the pending stop would wait for a next run that may never come. Look again.
+                match self
+                    .store
+                    .transition(id, from, req.to, None, None, event())
+                    .await
+                {
+                    Ok(TransitionOutcome::Applied(..)) => {
+                        self.pending_stops
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(id);
+                        self.wake.notify_one();
+                        Ok(())
+                    }
+                    Ok(TransitionOutcome::Running) => Ok(()),
+                    // A run took the pending stop in between and ended the task: that is the stop.
+                    Err(e) => match self
+                        .pending_stops
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(id)
+                    {
+                        Some(_) => Err(e.into()),
+                        None => Ok(()),
+                    },
+                }
+            }
+        }
+    }
+
+    /// Hands a stop to the run holding the task; true when one did. Otherwise the stop waits
+    /// for the run about to start (see [`run::run_task`]).
+    fn request_stop(&self, id: &str, req: StopRequest) -> bool {
         let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         match running.get(id) {
             Some(ctl) => {
-                *ctl.stop.lock().unwrap_or_else(|e| e.into_inner()) = Some(req.clone());
-                if req.to == TaskState::Cancelled {
-                    ctl.token.cancel();
-                } else {
-                    // Pause: no new attempts; the run notices at its next step boundary.
+                let cancel = req.to == TaskState::Cancelled;
+                *ctl.stop.lock().unwrap_or_else(|e| e.into_inner()) = Some(req);
+                // Cancel interrupts the attempts in flight. Pause only starts no new ones: the run
+                // notices when its next attempt ends, so the token is left alone.
+                if cancel {
                     ctl.token.cancel();
                 }
+                true
             }
             None => {
-                self.pending_stops.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_string(), req);
+                self.pending_stops
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(id.to_string(), req);
+                false
             }
         }
     }
@@ -378,7 +566,16 @@ impl Inner {
                 }
             }
             let now = now_ms();
-            let claimed = match self.store.claim_due(&self.config.owner, now, room, self.config.lease.as_millis() as i64).await {
+            let claimed = match self
+                .store
+                .claim_due(
+                    &self.config.owner,
+                    now,
+                    room,
+                    self.config.lease.as_millis() as i64,
+                )
+                .await
+            {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::error!(error = %e, "claiming tasks failed; retrying");
@@ -388,7 +585,9 @@ impl Inner {
             };
             let full_batch = claimed.len() == room;
             for c in claimed {
-                let Ok(permit) = self.task_slots.clone().try_acquire_owned() else { break };
+                let Ok(permit) = self.task_slots.clone().try_acquire_owned() else {
+                    break;
+                };
                 let inner = self.clone();
                 tokio::spawn(async move {
                     run::run_task(inner.clone(), c).await;
@@ -430,7 +629,13 @@ struct Tasks {
 
 #[async_trait]
 impl TaskService for Tasks {
-    async fn create_subtask(&self, parent_id: &str, template: &str, inputs: Value, key: &str) -> Result<String, String> {
+    async fn create_subtask(
+        &self,
+        parent_id: &str,
+        template: &str,
+        inputs: Value,
+        key: &str,
+    ) -> Result<String, String> {
         let inner = self.inner.upgrade().ok_or("the engine is stopping")?;
         let req = CreateTask {
             template: template.to_string(),
@@ -440,17 +645,37 @@ impl TaskService for Tasks {
             parent_id: Some(parent_id.to_string()),
             ..Default::default()
         };
-        inner.create_task(req).await.map(|(t, _)| t.id).map_err(|e| e.to_string())
+        inner
+            .create_task(req)
+            .await
+            .map(|(t, _)| t.id)
+            .map_err(|e| e.to_string())
     }
 
     async fn task_snapshot(&self, id: &str) -> Result<TaskSnapshot, String> {
         let inner = self.inner.upgrade().ok_or("the engine is stopping")?;
-        let (t, _) = inner.store.get_task(id).await.map_err(|e| e.to_string())?.ok_or_else(|| format!("task {id} not found"))?;
-        Ok(TaskSnapshot { id: t.id, state: t.state.as_str().to_string(), result: t.result })
+        let (t, _) = inner
+            .store
+            .get_task(id)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("task {id} not found"))?;
+        Ok(TaskSnapshot {
+            id: t.id,
+            state: t.state.as_str().to_string(),
+            result: t.result,
+        })
     }
 }
 
 /// Ids of tasks currently run by this process (for tests and metrics).
 pub fn running_ids(engine: &Engine) -> HashSet<String> {
-    engine.inner.running.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect()
+    engine
+        .inner
+        .running
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .keys()
+        .cloned()
+        .collect()
 }

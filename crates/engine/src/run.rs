@@ -31,6 +31,8 @@ struct Run {
     dirty: HashSet<String>,
     stop: Arc<Mutex<Option<StopRequest>>>,
     token: CancellationToken,
+    /// The stop request the run ended with, if any.
+    stop_honored: Option<StopRequest>,
 }
 
 /// What one attempt came back with.
@@ -41,46 +43,106 @@ struct Attempt {
 
 pub(crate) async fn run_task(inner: Arc<Inner>, claimed: ClaimedTask) {
     let id = claimed.task.id.clone();
-    let compiled = match inner.template(&claimed.task.template, claimed.task.template_version).await {
+    let compiled = match inner
+        .template(&claimed.task.template, claimed.task.template_version)
+        .await
+    {
         Ok(c) => c,
         Err(e) => {
             let end = RunEnd {
                 state: TaskState::Blocked,
                 due_at: None,
                 result: None,
-                event: NewEvent::transition("engine", "blocked", TaskState::Running, TaskState::Blocked, json!({"reason": format!("template unusable: {e}")})),
+                event: NewEvent::transition(
+                    "engine",
+                    "blocked",
+                    TaskState::Running,
+                    TaskState::Blocked,
+                    json!({"reason": format!("template unusable: {e}")}),
+                ),
             };
-            if let Err(e) = inner.store.end_run(&id, claimed.task.lease_epoch, vec![], end).await {
+            if let Err(e) = inner
+                .store
+                .end_run(&id, claimed.task.lease_epoch, vec![], end)
+                .await
+            {
                 tracing::error!(task = %id, error = %e, "could not block a task whose template is unusable");
+            }
+            // A stop asked for while the task was claimed applies to the state it was left in.
+            let pending = inner
+                .pending_stops
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+            if let Some(req) = pending {
+                apply_late_stop(&inner, &id, req).await;
             }
             return;
         }
     };
-    let ctl = RunControl { stop: Arc::new(Mutex::new(None)), token: CancellationToken::new() };
+    let ctl = RunControl {
+        stop: Arc::new(Mutex::new(None)),
+        token: CancellationToken::new(),
+    };
     {
         let mut running = inner.running.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(req) = inner.pending_stops.lock().unwrap_or_else(|e| e.into_inner()).remove(&id) {
+        if let Some(req) = inner
+            .pending_stops
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id)
+        {
+            let cancel = req.to == TaskState::Cancelled;
             *ctl.stop.lock().unwrap_or_else(|e| e.into_inner()) = Some(req);
-            ctl.token.cancel();
+            if cancel {
+                ctl.token.cancel();
+            }
         }
         running.insert(id.clone(), ctl.clone());
     }
     let mut run = Run {
         inner: inner.clone(),
-        steps: claimed.steps.into_iter().map(|s| (s.name.clone(), s)).collect(),
+        steps: claimed
+            .steps
+            .into_iter()
+            .map(|s| (s.name.clone(), s))
+            .collect(),
         task: claimed.task,
         compiled,
         executed: HashSet::new(),
         dirty: HashSet::new(),
         stop: ctl.stop,
         token: ctl.token,
+        stop_honored: None,
     };
-    match run.drive().await {
-        Ok(()) => {}
-        Err(StoreError::LeaseLost { .. }) => tracing::warn!(task = %id, "lease lost; another run owns the task"),
-        Err(e) => tracing::error!(task = %id, error = %e, "run aborted by a store error; the task resumes after recovery"),
+    let ended = match run.drive().await {
+        Ok(()) => true,
+        Err(StoreError::LeaseLost { .. }) => {
+            tracing::warn!(task = %id, "lease lost; another run owns the task");
+            false
+        }
+        Err(e) => {
+            tracing::error!(task = %id, error = %e, "run aborted by a store error; the task resumes after recovery");
+            false
+        }
+    };
+    let late = {
+        let mut running = inner.running.lock().unwrap_or_else(|e| e.into_inner());
+        running.remove(&id);
+        run.stop_request()
+            .filter(|req| ended && run.stop_honored.as_ref() != Some(req))
+    };
+    // A stop that arrived after the run decided how to end (the API already said yes to it):
+    // apply it to the state the run left the task in.
+    if let Some(req) = late {
+        apply_late_stop(&inner, &id, req).await;
     }
-    inner.running.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+}
+
+async fn apply_late_stop(inner: &Inner, id: &str, req: StopRequest) {
+    if let Err(e) = inner.stop_task(id, req).await {
+        tracing::info!(task = %id, error = %e, "a stop arrived as the run ended and no longer applies");
+    }
 }
 
 impl Run {
@@ -100,7 +162,11 @@ impl Run {
     }
 
     fn take_dirty(&mut self) -> Vec<StepRow> {
-        let mut out: Vec<StepRow> = self.dirty.drain().filter_map(|n| self.steps.get(&n).cloned()).collect();
+        let mut out: Vec<StepRow> = self
+            .dirty
+            .drain()
+            .filter_map(|n| self.steps.get(&n).cloned())
+            .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
     }
@@ -111,24 +177,12 @@ impl Run {
 
     async fn drive(&mut self) -> Result<(), StoreError> {
         // Steps left RUNNING by a process that died: re-run if idempotent, else a human decides.
-        let interrupted: Vec<String> =
-            self.steps.values().filter(|s| s.state == StepState::Running).map(|s| s.name.clone()).collect();
-        let mut crashed = Vec::new();
-        for name in interrupted {
-            let idempotent = self.def(&name).is_some_and(|d| d.idempotent);
-            if idempotent {
-                self.set(&name, |s| s.state = StepState::Todo);
-            } else {
-                crashed.push(name.clone());
-                self.set(&name, |s| {
-                    s.state = StepState::Crashed;
-                    s.error = Some("the server stopped while this step ran, and it is not idempotent: check its effect, then retry the task".into());
-                });
-            }
-        }
+        let crashed = self.settle_interrupted("the server stopped while this step ran");
         if !crashed.is_empty() {
             let detail = json!({"reason": "non-idempotent steps were interrupted by a crash", "steps": crashed});
-            return self.end(TaskState::Blocked, None, None, "blocked", detail).await;
+            return self
+                .end(TaskState::Blocked, None, None, "blocked", detail)
+                .await;
         }
 
         let mut inflight: JoinSet<Attempt> = JoinSet::new();
@@ -137,7 +191,10 @@ impl Run {
             let to_start = if stopping { Vec::new() } else { self.advance() };
             if !self.dirty.is_empty() {
                 let rows = self.take_dirty();
-                self.inner.store.save_steps(&self.task.id, self.task.lease_epoch, rows).await?;
+                self.inner
+                    .store
+                    .save_steps(&self.task.id, self.task.lease_epoch, rows)
+                    .await?;
             }
             for name in to_start {
                 self.spawn_attempt(&mut inflight, name);
@@ -162,6 +219,42 @@ impl Run {
         self.finish().await
     }
 
+    /// Steps still RUNNING whose attempt was cut off (a crash, or shutdown's grace running
+    /// out): an idempotent one goes back to TODO, any other becomes CRASHED for a human to check.
+    /// Returns the crashed ones.
+    fn settle_interrupted(&mut self, why: &str) -> Vec<String> {
+        let interrupted: Vec<String> = self
+            .steps
+            .values()
+            .filter(|s| s.state == StepState::Running)
+            .map(|s| s.name.clone())
+            .collect();
+        let mut crashed = Vec::new();
+        for name in interrupted {
+            let idempotent = self.def(&name).is_some_and(|d| d.idempotent);
+            if idempotent {
+                self.set(&name, |s| s.state = StepState::Todo);
+            } else {
+                crashed.push(name.clone());
+                let message = format!(
+                    "{why}, and it is not idempotent: check its effect, then retry the task"
+                );
+                self.set(&name, |s| {
+                    s.state = StepState::Crashed;
+                    s.error = Some(message);
+                });
+            }
+        }
+        crashed
+    }
+
+    /// The shutdown grace ran out and cancelled the attempts in flight (not a person's cancel).
+    fn cut_by_shutdown(&self) -> bool {
+        self.inner.shutdown.is_cancelled()
+            && self.token.is_cancelled()
+            && self.stop_request().is_none()
+    }
+
     fn absorb(&mut self, joined: Result<Attempt, tokio::task::JoinError>) {
         match joined {
             Ok(a) => self.apply_result(a),
@@ -170,7 +263,9 @@ impl Run {
     }
 
     fn has_eligible(&self) -> bool {
-        self.steps.keys().any(|n| self.eligibility(n) == Eligibility::Ready)
+        self.steps
+            .keys()
+            .any(|n| self.eligibility(n) == Eligibility::Ready)
     }
 
     /// Applies skip conditions, pruning and foreach expansion; marks runnable steps RUNNING
@@ -196,11 +291,18 @@ impl Run {
                     Eligibility::Ready => {
                         changed = true;
                         self.executed.insert(name.clone());
-                        if self.apply_skip_conditions(&name) {
+                        let is_child = self.steps[&name].foreach_parent.is_some();
+                        let foreach = if is_child {
+                            None
+                        } else {
+                            self.def(&name).and_then(|d| d.foreach.clone())
+                        };
+                        // A foreach step's skip conditions apply to each child (as µTask's default
+                        // `foreach: children`): they may read `{{ iterator }}`, which the parent lacks.
+                        if foreach.is_none() && self.apply_skip_conditions(&name) {
                             continue;
                         }
-                        let is_child = self.steps[&name].foreach_parent.is_some();
-                        if !is_child && let Some(expr) = self.def(&name).and_then(|d| d.foreach.clone()) {
+                        if let Some(expr) = foreach {
                             self.expand(&name, &expr);
                             continue;
                         }
@@ -220,15 +322,27 @@ impl Run {
     }
 
     fn eligibility(&self, name: &str) -> Eligibility {
-        let Some(row) = self.steps.get(name) else { return Eligibility::No };
+        let Some(row) = self.steps.get(name) else {
+            return Eligibility::No;
+        };
         let now = now_ms();
         if row.state == StepState::Expanded {
-            let children_final = self.steps.values().filter(|c| c.foreach_parent.as_deref() == Some(name)).all(|c| c.state.is_final());
-            return if children_final { Eligibility::Contract } else { Eligibility::No };
+            let children_final = self
+                .steps
+                .values()
+                .filter(|c| c.foreach_parent.as_deref() == Some(name))
+                .all(|c| c.state.is_final());
+            return if children_final {
+                Eligibility::Contract
+            } else {
+                Eligibility::No
+            };
         }
         let runnable = match &row.state {
             StepState::Todo | StepState::RetryNow => true,
-            StepState::ServerError | StepState::ToRetry | StepState::Waiting => row.next_retry_at.is_none_or(|t| t <= now),
+            StepState::ServerError | StepState::ToRetry | StepState::Waiting => {
+                row.next_retry_at.is_none_or(|t| t <= now)
+            }
             StepState::ClientError | StepState::FatalError | StepState::Crashed => true,
             _ => false,
         };
@@ -238,14 +352,20 @@ impl Run {
         // Deps: a foreach child's come from its parent (already met) plus, in sequence, its predecessor.
         if let Some(parent) = &row.foreach_parent {
             return match self.sequence_predecessor(parent, name) {
-                Some(prev) if !self.steps.get(&prev).is_some_and(|p| p.state.is_final()) => Eligibility::No,
+                Some(prev) if !self.steps.get(&prev).is_some_and(|p| p.state.is_final()) => {
+                    Eligibility::No
+                }
                 _ => Eligibility::Ready,
             };
         }
-        let Some(def) = self.def(name) else { return Eligibility::No };
+        let Some(def) = self.def(name) else {
+            return Eligibility::No;
+        };
         let mut ready = true;
         for dep in def.parsed_dependencies() {
-            let Some(target) = self.steps.get(&dep.step) else { return Eligibility::No };
+            let Some(target) = self.steps.get(&dep.step) else {
+                return Eligibility::No;
+            };
             match dep.states {
                 DependencyStates::Any => {
                     if !(target.state.is_final() && self.ancestors_final(&dep.step)) {
@@ -257,13 +377,21 @@ impl Run {
                         continue;
                     }
                     if target.state.is_final() {
-                        return if row.state == StepState::Todo { Eligibility::Prune } else { Eligibility::No };
+                        return if row.state == StepState::Todo {
+                            Eligibility::Prune
+                        } else {
+                            Eligibility::No
+                        };
                     }
                     ready = false;
                 }
             }
         }
-        if ready { Eligibility::Ready } else { Eligibility::No }
+        if ready {
+            Eligibility::Ready
+        } else {
+            Eligibility::No
+        }
     }
 
     fn ancestors_final(&self, name: &str) -> bool {
@@ -306,9 +434,18 @@ impl Run {
                 "error": s.error,
                 "attempts": s.attempts,
             });
-            if self.compiled.template.steps.get(name).is_some_and(|d| d.foreach.is_some()) {
-                let mut children: Vec<&StepRow> =
-                    self.steps.values().filter(|c| c.foreach_parent.as_deref() == Some(name.as_str())).collect();
+            if self
+                .compiled
+                .template
+                .steps
+                .get(name)
+                .is_some_and(|d| d.foreach.is_some())
+            {
+                let mut children: Vec<&StepRow> = self
+                    .steps
+                    .values()
+                    .filter(|c| c.foreach_parent.as_deref() == Some(name.as_str()))
+                    .collect();
                 children.sort_by_key(|c| child_index(&c.name));
                 v["children"] = Value::Array(
                     children
@@ -337,7 +474,10 @@ impl Run {
         });
         if let Some(cur) = current {
             let row = &self.steps[cur];
-            let this_key = row.foreach_parent.clone().unwrap_or_else(|| cur.to_string());
+            let this_key = row
+                .foreach_parent
+                .clone()
+                .unwrap_or_else(|| cur.to_string());
             let mut this = ctx["step"].get(&this_key).cloned().unwrap_or(Value::Null);
             if row.foreach_parent.is_some() {
                 this = json!({"state": row.state.as_str(), "output": row.output, "metadata": row.metadata, "error": row.error, "attempts": row.attempts});
@@ -353,7 +493,9 @@ impl Run {
         // Variables see everything above, and the variables declared before them.
         let renderer = taskhook_expr::renderer();
         for var in &self.compiled.template.variables {
-            let v = renderer.render_value(&var.value, &ctx).unwrap_or_else(|e| Value::String(format!("<error: {e}>")));
+            let v = renderer
+                .render_value(&var.value, &ctx)
+                .unwrap_or_else(|e| Value::String(format!("<error: {e}>")));
             ctx["var"][&var.name] = v;
         }
         ctx
@@ -361,8 +503,15 @@ impl Run {
 
     /// Evaluates skip conditions; true when one held (the step does not run).
     fn apply_skip_conditions(&mut self, name: &str) -> bool {
-        let Some(def) = self.def(name).cloned() else { return false };
-        let skips: Vec<_> = def.conditions.iter().filter(|c| c.kind == ConditionKind::Skip).cloned().collect();
+        let Some(def) = self.def(name).cloned() else {
+            return false;
+        };
+        let skips: Vec<_> = def
+            .conditions
+            .iter()
+            .filter(|c| c.kind == ConditionKind::Skip)
+            .cloned()
+            .collect();
         if skips.is_empty() {
             return false;
         }
@@ -372,8 +521,25 @@ impl Run {
             match evaluate(cond, &ctx) {
                 Ok(true) => {
                     held = true;
-                    let message = cond.message.as_ref().map(|m| taskhook_expr::renderer().render_str(m, &ctx).unwrap_or_else(|e| e.message));
+                    let message = cond.message.as_ref().map(|m| {
+                        taskhook_expr::renderer()
+                            .render_str(m, &ctx)
+                            .unwrap_or_else(|e| e.message)
+                    });
                     self.apply_then(name, &cond.then, message);
+                    if self
+                        .steps
+                        .get(name)
+                        .is_some_and(|s| s.state == StepState::RetryNow)
+                    {
+                        // RETRY_NOW would make the step eligible again at once, so the same skip
+                        // condition would be evaluated again, forever, without anything running.
+                        self.set(name, |s| {
+                            s.state = StepState::FatalError;
+                            s.error = Some("a skip condition set its own step to RETRY_NOW, which would re-evaluate it forever; use TO_RETRY to check again later".into());
+                        });
+                        return true;
+                    }
                     if cond.r#final {
                         break;
                     }
@@ -391,14 +557,26 @@ impl Run {
         held
     }
 
-    fn apply_then(&mut self, current: &str, then: &BTreeMap<String, String>, message: Option<String>) {
+    fn apply_then(
+        &mut self,
+        current: &str,
+        then: &BTreeMap<String, String>,
+        message: Option<String>,
+    ) {
         let now = now_ms();
         for (target, state) in then {
-            let target = if target == "this" { current.to_string() } else { target.clone() };
+            let target = if target == "this" {
+                current.to_string()
+            } else {
+                target.clone()
+            };
             let state = StepState::parse(state);
             let retry_at = (state == StepState::ToRetry).then(|| {
                 let tries = self.steps.get(&target).map(|s| s.attempts).unwrap_or(1);
-                let pattern = self.def(&target).and_then(|d| d.retry_pattern).unwrap_or_default();
+                let pattern = self
+                    .def(&target)
+                    .and_then(|d| d.retry_pattern)
+                    .unwrap_or_default();
                 now + jittered(pattern.delay_ms(tries))
             });
             let message = message.clone();
@@ -414,21 +592,40 @@ impl Run {
 
     fn expand(&mut self, name: &str, expr: &str) {
         let ctx = self.context(Some(name), None);
-        let items = match taskhook_expr::renderer().render_value(&Value::String(expr.to_string()), &ctx) {
-            Ok(Value::Array(items)) => items,
-            Ok(Value::String(s)) => match serde_json::from_str::<Value>(&s) {
+        let items =
+            match taskhook_expr::renderer().render_value(&Value::String(expr.to_string()), &ctx) {
                 Ok(Value::Array(items)) => items,
-                _ => return self.fail_expand(name, format!("foreach must give a list, got the text {s:?}")),
-            },
-            Ok(other) => return self.fail_expand(name, format!("foreach must give a list, got {other}")),
-            Err(e) => return self.fail_expand(name, format!("foreach: {e}")),
-        };
+                Ok(Value::String(s)) => match serde_json::from_str::<Value>(&s) {
+                    Ok(Value::Array(items)) => items,
+                    _ => {
+                        return self.fail_expand(
+                            name,
+                            format!("foreach must give a list, got the text {s:?}"),
+                        );
+                    }
+                },
+                Ok(other) => {
+                    return self.fail_expand(name, format!("foreach must give a list, got {other}"));
+                }
+                Err(e) => return self.fail_expand(name, format!("foreach: {e}")),
+            };
         const MAX_FANOUT: usize = 10_000;
         if items.len() > MAX_FANOUT {
-            return self.fail_expand(name, format!("foreach gave {} items; the limit is {MAX_FANOUT}", items.len()));
+            return self.fail_expand(
+                name,
+                format!(
+                    "foreach gave {} items; the limit is {MAX_FANOUT}",
+                    items.len()
+                ),
+            );
         }
         // Old children from an earlier expansion are replaced.
-        let old: Vec<String> = self.steps.values().filter(|c| c.foreach_parent.as_deref() == Some(name)).map(|c| c.name.clone()).collect();
+        let old: Vec<String> = self
+            .steps
+            .values()
+            .filter(|c| c.foreach_parent.as_deref() == Some(name))
+            .map(|c| c.name.clone())
+            .collect();
         for o in old {
             self.steps.remove(&o);
             self.dirty.remove(&o);
@@ -455,7 +652,9 @@ impl Run {
     }
 
     fn spawn_attempt(&self, set: &mut JoinSet<Attempt>, name: String) {
-        let Some(def) = self.def(&name).cloned() else { return };
+        let Some(def) = self.def(&name).cloned() else {
+            return;
+        };
         let row = self.steps[&name].clone();
         let parent_name = row.foreach_parent.clone().unwrap_or_else(|| name.clone());
         let timeout = self.compiled.timeouts.get(&parent_name).copied();
@@ -465,7 +664,12 @@ impl Run {
             || def.action.base_configuration.is_some()
             || def.action.output.is_some();
         let ctx = needs_ctx.then(|| self.context(Some(&name), None));
-        let base = def.action.base_configuration.as_ref().and_then(|b| self.compiled.template.base_configurations.get(b)).cloned();
+        let base = def
+            .action
+            .base_configuration
+            .as_ref()
+            .and_then(|b| self.compiled.template.base_configurations.get(b))
+            .cloned();
         let pre_base = def
             .pre_hook
             .as_ref()
@@ -478,9 +682,13 @@ impl Run {
             step: name.clone(),
             attempt: row.attempts,
             idempotency_key: format!("{}/{}", self.task.id, name),
-            previous_metadata: (row.state == StepState::Waiting || !row.metadata.is_null()).then(|| row.metadata.clone()),
+            previous_metadata: (row.state == StepState::Waiting || !row.metadata.is_null())
+                .then(|| row.metadata.clone()),
             cancel: token.clone(),
-            tasks: crate::Engine { inner: inner.clone() }.task_service(),
+            tasks: crate::Engine {
+                inner: inner.clone(),
+            }
+            .task_service(),
         };
         let step_name = name.clone();
         set.spawn(async move {
@@ -499,33 +707,66 @@ impl Run {
                     Ok(r) => r,
                     Err(_) => {
                         token.cancel();
-                        Err(ActionError::server(format!("timed out after {}", humantime(d))))
+                        Err(ActionError::server(format!(
+                            "timed out after {}",
+                            humantime(d)
+                        )))
                     }
                 },
                 None => work.await,
             };
-            Attempt { step: step_name, result }
+            Attempt {
+                step: step_name,
+                result,
+            }
         });
     }
 
     /// Maps an attempt's result to the step's next state, with check conditions,
     /// output shaping, schema validation and retry scheduling.
     fn apply_result(&mut self, a: Attempt) {
-        let Some(def) = self.def(&a.step).cloned() else { return };
+        let Some(def) = self.def(&a.step).cloned() else {
+            return;
+        };
+        if a.result.is_err() && self.cut_by_shutdown() {
+            // The error says only that the attempt was cut off: its effect is unknown. The step
+            // stays RUNNING and is settled like a crash when the run ends.
+            return;
+        }
         let name = a.step;
         let now = now_ms();
         let (mut state, output, metadata, error, wake) = match a.result {
             Ok(out) => (StepState::Done, out.output, out.metadata, None, None),
             Err(ActionError::Client { message, output }) => {
                 let o = output.unwrap_or_default();
-                (StepState::ClientError, o.output, o.metadata, Some(message), None)
+                (
+                    StepState::ClientError,
+                    o.output,
+                    o.metadata,
+                    Some(message),
+                    None,
+                )
             }
             Err(ActionError::Server { message, output }) => {
                 let o = output.unwrap_or_default();
-                (StepState::ServerError, o.output, o.metadata, Some(message), None)
+                (
+                    StepState::ServerError,
+                    o.output,
+                    o.metadata,
+                    Some(message),
+                    None,
+                )
             }
-            Err(ActionError::Fatal { message }) => (StepState::FatalError, Value::Null, Value::Null, Some(message), None),
-            Err(ActionError::Waiting { metadata, wake_at }) => (StepState::Waiting, Value::Null, metadata, None, wake_at),
+            Err(ActionError::Fatal { message }) => (
+                StepState::FatalError,
+                Value::Null,
+                Value::Null,
+                Some(message),
+                None,
+            ),
+            Err(ActionError::Waiting { metadata, wake_at }) => {
+                (StepState::Waiting, Value::Null, metadata, None, wake_at)
+            }
         };
         let mut output = output;
         let mut error = error;
@@ -546,14 +787,24 @@ impl Run {
                     }
                 }
             }
-            let parent = self.steps.get(&name).and_then(|s| s.foreach_parent.clone()).unwrap_or_else(|| name.clone());
+            let parent = self
+                .steps
+                .get(&name)
+                .and_then(|s| s.foreach_parent.clone())
+                .unwrap_or_else(|| name.clone());
             if state == StepState::Done
                 && let Some(schema) = self.compiled.schemas.get(&parent)
             {
-                let problems: Vec<String> = schema.iter_errors(&output).map(|e| format!("{}: {}", e.instance_path(), e)).collect();
+                let problems: Vec<String> = schema
+                    .iter_errors(&output)
+                    .map(|e| format!("{}: {}", e.instance_path(), e))
+                    .collect();
                 if !problems.is_empty() {
                     state = StepState::FatalError;
-                    error = Some(format!("output does not match json_schema: {}", problems.join("; ")));
+                    error = Some(format!(
+                        "output does not match json_schema: {}",
+                        problems.join("; ")
+                    ));
                 }
             }
         }
@@ -566,12 +817,21 @@ impl Run {
         });
         // Check conditions run after DONE or CLIENT_ERROR, and may change any state.
         if matches!(state, StepState::Done | StepState::ClientError) {
-            let checks: Vec<_> = def.conditions.iter().filter(|c| c.kind == ConditionKind::Check).cloned().collect();
+            let checks: Vec<_> = def
+                .conditions
+                .iter()
+                .filter(|c| c.kind == ConditionKind::Check)
+                .cloned()
+                .collect();
             for cond in &checks {
                 let ctx = self.context(Some(&name), None);
                 match evaluate(cond, &ctx) {
                     Ok(true) => {
-                        let message = cond.message.as_ref().map(|m| taskhook_expr::renderer().render_str(m, &ctx).unwrap_or_else(|e| e.message));
+                        let message = cond.message.as_ref().map(|m| {
+                            taskhook_expr::renderer()
+                                .render_str(m, &ctx)
+                                .unwrap_or_else(|e| e.message)
+                        });
                         self.apply_then(&name, &cond.then, message);
                         if cond.r#final {
                             break;
@@ -595,7 +855,11 @@ impl Run {
             if attempts > def.max_retries() {
                 self.set(&name, |s| {
                     s.state = StepState::FatalError;
-                    s.error = Some(format!("gave up after {attempts} attempts (max_retries {}): {}", def.max_retries(), s.error.clone().unwrap_or_default()));
+                    s.error = Some(format!(
+                        "gave up after {attempts} attempts (max_retries {}): {}",
+                        def.max_retries(),
+                        s.error.clone().unwrap_or_default()
+                    ));
                 });
             } else if row.state.is_retriable() && row.next_retry_at.is_none() {
                 let delay = jittered(def.retry_pattern.unwrap_or_default().delay_ms(attempts));
@@ -607,73 +871,180 @@ impl Run {
     /// Decides the task's state from its steps and ends the run.
     async fn finish(&mut self) -> Result<(), StoreError> {
         if let Some(stop) = self.stop_request() {
+            self.stop_honored = Some(stop.clone());
             // Attempts interrupted by the stop go back to TODO so a resumed task runs them again.
-            let interrupted: Vec<String> = self.steps.values().filter(|s| s.state == StepState::Running).map(|s| s.name.clone()).collect();
+            let interrupted: Vec<String> = self
+                .steps
+                .values()
+                .filter(|s| s.state == StepState::Running)
+                .map(|s| s.name.clone())
+                .collect();
             for n in interrupted {
                 self.set(&n, |s| {
                     s.state = StepState::Todo;
-                    s.error = Some(format!("interrupted: task {}", stop.to.as_str().to_lowercase()));
+                    s.error = Some(format!(
+                        "interrupted: task {}",
+                        stop.to.as_str().to_lowercase()
+                    ));
                 });
             }
-            let kind = if stop.to == TaskState::Cancelled { "cancelled" } else { "paused" };
+            let kind = if stop.to == TaskState::Cancelled {
+                "cancelled"
+            } else {
+                "paused"
+            };
             let mut end = self.end_event(stop.to, kind, Value::Null);
             end.actor = stop.actor;
             return self.end_with(stop.to, None, None, end).await;
         }
-        if self.inner.shutdown.is_cancelled() && self.steps.values().any(|s| !s.state.is_final()) {
-            let interrupted: Vec<String> = self.steps.values().filter(|s| s.state == StepState::Running).map(|s| s.name.clone()).collect();
-            for n in interrupted {
-                self.set(&n, |s| s.state = StepState::Todo);
-            }
-            return self.end(TaskState::Ready, Some(now_ms()), None, "released", json!({"reason": "server shutting down"})).await;
+        let shutting_down = self.inner.shutdown.is_cancelled();
+        if shutting_down {
+            self.settle_interrupted("the server shut down while this step ran");
         }
         let steps: Vec<&StepRow> = self.steps.values().collect();
         if steps.iter().all(|s| s.state.is_final()) {
             let result = self.render_result();
-            return self.end(TaskState::Done, None, Some(result), "done", Value::Null).await;
+            return self
+                .end(TaskState::Done, None, Some(result), "done", Value::Null)
+                .await;
         }
-        let blocking: Vec<String> = steps.iter().filter(|s| s.state.is_blocking()).map(|s| s.name.clone()).collect();
+        let blocking: Vec<String> = steps
+            .iter()
+            .filter(|s| s.state.is_blocking())
+            .map(|s| s.name.clone())
+            .collect();
         if !blocking.is_empty() {
-            return self.end(TaskState::Blocked, None, None, "blocked", json!({"reason": "steps failed and need a human", "steps": blocking})).await;
+            return self
+                .end(
+                    TaskState::Blocked,
+                    None,
+                    None,
+                    "blocked",
+                    json!({"reason": "steps failed and need a human", "steps": blocking}),
+                )
+                .await;
         }
-        let retry_at = steps.iter().filter(|s| s.state.is_retriable()).filter_map(|s| s.next_retry_at).min();
-        let waits: Vec<&&StepRow> = steps.iter().filter(|s| s.state == StepState::Waiting).collect();
+        // Steps left unstarted because of the shutdown: the next process takes the task at once.
+        // (Only now, after blocking steps: a CLIENT_ERROR must not be re-run by a released task.)
+        if shutting_down
+            && steps
+                .iter()
+                .any(|s| matches!(s.state, StepState::Todo | StepState::RetryNow))
+        {
+            return self
+                .end(
+                    TaskState::Ready,
+                    Some(now_ms()),
+                    None,
+                    "released",
+                    json!({"reason": "server shutting down"}),
+                )
+                .await;
+        }
+        let retry_at = steps
+            .iter()
+            .filter(|s| s.state.is_retriable())
+            .filter_map(|s| s.next_retry_at)
+            .min();
+        let waits: Vec<&&StepRow> = steps
+            .iter()
+            .filter(|s| s.state == StepState::Waiting)
+            .collect();
         let wake_at = waits.iter().filter_map(|s| s.next_retry_at).min();
         if let Some(at) = retry_at {
             if self.task.run_count >= self.task.run_max {
                 let detail = json!({"reason": format!("retry_max reached: the task ran {} times", self.task.run_count)});
-                return self.end(TaskState::Blocked, None, None, "blocked", detail).await;
+                return self
+                    .end(TaskState::Blocked, None, None, "blocked", detail)
+                    .await;
             }
             let due = wake_at.map_or(at, |w| w.min(at));
-            return self.end(TaskState::Ready, Some(due), None, "retry_scheduled", json!({"due_at": due})).await;
+            return self
+                .end(
+                    TaskState::Ready,
+                    Some(due),
+                    None,
+                    "retry_scheduled",
+                    json!({"due_at": due}),
+                )
+                .await;
         }
         if !waits.is_empty() {
-            return self.end(TaskState::Waiting, wake_at, None, "waiting", json!({"wake_at": wake_at})).await;
+            return self
+                .end(
+                    TaskState::Waiting,
+                    wake_at,
+                    None,
+                    "waiting",
+                    json!({"wake_at": wake_at}),
+                )
+                .await;
         }
-        let stuck: Vec<String> = steps.iter().filter(|s| s.state == StepState::Todo).map(|s| s.name.clone()).collect();
-        self.end(TaskState::Blocked, None, None, "blocked", json!({"reason": "deadlock: steps can never run", "steps": stuck})).await
+        let stuck: Vec<String> = steps
+            .iter()
+            .filter(|s| s.state == StepState::Todo)
+            .map(|s| s.name.clone())
+            .collect();
+        self.end(
+            TaskState::Blocked,
+            None,
+            None,
+            "blocked",
+            json!({"reason": "deadlock: steps can never run", "steps": stuck}),
+        )
+        .await
     }
 
     fn render_result(&self) -> Value {
-        let Some(format) = &self.compiled.template.result_format else { return Value::Null };
+        let Some(format) = &self.compiled.template.result_format else {
+            return Value::Null;
+        };
         let ctx = self.context(None, None);
-        taskhook_expr::renderer().render_value(format, &ctx).unwrap_or_else(|e| json!({"error": format!("result_format: {e}")}))
+        taskhook_expr::renderer()
+            .render_value(format, &ctx)
+            .unwrap_or_else(|e| json!({"error": format!("result_format: {e}")}))
     }
 
     fn end_event(&self, to: TaskState, kind: &str, detail: Value) -> NewEvent {
         NewEvent::transition("engine", kind, TaskState::Running, to, detail)
     }
 
-    async fn end(&mut self, to: TaskState, due_at: Option<i64>, result: Option<Value>, kind: &str, detail: Value) -> Result<(), StoreError> {
+    async fn end(
+        &mut self,
+        to: TaskState,
+        due_at: Option<i64>,
+        result: Option<Value>,
+        kind: &str,
+        detail: Value,
+    ) -> Result<(), StoreError> {
         let event = self.end_event(to, kind, detail);
         self.end_with(to, due_at, result, event).await
     }
 
-    async fn end_with(&mut self, to: TaskState, due_at: Option<i64>, result: Option<Value>, event: NewEvent) -> Result<(), StoreError> {
+    async fn end_with(
+        &mut self,
+        to: TaskState,
+        due_at: Option<i64>,
+        result: Option<Value>,
+        event: NewEvent,
+    ) -> Result<(), StoreError> {
         let rows = self.take_dirty();
-        let end = RunEnd { state: to, due_at, result, event };
-        let woke = self.inner.store.end_run(&self.task.id, self.task.lease_epoch, rows, end).await?;
-        if woke.is_some() || due_at.is_some() {
+        let end = RunEnd {
+            state: to,
+            due_at,
+            result,
+            event,
+        };
+        let woke = self
+            .inner
+            .store
+            .end_run(&self.task.id, self.task.lease_epoch, rows, end)
+            .await?;
+        // READY and WAITING ends may be due at once even without `due_at`: a subtask that ended
+        // during this run set the task's due time, and end_run kept it. The dispatcher last looked
+        // while the task was RUNNING (not due), so it must look again.
+        if woke.is_some() || due_at.is_some() || matches!(to, TaskState::Ready | TaskState::Waiting)
+        {
             self.inner.wake.notify_one();
         }
         Ok(())
@@ -689,7 +1060,10 @@ enum Eligibility {
 }
 
 fn child_index(name: &str) -> usize {
-    name.rsplit('-').next().and_then(|i| i.parse().ok()).unwrap_or(0)
+    name.rsplit('-')
+        .next()
+        .and_then(|i| i.parse().ok())
+        .unwrap_or(0)
 }
 
 fn jittered(ms: u64) -> i64 {
@@ -698,15 +1072,26 @@ fn jittered(ms: u64) -> i64 {
 }
 
 fn humantime(d: Duration) -> String {
-    if d.as_millis() < 1000 { format!("{}ms", d.as_millis()) } else { format!("{:.1}s", d.as_secs_f64()) }
+    if d.as_millis() < 1000 {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
+    }
 }
 
 fn evaluate(cond: &taskhook_model::Condition, ctx: &Value) -> Result<bool, String> {
     let r = taskhook_expr::renderer();
     for a in &cond.asserts {
-        let value = r.render_str(&a.value, ctx).map_err(|e| format!("value: {e}"))?;
-        let expected = r.render_str(&a.expected, ctx).map_err(|e| format!("expected: {e}"))?;
-        if !a.operator.holds(&value, &expected, a.list_separator.as_deref())? {
+        let value = r
+            .render_str(&a.value, ctx)
+            .map_err(|e| format!("value: {e}"))?;
+        let expected = r
+            .render_str(&a.expected, ctx)
+            .map_err(|e| format!("expected: {e}"))?;
+        if !a
+            .operator
+            .holds(&value, &expected, a.list_separator.as_deref())?
+        {
             return Ok(false);
         }
     }
@@ -736,9 +1121,18 @@ async fn attempt(
     run_action(inner, &def.action, base, ctx.as_ref(), actx).await
 }
 
-async fn run_action(inner: &Inner, action: &Action, base: Option<Value>, ctx: Option<&Value>, actx: ActionContext) -> Result<ActionOutput, ActionError> {
+async fn run_action(
+    inner: &Inner,
+    action: &Action,
+    base: Option<Value>,
+    ctx: Option<&Value>,
+    actx: ActionContext,
+) -> Result<ActionOutput, ActionError> {
     let Some(imp) = inner.actions.get(&action.kind) else {
-        return Err(ActionError::fatal(format!("unknown action type {:?}", action.kind)));
+        return Err(ActionError::fatal(format!(
+            "unknown action type {:?}",
+            action.kind
+        )));
     };
     let config = match base {
         Some(b) => merge_configuration(&b, &action.configuration),

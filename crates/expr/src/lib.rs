@@ -59,6 +59,14 @@ impl Renderer {
         env.set_fuel(Some(FUEL));
         env.set_recursion_limit(64);
         env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+        // Booleans print as JSON spells them (`true`, not Python's `True`): conditions compare
+        // rendered text, inputs and outputs are JSON, and actions parse "true"/"false".
+        env.set_formatter(|out, state, value| match value.kind() {
+            minijinja::value::ValueKind::Bool => {
+                out.write_str(if value.is_true() { "true" } else { "false" }).map_err(JError::from)
+            }
+            _ => minijinja::escape_formatter(out, state, value),
+        });
         minijinja_contrib::add_to_environment(&mut env);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         add_filters(&mut env);
@@ -204,6 +212,8 @@ mod tests {
             json!({"a": [200, 1, null]})
         );
         assert_eq!(r.render_value(&json!("plain"), &ctx()).unwrap(), json!("plain"));
+        assert_eq!(r.render_str("{{ input.n > 1 }}/{{ false }}", &ctx()).unwrap(), "true/false");
+        assert_eq!(r.render_value(&json!("{{ input.n > 1 }}"), &ctx()).unwrap(), json!(true));
     }
 
     #[test]
