@@ -527,7 +527,7 @@ impl Inner {
     }
 
     /// Hands a stop to the run holding the task; true when one did. Otherwise the stop waits
-    /// for the run about to start (see [`run::run_task`]).
+    /// for the run about to start, which takes it as it registers.
     fn request_stop(&self, id: &str, req: StopRequest) -> bool {
         let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         match running.get(id) {

@@ -592,23 +592,24 @@ impl Run {
 
     fn expand(&mut self, name: &str, expr: &str) {
         let ctx = self.context(Some(name), None);
-        let items =
-            match taskhook_expr::renderer().render_value(&Value::String(expr.to_string()), &ctx) {
+        let items = match taskhook_expr::renderer()
+            .render_value(&Value::String(expr.to_string()), &ctx)
+        {
+            Ok(Value::Array(items)) => items,
+            Ok(Value::String(s)) => match serde_json::from_str::<Value>(&s) {
                 Ok(Value::Array(items)) => items,
-                Ok(Value::String(s)) => match serde_json::from_str::<Value>(&s) {
-                    Ok(Value::Array(items)) => items,
-                    _ => {
-                        return self.fail_expand(
-                            name,
-                            format!("foreach must give a list, got the text {s:?}"),
-                        );
-                    }
-                },
-                Ok(other) => {
-                    return self.fail_expand(name, format!("foreach must give a list, got {other}"));
+                _ => {
+                    return self.fail_expand(
+                        name,
+                        format!("foreach must give a list, got the text {s:?}"),
+                    );
                 }
-                Err(e) => return self.fail_expand(name, format!("foreach: {e}")),
-            };
+            },
+            Ok(other) => {
+                return self.fail_expand(name, format!("foreach must give a list, got {other}"));
+            }
+            Err(e) => return self.fail_expand(name, format!("foreach: {e}")),
+        };
         const MAX_FANOUT: usize = 10_000;
         if items.len() > MAX_FANOUT {
             return self.fail_expand(
@@ -872,7 +873,11 @@ impl Run {
     async fn finish(&mut self) -> Result<(), StoreError> {
         if let Some(stop) = self.stop_request() {
             self.stop_honored = Some(stop.clone());
-            // Attempts interrupted by the stop go back to TODO so a resumed task runs them again.
+            if stop.to == TaskState::Paused {
+                // Pause cuts no attempt; one still RUNNING was cut by shutdown's grace running out.
+                self.settle_interrupted("the server shut down while this step ran");
+            }
+            // Attempts interrupted by a cancel go back to TODO.
             let interrupted: Vec<String> = self
                 .steps
                 .values()

@@ -200,8 +200,10 @@ struct Srv {
 impl Srv {
     async fn start() -> Srv {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut srv = Srv::default();
-        srv.base = format!("http://{}", listener.local_addr().unwrap());
+        let srv = Srv {
+            base: format!("http://{}", listener.local_addr().unwrap()),
+            ..Srv::default()
+        };
         let app = Router::new()
             .route("/status/{code}", any(status))
             .route("/flaky/{n}", any(flaky))
@@ -2274,4 +2276,78 @@ async fn shutdown_past_its_grace_treats_cut_attempts_like_a_crash() {
         1,
         "not run again by itself"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subtask_child_blocked_then_retried_and_child_cancelled() {
+    let srv = Srv::start().await;
+    let fx = Fx::new().await;
+    fx.put(&format!(
+        r#"
+name: fragile
+auto_runnable: true
+inputs:
+  - name: path
+result_format: "{{{{ step.call.output.calls }}}}"
+steps:
+  call:
+    action: {{type: http, configuration: {{url: "{base}{{{{ input.path }}}}"}}}}
+"#,
+        base = srv.base,
+    ))
+    .await;
+    fx.put(
+        r#"
+name: boss
+auto_runnable: true
+inputs:
+  - name: path
+result_format: "{{ step.child.output }}"
+steps:
+  child:
+    action:
+      type: subtask
+      configuration: {template: fragile, inputs: {path: "{{ input.path }}"}}
+"#,
+    )
+    .await;
+
+    // The child blocks: the parent keeps waiting; once the child is retried and done, the parent ends.
+    let id = fx.create("boss", json!({"path": "/client/1"})).await;
+    let (_, steps) = fx
+        .wait_for(&id, "the child to start", |t, s| {
+            t.state == TaskState::Waiting && s[0].metadata["task_id"].is_string()
+        })
+        .await;
+    let child = step(&steps, "child").metadata["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    fx.wait_final(&child, &[TaskState::Blocked]).await;
+    assert_eq!(fx.get(&id).await.0.state, TaskState::Waiting);
+    fx.engine.retry(&child, "operator").await.unwrap();
+    let (task, _) = fx.wait_done(&id).await;
+    assert_eq!(task.result, json!(2));
+
+    // The child is cancelled: the parent's step is a client error and the parent blocks.
+    let id = fx.create("boss", json!({"path": "/slow/5000"})).await;
+    let (_, steps) = fx
+        .wait_for(&id, "the child to start", |_, s| {
+            s[0].metadata["task_id"].is_string()
+        })
+        .await;
+    let child = step(&steps, "child").metadata["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    fx.wait_step(&child, "call", StepState::Running).await;
+    fx.engine.cancel(&child, "operator").await.unwrap();
+    let (task, steps) = fx
+        .wait_final(&id, &[TaskState::Blocked, TaskState::Done])
+        .await;
+    assert_eq!(task.state, TaskState::Blocked);
+    let s = step(&steps, "child");
+    assert_eq!(s.state, StepState::ClientError);
+    assert!(s.error.as_deref().unwrap().contains("cancelled"), "{s:?}");
+    assert_eq!(fx.get(&child).await.0.state, TaskState::Cancelled);
 }

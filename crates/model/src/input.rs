@@ -169,10 +169,10 @@ pub fn resolve_inputs(specs: &[InputSpec], given: &Value) -> Result<Map<String, 
 pub fn mask_passwords(specs: &[InputSpec], inputs: &mut Value) {
     if let Value::Object(m) = inputs {
         for spec in specs.iter().filter(|s| s.kind == InputType::Password) {
-            if let Some(v) = m.get_mut(&spec.name) {
-                if !v.is_null() {
-                    *v = Value::String(SECRET_MASK.into());
-                }
+            if let Some(v) = m.get_mut(&spec.name)
+                && !v.is_null()
+            {
+                *v = Value::String(SECRET_MASK.into());
             }
         }
     }
