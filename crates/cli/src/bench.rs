@@ -11,7 +11,9 @@ use anyhow::{Context, bail};
 use async_trait::async_trait;
 use clap::Args;
 use serde_json::{Value, json};
-use taskhook_actions::{Action, ActionContext, ActionError, ActionOutput, ActionSettings, ConfigError, Registry};
+use taskhook_actions::{
+    Action, ActionContext, ActionError, ActionOutput, ActionSettings, ConfigError, Registry,
+};
 use taskhook_engine::{CreateTask, Engine, EngineConfig};
 use taskhook_model::TaskState;
 use taskhook_store::Store;
@@ -48,9 +50,16 @@ impl Action for ProbeAction {
         Ok(())
     }
     async fn run(&self, _config: Value, ctx: ActionContext) -> Result<ActionOutput, ActionError> {
-        self.0.started.lock().unwrap_or_else(|e| e.into_inner()).insert(ctx.task_id, Instant::now());
+        self.0
+            .started
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(ctx.task_id, Instant::now());
         self.0.notify.notify_one();
-        Ok(ActionOutput { output: json!({"ok": true}), metadata: Value::Null })
+        Ok(ActionOutput {
+            output: json!({"ok": true}),
+            metadata: Value::Null,
+        })
     }
 }
 
@@ -58,7 +67,13 @@ struct ProbeAction(Arc<Probe>);
 
 fn memory_kb(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse().ok()
+    status
+        .lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -96,17 +111,27 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let probe_step = "name: bench-probe\nauto_runnable: true\nsteps:\n  only:\n    action:\n      type: bench_probe\n";
     let mut chain = String::from("name: bench-chain\nauto_runnable: true\nsteps:\n");
     for i in 0..50 {
-        chain.push_str(&format!("  s{i:02}:\n    action: {{type: echo, configuration: {{output: {i}}}}}\n"));
+        chain.push_str(&format!(
+            "  s{i:02}:\n    action: {{type: echo, configuration: {{output: {i}}}}}\n"
+        ));
         if i > 0 {
             chain.push_str(&format!("    dependencies: [s{:02}]\n", i - 1));
         }
     }
     for t in [one_step, probe_step, chain.as_str()] {
-        engine.put_template(engine.parse_template(t)?).await?;
+        engine.put_template(engine.parse_template(t).await?).await?;
     }
 
-    println!("taskhook bench: engine in-process, SQLite (WAL, synchronous=FULL) in {}", dir.display());
-    println!("machine: {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    println!(
+        "taskhook bench: engine in-process, SQLite (WAL, synchronous=FULL) in {}",
+        dir.display()
+    );
+    println!(
+        "machine: {} cores",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
 
     // 1. Throughput: N one-step echo tasks, created by C concurrent clients, until all are DONE.
     let start = Instant::now();
@@ -117,7 +142,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         let n = per_worker.min(args.tasks.saturating_sub(w * per_worker));
         workers.push(tokio::spawn(async move {
             for _ in 0..n {
-                let req = CreateTask { template: "bench-one".into(), requester: "bench".into(), ..Default::default() };
+                let req = CreateTask {
+                    template: "bench-one".into(),
+                    requester: "bench".into(),
+                    ..Default::default()
+                };
                 engine.create_task(req).await?;
             }
             Ok::<_, taskhook_engine::EngineError>(())
@@ -143,14 +172,25 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let mut latencies = Vec::with_capacity(args.latency_samples);
     for _ in 0..args.latency_samples {
         let t0 = Instant::now();
-        let req = CreateTask { template: "bench-probe".into(), requester: "bench".into(), ..Default::default() };
+        let req = CreateTask {
+            template: "bench-probe".into(),
+            requester: "bench".into(),
+            ..Default::default()
+        };
         let (task, _) = engine.create_task(req).await?;
         let started = loop {
             let notified = probe.notify.notified();
-            if let Some(t) = probe.started.lock().unwrap_or_else(|e| e.into_inner()).get(&task.id) {
+            if let Some(t) = probe
+                .started
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&task.id)
+            {
                 break *t;
             }
-            tokio::time::timeout(Duration::from_secs(10), notified).await.context("a probe task never started")?;
+            tokio::time::timeout(Duration::from_secs(10), notified)
+                .await
+                .context("a probe task never started")?;
         };
         latencies.push(started.duration_since(t0));
     }
@@ -166,10 +206,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let mut per_step = Vec::new();
     for _ in 0..args.chains {
         let t0 = Instant::now();
-        let req = CreateTask { template: "bench-chain".into(), requester: "bench".into(), ..Default::default() };
+        let req = CreateTask {
+            template: "bench-chain".into(),
+            requester: "bench".into(),
+            ..Default::default()
+        };
         let (task, _) = engine.create_task(req).await?;
         loop {
-            let (t, _) = store.get_task(&task.id).await?.context("chain task vanished")?;
+            let (t, _) = store
+                .get_task(&task.id)
+                .await?
+                .context("chain task vanished")?;
             if t.state == TaskState::Done {
                 break;
             }

@@ -13,7 +13,12 @@ use serde_json::{Value, json};
 #[derive(Args, Clone)]
 pub struct Conn {
     /// Server URL.
-    #[arg(long, env = "TASKHOOK_URL", default_value = "http://127.0.0.1:8080", global = true)]
+    #[arg(
+        long,
+        env = "TASKHOOK_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
     url: String,
     /// API token.
     #[arg(long, env = "TASKHOOK_TOKEN", hide_env_values = true, global = true)]
@@ -26,7 +31,12 @@ pub struct Conn {
 #[derive(Subcommand)]
 pub enum TemplateCommand {
     /// Check template files without a server; prints every problem with its step and field.
-    Validate { files: Vec<PathBuf> },
+    Validate {
+        files: Vec<PathBuf>,
+        /// Function files (or directories of them) the templates may call.
+        #[arg(long = "functions")]
+        functions: Vec<PathBuf>,
+    },
     /// Create or replace templates from files (YAML or JSON).
     Put {
         files: Vec<PathBuf>,
@@ -50,6 +60,98 @@ pub enum TemplateCommand {
         #[command(flatten)]
         conn: Conn,
     },
+}
+
+#[derive(Subcommand)]
+pub enum FunctionCommand {
+    /// Create or replace library functions from files (YAML or JSON). Templates stored
+    /// afterwards take the new version; templates already stored keep theirs.
+    Put {
+        files: Vec<PathBuf>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// List library functions.
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Show one function.
+    Get {
+        name: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Remove a function from the library.
+    Delete {
+        name: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+pub async fn function(cmd: FunctionCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        FunctionCommand::Put { files, conn } => {
+            let c = Client::new(conn)?;
+            for f in files {
+                let text = std::fs::read_to_string(&f)
+                    .with_context(|| format!("reading {}", f.display()))?;
+                let function: taskhook_model::Function =
+                    taskhook_model::template::parse_document(&text)
+                        .map_err(|e| anyhow::anyhow!("{}: {}", f.display(), e.message))?;
+                let content_type = if text.trim_start().starts_with('{') {
+                    "application/json"
+                } else {
+                    "application/yaml"
+                };
+                c.call(
+                    reqwest::Method::PUT,
+                    &format!("/api/v1/functions/{}", function.name),
+                    Some((text, content_type)),
+                )
+                .await
+                .with_context(|| f.display().to_string())?;
+                println!("{}", function.name);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        FunctionCommand::List { conn } => {
+            let json_out = conn.json;
+            let out = Client::new(conn)?.get("/api/v1/functions").await?;
+            if json_out {
+                print_json(&out);
+            } else {
+                for f in out.as_array().into_iter().flatten() {
+                    println!(
+                        "{:<32} {}",
+                        f["name"].as_str().unwrap_or(""),
+                        f["description"].as_str().unwrap_or("")
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        FunctionCommand::Get { name, conn } => {
+            print_json(
+                &Client::new(conn)?
+                    .get(&format!("/api/v1/functions/{name}"))
+                    .await?,
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        FunctionCommand::Delete { name, conn } => {
+            Client::new(conn)?
+                .call(
+                    reqwest::Method::DELETE,
+                    &format!("/api/v1/functions/{name}"),
+                    None,
+                )
+                .await?;
+            println!("deleted {name}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -145,21 +247,43 @@ struct Client {
 impl Client {
     fn new(conn: Conn) -> anyhow::Result<Self> {
         if conn.token.is_none() {
-            bail!("no API token: set TASKHOOK_TOKEN (the server prints its admin token at start) or pass --token");
+            bail!(
+                "no API token: set TASKHOOK_TOKEN (the server prints its admin token at start) or pass --token"
+            );
         }
-        Ok(Client { http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?, conn })
+        Ok(Client {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()?,
+            conn,
+        })
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<(String, &str)>) -> anyhow::Result<Value> {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<(String, &str)>,
+    ) -> anyhow::Result<Value> {
         let url = format!("{}{}", self.conn.url.trim_end_matches('/'), path);
-        let mut req = self.http.request(method, &url).bearer_auth(self.conn.token.as_deref().unwrap_or_default());
+        let mut req = self
+            .http
+            .request(method, &url)
+            .bearer_auth(self.conn.token.as_deref().unwrap_or_default());
         if let Some((b, content_type)) = body {
             req = req.header("content-type", content_type).body(b);
         }
-        let resp = req.send().await.with_context(|| format!("cannot reach {url}"))?;
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {url}"))?;
         let status = resp.status();
         let text = resp.text().await?;
-        let value: Value = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        let value: Value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
         if !status.is_success() {
             bail!("{}", describe_problem(status.as_u16(), &value));
         }
@@ -171,18 +295,31 @@ impl Client {
     }
 
     async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
-        self.call(reqwest::Method::POST, path, Some((body.to_string(), "application/json"))).await
+        self.call(
+            reqwest::Method::POST,
+            path,
+            Some((body.to_string(), "application/json")),
+        )
+        .await
     }
 }
 
 /// A problem+json error as one readable paragraph.
 fn describe_problem(status: u16, v: &Value) -> String {
-    let detail = v.get("detail").and_then(Value::as_str).map(String::from).unwrap_or_else(|| v.to_string());
+    let detail = v
+        .get("detail")
+        .and_then(Value::as_str)
+        .map(String::from)
+        .unwrap_or_else(|| v.to_string());
     let mut out = format!("{status}: {detail}");
     if let Some(errors) = v.get("errors").and_then(Value::as_array) {
         out = format!("{status}: the server rejected it:");
         for e in errors {
-            out.push_str(&format!("\n  {}: {}", e["field"].as_str().unwrap_or(""), e["message"].as_str().unwrap_or("")));
+            out.push_str(&format!(
+                "\n  {}: {}",
+                e["field"].as_str().unwrap_or(""),
+                e["message"].as_str().unwrap_or("")
+            ));
         }
     } else if let Some(f) = v.get("field").and_then(Value::as_str) {
         out.push_str(&format!(" (field: {f})"));
@@ -196,23 +333,37 @@ fn print_json(v: &Value) {
 
 pub async fn template(cmd: TemplateCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        TemplateCommand::Validate { files } => validate_files(&files),
+        TemplateCommand::Validate { files, functions } => validate_files(&files, &functions),
         TemplateCommand::Put { files, conn } => {
             let json_out = conn.json;
             let c = Client::new(conn)?;
             for f in files {
-                let text = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
-                let t: taskhook_model::Template = taskhook_model::template::parse_document(&text)
-                    .map_err(|e| anyhow::anyhow!("{}: {}", f.display(), e.message))?;
-                let content_type = if text.trim_start().starts_with('{') { "application/json" } else { "application/yaml" };
+                let text = std::fs::read_to_string(&f)
+                    .with_context(|| format!("reading {}", f.display()))?;
+                let t: taskhook_model::Template =
+                    taskhook_model::template::parse_document(&text)
+                        .map_err(|e| anyhow::anyhow!("{}: {}", f.display(), e.message))?;
+                let content_type = if text.trim_start().starts_with('{') {
+                    "application/json"
+                } else {
+                    "application/yaml"
+                };
                 let out = c
-                    .call(reqwest::Method::PUT, &format!("/api/v1/templates/{}", t.name), Some((text, content_type)))
+                    .call(
+                        reqwest::Method::PUT,
+                        &format!("/api/v1/templates/{}", t.name),
+                        Some((text, content_type)),
+                    )
                     .await
                     .with_context(|| f.display().to_string())?;
                 if json_out {
                     print_json(&out);
                 } else {
-                    println!("{} version {}", out["name"].as_str().unwrap_or(""), out["version"]);
+                    println!(
+                        "{} version {}",
+                        out["name"].as_str().unwrap_or(""),
+                        out["version"]
+                    );
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -224,29 +375,79 @@ pub async fn template(cmd: TemplateCommand) -> anyhow::Result<ExitCode> {
                 print_json(&out);
             } else {
                 for t in out.as_array().into_iter().flatten() {
-                    println!("{:<32} v{:<4} {}", t["name"].as_str().unwrap_or(""), t["version"], t["description"].as_str().unwrap_or(""));
+                    println!(
+                        "{:<32} v{:<4} {}",
+                        t["name"].as_str().unwrap_or(""),
+                        t["version"],
+                        t["description"].as_str().unwrap_or("")
+                    );
                 }
             }
             Ok(ExitCode::SUCCESS)
         }
         TemplateCommand::Get { name, conn } => {
-            let out = Client::new(conn)?.get(&format!("/api/v1/templates/{name}")).await?;
+            let out = Client::new(conn)?
+                .get(&format!("/api/v1/templates/{name}"))
+                .await?;
             print_json(&out);
             Ok(ExitCode::SUCCESS)
         }
         TemplateCommand::Delete { name, conn } => {
-            Client::new(conn)?.call(reqwest::Method::DELETE, &format!("/api/v1/templates/{name}"), None).await?;
+            Client::new(conn)?
+                .call(
+                    reqwest::Method::DELETE,
+                    &format!("/api/v1/templates/{name}"),
+                    None,
+                )
+                .await?;
             println!("deleted {name}");
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
-fn validate_files(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
+/// `*.yaml`, `*.yml` and `*.json` files of each directory given, and each file given.
+pub fn document_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(p)
+                .with_context(|| format!("reading {}", p.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|f| {
+                    matches!(
+                        f.extension().and_then(|e| e.to_str()),
+                        Some("yaml" | "yml" | "json")
+                    )
+                })
+                .collect();
+            found.sort();
+            out.extend(found);
+        } else {
+            out.push(p.clone());
+        }
+    }
+    Ok(out)
+}
+
+fn validate_files(files: &[PathBuf], function_paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
     if files.is_empty() {
         bail!("give at least one template file");
     }
-    let registry = taskhook_actions::Registry::builtin(&taskhook_actions::ActionSettings::default());
+    let registry =
+        taskhook_actions::Registry::builtin(&taskhook_actions::ActionSettings::default());
+    let catalog = taskhook_engine::ActionCatalog { actions: &registry };
+    let mut library = BTreeMap::new();
+    for f in document_files(function_paths)? {
+        let text =
+            std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+        let function: taskhook_model::Function = taskhook_model::template::parse_document(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {}", f.display(), e.message))?;
+        if let Err(e) = taskhook_model::validate::validate_function(&function, &catalog) {
+            bail!("{}: {e}", f.display());
+        }
+        library.insert(function.name.clone(), function);
+    }
     let mut failed = false;
     for f in files {
         let text = match std::fs::read_to_string(f) {
@@ -257,7 +458,25 @@ fn validate_files(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
                 continue;
             }
         };
-        match taskhook_engine::parse_and_validate(&text, &registry) {
+        let parsed = taskhook_model::Template::parse(&text).map_err(|e| {
+            taskhook_model::validate::TemplateError {
+                errors: vec![taskhook_model::validate::ValidationError {
+                    field: "template".into(),
+                    message: e.message,
+                }],
+            }
+        });
+        let checked = parsed.and_then(|mut t| {
+            for step in t.steps.values() {
+                if let Some(f) = library.get(&step.action.kind)
+                    && !t.functions.contains_key(&step.action.kind)
+                {
+                    t.functions.insert(f.name.clone(), f.clone());
+                }
+            }
+            taskhook_model::validate::validate_template(&t, &catalog).map(|_| t)
+        });
+        match checked {
             Ok(t) => println!("{}: ok ({}, {} steps)", f.display(), t.name, t.steps.len()),
             Err(e) => {
                 failed = true;
@@ -267,7 +486,11 @@ fn validate_files(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn inputs_object(inputs: Vec<(String, Value)>) -> Value {
@@ -275,14 +498,29 @@ fn inputs_object(inputs: Vec<(String, Value)>) -> Value {
 }
 
 fn summarize_task(t: &Value) {
-    println!("{}  {}  {}  ({})", t["id"].as_str().unwrap_or(""), t["state"].as_str().unwrap_or(""), t["title"].as_str().unwrap_or(""), t["template"].as_str().unwrap_or(""));
+    println!(
+        "{}  {}  {}  ({})",
+        t["id"].as_str().unwrap_or(""),
+        t["state"].as_str().unwrap_or(""),
+        t["title"].as_str().unwrap_or(""),
+        t["template"].as_str().unwrap_or("")
+    );
 }
 
 fn print_steps(t: &Value) {
     if let Some(steps) = t["steps"].as_object() {
         for (name, s) in steps {
-            let err = s["error"].as_str().map(|e| format!("  {e}")).unwrap_or_default();
-            println!("  {:<28} {:<13} attempts {}{}", name, s["state"].as_str().unwrap_or(""), s["attempts"], err);
+            let err = s["error"]
+                .as_str()
+                .map(|e| format!("  {e}"))
+                .unwrap_or_default();
+            println!(
+                "  {:<28} {:<13} attempts {}{}",
+                name,
+                s["state"].as_str().unwrap_or(""),
+                s["attempts"],
+                err
+            );
         }
     }
     if !t["result"].is_null() {
@@ -292,7 +530,15 @@ fn print_steps(t: &Value) {
 
 pub async fn task(cmd: TaskCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        TaskCommand::Create { template, inputs, inputs_json, idempotency_key, run_at, watch: follow, conn } => {
+        TaskCommand::Create {
+            template,
+            inputs,
+            inputs_json,
+            idempotency_key,
+            run_at,
+            watch: follow,
+            conn,
+        } => {
             let inputs = match inputs_json {
                 Some(j) => serde_json::from_str(&j).context("--inputs-json is not valid JSON")?,
                 None => inputs_object(inputs),
@@ -313,11 +559,17 @@ pub async fn task(cmd: TaskCommand) -> anyhow::Result<ExitCode> {
             } else {
                 println!("{id} {}", out["state"].as_str().unwrap_or(""));
             }
-            if follow { watch(&c, &id).await } else { Ok(ExitCode::SUCCESS) }
+            if follow {
+                watch(&c, &id).await
+            } else {
+                Ok(ExitCode::SUCCESS)
+            }
         }
         TaskCommand::Get { id, conn } => {
             let json_out = conn.json;
-            let t = Client::new(conn)?.get(&format!("/api/v1/tasks/{id}")).await?;
+            let t = Client::new(conn)?
+                .get(&format!("/api/v1/tasks/{id}"))
+                .await?;
             if json_out {
                 print_json(&t);
             } else {
@@ -326,7 +578,12 @@ pub async fn task(cmd: TaskCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        TaskCommand::List { state, template, limit, conn } => {
+        TaskCommand::List {
+            state,
+            template,
+            limit,
+            conn,
+        } => {
             let json_out = conn.json;
             let mut q = vec![format!("limit={limit}")];
             if let Some(s) = state {
@@ -335,7 +592,9 @@ pub async fn task(cmd: TaskCommand) -> anyhow::Result<ExitCode> {
             if let Some(t) = template {
                 q.push(format!("template={t}"));
             }
-            let out = Client::new(conn)?.get(&format!("/api/v1/tasks?{}", q.join("&"))).await?;
+            let out = Client::new(conn)?
+                .get(&format!("/api/v1/tasks?{}", q.join("&")))
+                .await?;
             if json_out {
                 print_json(&out);
             } else {
@@ -351,7 +610,9 @@ pub async fn task(cmd: TaskCommand) -> anyhow::Result<ExitCode> {
         }
         TaskCommand::Events { id, conn } => {
             let json_out = conn.json;
-            let out = Client::new(conn)?.get(&format!("/api/v1/tasks/{id}/events")).await?;
+            let out = Client::new(conn)?
+                .get(&format!("/api/v1/tasks/{id}/events"))
+                .await?;
             if json_out {
                 print_json(&out);
             } else {
@@ -361,13 +622,32 @@ pub async fn task(cmd: TaskCommand) -> anyhow::Result<ExitCode> {
                         (None, Some(t)) => format!("-> {t}"),
                         _ => String::new(),
                     };
-                    let detail = if e["detail"].is_null() { String::new() } else { e["detail"].to_string() };
-                    println!("{}  {:<10} {:<16} {:<22} {}", e["at"].as_str().unwrap_or(""), e["actor"].as_str().unwrap_or(""), e["kind"].as_str().unwrap_or(""), arrow, detail);
+                    let detail = if e["detail"].is_null() {
+                        String::new()
+                    } else {
+                        e["detail"].to_string()
+                    };
+                    println!(
+                        "{}  {:<10} {:<16} {:<22} {}",
+                        e["at"].as_str().unwrap_or(""),
+                        e["actor"].as_str().unwrap_or(""),
+                        e["kind"].as_str().unwrap_or(""),
+                        arrow,
+                        detail
+                    );
                 }
             }
             Ok(ExitCode::SUCCESS)
         }
-        TaskCommand::Resolve { id, inputs, conn } => action(conn, &id, "resolve", json!({"resolver_inputs": inputs_object(inputs)})).await,
+        TaskCommand::Resolve { id, inputs, conn } => {
+            action(
+                conn,
+                &id,
+                "resolve",
+                json!({"resolver_inputs": inputs_object(inputs)}),
+            )
+            .await
+        }
         TaskCommand::Cancel { id, conn } => action(conn, &id, "cancel", Value::Null).await,
         TaskCommand::Retry { id, conn } => action(conn, &id, "retry", Value::Null).await,
         TaskCommand::Pause { id, conn } => action(conn, &id, "pause", Value::Null).await,
@@ -379,7 +659,11 @@ async fn action(conn: Conn, id: &str, verb: &str, body: Value) -> anyhow::Result
     let body = if body.is_null() { json!({}) } else { body };
     let c = Client::new(conn)?;
     let path = format!("/api/v1/tasks/{id}/{verb}");
-    let out = if verb == "resolve" { c.post(&path, body).await? } else { c.call(reqwest::Method::POST, &path, None).await? };
+    let out = if verb == "resolve" {
+        c.post(&path, body).await?
+    } else {
+        c.call(reqwest::Method::POST, &path, None).await?
+    };
     if json_out {
         print_json(&out);
     } else {
@@ -397,9 +681,15 @@ async fn watch(c: &Client, id: &str) -> anyhow::Result<ExitCode> {
         let state = t["state"].as_str().unwrap_or("").to_string();
         if let Some(steps) = t["steps"].as_object() {
             for (name, s) in steps {
-                let now = (s["state"].as_str().unwrap_or("").to_string(), s["attempts"].as_u64().unwrap_or(0));
+                let now = (
+                    s["state"].as_str().unwrap_or("").to_string(),
+                    s["attempts"].as_u64().unwrap_or(0),
+                );
                 if seen.get(name) != Some(&now) {
-                    let err = s["error"].as_str().map(|e| format!("  {e}")).unwrap_or_default();
+                    let err = s["error"]
+                        .as_str()
+                        .map(|e| format!("  {e}"))
+                        .unwrap_or_default();
                     println!("step {:<28} {:<13} attempt {}{}", name, now.0, now.1, err);
                     seen.insert(name.clone(), now);
                 }

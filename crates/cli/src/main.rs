@@ -8,7 +8,11 @@ mod serve;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "taskhook", version, about = "Event-driven automation engine: templates become durable, audited tasks")]
+#[command(
+    name = "taskhook",
+    version,
+    about = "Event-driven automation engine: templates become durable, audited tasks"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -21,6 +25,9 @@ enum Command {
     /// Manage templates.
     #[command(subcommand)]
     Template(client::TemplateCommand),
+    /// Manage the function library (reusable named actions templates call by name).
+    #[command(subcommand)]
+    Function(client::FunctionCommand),
     /// Create, inspect and steer tasks.
     #[command(subcommand)]
     Task(client::TaskCommand),
@@ -30,7 +37,10 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -42,6 +52,7 @@ fn main() -> std::process::ExitCode {
             Command::Serve(args) => serve::run(args).await,
             Command::Template(cmd) => client::template(cmd).await,
             Command::Task(cmd) => client::task(cmd).await,
+            Command::Function(cmd) => client::function(cmd).await,
             Command::Bench(args) => bench::run(args).await,
         }
     });

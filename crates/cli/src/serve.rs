@@ -24,6 +24,9 @@ pub struct ServeArgs {
     /// SQLite database URL (`sqlite:PATH`); defaults to `taskhook.db` in the data dir.
     #[arg(long, env = "TASKHOOK_DATABASE_URL")]
     database_url: Option<String>,
+    /// Load every *.yaml, *.yml and *.json function in this directory at start (before templates).
+    #[arg(long, env = "TASKHOOK_FUNCTIONS")]
+    functions: Option<PathBuf>,
     /// Load every *.yaml, *.yml and *.json template in this directory at start.
     #[arg(long, env = "TASKHOOK_TEMPLATES")]
     templates: Option<PathBuf>,
@@ -56,7 +59,10 @@ fn parse_resource_limit(s: &str) -> Result<(String, usize), String> {
 fn database_path(args: &ServeArgs) -> anyhow::Result<PathBuf> {
     match &args.database_url {
         None => Ok(args.data_dir.join("taskhook.db")),
-        Some(url) => match url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+        Some(url) => match url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+        {
             Some(path) if !path.is_empty() => Ok(PathBuf::from(path)),
             _ => bail!("unsupported --database-url {url:?}: use sqlite:PATH"),
         },
@@ -69,10 +75,14 @@ async fn admin_token(store: &Store, data_dir: &Path) -> anyhow::Result<(AdminTok
     if let Ok(token) = std::env::var("TASKHOOK_ADMIN_TOKEN")
         && !token.trim().is_empty()
     {
-        return Ok((AdminToken::from_token(token.trim()), "from TASKHOOK_ADMIN_TOKEN".into()));
+        return Ok((
+            AdminToken::from_token(token.trim()),
+            "from TASKHOOK_ADMIN_TOKEN".into(),
+        ));
     }
     if let Some(hash) = store.get_setting("admin_token_sha256").await? {
-        let admin = AdminToken::from_hash_hex(&hash).context("stored admin token hash is corrupt")?;
+        let admin =
+            AdminToken::from_hash_hex(&hash).context("stored admin token hash is corrupt")?;
         let shown = match std::fs::read_to_string(&file) {
             Ok(t) if admin.matches(t.trim()) => t.trim().to_string(),
             _ => format!("(not shown: {} is missing or changed)", file.display()),
@@ -82,32 +92,39 @@ async fn admin_token(store: &Store, data_dir: &Path) -> anyhow::Result<(AdminTok
     let token = AdminToken::generate();
     write_private(&file, &token).with_context(|| format!("writing {}", file.display()))?;
     let admin = AdminToken::from_token(&token);
-    store.set_setting("admin_token_sha256", &admin.hash_hex()).await?;
+    store
+        .set_setting("admin_token_sha256", &admin.hash_hex())
+        .await?;
     Ok((admin, token))
 }
 
 fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
     f.write_all(content.as_bytes())?;
     f.write_all(b"\n")
 }
 
 async fn load_templates(engine: &Engine, dir: &Path) -> anyhow::Result<usize> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("reading templates from {}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")))
-        .collect();
-    files.sort();
+    let files = crate::client::document_files(&[dir.to_path_buf()])?;
     let mut problems = Vec::new();
     let mut parsed = Vec::new();
     for f in &files {
-        let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
-        match engine.parse_template(&text) {
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        match engine.parse_template(&text).await {
             Ok(t) => parsed.push(t),
-            Err(e) => problems.extend(e.errors.iter().map(|e| format!("{}: {}: {}", f.display(), e.field, e.message))),
+            Err(e) => problems.extend(
+                e.errors
+                    .iter()
+                    .map(|e| format!("{}: {}: {}", f.display(), e.field, e.message)),
+            ),
         }
     }
     if !problems.is_empty() {
@@ -121,34 +138,80 @@ async fn load_templates(engine: &Engine, dir: &Path) -> anyhow::Result<usize> {
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
-    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let db = database_path(&args)?;
     let store = Store::open(&db).with_context(|| format!("opening {}", db.display()))?;
-    let settings = ActionSettings { scripts_dir: args.scripts_dir.clone() };
+    let settings = ActionSettings {
+        scripts_dir: args.scripts_dir.clone(),
+    };
     let config = EngineConfig {
         max_running_tasks: args.max_running_tasks,
         max_running_steps: args.max_running_steps,
-        resource_limits: args.resource_limits.iter().cloned().collect::<HashMap<_, _>>(),
+        resource_limits: args
+            .resource_limits
+            .iter()
+            .cloned()
+            .collect::<HashMap<_, _>>(),
         ..EngineConfig::default()
     };
     let engine = Engine::new(store.clone(), Registry::builtin(&settings), config);
+    if let Some(dir) = &args.functions {
+        let mut problems = Vec::new();
+        let mut parsed = Vec::new();
+        for f in crate::client::document_files(std::slice::from_ref(dir))? {
+            let text =
+                std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+            match engine.parse_function(&text) {
+                Ok(func) => parsed.push(func),
+                Err(e) => problems.extend(
+                    e.errors
+                        .iter()
+                        .map(|e| format!("{}: {}: {}", f.display(), e.field, e.message)),
+                ),
+            }
+        }
+        if !problems.is_empty() {
+            bail!("invalid functions:\n  {}", problems.join("\n  "));
+        }
+        let n = parsed.len();
+        for func in parsed {
+            engine.put_function(func).await?;
+        }
+        tracing::info!(count = n, dir = %dir.display(), "functions loaded");
+    }
     if let Some(dir) = &args.templates {
         let n = load_templates(&engine, dir).await?;
         tracing::info!(count = n, dir = %dir.display(), "templates loaded");
     }
     let (admin, shown) = admin_token(&store, &args.data_dir).await?;
     let engine_task = engine.start().await?;
-    let state = AppState { engine: engine.clone(), admin: Arc::new(admin), limits: Limits { max_body_bytes: args.max_body_bytes } };
-    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
+    let state = AppState {
+        engine: engine.clone(),
+        admin: Arc::new(admin),
+        limits: Limits {
+            max_body_bytes: args.max_body_bytes,
+        },
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
     println!("taskhook is listening on http://{addr}");
     println!("admin token: {shown}");
     println!("data: {}", db.display());
-    println!("try: export TASKHOOK_URL=http://{addr} TASKHOOK_TOKEN=$(cat {})", args.data_dir.join("admin-token").display());
-    axum::serve(listener, taskhook_server::router(state)).with_graceful_shutdown(shutdown_signal()).await?;
+    println!(
+        "try: export TASKHOOK_URL=http://{addr} TASKHOOK_TOKEN=$(cat {})",
+        args.data_dir.join("admin-token").display()
+    );
+    axum::serve(listener, taskhook_server::router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
     tracing::info!("shutting down: letting running steps finish");
     engine.shutdown().await;
     engine_task.abort();

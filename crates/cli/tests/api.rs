@@ -60,21 +60,40 @@ async fn a_template_with_http_foreach_and_condition_runs_to_done() {
     let (status, body) = s.put_template("deploy", &deploy_template(&target)).await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["version"], 1);
-    let (status, created) = s.post("/api/v1/tasks", json!({"template": "deploy", "inputs": {"env": "prod", "secret": "hunter2"}})).await;
+    let (status, created) = s
+        .post(
+            "/api/v1/tasks",
+            json!({"template": "deploy", "inputs": {"env": "prod", "secret": "hunter2"}}),
+        )
+        .await;
     assert_eq!(status, 201, "{created}");
     let id = created["id"].as_str().unwrap();
     let task = s.wait_state(id, &["DONE", "BLOCKED"]).await;
     assert_eq!(task["state"], "DONE", "{task:#}");
     assert_eq!(task["title"], "deploy to prod");
-    assert_eq!(task["result"], json!({"greetings": "hello a,hello b,hello c", "status": 200}));
+    assert_eq!(
+        task["result"],
+        json!({"greetings": "hello a,hello b,hello c", "status": 200})
+    );
     assert_eq!(task["steps"]["fetch"]["output"]["env"], "prod");
     assert_eq!(task["steps"]["fetch"]["metadata"]["http_status"], 200);
     assert_eq!(task["steps"]["greet"]["state"], "DONE");
-    assert_eq!(task["steps"]["greet-1"]["output"], json!({"greeting": "hello b"}));
+    assert_eq!(
+        task["steps"]["greet-1"]["output"],
+        json!({"greeting": "hello b"})
+    );
     assert_eq!(task["steps"]["only_in_staging"]["state"], "PRUNE");
-    assert_eq!(task["inputs"]["secret"], "**__SECRET__**", "password inputs are masked");
+    assert_eq!(
+        task["inputs"]["secret"], "**__SECRET__**",
+        "password inputs are masked"
+    );
     let (_, events) = s.get(&format!("/api/v1/tasks/{id}/events")).await;
-    let kinds: Vec<&str> = events.as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    let kinds: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
     assert_eq!(kinds.first(), Some(&"created"));
     assert_eq!(kinds.last(), Some(&"done"));
     let (_, page) = s.get("/api/v1/tasks?state=DONE&template=deploy").await;
@@ -84,12 +103,28 @@ async fn a_template_with_http_foreach_and_condition_runs_to_done() {
 #[tokio::test]
 async fn requests_without_a_valid_token_are_refused() {
     let s = Server::start();
-    let resp = s.http.get(format!("{}/api/v1/tasks", s.url)).send().await.unwrap();
+    let resp = s
+        .http
+        .get(format!("{}/api/v1/tasks", s.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 401);
     assert_eq!(resp.headers()["content-type"], "application/problem+json");
-    let resp = s.http.get(format!("{}/api/v1/tasks", s.url)).bearer_auth("wrong").send().await.unwrap();
+    let resp = s
+        .http
+        .get(format!("{}/api/v1/tasks", s.url))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 401);
-    let resp = s.http.get(format!("{}/healthz", s.url)).send().await.unwrap();
+    let resp = s
+        .http
+        .get(format!("{}/healthz", s.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
 }
 
@@ -100,31 +135,138 @@ async fn bad_input_gets_a_problem_naming_the_field_and_changes_nothing() {
     assert_eq!(s.put_template("t", ok).await.0, 201);
 
     let cases: Vec<(&str, reqwest::Method, &str, String, u16, &str)> = vec![
-        ("malformed yaml", reqwest::Method::PUT, "/api/v1/templates/x", "name: [".into(), 400, "template"),
-        ("unknown template field", reqwest::Method::PUT, "/api/v1/templates/x", "name: x\nstepz: {}\n".into(), 400, "template"),
-        ("name mismatch", reqwest::Method::PUT, "/api/v1/templates/y", ok.replace("name: t", "name: z"), 400, "name"),
-        ("unknown action", reqwest::Method::PUT, "/api/v1/templates/u", "name: u\nsteps:\n  a: {action: {type: nope}}\n".into(), 400, "steps.a.action.type"),
-        ("malformed json", reqwest::Method::POST, "/api/v1/tasks", "{".into(), 400, "body"),
-        ("unknown body field", reqwest::Method::POST, "/api/v1/tasks", r#"{"template":"t","inputz":{}}"#.into(), 400, "inputz"),
-        ("wrong type", reqwest::Method::POST, "/api/v1/tasks", r#"{"template":5}"#.into(), 400, "template"),
-        ("input type", reqwest::Method::POST, "/api/v1/tasks", r#"{"template":"t","inputs":{"n":"x"}}"#.into(), 400, "inputs.n"),
-        ("missing input", reqwest::Method::POST, "/api/v1/tasks", r#"{"template":"t"}"#.into(), 400, "inputs.n"),
-        ("bad run_at", reqwest::Method::POST, "/api/v1/tasks", r#"{"template":"t","inputs":{"n":1},"run_at":"soon"}"#.into(), 400, "run_at"),
-        ("unknown template", reqwest::Method::POST, "/api/v1/tasks", r#"{"template":"nope"}"#.into(), 404, ""),
-        ("bad state filter", reqwest::Method::GET, "/api/v1/tasks?state=SLEEPY", String::new(), 400, "state"),
-        ("bad limit", reqwest::Method::GET, "/api/v1/tasks?limit=0", String::new(), 400, "limit"),
-        ("unknown task", reqwest::Method::GET, "/api/v1/tasks/nope", String::new(), 404, ""),
+        (
+            "malformed yaml",
+            reqwest::Method::PUT,
+            "/api/v1/templates/x",
+            "name: [".into(),
+            400,
+            "template",
+        ),
+        (
+            "unknown template field",
+            reqwest::Method::PUT,
+            "/api/v1/templates/x",
+            "name: x\nstepz: {}\n".into(),
+            400,
+            "template",
+        ),
+        (
+            "name mismatch",
+            reqwest::Method::PUT,
+            "/api/v1/templates/y",
+            ok.replace("name: t", "name: z"),
+            400,
+            "name",
+        ),
+        (
+            "unknown action",
+            reqwest::Method::PUT,
+            "/api/v1/templates/u",
+            "name: u\nsteps:\n  a: {action: {type: nope}}\n".into(),
+            400,
+            "steps.a.action.type",
+        ),
+        (
+            "malformed json",
+            reqwest::Method::POST,
+            "/api/v1/tasks",
+            "{".into(),
+            400,
+            "body",
+        ),
+        (
+            "unknown body field",
+            reqwest::Method::POST,
+            "/api/v1/tasks",
+            r#"{"template":"t","inputz":{}}"#.into(),
+            400,
+            "inputz",
+        ),
+        (
+            "wrong type",
+            reqwest::Method::POST,
+            "/api/v1/tasks",
+            r#"{"template":5}"#.into(),
+            400,
+            "template",
+        ),
+        (
+            "input type",
+            reqwest::Method::POST,
+            "/api/v1/tasks",
+            r#"{"template":"t","inputs":{"n":"x"}}"#.into(),
+            400,
+            "inputs.n",
+        ),
+        (
+            "missing input",
+            reqwest::Method::POST,
+            "/api/v1/tasks",
+            r#"{"template":"t"}"#.into(),
+            400,
+            "inputs.n",
+        ),
+        (
+            "bad run_at",
+            reqwest::Method::POST,
+            "/api/v1/tasks",
+            r#"{"template":"t","inputs":{"n":1},"run_at":"soon"}"#.into(),
+            400,
+            "run_at",
+        ),
+        (
+            "unknown template",
+            reqwest::Method::POST,
+            "/api/v1/tasks",
+            r#"{"template":"nope"}"#.into(),
+            404,
+            "",
+        ),
+        (
+            "bad state filter",
+            reqwest::Method::GET,
+            "/api/v1/tasks?state=SLEEPY",
+            String::new(),
+            400,
+            "state",
+        ),
+        (
+            "bad limit",
+            reqwest::Method::GET,
+            "/api/v1/tasks?limit=0",
+            String::new(),
+            400,
+            "limit",
+        ),
+        (
+            "unknown task",
+            reqwest::Method::GET,
+            "/api/v1/tasks/nope",
+            String::new(),
+            404,
+            "",
+        ),
     ];
     for (what, method, path, body, status, field) in cases {
         let body = (!body.is_empty()).then_some(body);
-        let (got, ct, v) = s.req(method, path, body.as_deref().map(|b| (b, "application/json"))).await;
+        let (got, ct, v) = s
+            .req(
+                method,
+                path,
+                body.as_deref().map(|b| (b, "application/json")),
+            )
+            .await;
         assert_eq!(got, status, "{what}: {v}");
         assert_eq!(ct, "application/problem+json", "{what}");
         if !field.is_empty() {
             assert_eq!(v["field"].as_str().unwrap_or(""), field, "{what}: {v}");
         }
     }
-    let big = format!("name: big\ndescription: {}\nsteps:\n  a: {{action: {{type: echo}}}}\n", "x".repeat(2 * 1024 * 1024));
+    let big = format!(
+        "name: big\ndescription: {}\nsteps:\n  a: {{action: {{type: echo}}}}\n",
+        "x".repeat(2 * 1024 * 1024)
+    );
     // A separate client: the server answers 413 before reading the body and drops the connection.
     let resp = reqwest::Client::new()
         .put(format!("{}/api/v1/templates/big", s.url))
@@ -145,16 +287,28 @@ async fn bad_input_gets_a_problem_naming_the_field_and_changes_nothing() {
 #[tokio::test]
 async fn state_changes_that_make_no_sense_are_conflicts() {
     let s = Server::start();
-    s.put_template("t", "name: t\nauto_runnable: true\nsteps:\n  a: {action: {type: echo}}\n").await;
+    s.put_template(
+        "t",
+        "name: t\nauto_runnable: true\nsteps:\n  a: {action: {type: echo}}\n",
+    )
+    .await;
     let (_, c) = s.post("/api/v1/tasks", json!({"template": "t"})).await;
     let id = c["id"].as_str().unwrap();
     s.wait_state(id, &["DONE"]).await;
-    let (status, v) = s.post(&format!("/api/v1/tasks/{id}/resolve"), json!({})).await;
+    let (status, v) = s
+        .post(&format!("/api/v1/tasks/{id}/resolve"), json!({}))
+        .await;
     assert_eq!(status, 409, "{v}");
-    let (status, _) = s.post(&format!("/api/v1/tasks/{id}/cancel"), json!({})).await;
+    let (status, _) = s
+        .post(&format!("/api/v1/tasks/{id}/cancel"), json!({}))
+        .await;
     assert_eq!(status, 409);
     let (_, events) = s.get(&format!("/api/v1/tasks/{id}/events")).await;
-    assert_eq!(events.as_array().unwrap().last().unwrap()["kind"], "done", "no event was added");
+    assert_eq!(
+        events.as_array().unwrap().last().unwrap()["kind"],
+        "done",
+        "no event was added"
+    );
 }
 
 #[tokio::test]
@@ -162,18 +316,37 @@ async fn idempotency_keys_and_template_versions() {
     let s = Server::start();
     let v1 = "name: t\nauto_runnable: true\nsteps:\n  a: {action: {type: sleep, configuration: {duration: 300ms}}}\n  b: {dependencies: [a], action: {type: echo, configuration: {output: one}}}\n";
     assert_eq!(s.put_template("t", v1).await.0, 201);
-    assert_eq!(s.put_template("t", v1).await.1["version"], 1, "an unchanged template keeps its version");
-    let (st, first) = s.post("/api/v1/tasks", json!({"template": "t", "idempotency_key": "k1"})).await;
+    assert_eq!(
+        s.put_template("t", v1).await.1["version"],
+        1,
+        "an unchanged template keeps its version"
+    );
+    let (st, first) = s
+        .post(
+            "/api/v1/tasks",
+            json!({"template": "t", "idempotency_key": "k1"}),
+        )
+        .await;
     assert_eq!(st, 201);
-    let (st, again) = s.post("/api/v1/tasks", json!({"template": "t", "idempotency_key": "k1"})).await;
+    let (st, again) = s
+        .post(
+            "/api/v1/tasks",
+            json!({"template": "t", "idempotency_key": "k1"}),
+        )
+        .await;
     assert_eq!(st, 200);
     assert_eq!(first["id"], again["id"]);
-    let (st, v) = s.put_template("t", &v1.replace("output: one", "output: two")).await;
+    let (st, v) = s
+        .put_template("t", &v1.replace("output: one", "output: two"))
+        .await;
     assert_eq!((st, v["version"].clone()), (200, json!(2)));
     let id = first["id"].as_str().unwrap();
     let t = s.wait_state(id, &["DONE"]).await;
     assert_eq!(t["template_version"], 1);
-    assert_eq!(t["steps"]["b"]["output"], "one", "a running task keeps its template version");
+    assert_eq!(
+        t["steps"]["b"]["output"], "one",
+        "a running task keeps its template version"
+    );
 }
 
 #[tokio::test]
@@ -185,7 +358,9 @@ async fn a_task_survives_kill_9_and_finishes_after_restart() {
         "name: survive\nauto_runnable: true\nsteps:\n  wait:\n    action: {{type: sleep, configuration: {{duration: 1s}}}}\n  slow:\n    idempotent: true\n    action: {{type: http, configuration: {{url: '{target}/slow'}}}}\n  after:\n    dependencies: [wait, slow]\n    action: {{type: echo, configuration: {{output: finished}}}}\n"
     );
     assert_eq!(s.put_template("survive", &tpl).await.0, 201);
-    let (_, c) = s.post("/api/v1/tasks", json!({"template": "survive"})).await;
+    let (_, c) = s
+        .post("/api/v1/tasks", json!({"template": "survive"}))
+        .await;
     let id = c["id"].as_str().unwrap().to_string();
     // Kill while `slow` is in flight and `wait` holds a timer.
     tokio::time::sleep(std::time::Duration::from_millis(400)).await;
@@ -196,9 +371,19 @@ async fn a_task_survives_kill_9_and_finishes_after_restart() {
     let t = s.wait_state(&id, &["DONE", "BLOCKED"]).await;
     assert_eq!(t["state"], "DONE", "{t:#}");
     assert_eq!(t["steps"]["after"]["output"], "finished");
-    assert_eq!(t["steps"]["slow"]["attempts"], 2, "the idempotent step ran again");
+    assert_eq!(
+        t["steps"]["slow"]["attempts"], 2,
+        "the idempotent step ran again"
+    );
     let (_, events) = s.get(&format!("/api/v1/tasks/{id}/events")).await;
-    assert!(events.as_array().unwrap().iter().any(|e| e["kind"] == "recovered"), "{events:#}");
+    assert!(
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "recovered"),
+        "{events:#}"
+    );
 }
 
 #[tokio::test]
@@ -206,7 +391,9 @@ async fn a_non_idempotent_step_interrupted_by_a_crash_blocks_the_task() {
     let target = target().await;
     let dir = support::fresh_dir();
     let mut s = Server::start_in(dir.clone(), &[]);
-    let tpl = format!("name: once\nauto_runnable: true\nsteps:\n  pay:\n    action: {{type: http, configuration: {{url: '{target}/slow'}}}}\n");
+    let tpl = format!(
+        "name: once\nauto_runnable: true\nsteps:\n  pay:\n    action: {{type: http, configuration: {{url: '{target}/slow'}}}}\n"
+    );
     s.put_template("once", &tpl).await;
     let (_, c) = s.post("/api/v1/tasks", json!({"template": "once"})).await;
     let id = c["id"].as_str().unwrap().to_string();
@@ -217,7 +404,9 @@ async fn a_non_idempotent_step_interrupted_by_a_crash_blocks_the_task() {
     assert_eq!(t["state"], "BLOCKED");
     assert_eq!(t["steps"]["pay"]["state"], "CRASHED");
     // A human checks, then retries: the step runs again and the task finishes.
-    let (st, _) = s.post(&format!("/api/v1/tasks/{id}/retry"), json!({})).await;
+    let (st, _) = s
+        .post(&format!("/api/v1/tasks/{id}/retry"), json!({}))
+        .await;
     assert_eq!(st, 200);
     let t = s.wait_state(&id, &["DONE"]).await;
     assert_eq!(t["steps"]["pay"]["output"], json!({"slow": true}));
@@ -231,16 +420,28 @@ async fn resolver_flow_and_cancel() {
     let (_, c) = s.post("/api/v1/tasks", json!({"template": "manual"})).await;
     assert_eq!(c["state"], "TODO");
     let id = c["id"].as_str().unwrap();
-    let (st, v) = s.post(&format!("/api/v1/tasks/{id}/resolve"), json!({"resolver_inputs": {"ok": "yes"}})).await;
+    let (st, v) = s
+        .post(
+            &format!("/api/v1/tasks/{id}/resolve"),
+            json!({"resolver_inputs": {"ok": "yes"}}),
+        )
+        .await;
     assert_eq!((st, v["field"].clone()), (400, json!("resolver_inputs.ok")));
-    let (st, _) = s.post(&format!("/api/v1/tasks/{id}/resolve"), json!({"resolver_inputs": {"ok": true}})).await;
+    let (st, _) = s
+        .post(
+            &format!("/api/v1/tasks/{id}/resolve"),
+            json!({"resolver_inputs": {"ok": true}}),
+        )
+        .await;
     assert_eq!(st, 200);
     let t = s.wait_state(id, &["DONE"]).await;
     assert_eq!(t["steps"]["a"]["output"], true);
 
     let (_, c) = s.post("/api/v1/tasks", json!({"template": "manual"})).await;
     let id = c["id"].as_str().unwrap();
-    let (st, v) = s.post(&format!("/api/v1/tasks/{id}/cancel"), json!({})).await;
+    let (st, v) = s
+        .post(&format!("/api/v1/tasks/{id}/cancel"), json!({}))
+        .await;
     assert_eq!((st, v["state"].clone()), (200, json!("CANCELLED")));
 }
 
@@ -249,7 +450,12 @@ async fn the_openapi_document_lists_the_routes() {
     let s = Server::start();
     let (st, doc) = s.get("/api/openapi.json").await;
     assert_eq!(st, 200);
-    for path in ["/api/v1/tasks", "/api/v1/tasks/{id}", "/api/v1/templates/{name}", "/api/v1/tasks/{id}/events"] {
+    for path in [
+        "/api/v1/tasks",
+        "/api/v1/tasks/{id}",
+        "/api/v1/templates/{name}",
+        "/api/v1/tasks/{id}/events",
+    ] {
         assert!(doc["paths"].get(path).is_some(), "{path} missing");
     }
     let _: Value = doc;

@@ -40,6 +40,11 @@ impl Catalog for ActionCatalog<'_> {
 /// A validated template with its per-step compiled parts.
 pub struct CompiledTemplate {
     pub template: Template,
+    /// Steps as they run: a step calling a function has the function's action, pre-hook,
+    /// conditions and custom states folded in.
+    pub steps: std::collections::BTreeMap<String, taskhook_model::Step>,
+    /// For steps calling a function: their arguments (templated), exposed as `function_args`.
+    pub function_args: HashMap<String, Value>,
     pub schemas: HashMap<String, jsonschema::Validator>,
     pub timeouts: HashMap<String, Duration>,
 }
@@ -63,6 +68,24 @@ pub fn compile(
     validate_template(&template, &ActionCatalog { actions })?;
     let mut schemas = HashMap::new();
     let mut timeouts = HashMap::new();
+    let mut steps = std::collections::BTreeMap::new();
+    let mut function_args = HashMap::new();
+    for (name, step) in &template.steps {
+        let mut effective = step.clone();
+        if let Some(f) = template.function_of(step) {
+            effective.action = f.action.clone();
+            effective.pre_hook = step.pre_hook.clone().or_else(|| f.pre_hook.clone());
+            effective.conditions = f
+                .conditions
+                .iter()
+                .chain(&step.conditions)
+                .cloned()
+                .collect();
+            effective.custom_states = template.custom_states_of(step).cloned().collect();
+            function_args.insert(name.clone(), step.action.configuration.clone());
+        }
+        steps.insert(name.clone(), effective);
+    }
     for (name, step) in &template.steps {
         if let Some(schema) = &step.json_schema
             && let Ok(v) = jsonschema::validator_for(schema)
@@ -77,6 +100,8 @@ pub fn compile(
     }
     Ok(Arc::new(CompiledTemplate {
         template,
+        steps,
+        function_args,
         schemas,
         timeouts,
     }))

@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use serde_json::{Value, json};
 use taskhook_actions::{Registry, TaskService, TaskSnapshot};
 use taskhook_model::input::resolve_inputs;
-use taskhook_model::{TaskState, Template};
+use taskhook_model::{Function, TaskState, Template};
 use taskhook_store::{
     NewEvent, NewTask, Store, StoreError, TaskRow, TemplateRow, TransitionOutcome, now_ms,
 };
@@ -166,8 +166,77 @@ impl Engine {
     }
 
     /// Parses and validates a template document.
-    pub fn parse_template(&self, text: &str) -> Result<Template, TemplateError> {
-        parse_and_validate(text, &self.inner.actions)
+    pub async fn parse_template(&self, text: &str) -> Result<Template, TemplateError> {
+        let mut template = Template::parse(text).map_err(|e| TemplateError {
+            errors: vec![taskhook_model::validate::ValidationError {
+                field: "template".into(),
+                message: e.message,
+            }],
+        })?;
+        self.embed_library_functions(&mut template).await?;
+        taskhook_model::validate::validate_template(
+            &template,
+            &ActionCatalog {
+                actions: &self.inner.actions,
+            },
+        )?;
+        Ok(template)
+    }
+
+    /// Copies the library functions a template calls into its `functions`, so that the
+    /// stored version carries them and later library changes do not reach its tasks.
+    async fn embed_library_functions(&self, template: &mut Template) -> Result<(), TemplateError> {
+        let wanted: std::collections::BTreeSet<String> = template
+            .steps
+            .values()
+            .map(|s| s.action.kind.clone())
+            .filter(|k| self.inner.actions.get(k).is_none() && !template.functions.contains_key(k))
+            .collect();
+        for name in wanted {
+            let body = self
+                .inner
+                .store
+                .get_function(&name)
+                .await
+                .map_err(|e| TemplateError {
+                    errors: vec![taskhook_model::validate::ValidationError {
+                        field: "functions".into(),
+                        message: e.to_string(),
+                    }],
+                })?;
+            if let Some(f) = body.and_then(|b| serde_json::from_value::<Function>(b).ok()) {
+                template.functions.insert(name, f);
+            }
+        }
+        Ok(())
+    }
+
+    /// Parses and validates a library function document.
+    pub fn parse_function(&self, text: &str) -> Result<Function, TemplateError> {
+        let f: Function =
+            taskhook_model::template::parse_document(text).map_err(|e| TemplateError {
+                errors: vec![taskhook_model::validate::ValidationError {
+                    field: "function".into(),
+                    message: e.message,
+                }],
+            })?;
+        taskhook_model::validate::validate_function(
+            &f,
+            &ActionCatalog {
+                actions: &self.inner.actions,
+            },
+        )?;
+        Ok(f)
+    }
+
+    /// Stores a library function; returns whether it is new. Templates already stored keep
+    /// the copy they took; templates stored from now on take this one.
+    pub async fn put_function(&self, f: Function) -> Result<bool, EngineError> {
+        let body = serde_json::to_value(&f).map_err(|e| EngineError::Invalid {
+            field: "function".into(),
+            message: e.to_string(),
+        })?;
+        Ok(self.inner.store.put_function(&f.name, body).await?)
     }
 
     /// Validates and stores a template; a changed body becomes a new version, and running
@@ -176,6 +245,8 @@ impl Engine {
         &self,
         template: Template,
     ) -> Result<(TemplateRow, bool), EngineError> {
+        let mut template = template;
+        self.embed_library_functions(&mut template).await?;
         catalog::compile(template.clone(), &self.inner.actions)?;
         let body = serde_json::to_value(&template).map_err(|e| EngineError::Invalid {
             field: "template".into(),

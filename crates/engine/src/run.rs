@@ -147,10 +147,10 @@ async fn apply_late_stop(inner: &Inner, id: &str, req: StopRequest) {
 
 impl Run {
     fn def(&self, name: &str) -> Option<&Step> {
-        let t = &self.compiled.template;
-        t.steps.get(name).or_else(|| {
+        let steps = &self.compiled.steps;
+        steps.get(name).or_else(|| {
             let parent = self.steps.get(name)?.foreach_parent.as_ref()?;
-            t.steps.get(parent)
+            steps.get(parent)
         })
     }
 
@@ -404,7 +404,7 @@ impl Run {
             if !self.steps.get(&n).is_some_and(|s| s.state.is_final()) {
                 return false;
             }
-            if let Some(d) = self.compiled.template.steps.get(&n) {
+            if let Some(d) = self.compiled.steps.get(&n) {
                 stack.extend(d.parsed_dependencies().into_iter().map(|d| d.step));
             }
         }
@@ -412,7 +412,7 @@ impl Run {
     }
 
     fn sequence_predecessor(&self, parent: &str, child: &str) -> Option<String> {
-        let def = self.compiled.template.steps.get(parent)?;
+        let def = self.compiled.steps.get(parent)?;
         if def.foreach_strategy != Some(taskhook_model::ForeachStrategy::Sequence) {
             return None;
         }
@@ -497,6 +497,22 @@ impl Run {
                 .render_value(&var.value, &ctx)
                 .unwrap_or_else(|e| Value::String(format!("<error: {e}>")));
             ctx["var"][&var.name] = v;
+        }
+        // A step calling a function: its arguments, rendered in the step's context.
+        let called = current.map(|c| {
+            self.steps[c]
+                .foreach_parent
+                .clone()
+                .unwrap_or_else(|| c.to_string())
+        });
+        if let Some(args) = called.and_then(|c| self.compiled.function_args.get(&c)) {
+            match renderer.render_value(args, &ctx) {
+                Ok(v) => ctx["function_args"] = v,
+                // Left undefined: the function's configuration then fails naming `function_args`.
+                Err(e) => {
+                    tracing::debug!(task = %self.task.id, error = %e, "function arguments failed to render")
+                }
+            }
         }
         ctx
     }
@@ -661,6 +677,7 @@ impl Run {
         let timeout = self.compiled.timeouts.get(&parent_name).copied();
         let inner = self.inner.clone();
         let needs_ctx = def.pre_hook.is_some()
+            || self.compiled.function_args.contains_key(&parent_name)
             || taskhook_expr::Renderer::value_is_templated(&def.action.configuration)
             || def.action.base_configuration.is_some()
             || def.action.output.is_some();

@@ -161,6 +161,7 @@ impl Drop for Fx {
 async fn put_on(engine: &Engine, yaml: &str) -> i64 {
     let template = engine
         .parse_template(yaml)
+        .await
         .unwrap_or_else(|e| panic!("template does not validate: {e}\n{yaml}"));
     engine.put_template(template).await.unwrap().0.version
 }
@@ -1864,11 +1865,13 @@ async fn invalid_templates_are_refused_with_the_field() {
     let err = fx
         .engine
         .parse_template("name: bad\nsteps:\n  a:\n    dependencies: [nope]\n    action: {type: echo, configuration: {output: 1}}\n")
+        .await
         .unwrap_err();
     assert_eq!(err.errors[0].field, "steps.a.dependencies[0]");
     let err = fx
         .engine
         .parse_template("name: bad\nsteps:\n  a:\n    action: {type: nope}\n")
+        .await
         .unwrap_err();
     assert_eq!(err.errors[0].field, "steps.a.action.type");
     // A blocked template creates no tasks.
@@ -2350,4 +2353,72 @@ steps:
     assert_eq!(s.state, StepState::ClientError);
     assert!(s.error.as_deref().unwrap().contains("cancelled"), "{s:?}");
     assert_eq!(fx.get(&child).await.0.state, TaskState::Cancelled);
+}
+
+#[tokio::test]
+async fn functions_inline_and_from_the_library_run_with_their_arguments() {
+    let fx = Fx::new().await;
+    let lib = fx
+        .engine
+        .parse_function(
+            "name: greet\ncustom_states: [GREETED]\naction:\n  type: echo\n  configuration:\n    output: \"hello {{ function_args.who }} from {{ task.template }}\"\nconditions:\n  - type: check\n    if: [{value: \"{{ function_args.mark }}\", operator: EQ, expected: \"yes\"}]\n    then: {this: GREETED}\n",
+        )
+        .unwrap();
+    assert!(fx.engine.put_function(lib).await.unwrap());
+    fx.put(
+        r#"
+name: uses-functions
+auto_runnable: true
+inputs: [{name: who}]
+functions:
+  shout:
+    action: {type: echo, configuration: {output: "{{ function_args.text | upper }}"}}
+steps:
+  a:
+    action: {type: greet, configuration: {who: "{{ input.who }}", mark: "no"}}
+  b:
+    action: {type: greet, configuration: {who: b, mark: "yes"}}
+  c:
+    dependencies: ["b:GREETED"]
+    action: {type: shout, configuration: {text: "{{ step.a.output }}"}}
+"#,
+    )
+    .await;
+    let id = fx.create("uses-functions", json!({"who": "ada"})).await;
+    let (task, steps) = fx.wait_done(&id).await;
+    let by_name: std::collections::HashMap<_, _> =
+        steps.iter().map(|s| (s.name.as_str(), s)).collect();
+    assert_eq!(by_name["a"].output, json!("hello ada from uses-functions"));
+    assert_eq!(by_name["b"].state, StepState::Custom("GREETED".into()));
+    assert_eq!(by_name["c"].output, json!("HELLO ADA FROM USES-FUNCTIONS"));
+
+    // Changing the library function does not change the stored template's copy.
+    let changed = fx
+        .engine
+        .parse_function("name: greet\naction: {type: echo, configuration: {output: \"changed {{ function_args.who }}\"}}\n")
+        .unwrap();
+    assert!(!fx.engine.put_function(changed).await.unwrap());
+    let id2 = fx.create("uses-functions", json!({"who": "bob"})).await;
+    let (_, steps) = fx
+        .wait_final(&id2, &[TaskState::Done, TaskState::Blocked])
+        .await;
+    let a = steps.iter().find(|s| s.name == "a").unwrap();
+    assert_eq!(a.output, json!("hello bob from uses-functions"), "{task:?}");
+
+    // A missing argument is caught when the template is loaded.
+    let err = fx
+        .engine
+        .parse_template(
+            "name: bad\nsteps:\n  a: {action: {type: greet, configuration: {mark: x}}}\n",
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.errors[0].field, "steps.a.action.configuration");
+    assert!(err.errors[0].message.contains("who"), "{err}");
+    // A bad function document names the field.
+    let err = fx
+        .engine
+        .parse_function("name: f\naction: {type: nope}\n")
+        .unwrap_err();
+    assert_eq!(err.errors[0].field, "functions.f.action.type");
 }

@@ -58,9 +58,16 @@ pub enum Operator {
 impl Operator {
     /// Compares a rendered `value` with a rendered `expected`.
     /// GT/LT/GE/LE compare numbers; IN/NOTIN look for `value` in the `expected` list.
-    pub fn holds(self, value: &str, expected: &str, separator: Option<&str>) -> Result<bool, String> {
+    pub fn holds(
+        self,
+        value: &str,
+        expected: &str,
+        separator: Option<&str>,
+    ) -> Result<bool, String> {
         let num = |s: &str, what: &str| {
-            s.trim().parse::<f64>().map_err(|_| format!("{what} {s:?} is not a number"))
+            s.trim()
+                .parse::<f64>()
+                .map_err(|_| format!("{what} {s:?} is not a number"))
         };
         Ok(match self {
             Operator::Eq => value == expected,
@@ -70,7 +77,8 @@ impl Operator {
             Operator::Ge => num(value, "value")? >= num(expected, "expected")?,
             Operator::Le => num(value, "value")? <= num(expected, "expected")?,
             Operator::Regexp | Operator::Notregexp => {
-                let re = regex::Regex::new(expected).map_err(|e| format!("invalid regex {expected:?}: {e}"))?;
+                let re = regex::Regex::new(expected)
+                    .map_err(|e| format!("invalid regex {expected:?}: {e}"))?;
                 re.is_match(value) == (self == Operator::Regexp)
             }
             Operator::In | Operator::Notin => {
@@ -96,7 +104,11 @@ mod tests {
         assert!(Ge.holds("1.5", "1.5", None).unwrap());
         assert!(Le.holds("-1", "0", None).unwrap());
         assert!(Gt.holds("x", "1", None).is_err());
-        assert!(Regexp.holds("refs/heads/main", "^refs/heads/", None).unwrap());
+        assert!(
+            Regexp
+                .holds("refs/heads/main", "^refs/heads/", None)
+                .unwrap()
+        );
         assert!(Notregexp.holds("v1", "^refs/", None).unwrap());
         assert!(Regexp.holds("a", "(", None).is_err());
         assert!(In.holds("b", "a, b ,c", None).unwrap());

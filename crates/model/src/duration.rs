@@ -13,12 +13,15 @@ pub fn parse_duration(v: &Value) -> Result<Duration, String> {
             .map(Duration::from_secs_f64)
             .ok_or_else(|| format!("invalid duration {n}")),
         Value::String(s) => parse_duration_str(s),
-        other => Err(format!("invalid duration {other}: use a string like \"30s\" or a number of seconds")),
+        other => Err(format!(
+            "invalid duration {other}: use a string like \"30s\" or a number of seconds"
+        )),
     }
 }
 
 pub fn parse_duration_str(s: &str) -> Result<Duration, String> {
-    let bad = || format!("invalid duration {s:?}: use a number with a unit, like 500ms, 30s, 5m, 1h30m");
+    let bad =
+        || format!("invalid duration {s:?}: use a number with a unit, like 500ms, 30s, 5m, 1h30m");
     let s = s.trim();
     if s.is_empty() {
         return Err(bad());
@@ -29,13 +32,17 @@ pub fn parse_duration_str(s: &str) -> Result<Duration, String> {
     let mut total = 0f64;
     let mut rest = s;
     while !rest.is_empty() {
-        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
         if num_len == 0 {
             return Err(bad());
         }
         let n: f64 = rest[..num_len].parse().map_err(|_| bad())?;
         rest = &rest[num_len..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
         let factor = match &rest[..unit_len] {
             "ms" => 0.001,
             "s" => 1.0,
@@ -60,10 +67,19 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration_str("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration_str("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(
+            parse_duration_str("250ms").unwrap(),
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            parse_duration_str("1h30m").unwrap(),
+            Duration::from_secs(5400)
+        );
         assert_eq!(parse_duration(&json!(2)).unwrap(), Duration::from_secs(2));
-        assert_eq!(parse_duration_str("1.5").unwrap(), Duration::from_millis(1500));
+        assert_eq!(
+            parse_duration_str("1.5").unwrap(),
+            Duration::from_millis(1500)
+        );
         for bad in ["", "s", "10x", "-1s", "1h-", "ms10"] {
             assert!(parse_duration_str(bad).is_err(), "{bad}");
         }

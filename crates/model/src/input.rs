@@ -49,13 +49,24 @@ pub struct InputError {
 
 impl InputSpec {
     fn err(&self, message: impl Into<String>) -> InputError {
-        InputError { input: self.name.clone(), message: message.into() }
+        InputError {
+            input: self.name.clone(),
+            message: message.into(),
+        }
     }
 
     /// Checks the declaration itself (used by template validation).
     pub fn check_spec(&self) -> Result<(), String> {
-        if self.name.is_empty() || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-            return Err(format!("invalid input name {:?}: use letters, digits, _ and -", self.name));
+        if self.name.is_empty()
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(format!(
+                "invalid input name {:?}: use letters, digits, _ and -",
+                self.name
+            ));
         }
         if self.regex.is_some() && !self.legal_values.is_empty() {
             return Err("regex and legal_values cannot be used together".into());
@@ -64,10 +75,12 @@ impl InputSpec {
             regex::Regex::new(re).map_err(|e| format!("invalid regex: {e}"))?;
         }
         for v in &self.legal_values {
-            self.check_scalar(v).map_err(|e| format!("legal value {v}: {}", e.message))?;
+            self.check_scalar(v)
+                .map_err(|e| format!("legal value {v}: {}", e.message))?;
         }
         if let Some(d) = &self.default {
-            self.check_value(d).map_err(|e| format!("default: {}", e.message))?;
+            self.check_value(d)
+                .map_err(|e| format!("default: {}", e.message))?;
         }
         Ok(())
     }
@@ -96,9 +109,13 @@ impl InputSpec {
         }
         if let (Some(re), Value::String(s)) = (&self.regex, v) {
             let anchored = format!("^(?:{re})$");
-            let re = regex::Regex::new(&anchored).map_err(|e| self.err(format!("invalid regex: {e}")))?;
+            let re = regex::Regex::new(&anchored)
+                .map_err(|e| self.err(format!("invalid regex: {e}")))?;
             if !re.is_match(s) {
-                return Err(self.err(format!("value does not match regex {:?}", self.regex.as_deref().unwrap_or(""))));
+                return Err(self.err(format!(
+                    "value does not match regex {:?}",
+                    self.regex.as_deref().unwrap_or("")
+                )));
             }
         }
         Ok(())
@@ -130,25 +147,38 @@ fn type_name(v: &Value) -> &'static str {
 
 /// Checks provided values against declarations, fills defaults, and rejects undeclared names.
 /// Returns the complete input object a task starts with.
-pub fn resolve_inputs(specs: &[InputSpec], given: &Value) -> Result<Map<String, Value>, InputError> {
+pub fn resolve_inputs(
+    specs: &[InputSpec],
+    given: &Value,
+) -> Result<Map<String, Value>, InputError> {
     let empty = Map::new();
     let given = match given {
         Value::Object(m) => m,
         Value::Null => &empty,
         other => {
-            return Err(InputError { input: String::new(), message: format!("inputs must be an object, got {}", type_name(other)) });
+            return Err(InputError {
+                input: String::new(),
+                message: format!("inputs must be an object, got {}", type_name(other)),
+            });
         }
     };
     for name in given.keys() {
         if !specs.iter().any(|s| &s.name == name) {
-            return Err(InputError { input: name.clone(), message: "not declared by the template".into() });
+            return Err(InputError {
+                input: name.clone(),
+                message: "not declared by the template".into(),
+            });
         }
     }
     let mut out = Map::new();
     for spec in specs {
         let value = match given.get(&spec.name) {
             Some(Value::Null) | None => None,
-            Some(Value::String(s)) if s.is_empty() && spec.kind != InputType::Password && spec.default.is_some() => None,
+            Some(Value::String(s))
+                if s.is_empty() && spec.kind != InputType::Password && spec.default.is_some() =>
+            {
+                None
+            }
             Some(v) => Some(v.clone()),
         };
         match value.or_else(|| spec.default.clone()) {
@@ -219,8 +249,16 @@ mod tests {
     #[test]
     fn bad_specs_are_reported() {
         assert!(spec("name: a\nregex: '('\n").check_spec().is_err());
-        assert!(spec("name: a\nregex: 'a'\nlegal_values: [a]\n").check_spec().is_err());
-        assert!(spec("name: a\ntype: number\ndefault: x\n").check_spec().is_err());
+        assert!(
+            spec("name: a\nregex: 'a'\nlegal_values: [a]\n")
+                .check_spec()
+                .is_err()
+        );
+        assert!(
+            spec("name: a\ntype: number\ndefault: x\n")
+                .check_spec()
+                .is_err()
+        );
         assert!(spec("name: 'a b'\n").check_spec().is_err());
     }
 

@@ -12,7 +12,10 @@ pub mod template;
 pub mod validate;
 
 pub use condition::{Assert, Condition, ConditionKind, Operator};
-pub use input::{InputSpec, InputType, InputError};
+pub use input::{InputError, InputSpec, InputType};
 pub use state::{StepState, TaskState, TransitionError};
-pub use template::{Action, Dependency, ForeachStrategy, OutputStrategy, RetryPattern, Step, Template, Variable, Function};
+pub use template::{
+    Action, Dependency, ForeachStrategy, Function, OutputStrategy, RetryPattern, Step, Template,
+    Variable,
+};
 pub use validate::{Catalog, TemplateError, ValidationError};

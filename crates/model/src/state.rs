@@ -86,7 +86,11 @@ impl TaskState {
     }
 
     pub fn check_transition(self, to: TaskState) -> Result<(), TransitionError> {
-        if self.can_go_to(to) { Ok(()) } else { Err(TransitionError { from: self, to }) }
+        if self.can_go_to(to) {
+            Ok(())
+        } else {
+            Err(TransitionError { from: self, to })
+        }
     }
 }
 
@@ -184,7 +188,10 @@ impl StepState {
 
     /// Final states never change during a run: DONE, PRUNE and custom states.
     pub fn is_final(&self) -> bool {
-        matches!(self, StepState::Done | StepState::Prune | StepState::Custom(_))
+        matches!(
+            self,
+            StepState::Done | StepState::Prune | StepState::Custom(_)
+        )
     }
 
     /// States from which the engine retries the step later, with backoff.
@@ -194,7 +201,10 @@ impl StepState {
 
     /// States that stop the task for a human.
     pub fn is_blocking(&self) -> bool {
-        matches!(self, StepState::ClientError | StepState::FatalError | StepState::Crashed)
+        matches!(
+            self,
+            StepState::ClientError | StepState::FatalError | StepState::Crashed
+        )
     }
 }
 
@@ -234,17 +244,35 @@ mod tests {
     fn every_task_transition_is_listed() {
         use TaskState::*;
         let allowed: Vec<(TaskState, TaskState)> = vec![
-            (Todo, Ready), (Todo, Paused), (Todo, Cancelled),
-            (Ready, Running), (Ready, Paused), (Ready, Cancelled),
-            (Running, Ready), (Running, Waiting), (Running, Blocked), (Running, Done),
-            (Running, Paused), (Running, Cancelled),
-            (Waiting, Ready), (Waiting, Running), (Waiting, Paused), (Waiting, Cancelled),
-            (Paused, Ready), (Paused, Cancelled),
-            (Blocked, Ready), (Blocked, Paused), (Blocked, Cancelled),
+            (Todo, Ready),
+            (Todo, Paused),
+            (Todo, Cancelled),
+            (Ready, Running),
+            (Ready, Paused),
+            (Ready, Cancelled),
+            (Running, Ready),
+            (Running, Waiting),
+            (Running, Blocked),
+            (Running, Done),
+            (Running, Paused),
+            (Running, Cancelled),
+            (Waiting, Ready),
+            (Waiting, Running),
+            (Waiting, Paused),
+            (Waiting, Cancelled),
+            (Paused, Ready),
+            (Paused, Cancelled),
+            (Blocked, Ready),
+            (Blocked, Paused),
+            (Blocked, Cancelled),
         ];
         for from in TASK_STATES {
             for to in TASK_STATES {
-                assert_eq!(from.can_go_to(to), allowed.contains(&(from, to)), "{from} -> {to}");
+                assert_eq!(
+                    from.can_go_to(to),
+                    allowed.contains(&(from, to)),
+                    "{from} -> {to}"
+                );
             }
         }
     }
@@ -262,7 +290,10 @@ mod tests {
         for name in BUILTIN_STEP_STATES {
             assert_eq!(StepState::parse(name).as_str(), name);
         }
-        assert_eq!(StepState::parse("APPROVED"), StepState::Custom("APPROVED".into()));
+        assert_eq!(
+            StepState::parse("APPROVED"),
+            StepState::Custom("APPROVED".into())
+        );
         assert!(StepState::Custom("X".into()).is_final());
     }
 }

@@ -10,7 +10,7 @@ use crate::condition::Condition;
 use crate::input::InputSpec;
 
 /// A declarative process definition.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Template {
     pub name: String,
@@ -54,6 +54,10 @@ pub struct Template {
     /// How many runs a task may take before it is BLOCKED (default 100).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_max: Option<u32>,
+    /// Functions the steps call, by name: written here, or copied in from the server's
+    /// function library when the template is stored, so a task pins them with its version.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub functions: BTreeMap<String, Function>,
 }
 
 pub const DEFAULT_RETRY_MAX: u32 = 100;
@@ -62,6 +66,20 @@ pub const DEFAULT_STEP_MAX_RETRIES: u32 = 10_000;
 impl Template {
     pub fn retry_max(&self) -> u32 {
         self.retry_max.unwrap_or(DEFAULT_RETRY_MAX)
+    }
+
+    /// The function a step calls, when its action type names one.
+    pub fn function_of(&self, step: &Step) -> Option<&Function> {
+        self.functions.get(&step.action.kind)
+    }
+
+    /// A step's custom states, including those its function declares.
+    pub fn custom_states_of<'a>(&'a self, step: &'a Step) -> impl Iterator<Item = &'a String> + 'a {
+        step.custom_states.iter().chain(
+            self.function_of(step)
+                .into_iter()
+                .flat_map(|f| f.custom_states.iter()),
+        )
     }
 }
 
@@ -119,7 +137,10 @@ impl Step {
     }
 
     pub fn parsed_dependencies(&self) -> Vec<Dependency> {
-        self.dependencies.iter().map(|d| Dependency::parse(d)).collect()
+        self.dependencies
+            .iter()
+            .map(|d| Dependency::parse(d))
+            .collect()
     }
 }
 
@@ -207,15 +228,23 @@ pub enum DependencyStates {
 impl Dependency {
     pub fn parse(s: &str) -> Dependency {
         match s.split_once(':') {
-            None => Dependency { step: s.trim().to_string(), states: DependencyStates::OneOf(vec!["DONE".into()]) },
+            None => Dependency {
+                step: s.trim().to_string(),
+                states: DependencyStates::OneOf(vec!["DONE".into()]),
+            },
             Some((step, states)) => {
                 let states = states.trim();
                 let states = if states == "ANY" {
                     DependencyStates::Any
                 } else {
-                    DependencyStates::OneOf(states.split(',').map(|s| s.trim().to_string()).collect())
+                    DependencyStates::OneOf(
+                        states.split(',').map(|s| s.trim().to_string()).collect(),
+                    )
                 };
-                Dependency { step: step.trim().to_string(), states }
+                Dependency {
+                    step: step.trim().to_string(),
+                    states,
+                }
             }
         }
     }
@@ -226,6 +255,8 @@ impl Dependency {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Function {
+    /// Required in a function document; inside a template's `functions` map the key names it.
+    #[serde(default)]
     pub name: String,
     #[serde(default)]
     pub description: String,
@@ -249,9 +280,13 @@ pub struct ParseError {
 pub fn parse_document<T: for<'de> Deserialize<'de>>(text: &str) -> Result<T, ParseError> {
     let trimmed = text.trim_start();
     if trimmed.starts_with('{') {
-        serde_json::from_str(text).map_err(|e| ParseError { message: e.to_string() })
+        serde_json::from_str(text).map_err(|e| ParseError {
+            message: e.to_string(),
+        })
     } else {
-        serde_saphyr::from_str(text).map_err(|e| ParseError { message: e.to_string() })
+        serde_saphyr::from_str(text).map_err(|e| ParseError {
+            message: e.to_string(),
+        })
     }
 }
 
@@ -267,7 +302,13 @@ mod tests {
 
     #[test]
     fn dependency_syntax() {
-        assert_eq!(Dependency::parse("a"), Dependency { step: "a".into(), states: DependencyStates::OneOf(vec!["DONE".into()]) });
+        assert_eq!(
+            Dependency::parse("a"),
+            Dependency {
+                step: "a".into(),
+                states: DependencyStates::OneOf(vec!["DONE".into()])
+            }
+        );
         assert_eq!(Dependency::parse("a:ANY").states, DependencyStates::Any);
         assert_eq!(
             Dependency::parse("a:DONE, FOO").states,

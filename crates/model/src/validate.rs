@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::Value;
 
 use crate::state::StepState;
-use crate::template::{Action, DependencyStates, Step, Template};
+use crate::template::{Action, DependencyStates, Function, Step, Template};
 
 /// One problem in a template, with where it is.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -35,8 +35,16 @@ pub trait Catalog {
 }
 
 /// Names of the root variables templates may read.
-const ROOTS: [&str; 10] =
-    ["input", "resolver_input", "step", "task", "var", "iterator", "pre_hook", "function_args", "config", "secret"];
+const ROOTS: [&str; 8] = [
+    "input",
+    "resolver_input",
+    "step",
+    "task",
+    "var",
+    "iterator",
+    "pre_hook",
+    "function_args",
+];
 
 const LIMIT_STEPS: usize = 500;
 
@@ -48,19 +56,32 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn err(&mut self, field: impl Into<String>, message: impl Into<String>) {
-        self.errors.push(ValidationError { field: field.into(), message: message.into() });
+        self.errors.push(ValidationError {
+            field: field.into(),
+            message: message.into(),
+        });
     }
 }
 
 fn valid_name(s: &str, max: usize) -> bool {
-    !s.is_empty() && s.len() <= max && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    !s.is_empty()
+        && s.len() <= max
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
 /// Validates a template; returns every problem found, not only the first.
 pub fn validate_template(t: &Template, catalog: &dyn Catalog) -> Result<(), TemplateError> {
-    let mut cx = Ctx { t, catalog, errors: Vec::new() };
+    let mut cx = Ctx {
+        t,
+        catalog,
+        errors: Vec::new(),
+    };
     if !valid_name(&t.name, 128) {
-        cx.err("name", "must be 1-128 characters among letters, digits, '_', '-' and '.'");
+        cx.err(
+            "name",
+            "must be 1-128 characters among letters, digits, '_', '-' and '.'",
+        );
     }
     if t.steps.is_empty() {
         cx.err("steps", "a template needs at least one step");
@@ -69,7 +90,10 @@ pub fn validate_template(t: &Template, catalog: &dyn Catalog) -> Result<(), Temp
         cx.err("steps", format!("at most {LIMIT_STEPS} steps"));
     }
     if t.auto_runnable && !t.resolver_inputs.is_empty() {
-        cx.err("resolver_inputs", "cannot be used with auto_runnable: nobody resolves an auto-runnable task");
+        cx.err(
+            "resolver_inputs",
+            "cannot be used with auto_runnable: nobody resolves an auto-runnable task",
+        );
     }
     let mut seen = BTreeSet::new();
     for (i, input) in t.inputs.iter().enumerate() {
@@ -77,7 +101,10 @@ pub fn validate_template(t: &Template, catalog: &dyn Catalog) -> Result<(), Temp
             cx.err(format!("inputs[{i}]"), e);
         }
         if !seen.insert(&input.name) {
-            cx.err(format!("inputs[{i}].name"), format!("duplicate input {:?}", input.name));
+            cx.err(
+                format!("inputs[{i}].name"),
+                format!("duplicate input {:?}", input.name),
+            );
         }
     }
     let mut seen = BTreeSet::new();
@@ -86,16 +113,25 @@ pub fn validate_template(t: &Template, catalog: &dyn Catalog) -> Result<(), Temp
             cx.err(format!("resolver_inputs[{i}]"), e);
         }
         if !seen.insert(&input.name) {
-            cx.err(format!("resolver_inputs[{i}].name"), format!("duplicate input {:?}", input.name));
+            cx.err(
+                format!("resolver_inputs[{i}].name"),
+                format!("duplicate input {:?}", input.name),
+            );
         }
     }
     let mut seen = BTreeSet::new();
     for (i, var) in t.variables.iter().enumerate() {
         if !valid_name(&var.name, 128) || var.name.contains('.') {
-            cx.err(format!("variables[{i}].name"), "use letters, digits, '_' and '-'");
+            cx.err(
+                format!("variables[{i}].name"),
+                "use letters, digits, '_' and '-'",
+            );
         }
         if !seen.insert(&var.name) {
-            cx.err(format!("variables[{i}].name"), format!("duplicate variable {:?}", var.name));
+            cx.err(
+                format!("variables[{i}].name"),
+                format!("duplicate variable {:?}", var.name),
+            );
         }
         check_templates_in(&mut cx, &format!("variables[{i}].value"), &var.value, None);
     }
@@ -105,19 +141,32 @@ pub fn validate_template(t: &Template, catalog: &dyn Catalog) -> Result<(), Temp
     if let Some(result) = &t.result_format {
         check_templates_in(&mut cx, "result_format", result, None);
     }
+    for (name, f) in &t.functions {
+        check_function(&mut cx, name, f);
+    }
     for (name, step) in &t.steps {
         check_step(&mut cx, name, step);
     }
     check_cycles(&mut cx);
-    if cx.errors.is_empty() { Ok(()) } else { Err(TemplateError { errors: cx.errors }) }
+    if cx.errors.is_empty() {
+        Ok(())
+    } else {
+        Err(TemplateError { errors: cx.errors })
+    }
 }
 
 fn check_step(cx: &mut Ctx<'_>, name: &str, step: &Step) {
     let at = |f: &str| format!("steps.{name}.{f}");
     if name == "this" || !valid_name(name, 128) || name.contains('.') {
-        cx.err(format!("steps.{name}"), "step names use letters, digits, '_' and '-', and 'this' is reserved");
+        cx.err(
+            format!("steps.{name}"),
+            "step names use letters, digits, '_' and '-', and 'this' is reserved",
+        );
     }
-    check_action(cx, &at("action"), &step.action, Some(name));
+    match cx.t.function_of(step) {
+        Some(f) => check_function_call(cx, &at("action"), &step.action, f, name),
+        None => check_action(cx, &at("action"), &step.action, Some(name)),
+    }
     if let Some(pre) = &step.pre_hook {
         check_action(cx, &at("pre_hook"), pre, Some(name));
     }
@@ -145,9 +194,15 @@ fn check_step(cx: &mut Ctx<'_>, name: &str, step: &Step) {
         }
         if let DependencyStates::OneOf(states) = &dep.states {
             for s in states {
-                let ok = s == "DONE" || target.custom_states.contains(s);
+                let ok = s == "DONE" || cx.t.custom_states_of(target).any(|c| c == s);
                 if !ok {
-                    cx.err(f.clone(), format!("state {s:?} is neither DONE, ANY, nor a custom state of {:?}", dep.step));
+                    cx.err(
+                        f.clone(),
+                        format!(
+                            "state {s:?} is neither DONE, ANY, nor a custom state of {:?}",
+                            dep.step
+                        ),
+                    );
                 }
             }
         }
@@ -155,32 +210,64 @@ fn check_step(cx: &mut Ctx<'_>, name: &str, step: &Step) {
     for (i, cond) in step.conditions.iter().enumerate() {
         let f = at(&format!("conditions[{i}]"));
         if cond.asserts.is_empty() {
-            cx.err(format!("{f}.if"), "a condition needs at least one assertion");
+            cx.err(
+                format!("{f}.if"),
+                "a condition needs at least one assertion",
+            );
         }
         for (j, a) in cond.asserts.iter().enumerate() {
             check_template_text(cx, &format!("{f}.if[{j}].value"), &a.value, Some(name));
-            check_template_text(cx, &format!("{f}.if[{j}].expected"), &a.expected, Some(name));
-            if matches!(a.operator, crate::Operator::Regexp | crate::Operator::Notregexp)
-                && !a.expected.contains("{{")
+            check_template_text(
+                cx,
+                &format!("{f}.if[{j}].expected"),
+                &a.expected,
+                Some(name),
+            );
+            if matches!(
+                a.operator,
+                crate::Operator::Regexp | crate::Operator::Notregexp
+            ) && !a.expected.contains("{{")
                 && let Err(e) = regex::Regex::new(&a.expected)
             {
-                cx.err(format!("{f}.if[{j}].expected"), format!("invalid regex: {e}"));
+                cx.err(
+                    format!("{f}.if[{j}].expected"),
+                    format!("invalid regex: {e}"),
+                );
             }
         }
         if cond.then.is_empty() {
-            cx.err(format!("{f}.then"), "a condition must set at least one state");
+            cx.err(
+                format!("{f}.then"),
+                "a condition must set at least one state",
+            );
         }
         for (target, state) in &cond.then {
-            let target_step = if target == "this" { Some(step) } else { cx.t.steps.get(target) };
+            let target_step = if target == "this" {
+                Some(step)
+            } else {
+                cx.t.steps.get(target)
+            };
             let Some(target_step) = target_step else {
                 cx.err(format!("{f}.then"), format!("unknown step {target:?}"));
                 continue;
             };
-            let allowed = ["DONE", "PRUNE", "TO_RETRY", "RETRY_NOW", "FATAL_ERROR", "CLIENT_ERROR"];
-            if !allowed.contains(&state.as_str()) && !target_step.custom_states.contains(state) {
+            let allowed = [
+                "DONE",
+                "PRUNE",
+                "TO_RETRY",
+                "RETRY_NOW",
+                "FATAL_ERROR",
+                "CLIENT_ERROR",
+            ];
+            if !allowed.contains(&state.as_str())
+                && !cx.t.custom_states_of(target_step).any(|c| c == state)
+            {
                 cx.err(
                     format!("{f}.then.{target}"),
-                    format!("state {state:?} is not one of {} nor a custom state of the step", allowed.join(", ")),
+                    format!(
+                        "state {state:?} is not one of {} nor a custom state of the step",
+                        allowed.join(", ")
+                    ),
                 );
             }
         }
@@ -207,7 +294,10 @@ fn check_step(cx: &mut Ctx<'_>, name: &str, step: &Step) {
     }
     for (i, r) in step.resources.iter().enumerate() {
         if !valid_name(r, 128) {
-            cx.err(at(&format!("resources[{i}]")), "resource names use letters, digits, '_', '-' and '.'");
+            cx.err(
+                at(&format!("resources[{i}]")),
+                "resource names use letters, digits, '_', '-' and '.'",
+            );
         }
     }
 }
@@ -221,21 +311,150 @@ fn check_action(cx: &mut Ctx<'_>, field: &str, action: &Action, step: Option<&st
     if let Some(base) = &action.base_configuration {
         match cx.t.base_configurations.get(base) {
             None => {
-                cx.err(format!("{field}.base_configuration"), format!("unknown base configuration {base:?}"));
+                cx.err(
+                    format!("{field}.base_configuration"),
+                    format!("unknown base configuration {base:?}"),
+                );
                 return;
             }
             Some(b) => config = merge_configuration(b, &config),
         }
     }
     if let Err((f, m)) = cx.catalog.check_action(&action.kind, &config) {
-        let path = if f.is_empty() { format!("{field}.type") } else { format!("{field}.configuration.{f}") };
-        let path = if m.starts_with("unknown action") { format!("{field}.type") } else { path };
+        let path = if f.is_empty() {
+            format!("{field}.type")
+        } else {
+            format!("{field}.configuration.{f}")
+        };
+        let path = if m.starts_with("unknown action") {
+            format!("{field}.type")
+        } else {
+            path
+        };
         cx.err(path, m);
     }
     check_templates_in(cx, &format!("{field}.configuration"), &config, step);
     if let Some(out) = &action.output {
         check_templates_in(cx, &format!("{field}.output.format"), &out.format, step);
     }
+}
+
+/// Validates a library function document on its own.
+pub fn validate_function(f: &Function, catalog: &dyn Catalog) -> Result<(), TemplateError> {
+    let holder = Template {
+        name: "function".into(),
+        ..Template::default()
+    };
+    let mut cx = Ctx {
+        t: &holder,
+        catalog,
+        errors: Vec::new(),
+    };
+    if f.name.is_empty() {
+        cx.err("name", "a function needs a name");
+    } else {
+        check_function(&mut cx, &f.name.clone(), f);
+    }
+    if cx.errors.is_empty() {
+        Ok(())
+    } else {
+        Err(TemplateError { errors: cx.errors })
+    }
+}
+
+/// A function body: a builtin action (functions do not call functions), its conditions and states.
+fn check_function(cx: &mut Ctx<'_>, name: &str, f: &Function) {
+    let at = format!("functions.{name}");
+    if !valid_name(name, 128) && !name.contains("::") {
+        cx.err(
+            &at,
+            "function names use letters, digits, '_', '-', '.' and '::'",
+        );
+    }
+    if !f.name.is_empty() && f.name != name {
+        cx.err(
+            format!("{at}.name"),
+            format!("the function is named {:?} but listed as {name:?}", f.name),
+        );
+    }
+    if cx.t.functions.contains_key(&f.action.kind) {
+        cx.err(
+            format!("{at}.action.type"),
+            "a function cannot call another function",
+        );
+        return;
+    }
+    for s in &f.custom_states {
+        if StepState::is_builtin_name(s) || s == "ANY" {
+            cx.err(
+                format!("{at}.custom_states"),
+                format!("{s:?} is a builtin state"),
+            );
+        }
+    }
+    // Some(""): a function body runs inside whichever step calls it, so `step.this` is defined.
+    check_action(cx, &format!("{at}.action"), &f.action, Some(""));
+    if let Some(pre) = &f.pre_hook {
+        check_action(cx, &format!("{at}.pre_hook"), pre, Some(""));
+    }
+}
+
+/// The `function_args.X` a function reads: each must be given by the calling step.
+fn function_args_read(cx: &Ctx<'_>, f: &Function) -> BTreeSet<String> {
+    let mut texts = Vec::new();
+    collect_strings(&f.action.configuration, &mut texts);
+    if let Some(pre) = &f.pre_hook {
+        collect_strings(&pre.configuration, &mut texts);
+    }
+    let mut out = BTreeSet::new();
+    for t in texts {
+        for r in cx.catalog.template_references(&t).unwrap_or_default() {
+            if let Some(arg) = r.strip_prefix("function_args.") {
+                out.insert(arg.split('.').next().unwrap_or(arg).to_string());
+            }
+        }
+    }
+    out
+}
+
+fn collect_strings(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::String(s) if s.contains("{{") || s.contains("{%") => out.push(s.clone()),
+        Value::Array(items) => items.iter().for_each(|i| collect_strings(i, out)),
+        Value::Object(m) => m.values().for_each(|i| collect_strings(i, out)),
+        _ => {}
+    }
+}
+
+/// A step calling a function: its configuration holds the function's arguments.
+fn check_function_call(cx: &mut Ctx<'_>, field: &str, action: &Action, f: &Function, step: &str) {
+    let Value::Object(args) = &action.configuration else {
+        cx.err(
+            format!("{field}.configuration"),
+            "function arguments must be an object",
+        );
+        return;
+    };
+    if action.base_configuration.is_some() || action.output.is_some() {
+        cx.err(
+            field.to_string(),
+            "a function call takes only `type` and `configuration` (its arguments)",
+        );
+    }
+    for arg in function_args_read(cx, f) {
+        if !args.contains_key(&arg) {
+            cx.err(
+                format!("{field}.configuration"),
+                format!("function {:?} needs argument {arg:?}", action.kind),
+            );
+        }
+    }
+    check_templates_in(
+        cx,
+        &format!("{field}.configuration"),
+        &action.configuration,
+        Some(step),
+    );
 }
 
 /// `base` overlaid with `config`: objects merge key by key, anything else is replaced.
@@ -292,7 +511,13 @@ fn check_template_text(cx: &mut Ctx<'_>, field: &str, text: &str, step: Option<&
         if !ROOTS.contains(&root) {
             // Names bound inside the template itself ({% set %}, loop variables) are fine;
             // minijinja only reports free variables, so anything else is a typo.
-            cx.err(field, format!("unknown variable {root:?}; templates read {}", ROOTS.join(", ")));
+            cx.err(
+                field,
+                format!(
+                    "unknown variable {root:?}; templates read {}",
+                    ROOTS.join(", ")
+                ),
+            );
             continue;
         }
         let Some(second) = second else { continue };
@@ -303,15 +528,18 @@ fn check_template_text(cx: &mut Ctx<'_>, field: &str, text: &str, step: Option<&
             "step" if second == "this" && step.is_none() => {
                 cx.err(field, "step.this is only defined inside a step")
             }
-            "input" if !cx.t.inputs.iter().any(|i| i.name == second) => {
-                cx.err(field, format!("{r:?} refers to undeclared input {second:?}"))
-            }
-            "resolver_input" if !cx.t.resolver_inputs.iter().any(|i| i.name == second) => {
-                cx.err(field, format!("{r:?} refers to undeclared resolver input {second:?}"))
-            }
-            "var" if !cx.t.variables.iter().any(|v| v.name == second) => {
-                cx.err(field, format!("{r:?} refers to undeclared variable {second:?}"))
-            }
+            "input" if !cx.t.inputs.iter().any(|i| i.name == second) => cx.err(
+                field,
+                format!("{r:?} refers to undeclared input {second:?}"),
+            ),
+            "resolver_input" if !cx.t.resolver_inputs.iter().any(|i| i.name == second) => cx.err(
+                field,
+                format!("{r:?} refers to undeclared resolver input {second:?}"),
+            ),
+            "var" if !cx.t.variables.iter().any(|v| v.name == second) => cx.err(
+                field,
+                format!("{r:?} refers to undeclared variable {second:?}"),
+            ),
             _ => {}
         }
     }
@@ -319,12 +547,19 @@ fn check_template_text(cx: &mut Ctx<'_>, field: &str, text: &str, step: Option<&
 
 /// Rejects dependency cycles, naming one step on each.
 fn check_cycles(cx: &mut Ctx<'_>) {
-    let graph: BTreeMap<&str, Vec<String>> = cx
-        .t
-        .steps
-        .iter()
-        .map(|(n, s)| (n.as_str(), s.parsed_dependencies().into_iter().map(|d| d.step).collect()))
-        .collect();
+    let graph: BTreeMap<&str, Vec<String>> =
+        cx.t.steps
+            .iter()
+            .map(|(n, s)| {
+                (
+                    n.as_str(),
+                    s.parsed_dependencies()
+                        .into_iter()
+                        .map(|d| d.step)
+                        .collect(),
+                )
+            })
+            .collect();
     #[derive(Clone, Copy, PartialEq)]
     enum Mark {
         New,
@@ -366,7 +601,10 @@ fn check_cycles(cx: &mut Ctx<'_>) {
     }
     for c in cycles {
         let first = c.split(" -> ").next().unwrap_or_default().to_string();
-        cx.err(format!("steps.{first}.dependencies"), format!("dependency cycle: {c}"));
+        cx.err(
+            format!("steps.{first}.dependencies"),
+            format!("dependency cycle: {c}"),
+        );
     }
 }
 
@@ -380,7 +618,9 @@ mod tests {
         fn check_action(&self, kind: &str, config: &Value) -> Result<(), (String, String)> {
             match kind {
                 "echo" => Ok(()),
-                "http" if config.get("url").is_none() => Err(("url".into(), "missing field `url`".into())),
+                "http" if config.get("url").is_none() => {
+                    Err(("url".into(), "missing field `url`".into()))
+                }
                 "http" => Ok(()),
                 _ => Err((String::new(), format!("unknown action type {kind:?}"))),
             }
@@ -390,7 +630,14 @@ mod tests {
             let mut rest = text;
             while let Some(i) = rest.find("{{") {
                 let end = rest[i..].find("}}").ok_or("unclosed {{")? + i;
-                out.push(rest[i + 2..end].trim().split(['|', ' ']).next().unwrap().to_string());
+                out.push(
+                    rest[i + 2..end]
+                        .trim()
+                        .split(['|', ' '])
+                        .next()
+                        .unwrap()
+                        .to_string(),
+                );
                 rest = &rest[end + 2..];
             }
             Ok(out)
@@ -401,7 +648,11 @@ mod tests {
         let t = Template::parse(yaml).unwrap();
         match validate_template(&t, &TestCatalog) {
             Ok(()) => vec![],
-            Err(e) => e.errors.into_iter().map(|e| format!("{}: {}", e.field, e.message)).collect(),
+            Err(e) => e
+                .errors
+                .into_iter()
+                .map(|e| format!("{}: {}", e.field, e.message))
+                .collect(),
         }
     }
 
@@ -468,9 +719,37 @@ steps:
             "steps.c.action.configuration.output: unknown variable \"nonsense\"",
         ];
         for e in expect {
-            assert!(got.iter().any(|g| g.starts_with(e)), "missing {e:?} in {got:#?}");
+            assert!(
+                got.iter().any(|g| g.starts_with(e)),
+                "missing {e:?} in {got:#?}"
+            );
         }
         assert_eq!(got.len(), expect.len(), "{got:#?}");
+    }
+
+    #[test]
+    fn functions_are_checked_and_their_arguments_required() {
+        let y = r#"
+name: fn
+functions:
+  notify:
+    custom_states: [NOTIFIED]
+    action: {type: http, configuration: {url: "http://x/{{ function_args.channel }}/{{ function_args.text }}"}}
+  bad:
+    action: {type: notify}
+steps:
+  a: {action: {type: notify, configuration: {channel: ops, text: hi}}}
+  b: {action: {type: notify, configuration: {channel: ops}}}
+  c: {dependencies: ["a:NOTIFIED"], action: {type: echo}}
+"#;
+        assert_eq!(
+            errors(y),
+            vec![
+                "functions.bad.action.type: a function cannot call another function".to_string(),
+                "steps.b.action.configuration: function \"notify\" needs argument \"text\""
+                    .to_string(),
+            ]
+        );
     }
 
     #[test]
@@ -485,7 +764,10 @@ steps:
 "#;
         let got = errors(y);
         assert_eq!(got.len(), 1, "{got:?}");
-        assert!(got[0].contains("dependency cycle: a -> c -> b -> a"), "{got:?}");
+        assert!(
+            got[0].contains("dependency cycle: a -> c -> b -> a"),
+            "{got:?}"
+        );
     }
 
     #[test]
@@ -498,6 +780,12 @@ steps:
   a: {action: {type: http, base_configuration: api, configuration: {method: POST}}}
   b: {action: {type: http, base_configuration: nope}}
 "#;
-        assert_eq!(errors(y), vec!["steps.b.action.base_configuration: unknown base configuration \"nope\"".to_string()]);
+        assert_eq!(
+            errors(y),
+            vec![
+                "steps.b.action.base_configuration: unknown base configuration \"nope\""
+                    .to_string()
+            ]
+        );
     }
 }

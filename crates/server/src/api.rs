@@ -24,6 +24,7 @@ use crate::{AppState, Problem};
     info(title = "taskhook", description = "Event-driven automation engine: templates, tasks and their steps."),
     paths(
         healthz, put_template, get_template, list_templates, delete_template, validate_template,
+        put_function, get_function, list_functions, delete_function,
         create_task, get_task, list_tasks, task_events, resolve_task, cancel_task, retry_task, pause_task
     ),
     components(schemas(Problem, CreateTaskRequest, ResolveRequest, TaskCreated, TemplateOut, TemplateSummary, TaskOut, StepOut, TaskPage, EventOut)),
@@ -34,10 +35,18 @@ pub struct ApiDoc;
 struct BearerAuth;
 impl utoipa::Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+        use utoipa::openapi::security::{
+            HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+        };
         let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
-        openapi.security = Some(vec![SecurityRequirement::new("bearer", Vec::<String>::new())]);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        openapi.security = Some(vec![SecurityRequirement::new(
+            "bearer",
+            Vec::<String>::new(),
+        )]);
     }
 }
 
@@ -48,7 +57,15 @@ pub fn routes(state: AppState) -> Router {
         .route("/api/openapi.json", get(openapi))
         .route("/api/v1/templates", get(list_templates))
         .route("/api/v1/templates/validate", post(validate_template))
-        .route("/api/v1/templates/{name}", get(get_template).put(put_template).delete(delete_template))
+        .route(
+            "/api/v1/templates/{name}",
+            get(get_template).put(put_template).delete(delete_template),
+        )
+        .route("/api/v1/functions", get(list_functions))
+        .route(
+            "/api/v1/functions/{name}",
+            get(get_function).put(put_function).delete(delete_function),
+        )
         .route("/api/v1/tasks", get(list_tasks).post(create_task))
         .route("/api/v1/tasks/{id}", get(get_task))
         .route("/api/v1/tasks/{id}/events", get(task_events))
@@ -78,13 +95,25 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
-        let field = if path == "." || path == "?" { "body".to_string() } else { path };
-        Problem::field(StatusCode::BAD_REQUEST, field, format!("invalid JSON body: {}", e.inner()))
+        let field = if path == "." || path == "?" {
+            "body".to_string()
+        } else {
+            path
+        };
+        Problem::field(
+            StatusCode::BAD_REQUEST,
+            field,
+            format!("invalid JSON body: {}", e.inner()),
+        )
     })
 }
 
 fn json_body_or_empty<T: DeserializeOwned + Default>(bytes: &[u8]) -> Result<T, Problem> {
-    if bytes.iter().all(u8::is_ascii_whitespace) { Ok(T::default()) } else { parse_json(bytes) }
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        Ok(T::default())
+    } else {
+        parse_json(bytes)
+    }
 }
 
 #[utoipa::path(get, path = "/healthz", responses((status = 200, description = "The server is up")), security(()))]
@@ -100,34 +129,79 @@ async fn openapi() -> Json<utoipa::openapi::OpenApi> {
 
 #[utoipa::path(put, path = "/api/v1/templates/{name}", request_body(content = String, description = "Template as YAML or JSON"),
     responses((status = 201, body = TemplateOut), (status = 200, body = TemplateOut), (status = 400, body = Problem)))]
-async fn put_template(_c: Caller, State(s): State<AppState>, Path(name): Path<String>, b: Result<Bytes, BytesRejection>) -> Result<Response, Problem> {
+async fn put_template(
+    _c: Caller,
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Response, Problem> {
     let bytes = body(b)?;
-    let text = std::str::from_utf8(&bytes).map_err(|_| Problem::field(StatusCode::BAD_REQUEST, "body", "template must be UTF-8 text"))?;
-    let template = s.engine.parse_template(text).map_err(|e| Problem::from(taskhook_engine::EngineError::Template(e)))?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| {
+        Problem::field(
+            StatusCode::BAD_REQUEST,
+            "body",
+            "template must be UTF-8 text",
+        )
+    })?;
+    let template = s
+        .engine
+        .parse_template(text)
+        .await
+        .map_err(|e| Problem::from(taskhook_engine::EngineError::Template(e)))?;
     if template.name != name {
         return Err(Problem::field(
             StatusCode::BAD_REQUEST,
             "name",
-            format!("the template is named {:?} but the URL says {name:?}", template.name),
+            format!(
+                "the template is named {:?} but the URL says {name:?}",
+                template.name
+            ),
         ));
     }
     let (row, created) = s.engine.put_template(template).await?;
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, Json(TemplateOut::from(row))).into_response())
 }
 
 #[utoipa::path(post, path = "/api/v1/templates/validate", request_body(content = String, description = "Template as YAML or JSON"),
     responses((status = 200, description = "Valid"), (status = 400, body = Problem)))]
-async fn validate_template(_c: Caller, State(s): State<AppState>, b: Result<Bytes, BytesRejection>) -> Result<Json<Value>, Problem> {
+async fn validate_template(
+    _c: Caller,
+    State(s): State<AppState>,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, Problem> {
     let bytes = body(b)?;
-    let text = std::str::from_utf8(&bytes).map_err(|_| Problem::field(StatusCode::BAD_REQUEST, "body", "template must be UTF-8 text"))?;
-    let t = s.engine.parse_template(text).map_err(|e| Problem::from(taskhook_engine::EngineError::Template(e)))?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| {
+        Problem::field(
+            StatusCode::BAD_REQUEST,
+            "body",
+            "template must be UTF-8 text",
+        )
+    })?;
+    let t = s
+        .engine
+        .parse_template(text)
+        .await
+        .map_err(|e| Problem::from(taskhook_engine::EngineError::Template(e)))?;
     Ok(Json(serde_json::json!({"valid": true, "name": t.name})))
 }
 
 #[utoipa::path(get, path = "/api/v1/templates/{name}", responses((status = 200, body = TemplateOut), (status = 404, body = Problem)))]
-async fn get_template(_c: Caller, State(s): State<AppState>, Path(name): Path<String>) -> Result<Json<TemplateOut>, Problem> {
-    let row = s.engine.store().get_template(&name).await?.ok_or_else(|| Problem::not_found(format!("template {name:?}")))?;
+async fn get_template(
+    _c: Caller,
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<TemplateOut>, Problem> {
+    let row = s
+        .engine
+        .store()
+        .get_template(&name)
+        .await?
+        .ok_or_else(|| Problem::not_found(format!("template {name:?}")))?;
     Ok(Json(row.into()))
 }
 
@@ -139,18 +213,110 @@ struct TemplateListQuery {
 
 #[utoipa::path(get, path = "/api/v1/templates", params(("hidden" = Option<bool>, Query, description = "Include hidden templates")),
     responses((status = 200, body = Vec<TemplateSummary>)))]
-async fn list_templates(_c: Caller, State(s): State<AppState>, q: Result<Query<TemplateListQuery>, axum::extract::rejection::QueryRejection>) -> Result<Json<Vec<TemplateSummary>>, Problem> {
-    let Query(q) = q.map_err(|e| Problem::field(StatusCode::BAD_REQUEST, "query", e.body_text()))?;
+async fn list_templates(
+    _c: Caller,
+    State(s): State<AppState>,
+    q: Result<Query<TemplateListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<TemplateSummary>>, Problem> {
+    let Query(q) =
+        q.map_err(|e| Problem::field(StatusCode::BAD_REQUEST, "query", e.body_text()))?;
     let rows = s.engine.store().list_templates().await?;
-    Ok(Json(rows.iter().filter_map(TemplateSummary::from_row).filter(|(_, hidden)| q.hidden || !hidden).map(|(t, _)| t).collect()))
+    Ok(Json(
+        rows.iter()
+            .filter_map(TemplateSummary::from_row)
+            .filter(|(_, hidden)| q.hidden || !hidden)
+            .map(|(t, _)| t)
+            .collect(),
+    ))
 }
 
 #[utoipa::path(delete, path = "/api/v1/templates/{name}", responses((status = 204), (status = 404, body = Problem)))]
-async fn delete_template(_c: Caller, State(s): State<AppState>, Path(name): Path<String>) -> Result<StatusCode, Problem> {
+async fn delete_template(
+    _c: Caller,
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, Problem> {
     if s.engine.store().delete_template(&name).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(Problem::not_found(format!("template {name:?}")))
+    }
+}
+
+// ---- functions ----
+
+#[utoipa::path(put, path = "/api/v1/functions/{name}", request_body(content = String, description = "Function as YAML or JSON"),
+    responses((status = 201, description = "Created"), (status = 200, description = "Replaced"), (status = 400, body = Problem)))]
+async fn put_function(
+    _c: Caller,
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Response, Problem> {
+    let bytes = body(b)?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| {
+        Problem::field(
+            StatusCode::BAD_REQUEST,
+            "body",
+            "function must be UTF-8 text",
+        )
+    })?;
+    let function = s
+        .engine
+        .parse_function(text)
+        .map_err(|e| Problem::from(taskhook_engine::EngineError::Template(e)))?;
+    if function.name != name {
+        return Err(Problem::field(
+            StatusCode::BAD_REQUEST,
+            "name",
+            format!(
+                "the function is named {:?} but the URL says {name:?}",
+                function.name
+            ),
+        ));
+    }
+    let created = s.engine.put_function(function.clone()).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(function)).into_response())
+}
+
+#[utoipa::path(get, path = "/api/v1/functions/{name}", responses((status = 200, description = "The function"), (status = 404, body = Problem)))]
+async fn get_function(
+    _c: Caller,
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, Problem> {
+    Ok(Json(
+        s.engine
+            .store()
+            .get_function(&name)
+            .await?
+            .ok_or_else(|| Problem::not_found(format!("function {name:?}")))?,
+    ))
+}
+
+#[utoipa::path(get, path = "/api/v1/functions", responses((status = 200, description = "Every library function")))]
+async fn list_functions(
+    _c: Caller,
+    State(s): State<AppState>,
+) -> Result<Json<Vec<Value>>, Problem> {
+    Ok(Json(s.engine.store().list_functions().await?))
+}
+
+#[utoipa::path(delete, path = "/api/v1/functions/{name}", responses((status = 204), (status = 404, body = Problem)))]
+async fn delete_function(
+    _c: Caller,
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, Problem> {
+    if s.engine.store().delete_function(&name).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(Problem::not_found(format!("function {name:?}")))
     }
 }
 
@@ -159,12 +325,22 @@ async fn delete_template(_c: Caller, State(s): State<AppState>, Path(name): Path
 #[utoipa::path(post, path = "/api/v1/tasks", request_body = CreateTaskRequest,
     responses((status = 201, body = TaskCreated), (status = 200, body = TaskCreated, description = "Existing task for this idempotency key"),
     (status = 400, body = Problem), (status = 404, body = Problem)))]
-async fn create_task(c: Caller, State(s): State<AppState>, b: Result<Bytes, BytesRejection>) -> Result<Response, Problem> {
+async fn create_task(
+    c: Caller,
+    State(s): State<AppState>,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Response, Problem> {
     let req: CreateTaskRequest = parse_json(&body(b)?)?;
     let run_at = match &req.run_at {
         Some(t) => Some(
             t.parse::<jiff::Timestamp>()
-                .map_err(|e| Problem::field(StatusCode::BAD_REQUEST, "run_at", format!("not an RFC 3339 time: {e}")))?
+                .map_err(|e| {
+                    Problem::field(
+                        StatusCode::BAD_REQUEST,
+                        "run_at",
+                        format!("not an RFC 3339 time: {e}"),
+                    )
+                })?
                 .as_millisecond(),
         ),
         None => None,
@@ -172,31 +348,65 @@ async fn create_task(c: Caller, State(s): State<AppState>, b: Result<Bytes, Byte
     if let Some(k) = &req.idempotency_key
         && (k.is_empty() || k.len() > 256)
     {
-        return Err(Problem::field(StatusCode::BAD_REQUEST, "idempotency_key", "must be 1-256 characters"));
+        return Err(Problem::field(
+            StatusCode::BAD_REQUEST,
+            "idempotency_key",
+            "must be 1-256 characters",
+        ));
     }
     let create = CreateTask {
         template: req.template,
         inputs: req.inputs,
         requester: c.name,
-        tags: req.tags.into_iter().map(|(k, v)| (k, Value::String(v))).collect(),
+        tags: req
+            .tags
+            .into_iter()
+            .map(|(k, v)| (k, Value::String(v)))
+            .collect(),
         idempotency_key: req.idempotency_key,
         run_at,
         parent_id: None,
     };
     let (task, created) = s.engine.create_task(create).await?;
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     let location = format!("/api/v1/tasks/{}", task.id);
-    Ok((status, [(header::LOCATION, location)], Json(TaskCreated { id: task.id, state: task.state.as_str().into() })).into_response())
+    Ok((
+        status,
+        [(header::LOCATION, location)],
+        Json(TaskCreated {
+            id: task.id,
+            state: task.state.as_str().into(),
+        }),
+    )
+        .into_response())
 }
 
 async fn template_of(s: &AppState, name: &str, version: i64) -> Option<Template> {
-    let row = s.engine.store().get_template_version(name, version).await.ok()??;
+    let row = s
+        .engine
+        .store()
+        .get_template_version(name, version)
+        .await
+        .ok()??;
     serde_json::from_value(row.body).ok()
 }
 
 #[utoipa::path(get, path = "/api/v1/tasks/{id}", responses((status = 200, body = TaskOut), (status = 404, body = Problem)))]
-async fn get_task(_c: Caller, State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<TaskOut>, Problem> {
-    let (task, steps) = s.engine.store().get_task(&id).await?.ok_or_else(|| Problem::not_found(format!("task {id}")))?;
+async fn get_task(
+    _c: Caller,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<TaskOut>, Problem> {
+    let (task, steps) = s
+        .engine
+        .store()
+        .get_task(&id)
+        .await?
+        .ok_or_else(|| Problem::not_found(format!("task {id}")))?;
     let template = template_of(&s, &task.template, task.template_version).await;
     Ok(Json(TaskOut::new(task, Some(steps), template.as_ref())))
 }
@@ -216,19 +426,43 @@ struct TaskListQuery {
         ("limit" = Option<u32>, Query, description = "Page size, 1-1000 (default 100)"),
         ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
     responses((status = 200, body = TaskPage), (status = 400, body = Problem)))]
-async fn list_tasks(_c: Caller, State(s): State<AppState>, q: Result<Query<TaskListQuery>, axum::extract::rejection::QueryRejection>) -> Result<Json<TaskPage>, Problem> {
-    let Query(q) = q.map_err(|e| Problem::field(StatusCode::BAD_REQUEST, "query", e.body_text()))?;
+async fn list_tasks(
+    _c: Caller,
+    State(s): State<AppState>,
+    q: Result<Query<TaskListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<TaskPage>, Problem> {
+    let Query(q) =
+        q.map_err(|e| Problem::field(StatusCode::BAD_REQUEST, "query", e.body_text()))?;
     let state = match &q.state {
-        Some(st) => Some(st.parse::<TaskState>().map_err(|e| Problem::field(StatusCode::BAD_REQUEST, "state", e))?),
+        Some(st) => Some(
+            st.parse::<TaskState>()
+                .map_err(|e| Problem::field(StatusCode::BAD_REQUEST, "state", e))?,
+        ),
         None => None,
     };
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
-        return Err(Problem::field(StatusCode::BAD_REQUEST, "limit", "must be between 1 and 1000"));
+        return Err(Problem::field(
+            StatusCode::BAD_REQUEST,
+            "limit",
+            "must be between 1 and 1000",
+        ));
     }
-    let rows = s.engine.store().list_tasks(TaskFilter { state, template: q.template, before: q.cursor, limit }).await?;
-    let next_cursor = (rows.len() == limit as usize).then(|| rows.last().map(|t| t.id.clone())).flatten();
-    let mut templates: std::collections::HashMap<(String, i64), Option<Template>> = Default::default();
+    let rows = s
+        .engine
+        .store()
+        .list_tasks(TaskFilter {
+            state,
+            template: q.template,
+            before: q.cursor,
+            limit,
+        })
+        .await?;
+    let next_cursor = (rows.len() == limit as usize)
+        .then(|| rows.last().map(|t| t.id.clone()))
+        .flatten();
+    let mut templates: std::collections::HashMap<(String, i64), Option<Template>> =
+        Default::default();
     let mut tasks = Vec::with_capacity(rows.len());
     for t in rows {
         let key = (t.template.clone(), t.template_version);
@@ -242,41 +476,77 @@ async fn list_tasks(_c: Caller, State(s): State<AppState>, q: Result<Query<TaskL
 }
 
 #[utoipa::path(get, path = "/api/v1/tasks/{id}/events", responses((status = 200, body = Vec<EventOut>), (status = 404, body = Problem)))]
-async fn task_events(_c: Caller, State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<Vec<EventOut>>, Problem> {
+async fn task_events(
+    _c: Caller,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<EventOut>>, Problem> {
     if s.engine.store().get_task(&id).await?.is_none() {
         return Err(Problem::not_found(format!("task {id}")));
     }
-    Ok(Json(s.engine.store().task_events(&id).await?.into_iter().map(EventOut::from).collect()))
+    Ok(Json(
+        s.engine
+            .store()
+            .task_events(&id)
+            .await?
+            .into_iter()
+            .map(EventOut::from)
+            .collect(),
+    ))
 }
 
 async fn task_state(s: &AppState, id: &str) -> Result<Json<TaskCreated>, Problem> {
-    let (task, _) = s.engine.store().get_task(id).await?.ok_or_else(|| Problem::not_found(format!("task {id}")))?;
-    Ok(Json(TaskCreated { id: task.id, state: task.state.as_str().into() }))
+    let (task, _) = s
+        .engine
+        .store()
+        .get_task(id)
+        .await?
+        .ok_or_else(|| Problem::not_found(format!("task {id}")))?;
+    Ok(Json(TaskCreated {
+        id: task.id,
+        state: task.state.as_str().into(),
+    }))
 }
 
 #[utoipa::path(post, path = "/api/v1/tasks/{id}/resolve", request_body = ResolveRequest,
     responses((status = 200, body = TaskCreated), (status = 400, body = Problem), (status = 409, body = Problem)))]
-async fn resolve_task(c: Caller, State(s): State<AppState>, Path(id): Path<String>, b: Result<Bytes, BytesRejection>) -> Result<Json<TaskCreated>, Problem> {
+async fn resolve_task(
+    c: Caller,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Json<TaskCreated>, Problem> {
     let req: ResolveRequest = json_body_or_empty(&body(b)?)?;
     s.engine.resolve(&id, &c.name, req.resolver_inputs).await?;
     task_state(&s, &id).await
 }
 
 #[utoipa::path(post, path = "/api/v1/tasks/{id}/cancel", responses((status = 200, body = TaskCreated), (status = 409, body = Problem)))]
-async fn cancel_task(c: Caller, State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<TaskCreated>, Problem> {
+async fn cancel_task(
+    c: Caller,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<TaskCreated>, Problem> {
     s.engine.cancel(&id, &c.name).await?;
     task_state(&s, &id).await
 }
 
 #[utoipa::path(post, path = "/api/v1/tasks/{id}/retry", responses((status = 200, body = TaskCreated), (status = 409, body = Problem)))]
-async fn retry_task(c: Caller, State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<TaskCreated>, Problem> {
+async fn retry_task(
+    c: Caller,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<TaskCreated>, Problem> {
     s.engine.retry(&id, &c.name).await?;
     task_state(&s, &id).await
 }
 
 #[utoipa::path(post, path = "/api/v1/tasks/{id}/pause", responses((status = 200, body = TaskCreated), (status = 409, body = Problem)))]
-async fn pause_task(c: Caller, State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<TaskCreated>, Problem> {
+async fn pause_task(
+    c: Caller,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<TaskCreated>, Problem> {
     s.engine.pause(&id, &c.name).await?;
     task_state(&s, &id).await
 }
-

@@ -14,12 +14,16 @@ pub struct AdminToken {
 
 impl AdminToken {
     pub fn from_token(token: &str) -> Self {
-        AdminToken { hash: Sha256::digest(token.as_bytes()).into() }
+        AdminToken {
+            hash: Sha256::digest(token.as_bytes()).into(),
+        }
     }
 
     pub fn from_hash_hex(hex_hash: &str) -> Option<Self> {
         let bytes = hex::decode(hex_hash).ok()?;
-        Some(AdminToken { hash: bytes.try_into().ok()? })
+        Some(AdminToken {
+            hash: bytes.try_into().ok()?,
+        })
     }
 
     pub fn hash_hex(&self) -> String {
@@ -52,11 +56,16 @@ impl FromRequestParts<AppState> for Caller {
             .headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
             .map(str::trim)
             .ok_or_else(Problem::unauthorized)?;
         if state.admin.matches(token) {
-            Ok(Caller { name: "admin".into() })
+            Ok(Caller {
+                name: "admin".into(),
+            })
         } else {
             Err(Problem::unauthorized())
         }

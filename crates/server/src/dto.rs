@@ -10,7 +10,9 @@ use utoipa::ToSchema;
 
 /// Unix milliseconds as RFC 3339.
 pub fn time(ms: i64) -> String {
-    jiff::Timestamp::from_millisecond(ms).map(|t| t.to_string()).unwrap_or_default()
+    jiff::Timestamp::from_millisecond(ms)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -55,7 +57,12 @@ pub struct TemplateOut {
 
 impl From<TemplateRow> for TemplateOut {
     fn from(r: TemplateRow) -> Self {
-        TemplateOut { name: r.name, version: r.version, updated_at: time(r.created_at), template: r.body }
+        TemplateOut {
+            name: r.name,
+            version: r.version,
+            updated_at: time(r.created_at),
+            template: r.body,
+        }
     }
 }
 
@@ -72,7 +79,13 @@ impl TemplateSummary {
     pub fn from_row(r: &TemplateRow) -> Option<(Self, bool)> {
         let t: Template = serde_json::from_value(r.body.clone()).ok()?;
         Some((
-            TemplateSummary { name: r.name.clone(), version: r.version, description: t.description, auto_runnable: t.auto_runnable, blocked: t.blocked },
+            TemplateSummary {
+                name: r.name.clone(),
+                version: r.version,
+                description: t.description,
+                auto_runnable: t.auto_runnable,
+                blocked: t.blocked,
+            },
             t.hidden,
         ))
     }
@@ -163,7 +176,11 @@ impl TaskOut {
             next_run_at: t.due_at.map(time),
             created_at: time(t.created_at),
             updated_at: time(t.updated_at),
-            steps: steps.map(|s| s.into_iter().map(|s| (s.name.clone(), StepOut::from(s))).collect()),
+            steps: steps.map(|s| {
+                s.into_iter()
+                    .map(|s| (s.name.clone(), StepOut::from(s)))
+                    .collect()
+            }),
         }
     }
 }
@@ -189,6 +206,14 @@ pub struct EventOut {
 
 impl From<TaskEvent> for EventOut {
     fn from(e: TaskEvent) -> Self {
-        EventOut { seq: e.seq, at: time(e.at), actor: e.actor, kind: e.kind, from: e.from_state, to: e.to_state, detail: e.detail }
+        EventOut {
+            seq: e.seq,
+            at: time(e.at),
+            actor: e.actor,
+            kind: e.kind,
+            from: e.from_state,
+            to: e.to_state,
+            detail: e.detail,
+        }
     }
 }

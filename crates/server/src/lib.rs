@@ -24,7 +24,9 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_body_bytes: 1024 * 1024 }
+        Limits {
+            max_body_bytes: 1024 * 1024,
+        }
     }
 }
 

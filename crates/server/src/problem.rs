@@ -10,9 +10,10 @@ use taskhook_store::StoreError;
 /// An API error. `field` names the offending part of the request when there is one.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Problem {
+    /// Always `about:blank`: the status and `title` say what kind of problem it is.
     #[serde(rename = "type")]
-    pub kind: String,
-    pub title: String,
+    pub kind: &'static str,
+    pub title: &'static str,
     pub status: u16,
     pub detail: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -25,17 +26,28 @@ pub struct Problem {
 
 impl Problem {
     pub fn new(status: StatusCode, detail: impl Into<String>) -> Self {
-        let title = status.canonical_reason().unwrap_or("Error").to_string();
-        let kind = title.to_lowercase().replace(' ', "-");
-        Problem { kind, title, status: status.as_u16(), detail: detail.into(), field: None, errors: vec![] }
+        Problem {
+            kind: "about:blank",
+            title: status.canonical_reason().unwrap_or("Error"),
+            status: status.as_u16(),
+            detail: detail.into(),
+            field: None,
+            errors: vec![],
+        }
     }
 
     pub fn field(status: StatusCode, field: impl Into<String>, detail: impl Into<String>) -> Self {
-        Problem { field: Some(field.into()), ..Problem::new(status, detail) }
+        Problem {
+            field: Some(field.into()),
+            ..Problem::new(status, detail)
+        }
     }
 
     pub fn unauthorized() -> Self {
-        Problem::new(StatusCode::UNAUTHORIZED, "a valid bearer token is required (Authorization: Bearer <token>)")
+        Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "a valid bearer token is required (Authorization: Bearer <token>)",
+        )
     }
 
     pub fn not_found(what: impl std::fmt::Display) -> Self {
@@ -47,7 +59,12 @@ impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = serde_json::to_vec(&self).unwrap_or_default();
-        (status, [(header::CONTENT_TYPE, "application/problem+json")], body).into_response()
+        (
+            status,
+            [(header::CONTENT_TYPE, "application/problem+json")],
+            body,
+        )
+            .into_response()
     }
 }
 
@@ -55,10 +72,16 @@ impl From<EngineError> for Problem {
     fn from(e: EngineError) -> Self {
         match e {
             EngineError::NotFound { what } => Problem::not_found(what),
-            EngineError::Invalid { field, message } => Problem::field(StatusCode::BAD_REQUEST, field, message),
+            EngineError::Invalid { field, message } => {
+                Problem::field(StatusCode::BAD_REQUEST, field, message)
+            }
             EngineError::Template(t) => {
                 let first = t.errors.first().map(|e| e.field.clone());
-                Problem { field: first, errors: t.errors.clone(), ..Problem::new(StatusCode::BAD_REQUEST, t.to_string()) }
+                Problem {
+                    field: first,
+                    errors: t.errors.clone(),
+                    ..Problem::new(StatusCode::BAD_REQUEST, t.to_string())
+                }
             }
             EngineError::Conflict(m) => Problem::new(StatusCode::CONFLICT, m),
             EngineError::Store(s) => s.into(),
@@ -74,7 +97,10 @@ impl From<StoreError> for Problem {
             StoreError::Conflict(m) => Problem::new(StatusCode::CONFLICT, m),
             other => {
                 tracing::error!(error = %other, "store failure");
-                Problem::new(StatusCode::SERVICE_UNAVAILABLE, "the database is unavailable; try again")
+                Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the database is unavailable; try again",
+                )
             }
         }
     }

@@ -13,7 +13,10 @@ use tokio::sync::oneshot;
 use crate::types::*;
 use crate::{Result, StoreError, now_ms};
 
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/sqlite/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/sqlite/0001_init.sql"),
+    include_str!("../migrations/sqlite/0002_functions.sql"),
+];
 /// Most writes one transaction takes; beyond it the next batch starts.
 const MAX_BATCH: usize = 2048;
 const READERS: usize = 4;
@@ -97,7 +100,9 @@ fn json(v: &Value) -> String {
 }
 
 fn parse_json(s: String) -> rusqlite::Result<Value> {
-    serde_json::from_str(&s).map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
+    serde_json::from_str(&s).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
 }
 
 fn parse_state(s: String) -> rusqlite::Result<TaskState> {
@@ -132,7 +137,8 @@ fn task_from_row(r: &Row<'_>) -> rusqlite::Result<TaskRow> {
     })
 }
 
-const STEP_COLUMNS: &str = "name, state, output, metadata, error, attempts, next_retry_at, foreach_parent, item";
+const STEP_COLUMNS: &str =
+    "name, state, output, metadata, error, attempts, next_retry_at, foreach_parent, item";
 
 fn step_from_row(r: &Row<'_>) -> rusqlite::Result<StepRow> {
     let item: Option<String> = r.get(8)?;
@@ -151,13 +157,18 @@ fn step_from_row(r: &Row<'_>) -> rusqlite::Result<StepRow> {
 
 fn load_task(conn: &Connection, id: &str) -> Result<Option<TaskRow>> {
     let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1");
-    Ok(conn.prepare_cached(&sql)?.query_row([id], task_from_row).optional()?)
+    Ok(conn
+        .prepare_cached(&sql)?
+        .query_row([id], task_from_row)
+        .optional()?)
 }
 
 fn load_steps(conn: &Connection, id: &str) -> Result<Vec<StepRow>> {
     let sql = format!("SELECT {STEP_COLUMNS} FROM steps WHERE task_id = ?1 ORDER BY name");
     let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map([id], step_from_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+    let rows = stmt
+        .query_map([id], step_from_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(rows)
 }
 
@@ -204,7 +215,9 @@ fn check_lease(conn: &Connection, task_id: &str, epoch: i64) -> Result<()> {
         .optional()?;
     match held {
         Some((state, e)) if e == epoch && state == "RUNNING" => Ok(()),
-        _ => Err(StoreError::LeaseLost { task: task_id.to_string() }),
+        _ => Err(StoreError::LeaseLost {
+            task: task_id.to_string(),
+        }),
     }
 }
 
@@ -235,14 +248,27 @@ impl SqliteStore {
 
     /// Stops accepting writes and waits for the writer to commit what it has.
     pub fn close(&self) {
-        self.inner.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(h) = self.inner.writer_thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        self.inner
+            .writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(h) = self
+            .inner
+            .writer_thread
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
             let _ = h.join();
         }
     }
 
     /// Runs `f` inside the shared write transaction; resolves after COMMIT.
-    async fn write<T: Send + 'static>(&self, f: impl FnOnce(&Connection) -> Result<T> + Send + 'static) -> Result<T> {
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |conn| {
             let res = f(conn);
@@ -258,16 +284,27 @@ impl SqliteStore {
         });
         {
             let guard = self.inner.writer.lock().unwrap_or_else(|e| e.into_inner());
-            guard.as_ref().ok_or(StoreError::Closed)?.send(job).map_err(|_| StoreError::Closed)?;
+            guard
+                .as_ref()
+                .ok_or(StoreError::Closed)?
+                .send(job)
+                .map_err(|_| StoreError::Closed)?;
         }
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Runs `f` on a reader connection on the blocking pool.
-    async fn read<T: Send + 'static>(&self, f: impl FnOnce(&Connection) -> Result<T> + Send + 'static) -> Result<T> {
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
-            let conn = inner.readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            let conn = inner
+                .readers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop();
             let conn = match conn {
                 Some(c) => c,
                 None => open_connection(&inner.path)?,
@@ -331,7 +368,11 @@ impl SqliteStore {
         .await
     }
 
-    pub async fn get_template_version(&self, name: &str, version: i64) -> Result<Option<TemplateRow>> {
+    pub async fn get_template_version(
+        &self,
+        name: &str,
+        version: i64,
+    ) -> Result<Option<TemplateRow>> {
         let name = name.to_string();
         self.read(move |c| {
             Ok(c.prepare_cached("SELECT name, version, body, created_at FROM template_versions WHERE name = ?1 AND version = ?2")?
@@ -360,7 +401,63 @@ impl SqliteStore {
     /// Removes a template from the catalogue. Its versions stay, so tasks pinned to them finish.
     pub async fn delete_template(&self, name: &str) -> Result<bool> {
         let name = name.to_string();
-        self.write(move |c| Ok(c.prepare_cached("DELETE FROM templates WHERE name = ?1")?.execute([name])? > 0)).await
+        self.write(move |c| {
+            Ok(c.prepare_cached("DELETE FROM templates WHERE name = ?1")?
+                .execute([name])?
+                > 0)
+        })
+        .await
+    }
+
+    // ---- functions ----
+
+    /// Creates or replaces a library function; returns whether it is new.
+    pub async fn put_function(&self, name: &str, body: Value) -> Result<bool> {
+        let name = name.to_string();
+        self.write(move |c| {
+            let existed: bool =
+                c.prepare_cached("SELECT 1 FROM functions WHERE name = ?1")?.query_row([&name], |_| Ok(true)).optional()?.unwrap_or(false);
+            c.prepare_cached(
+                "INSERT INTO functions (name, body, updated_at) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (name) DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at",
+            )?
+            .execute(params![name, json(&body), now_ms()])?;
+            Ok(!existed)
+        })
+        .await
+    }
+
+    pub async fn get_function(&self, name: &str) -> Result<Option<Value>> {
+        let name = name.to_string();
+        self.read(move |c| {
+            let body: Option<String> = c
+                .prepare_cached("SELECT body FROM functions WHERE name = ?1")?
+                .query_row([name], |r| r.get(0))
+                .optional()?;
+            Ok(body.map(parse_json).transpose()?)
+        })
+        .await
+    }
+
+    pub async fn list_functions(&self) -> Result<Vec<Value>> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached("SELECT body FROM functions ORDER BY name")?;
+            let rows = stmt
+                .query_map([], |r| parse_json(r.get(0)?))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    pub async fn delete_function(&self, name: &str) -> Result<bool> {
+        let name = name.to_string();
+        self.write(move |c| {
+            Ok(c.prepare_cached("DELETE FROM functions WHERE name = ?1")?
+                .execute([name])?
+                > 0)
+        })
+        .await
     }
 
     // ---- tasks ----
@@ -408,7 +505,9 @@ impl SqliteStore {
     pub async fn get_task(&self, id: &str) -> Result<Option<(TaskRow, Vec<StepRow>)>> {
         let id = id.to_string();
         self.read(move |c| {
-            let Some(task) = load_task(c, &id)? else { return Ok(None) };
+            let Some(task) = load_task(c, &id)? else {
+                return Ok(None);
+            };
             let steps = load_steps(c, &id)?;
             Ok(Some((task, steps)))
         })
@@ -435,7 +534,10 @@ impl SqliteStore {
             sql.push_str(&format!(" ORDER BY id DESC LIMIT ?{}", args.len()));
             let mut stmt = c.prepare_cached(&sql)?;
             let rows = stmt
-                .query_map(rusqlite::params_from_iter(args.iter().map(|a| a.as_ref())), task_from_row)?
+                .query_map(
+                    rusqlite::params_from_iter(args.iter().map(|a| a.as_ref())),
+                    task_from_row,
+                )?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(rows)
         })
@@ -471,7 +573,13 @@ impl SqliteStore {
 
     /// Claims up to `limit` tasks due at `now` (READY, or WAITING on a timer that fired):
     /// sets them RUNNING under a new lease epoch and returns them with their steps.
-    pub async fn claim_due(&self, owner: &str, now: i64, limit: usize, lease_ms: i64) -> Result<Vec<ClaimedTask>> {
+    pub async fn claim_due(
+        &self,
+        owner: &str,
+        now: i64,
+        limit: usize,
+        lease_ms: i64,
+    ) -> Result<Vec<ClaimedTask>> {
         let owner = owner.to_string();
         self.write(move |c| {
             let mut pick = c.prepare_cached(
@@ -519,7 +627,13 @@ impl SqliteStore {
     /// Ends a run: writes the last step rows, moves the task to its next state, releases the
     /// lease and records why. When the task ends and its parent waits on it, wakes the parent
     /// (returns its id so the caller can notify the engine).
-    pub async fn end_run(&self, task_id: &str, epoch: i64, steps: Vec<StepRow>, end: RunEnd) -> Result<Option<String>> {
+    pub async fn end_run(
+        &self,
+        task_id: &str,
+        epoch: i64,
+        steps: Vec<StepRow>,
+        end: RunEnd,
+    ) -> Result<Option<String>> {
         let task_id = task_id.to_string();
         self.write(move |c| {
             check_lease(c, &task_id, epoch)?;
@@ -607,7 +721,10 @@ impl SqliteStore {
     /// How many tasks are in `state`.
     pub async fn count_tasks(&self, state: TaskState) -> Result<u64> {
         self.read(move |c| {
-            Ok(c.prepare_cached("SELECT COUNT(*) FROM tasks WHERE state = ?1")?.query_row([state.as_str()], |r| r.get::<_, i64>(0))? as u64)
+            Ok(
+                c.prepare_cached("SELECT COUNT(*) FROM tasks WHERE state = ?1")?
+                    .query_row([state.as_str()], |r| r.get::<_, i64>(0))? as u64,
+            )
         })
         .await
     }
@@ -616,8 +733,14 @@ impl SqliteStore {
 
     pub async fn get_setting(&self, key: &str) -> Result<Option<String>> {
         let key = key.to_string();
-        self.read(move |c| Ok(c.prepare_cached("SELECT value FROM settings WHERE key = ?1")?.query_row([key], |r| r.get(0)).optional()?))
-            .await
+        self.read(move |c| {
+            Ok(
+                c.prepare_cached("SELECT value FROM settings WHERE key = ?1")?
+                    .query_row([key], |r| r.get(0))
+                    .optional()?,
+            )
+        })
+        .await
     }
 
     pub async fn set_setting(&self, key: &str, value: &str) -> Result<()> {
@@ -632,13 +755,23 @@ impl SqliteStore {
 }
 
 /// When a child task reaches a final state and its parent is WAITING, the parent becomes due now.
-fn wake_parent_if_ended(c: &Connection, task_id: &str, state: TaskState, now: i64) -> Result<Option<String>> {
+fn wake_parent_if_ended(
+    c: &Connection,
+    task_id: &str,
+    state: TaskState,
+    now: i64,
+) -> Result<Option<String>> {
     if !state.is_final() {
         return Ok(None);
     }
-    let parent: Option<String> =
-        c.prepare_cached("SELECT parent_id FROM tasks WHERE id = ?1")?.query_row([task_id], |r| r.get(0)).optional()?.flatten();
-    let Some(parent) = parent else { return Ok(None) };
+    let parent: Option<String> = c
+        .prepare_cached("SELECT parent_id FROM tasks WHERE id = ?1")?
+        .query_row([task_id], |r| r.get(0))
+        .optional()?
+        .flatten();
+    let Some(parent) = parent else {
+        return Ok(None);
+    };
     let woke = c
         .prepare_cached("UPDATE tasks SET due_at = ?2, updated_at = ?2 WHERE id = ?1 AND state IN ('WAITING', 'RUNNING')")?
         .execute(params![parent, now])?;

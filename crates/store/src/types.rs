@@ -107,7 +107,13 @@ pub struct NewEvent {
 }
 
 impl NewEvent {
-    pub fn transition(actor: &str, kind: &str, from: TaskState, to: TaskState, detail: Value) -> Self {
+    pub fn transition(
+        actor: &str,
+        kind: &str,
+        from: TaskState,
+        to: TaskState,
+        detail: Value,
+    ) -> Self {
         NewEvent {
             actor: actor.to_string(),
             kind: kind.to_string(),

@@ -45,14 +45,22 @@ impl Server {
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
         let url = loop {
-            let line = lines.next().expect("server exited before listening").unwrap();
+            let line = lines
+                .next()
+                .expect("server exited before listening")
+                .unwrap();
             if let Some(rest) = line.strip_prefix("taskhook is listening on ") {
                 break rest.trim().to_string();
             }
         };
         // Keep draining stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Server { child, url, data_dir, http: reqwest::Client::new() }
+        Server {
+            child,
+            url,
+            data_dir,
+            http: reqwest::Client::new(),
+        }
     }
 
     pub fn kill9(&mut self) {
@@ -60,14 +68,26 @@ impl Server {
         let _ = self.child.wait();
     }
 
-    pub async fn req(&self, method: reqwest::Method, path: &str, body: Option<(&str, &str)>) -> (u16, String, Value) {
-        let mut r = self.http.request(method, format!("{}{}", self.url, path)).bearer_auth(TOKEN);
+    pub async fn req(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<(&str, &str)>,
+    ) -> (u16, String, Value) {
+        let mut r = self
+            .http
+            .request(method, format!("{}{}", self.url, path))
+            .bearer_auth(TOKEN);
         if let Some((b, ct)) = body {
             r = r.header("content-type", ct).body(b.to_string());
         }
         let resp = r.send().await.unwrap();
         let status = resp.status().as_u16();
-        let ct = resp.headers().get("content-type").map(|v| v.to_str().unwrap_or("").to_string()).unwrap_or_default();
+        let ct = resp
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap_or("").to_string())
+            .unwrap_or_default();
         let text = resp.text().await.unwrap();
         let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
         (status, ct, v)
@@ -79,12 +99,24 @@ impl Server {
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        let (s, _, v) = self.req(reqwest::Method::POST, path, Some((&body.to_string(), "application/json"))).await;
+        let (s, _, v) = self
+            .req(
+                reqwest::Method::POST,
+                path,
+                Some((&body.to_string(), "application/json")),
+            )
+            .await;
         (s, v)
     }
 
     pub async fn put_template(&self, name: &str, yaml: &str) -> (u16, Value) {
-        let (s, _, v) = self.req(reqwest::Method::PUT, &format!("/api/v1/templates/{name}"), Some((yaml, "application/yaml"))).await;
+        let (s, _, v) = self
+            .req(
+                reqwest::Method::PUT,
+                &format!("/api/v1/templates/{name}"),
+                Some((yaml, "application/yaml")),
+            )
+            .await;
         (s, v)
     }
 
@@ -115,8 +147,16 @@ impl Drop for Server {
 pub async fn target() -> String {
     use axum::routing::{get, post};
     let app = axum::Router::new()
-        .route("/items", get(|| async { axum::Json(serde_json::json!({"items": ["a", "b", "c"], "env": "prod"})) }))
-        .route("/echo", post(|body: axum::Json<Value>| async move { axum::Json(body.0) }))
+        .route(
+            "/items",
+            get(|| async {
+                axum::Json(serde_json::json!({"items": ["a", "b", "c"], "env": "prod"}))
+            }),
+        )
+        .route(
+            "/echo",
+            post(|body: axum::Json<Value>| async move { axum::Json(body.0) }),
+        )
         .route(
             "/slow",
             get(|| async {
@@ -124,7 +164,10 @@ pub async fn target() -> String {
                 axum::Json(serde_json::json!({"slow": true}))
             }),
         )
-        .route("/missing", get(|| async { (axum::http::StatusCode::NOT_FOUND, "nope") }));
+        .route(
+            "/missing",
+            get(|| async { (axum::http::StatusCode::NOT_FOUND, "nope") }),
+        );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });

@@ -26,16 +26,28 @@ fn new_task(id: &str, key: Option<&str>) -> NewTask {
 }
 
 fn created() -> NewEvent {
-    NewEvent { actor: "admin".into(), kind: "created".into(), from_state: None, to_state: Some("READY".into()), detail: Value::Null }
+    NewEvent {
+        actor: "admin".into(),
+        kind: "created".into(),
+        from_state: None,
+        to_state: Some("READY".into()),
+        detail: Value::Null,
+    }
 }
 
 #[tokio::test]
 async fn create_claim_and_end_a_task() {
     let (s, _dir) = temp_store();
-    let (row, fresh) = s.create_task(new_task("t1", Some("k")), created()).await.unwrap();
+    let (row, fresh) = s
+        .create_task(new_task("t1", Some("k")), created())
+        .await
+        .unwrap();
     assert!(fresh);
     assert_eq!(row.state, TaskState::Ready);
-    let (again, fresh) = s.create_task(new_task("t2", Some("k")), created()).await.unwrap();
+    let (again, fresh) = s
+        .create_task(new_task("t2", Some("k")), created())
+        .await
+        .unwrap();
     assert!(!fresh);
     assert_eq!(again.id, "t1");
 
@@ -45,7 +57,12 @@ async fn create_claim_and_end_a_task() {
     assert_eq!(c.task.state, TaskState::Running);
     assert_eq!(c.task.lease_epoch, 1);
     assert_eq!(c.steps.len(), 2);
-    assert!(s.claim_due("me", now_ms(), 10, 30_000).await.unwrap().is_empty());
+    assert!(
+        s.claim_due("me", now_ms(), 10, 30_000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     let mut step = c.steps[0].clone();
     step.state = StepState::Done;
@@ -58,7 +75,13 @@ async fn create_claim_and_end_a_task() {
         state: TaskState::Done,
         due_at: None,
         result: Some(json!({"ok": true})),
-        event: NewEvent::transition("engine", "ended", TaskState::Running, TaskState::Done, Value::Null),
+        event: NewEvent::transition(
+            "engine",
+            "ended",
+            TaskState::Running,
+            TaskState::Done,
+            Value::Null,
+        ),
     };
     s.end_run("t1", 1, vec![], end.clone()).await.unwrap();
     let (task, steps) = s.get_task("t1").await.unwrap().unwrap();
@@ -75,13 +98,44 @@ async fn create_claim_and_end_a_task() {
 #[tokio::test]
 async fn illegal_transitions_are_refused_and_change_nothing() {
     let (s, _dir) = temp_store();
-    s.create_task(new_task("t1", None), created()).await.unwrap();
-    let ev = NewEvent { actor: "u".into(), kind: "resolve".into(), from_state: None, to_state: None, detail: Value::Null };
-    let err = s.transition("t1", &[TaskState::Todo], TaskState::Ready, Some(0), None, ev.clone()).await.unwrap_err();
+    s.create_task(new_task("t1", None), created())
+        .await
+        .unwrap();
+    let ev = NewEvent {
+        actor: "u".into(),
+        kind: "resolve".into(),
+        from_state: None,
+        to_state: None,
+        detail: Value::Null,
+    };
+    let err = s
+        .transition(
+            "t1",
+            &[TaskState::Todo],
+            TaskState::Ready,
+            Some(0),
+            None,
+            ev.clone(),
+        )
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::Transition(_)), "{err}");
     assert_eq!(s.task_events("t1").await.unwrap().len(), 1);
-    let out = s.transition("t1", &[TaskState::Ready], TaskState::Cancelled, None, None, ev).await.unwrap();
-    assert_eq!(out, TransitionOutcome::Applied(TaskState::Ready, TaskState::Cancelled));
+    let out = s
+        .transition(
+            "t1",
+            &[TaskState::Ready],
+            TaskState::Cancelled,
+            None,
+            None,
+            ev,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        TransitionOutcome::Applied(TaskState::Ready, TaskState::Cancelled)
+    );
 }
 
 #[tokio::test]
@@ -90,12 +144,21 @@ async fn many_concurrent_writes_all_commit() {
     let mut handles = Vec::new();
     for i in 0..500 {
         let s = s.clone();
-        handles.push(tokio::spawn(async move { s.create_task(new_task(&format!("t{i:04}"), None), created()).await }));
+        handles.push(tokio::spawn(async move {
+            s.create_task(new_task(&format!("t{i:04}"), None), created())
+                .await
+        }));
     }
     for h in handles {
         h.await.unwrap().unwrap();
     }
-    let all = s.list_tasks(TaskFilter { limit: 1000, ..Default::default() }).await.unwrap();
+    let all = s
+        .list_tasks(TaskFilter {
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(all.len(), 500);
     assert_eq!(all[0].id, "t0499");
 }
@@ -117,7 +180,9 @@ async fn a_failed_write_does_not_undo_its_neighbours() {
 #[tokio::test]
 async fn recovery_makes_running_tasks_ready() {
     let (s, dir) = temp_store();
-    s.create_task(new_task("t1", None), created()).await.unwrap();
+    s.create_task(new_task("t1", None), created())
+        .await
+        .unwrap();
     s.claim_due("me", now_ms(), 10, 30_000).await.unwrap();
     s.close();
     let s = SqliteStore::open(dir.join("db.sqlite")).unwrap();
