@@ -18,13 +18,17 @@ use taskhook_actions::{Registry, TaskService, TaskSnapshot};
 use taskhook_model::input::resolve_inputs;
 use taskhook_model::{Function, TaskState, Template};
 use taskhook_store::{
-    NewEvent, NewTask, Store, StoreError, TaskRow, TemplateRow, TransitionOutcome, now_ms,
+    ClaimedTask, NewEvent, NewTask, StepRow, Store, StoreError, TaskRow, TemplateRow,
+    TransitionOutcome, now_ms,
 };
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 pub use catalog::{ActionCatalog, CompiledTemplate, parse_and_validate};
 pub use taskhook_model::validate::TemplateError;
+
+/// How long a template's current version is trusted without asking the store.
+const CURRENT_VERSION_TTL: Duration = Duration::from_secs(2);
 
 /// Operator settings of the engine.
 #[derive(Debug, Clone)]
@@ -104,6 +108,10 @@ pub(crate) struct Inner {
     /// Wakes the dispatcher: a runner finished, so there is room to claim more.
     pub room: Notify,
     pub templates: Mutex<HashMap<(String, i64), Arc<CompiledTemplate>>>,
+    /// The current version of each template, as last seen, and when: saves a read per task
+    /// creation. Entries are replaced on put and dropped on delete by this process, and
+    /// expire after [`CURRENT_VERSION_TTL`] for changes made elsewhere.
+    pub current_versions: Mutex<HashMap<String, (i64, std::time::Instant)>>,
     /// Runs in progress, with the token that stops them.
     pub running: Mutex<HashMap<String, RunControl>>,
     /// Stops asked for before the run registered itself.
@@ -112,6 +120,8 @@ pub(crate) struct Inner {
     pub step_slots: Arc<Semaphore>,
     pub resources: HashMap<String, Arc<Semaphore>>,
     pub shutdown: CancellationToken,
+    /// Set by [`Engine::start`]: only a started engine runs tasks.
+    pub started: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Clone)]
@@ -149,10 +159,12 @@ impl Engine {
             wake: Notify::new(),
             room: Notify::new(),
             templates: Mutex::new(HashMap::new()),
+            current_versions: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
             pending_stops: Mutex::new(HashMap::new()),
             resources,
             shutdown: CancellationToken::new(),
+            started: std::sync::atomic::AtomicBool::new(false),
         });
         Engine { inner }
     }
@@ -252,7 +264,20 @@ impl Engine {
             field: "template".into(),
             message: e.to_string(),
         })?;
-        Ok(self.inner.store.put_template(&template.name, body).await?)
+        let (row, created) = self.inner.store.put_template(&template.name, body).await?;
+        self.inner.remember_version(&row.name, row.version);
+        Ok((row, created))
+    }
+
+    /// Removes a template from the catalogue; tasks already created from it still finish.
+    pub async fn delete_template(&self, name: &str) -> Result<bool, EngineError> {
+        let deleted = self.inner.store.delete_template(name).await?;
+        self.inner
+            .current_versions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+        Ok(deleted)
     }
 
     /// Creates a task; with an idempotency key already used, returns the first task and `false`.
@@ -367,6 +392,9 @@ impl Engine {
                 "resuming tasks that were running when the server stopped"
             );
         }
+        self.inner
+            .started
+            .store(true, std::sync::atomic::Ordering::Release);
         let inner = self.inner.clone();
         Ok(tokio::spawn(async move { inner.dispatch().await }))
     }
@@ -416,6 +444,37 @@ impl Engine {
 }
 
 impl Inner {
+    fn remember_version(&self, name: &str, version: i64) {
+        self.current_versions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), (version, std::time::Instant::now()));
+    }
+
+    /// The current version of a template, from the short-lived cache or the store.
+    async fn current_version(&self, name: &str) -> Result<i64, EngineError> {
+        let cached = self
+            .current_versions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .copied();
+        if let Some((version, seen)) = cached
+            && seen.elapsed() < CURRENT_VERSION_TTL
+        {
+            return Ok(version);
+        }
+        let row = self
+            .store
+            .get_template(name)
+            .await?
+            .ok_or_else(|| EngineError::NotFound {
+                what: format!("template {name:?}"),
+            })?;
+        self.remember_version(name, row.version);
+        Ok(row.version)
+    }
+
     pub(crate) async fn template(
         &self,
         name: &str,
@@ -450,15 +509,12 @@ impl Inner {
         Ok(compiled)
     }
 
-    async fn create_task(&self, req: CreateTask) -> Result<(TaskRow, bool), EngineError> {
-        let row = self
-            .store
-            .get_template(&req.template)
-            .await?
-            .ok_or_else(|| EngineError::NotFound {
-                what: format!("template {:?}", req.template),
-            })?;
-        let compiled = self.template(&row.name, row.version).await?;
+    async fn create_task(
+        self: &Arc<Self>,
+        req: CreateTask,
+    ) -> Result<(TaskRow, bool), EngineError> {
+        let version = self.current_version(&req.template).await?;
+        let compiled = self.template(&req.template, version).await?;
         let t = &compiled.template;
         if t.blocked {
             return Err(EngineError::Conflict(format!(
@@ -502,11 +558,26 @@ impl Inner {
         } else {
             TaskState::Todo
         };
-        let due_at = (state == TaskState::Ready).then(|| req.run_at.unwrap_or_else(now_ms));
+        let now = now_ms();
+        let due_at = (state == TaskState::Ready).then(|| req.run_at.unwrap_or(now));
+        // A task due now, with a free slot, is claimed in the same write and started at once:
+        // no second commit, no dispatcher hop.
+        let permit = (self.started.load(std::sync::atomic::Ordering::Acquire)
+            && !self.shutdown.is_cancelled()
+            && due_at.is_some_and(|d| d <= now))
+        .then(|| self.task_slots.clone().try_acquire_owned().ok())
+        .flatten();
+        let claim = permit.as_ref().map(|_| {
+            (
+                self.config.owner.clone(),
+                now + self.config.lease.as_millis() as i64,
+            )
+        });
+        let step_names: Vec<String> = t.steps.keys().cloned().collect();
         let new = NewTask {
             id,
-            template: row.name.clone(),
-            template_version: row.version,
+            template: req.template.clone(),
+            template_version: version,
             title,
             state,
             inputs: Value::Object(inputs),
@@ -516,7 +587,8 @@ impl Inner {
             idempotency_key: req.idempotency_key,
             run_max: t.retry_max(),
             due_at,
-            steps: t.steps.keys().cloned().collect(),
+            steps: step_names.clone(),
+            claim,
         };
         let event = NewEvent {
             actor: req.requester,
@@ -526,8 +598,20 @@ impl Inner {
             detail: Value::Null,
         };
         let (task, created) = self.store.create_task(new, event).await?;
-        if created && state == TaskState::Ready {
-            self.wake.notify_one();
+        match permit {
+            Some(permit) if created && task.state == TaskState::Running => {
+                let steps = step_names.into_iter().map(StepRow::new).collect();
+                self.spawn_run(
+                    ClaimedTask {
+                        task: task.clone(),
+                        claimed_from: TaskState::Ready,
+                        steps,
+                    },
+                    permit,
+                );
+            }
+            _ if created && state == TaskState::Ready => self.wake.notify_one(),
+            _ => {}
         }
         Ok((task, created))
     }
@@ -622,6 +706,20 @@ impl Inner {
         }
     }
 
+    /// Runs a claimed task in its own tokio task, holding a task slot until it ends.
+    fn spawn_run(
+        self: &Arc<Self>,
+        claimed: ClaimedTask,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) {
+        let inner = self.clone();
+        tokio::spawn(async move {
+            run::run_task(inner.clone(), claimed).await;
+            drop(permit);
+            inner.room.notify_one();
+        });
+    }
+
     /// Claims due tasks while there is room, then sleeps until woken or the next due time.
     async fn dispatch(self: Arc<Self>) {
         const MAX_CLAIM: usize = 256;
@@ -636,6 +734,12 @@ impl Inner {
                     _ = self.shutdown.cancelled() => return,
                 }
             }
+            // Take the slots first: a task is claimed only with a slot to run it in, even when
+            // task creation claims tasks concurrently.
+            let Ok(mut permits) = self.task_slots.clone().try_acquire_many_owned(room as u32)
+            else {
+                continue;
+            };
             let now = now_ms();
             let claimed = match self
                 .store
@@ -650,22 +754,19 @@ impl Inner {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::error!(error = %e, "claiming tasks failed; retrying");
+                    drop(permits);
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     continue;
                 }
             };
             let full_batch = claimed.len() == room;
             for c in claimed {
-                let Ok(permit) = self.task_slots.clone().try_acquire_owned() else {
-                    break;
-                };
-                let inner = self.clone();
-                tokio::spawn(async move {
-                    run::run_task(inner.clone(), c).await;
-                    drop(permit);
-                    inner.room.notify_one();
-                });
+                let permit = permits
+                    .split(1)
+                    .expect("one permit was taken per claimable task");
+                self.spawn_run(c, permit);
             }
+            drop(permits);
             if full_batch {
                 continue;
             }

@@ -236,7 +236,7 @@ async fn delete_template(
     State(s): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, Problem> {
-    if s.engine.store().delete_template(&name).await? {
+    if s.engine.delete_template(&name).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(Problem::not_found(format!("template {name:?}")))

@@ -70,22 +70,22 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
             }
         }
         let mut finishers = Vec::with_capacity(batch.len());
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        if let Err(e) = run_cached(&conn, "BEGIN IMMEDIATE") {
             // Dropping the jobs unanswered tells every caller the write did not happen.
             tracing::error!(error = %e, "could not begin a write transaction");
             batch.clear();
             continue;
         }
         for job in batch.drain(..) {
-            let _ = conn.execute_batch("SAVEPOINT job");
+            let _ = run_cached(&conn, "SAVEPOINT job");
             let (ok, finish) = job(&conn);
             if !ok {
-                let _ = conn.execute_batch("ROLLBACK TO job");
+                let _ = run_cached(&conn, "ROLLBACK TO job");
             }
-            let _ = conn.execute_batch("RELEASE job");
+            let _ = run_cached(&conn, "RELEASE job");
             finishers.push(finish);
         }
-        let commit = conn.execute_batch("COMMIT").map_err(StoreError::from);
+        let commit = run_cached(&conn, "COMMIT").map_err(StoreError::from);
         if commit.is_err() {
             let _ = conn.execute_batch("ROLLBACK");
         }
@@ -93,6 +93,11 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
             f(commit.as_ref().err());
         }
     }
+}
+
+/// Runs a parameterless statement from the statement cache (no parsing per call).
+fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute([])
 }
 
 fn json(v: &Value) -> String {
@@ -467,7 +472,9 @@ impl SqliteStore {
     pub async fn create_task(&self, t: NewTask, event: NewEvent) -> Result<(TaskRow, bool)> {
         self.write(move |c| {
             if let Some(key) = &t.idempotency_key {
-                let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE template = ?1 AND idempotency_key = ?2");
+                let sql = format!(
+                    "SELECT {TASK_COLUMNS} FROM tasks WHERE template = ?1 AND idempotency_key IS NOT NULL AND idempotency_key = ?2"
+                );
                 if let Some(existing) = c.prepare_cached(&sql)?.query_row(params![t.template, key], task_from_row).optional()? {
                     return Ok((existing, false));
                 }
@@ -496,6 +503,15 @@ impl SqliteStore {
             let steps: Vec<StepRow> = t.steps.iter().map(StepRow::new).collect();
             upsert_steps(c, &t.id, &steps, now)?;
             insert_event(c, &t.id, now, &event)?;
+            if let Some((owner, lease_until)) = &t.claim {
+                TaskState::Ready.check_transition(TaskState::Running)?;
+                c.prepare_cached(
+                    "UPDATE tasks SET state = 'RUNNING', due_at = NULL, lease_owner = ?2, lease_epoch = lease_epoch + 1, \
+                     lease_until = ?3, run_count = run_count + 1 WHERE id = ?1 AND state = 'READY'",
+                )?
+                .execute(params![t.id, owner, lease_until])?;
+                insert_event(c, &t.id, now, &NewEvent::transition("engine", "claimed", TaskState::Ready, TaskState::Running, Value::Null))?;
+            }
             let row = load_task(c, &t.id)?.ok_or_else(|| StoreError::NotFound { what: format!("task {}", t.id) })?;
             Ok((row, true))
         })
@@ -583,7 +599,10 @@ impl SqliteStore {
         let owner = owner.to_string();
         self.write(move |c| {
             let mut pick = c.prepare_cached(
-                "SELECT id, state FROM tasks WHERE due_at <= ?1 AND state IN ('READY', 'WAITING') ORDER BY due_at LIMIT ?2",
+                // `due_at IS NOT NULL` lets the planner use the partial index without looking at ?1,
+                // so the cached statement is not re-prepared on every call.
+                "SELECT id, state FROM tasks WHERE due_at IS NOT NULL AND due_at <= ?1 AND state IN ('READY', 'WAITING') \
+                 ORDER BY due_at LIMIT ?2",
             )?;
             let picked = pick
                 .query_map(params![now, limit as i64], |r| Ok((r.get::<_, String>(0)?, parse_state(r.get(1)?)?)))?

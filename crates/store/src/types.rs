@@ -28,6 +28,9 @@ pub struct NewTask {
     pub run_max: u32,
     pub due_at: Option<i64>,
     pub steps: Vec<String>,
+    /// Claim the task in the same write, for a runner that starts it at once:
+    /// `(lease owner, lease expiry in unix ms)`. Only for a READY task due now.
+    pub claim: Option<(String, i64)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

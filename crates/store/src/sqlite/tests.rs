@@ -22,6 +22,7 @@ fn new_task(id: &str, key: Option<&str>) -> NewTask {
         run_max: 100,
         due_at: Some(0),
         steps: vec!["a".into(), "b".into()],
+        claim: None,
     }
 }
 
