@@ -6,6 +6,7 @@
 //! next due time the store reports.
 
 mod catalog;
+mod hooks;
 mod run;
 
 use std::collections::{HashMap, HashSet};
@@ -25,6 +26,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 pub use catalog::{ActionCatalog, CompiledTemplate, parse_and_validate};
+pub use hooks::{DryRun, FireResult};
 pub use taskhook_model::validate::TemplateError;
 
 /// How long a template's current version is trusted without asking the store.
@@ -86,6 +88,13 @@ impl From<StoreError> for EngineError {
     }
 }
 
+/// A task ready to insert, with the slot it will run in when it is claimed at creation.
+pub(crate) struct PreparedTask {
+    pub task: NewTask,
+    pub event: NewEvent,
+    pub permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
 /// A request to start a task.
 #[derive(Debug, Clone, Default)]
 pub struct CreateTask {
@@ -120,6 +129,8 @@ pub(crate) struct Inner {
     pub step_slots: Arc<Semaphore>,
     pub resources: HashMap<String, Arc<Semaphore>>,
     pub shutdown: CancellationToken,
+    /// Wakes the scheduler: hooks were created, changed or deleted.
+    pub hooks_changed: Notify,
     /// Set by [`Engine::start`]: only a started engine runs tasks.
     pub started: std::sync::atomic::AtomicBool,
 }
@@ -165,6 +176,7 @@ impl Engine {
             resources,
             shutdown: CancellationToken::new(),
             started: std::sync::atomic::AtomicBool::new(false),
+            hooks_changed: Notify::new(),
         });
         Engine { inner }
     }
@@ -513,6 +525,21 @@ impl Inner {
         self: &Arc<Self>,
         req: CreateTask,
     ) -> Result<(TaskRow, bool), EngineError> {
+        let prepared = self.prepare_task(req).await?;
+        let (task, created) = self
+            .store
+            .create_task(prepared.task.clone(), prepared.event.clone())
+            .await?;
+        self.start_created(prepared, &task, created);
+        Ok((task, created))
+    }
+
+    /// Checks a creation request against its template and builds the rows to insert. When the
+    /// task is due now and a slot is free, it will be claimed in its creation write.
+    pub(crate) async fn prepare_task(
+        self: &Arc<Self>,
+        req: CreateTask,
+    ) -> Result<PreparedTask, EngineError> {
         let version = self.current_version(&req.template).await?;
         let compiled = self.template(&req.template, version).await?;
         let t = &compiled.template;
@@ -573,7 +600,6 @@ impl Inner {
                 now + self.config.lease.as_millis() as i64,
             )
         });
-        let step_names: Vec<String> = t.steps.keys().cloned().collect();
         let new = NewTask {
             id,
             template: req.template.clone(),
@@ -587,7 +613,7 @@ impl Inner {
             idempotency_key: req.idempotency_key,
             run_max: t.retry_max(),
             due_at,
-            steps: step_names.clone(),
+            steps: t.steps.keys().cloned().collect(),
             claim,
         };
         let event = NewEvent {
@@ -597,10 +623,24 @@ impl Inner {
             to_state: Some(state.as_str().into()),
             detail: Value::Null,
         };
-        let (task, created) = self.store.create_task(new, event).await?;
-        match permit {
+        Ok(PreparedTask {
+            task: new,
+            event,
+            permit,
+        })
+    }
+
+    /// After the creation write: starts a task claimed with it, or wakes the dispatcher.
+    pub(crate) fn start_created(
+        self: &Arc<Self>,
+        prepared: PreparedTask,
+        task: &TaskRow,
+        created: bool,
+    ) {
+        let ready = prepared.task.state == TaskState::Ready;
+        match prepared.permit {
             Some(permit) if created && task.state == TaskState::Running => {
-                let steps = step_names.into_iter().map(StepRow::new).collect();
+                let steps = prepared.task.steps.iter().map(StepRow::new).collect();
                 self.spawn_run(
                     ClaimedTask {
                         task: task.clone(),
@@ -610,10 +650,9 @@ impl Inner {
                     permit,
                 );
             }
-            _ if created && state == TaskState::Ready => self.wake.notify_one(),
+            _ if created && ready => self.wake.notify_one(),
             _ => {}
         }
-        Ok((task, created))
     }
 
     /// Cancels or pauses a task: at once when no run holds it, else by asking the run to stop.

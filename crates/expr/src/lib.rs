@@ -95,6 +95,12 @@ impl Renderer {
         to_json(&v)
     }
 
+    /// Checks the syntax of a bare expression.
+    pub fn check_expression(&self, expr: &str) -> Result<(), ExprError> {
+        self.env.compile_expression(expr)?;
+        Ok(())
+    }
+
     /// Renders every string leaf of a JSON value. A leaf that is exactly one `{{ expression }}`
     /// keeps the expression's JSON type (a list stays a list); other leaves become text.
     pub fn render_value(&self, v: &Value, ctx: &Value) -> Result<Value, ExprError> {

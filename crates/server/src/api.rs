@@ -25,9 +25,13 @@ use crate::{AppState, Problem};
     paths(
         healthz, put_template, get_template, list_templates, delete_template, validate_template,
         put_function, get_function, list_functions, delete_function,
+        crate::hooks_api::put_hook, crate::hooks_api::get_hook, crate::hooks_api::list_groups, crate::hooks_api::list_group,
+        crate::hooks_api::delete_hook, crate::hooks_api::hook_status, crate::hooks_api::list_fires, crate::hooks_api::get_token,
+        crate::hooks_api::reset_token, crate::hooks_api::trigger, crate::hooks_api::trigger_with_token, crate::hooks_api::webhook,
+        crate::hooks_api::test_hook,
         create_task, get_task, list_tasks, task_events, resolve_task, cancel_task, retry_task, pause_task
     ),
-    components(schemas(Problem, CreateTaskRequest, ResolveRequest, TaskCreated, TemplateOut, TemplateSummary, TaskOut, StepOut, TaskPage, EventOut)),
+    components(schemas(crate::hooks_api::HookOut, crate::hooks_api::FireOut, crate::hooks_api::Fired, crate::hooks_api::TestEvent, Problem, CreateTaskRequest, ResolveRequest, TaskCreated, TemplateOut, TemplateSummary, TaskOut, StepOut, TaskPage, EventOut)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -73,13 +77,14 @@ pub fn routes(state: AppState) -> Router {
         .route("/api/v1/tasks/{id}/cancel", post(cancel_task))
         .route("/api/v1/tasks/{id}/retry", post(retry_task))
         .route("/api/v1/tasks/{id}/pause", post(pause_task))
+        .merge(crate::hooks_api::routes())
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "no such route") })
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
 
 /// The request body, or a problem: 413 past the size limit.
-fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, Problem> {
+pub(crate) fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, Problem> {
     b.map_err(|e| {
         let status = e.status();
         if status == StatusCode::PAYLOAD_TOO_LARGE {
@@ -91,7 +96,7 @@ fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, Problem> {
 }
 
 /// Parses a JSON body, naming the failing field.
-fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
+pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();

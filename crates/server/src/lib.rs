@@ -5,6 +5,7 @@
 mod api;
 mod auth;
 mod dto;
+mod hooks_api;
 mod problem;
 
 use std::sync::Arc;

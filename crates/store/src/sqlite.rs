@@ -465,55 +465,187 @@ impl SqliteStore {
         .await
     }
 
+    // ---- hooks ----
+
+    /// Creates or replaces a hook. A new hook gets `new_token` as its trigger token; a replaced
+    /// one keeps its token and schedule position. Returns the row and whether it is new.
+    pub async fn put_hook(
+        &self,
+        group: &str,
+        id: &str,
+        body: Value,
+        new_token: &str,
+    ) -> Result<(HookRow, bool)> {
+        let (group, id, token) = (group.to_string(), id.to_string(), new_token.to_string());
+        self.write(move |c| {
+            let now = now_ms();
+            let existed = load_hook(c, &group, &id)?.is_some();
+            c.prepare_cached(
+                "INSERT INTO hooks (hook_group, hook_id, body, trigger_token, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5) \
+                 ON CONFLICT (hook_group, hook_id) DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at",
+            )?
+            .execute(params![group, id, json(&body), token, now])?;
+            let row = load_hook(c, &group, &id)?.ok_or_else(|| StoreError::NotFound { what: format!("hook {group}/{id}") })?;
+            Ok((row, !existed))
+        })
+        .await
+    }
+
+    pub async fn get_hook(&self, group: &str, id: &str) -> Result<Option<HookRow>> {
+        let (group, id) = (group.to_string(), id.to_string());
+        self.read(move |c| load_hook(c, &group, &id)).await
+    }
+
+    /// Every hook, or those of one group, ordered by group and id.
+    pub async fn list_hooks(&self, group: Option<&str>) -> Result<Vec<HookRow>> {
+        let group = group.map(String::from);
+        self.read(move |c| {
+            let sql = format!("SELECT {HOOK_COLUMNS} FROM hooks WHERE ?1 IS NULL OR hook_group = ?1 ORDER BY hook_group, hook_id");
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map([group], hook_from_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    pub async fn delete_hook(&self, group: &str, id: &str) -> Result<bool> {
+        let (group, id) = (group.to_string(), id.to_string());
+        self.write(move |c| {
+            Ok(
+                c.prepare_cached("DELETE FROM hooks WHERE hook_group = ?1 AND hook_id = ?2")?
+                    .execute([group, id])?
+                    > 0,
+            )
+        })
+        .await
+    }
+
+    pub async fn set_hook_token(&self, group: &str, id: &str, token: &str) -> Result<bool> {
+        let (group, id, token) = (group.to_string(), id.to_string(), token.to_string());
+        self.write(move |c| {
+            Ok(c.prepare_cached("UPDATE hooks SET trigger_token = ?3, updated_at = ?4 WHERE hook_group = ?1 AND hook_id = ?2")?
+                .execute(params![group, id, token, now_ms()])?
+                > 0)
+        })
+        .await
+    }
+
+    /// Records one event meeting a hook, with the task it creates, in one transaction.
+    ///
+    /// A delivery id already seen since `dedupe_since`, or a due time already fired, returns
+    /// the first fire instead ([`FireOutcome::Duplicate`]). With `overlap` set and an
+    /// unfinished task from this hook, no task is created and the fire's result is the
+    /// given word (`skipped` or `queued`).
+    pub async fn record_fire(
+        &self,
+        fire: NewFire,
+        task: Option<(NewTask, NewEvent)>,
+        dedupe_since: Option<i64>,
+        overlap: Option<&'static str>,
+    ) -> Result<FireOutcome> {
+        self.write(move |c| {
+            if let (Some(delivery), Some(since)) = (&fire.delivery_id, dedupe_since) {
+                let sql = format!(
+                    "SELECT {FIRE_COLUMNS} FROM fires f LEFT JOIN tasks t ON t.id = f.task_id \
+                     WHERE f.hook_group = ?1 AND f.hook_id = ?2 AND f.delivery_id IS NOT NULL AND f.delivery_id = ?3 \
+                     AND f.received_at >= ?4 AND f.result != 'rejected' ORDER BY f.id LIMIT 1"
+                );
+                if let Some(first) =
+                    c.prepare_cached(&sql)?.query_row(params![fire.hook_group, fire.hook_id, delivery, since], fire_from_row).optional()?
+                {
+                    return Ok(FireOutcome::Duplicate(first));
+                }
+            }
+            if let Some(due) = fire.scheduled_for {
+                let sql = format!(
+                    "SELECT {FIRE_COLUMNS} FROM fires f LEFT JOIN tasks t ON t.id = f.task_id \
+                     WHERE f.hook_group = ?1 AND f.hook_id = ?2 AND f.scheduled_for IS NOT NULL AND f.scheduled_for = ?3"
+                );
+                if let Some(first) =
+                    c.prepare_cached(&sql)?.query_row(params![fire.hook_group, fire.hook_id, due], fire_from_row).optional()?
+                {
+                    return Ok(FireOutcome::Duplicate(first));
+                }
+            }
+            let mut fire = fire;
+            let mut task = task;
+            if let Some(word) = overlap
+                && task.is_some()
+                && hook_has_unfinished_task(c, &fire.hook_group, &fire.hook_id)?
+            {
+                fire.result = word.to_string();
+                task = None;
+            }
+            let row = match &task {
+                Some((t, ev)) => {
+                    let row = insert_task(c, t, ev)?;
+                    fire.task_id = Some(row.id.clone());
+                    Some(row)
+                }
+                None => None,
+            };
+            c.prepare_cached(
+                "INSERT INTO fires (id, hook_group, hook_id, fired_by, received_at, scheduled_for, result, task_id, error, delivery_id, payload) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )?
+            .execute(params![
+                fire.id,
+                fire.hook_group,
+                fire.hook_id,
+                fire.fired_by,
+                fire.received_at,
+                fire.scheduled_for,
+                fire.result,
+                fire.task_id,
+                fire.error,
+                fire.delivery_id,
+                fire.payload.as_ref().map(json)
+            ])?;
+            if let Some(due) = fire.scheduled_for {
+                c.prepare_cached(
+                    "UPDATE hooks SET last_scheduled_for = MAX(COALESCE(last_scheduled_for, ?3), ?3) WHERE hook_group = ?1 AND hook_id = ?2",
+                )?
+                .execute(params![fire.hook_group, fire.hook_id, due])?;
+            }
+            let state = row.as_ref().map(|t| t.state);
+            Ok(FireOutcome::Recorded(FireRow::from_new(fire, state), row))
+        })
+        .await
+    }
+
+    /// Fires of a hook, newest first, with the current state of each created task.
+    pub async fn list_fires(
+        &self,
+        group: &str,
+        id: &str,
+        before: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<FireRow>> {
+        let (group, id) = (group.to_string(), id.to_string());
+        self.read(move |c| {
+            let sql = format!(
+                "SELECT {FIRE_COLUMNS} FROM fires f LEFT JOIN tasks t ON t.id = f.task_id \
+                 WHERE f.hook_group = ?1 AND f.hook_id = ?2 AND (?3 IS NULL OR f.id < ?3) ORDER BY f.id DESC LIMIT ?4"
+            );
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt
+                .query_map(params![group, id, before, limit.clamp(1, 1000)], fire_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
     // ---- tasks ----
 
     /// Inserts a task and its steps. With an idempotency key already used for this template,
     /// returns the existing task and `false`.
     pub async fn create_task(&self, t: NewTask, event: NewEvent) -> Result<(TaskRow, bool)> {
         self.write(move |c| {
-            if let Some(key) = &t.idempotency_key {
-                let sql = format!(
-                    "SELECT {TASK_COLUMNS} FROM tasks WHERE template = ?1 AND idempotency_key IS NOT NULL AND idempotency_key = ?2"
-                );
-                if let Some(existing) = c.prepare_cached(&sql)?.query_row(params![t.template, key], task_from_row).optional()? {
-                    return Ok((existing, false));
-                }
+            if let Some(existing) = find_by_idempotency_key(c, &t)? {
+                return Ok((existing, false));
             }
-            let now = now_ms();
-            c.prepare_cached(
-                "INSERT INTO tasks (id, template, template_version, title, state, inputs, tags, requester, parent_id, \
-                 idempotency_key, run_max, due_at, created_at, updated_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13)",
-            )?
-            .execute(params![
-                t.id,
-                t.template,
-                t.template_version,
-                t.title,
-                t.state.as_str(),
-                json(&t.inputs),
-                json(&t.tags),
-                t.requester,
-                t.parent_id,
-                t.idempotency_key,
-                t.run_max,
-                t.due_at,
-                now
-            ])?;
-            let steps: Vec<StepRow> = t.steps.iter().map(StepRow::new).collect();
-            upsert_steps(c, &t.id, &steps, now)?;
-            insert_event(c, &t.id, now, &event)?;
-            if let Some((owner, lease_until)) = &t.claim {
-                TaskState::Ready.check_transition(TaskState::Running)?;
-                c.prepare_cached(
-                    "UPDATE tasks SET state = 'RUNNING', due_at = NULL, lease_owner = ?2, lease_epoch = lease_epoch + 1, \
-                     lease_until = ?3, run_count = run_count + 1 WHERE id = ?1 AND state = 'READY'",
-                )?
-                .execute(params![t.id, owner, lease_until])?;
-                insert_event(c, &t.id, now, &NewEvent::transition("engine", "claimed", TaskState::Ready, TaskState::Running, Value::Null))?;
-            }
-            let row = load_task(c, &t.id)?.ok_or_else(|| StoreError::NotFound { what: format!("task {}", t.id) })?;
-            Ok((row, true))
+            Ok((insert_task(c, &t, &event)?, true))
         })
         .await
     }
@@ -771,6 +903,122 @@ impl SqliteStore {
         })
         .await
     }
+}
+
+const HOOK_COLUMNS: &str =
+    "hook_group, hook_id, body, trigger_token, last_scheduled_for, created_at, updated_at";
+
+fn hook_from_row(r: &Row<'_>) -> rusqlite::Result<HookRow> {
+    Ok(HookRow {
+        group: r.get(0)?,
+        id: r.get(1)?,
+        body: parse_json(r.get(2)?)?,
+        trigger_token: r.get(3)?,
+        last_scheduled_for: r.get(4)?,
+        created_at: r.get(5)?,
+        updated_at: r.get(6)?,
+    })
+}
+
+fn load_hook(c: &Connection, group: &str, id: &str) -> Result<Option<HookRow>> {
+    let sql = format!("SELECT {HOOK_COLUMNS} FROM hooks WHERE hook_group = ?1 AND hook_id = ?2");
+    Ok(c.prepare_cached(&sql)?
+        .query_row([group, id], hook_from_row)
+        .optional()?)
+}
+
+const FIRE_COLUMNS: &str = "f.id, f.hook_group, f.hook_id, f.fired_by, f.received_at, f.scheduled_for, f.result, f.task_id, \
+     f.error, f.delivery_id, f.payload, t.state";
+
+fn fire_from_row(r: &Row<'_>) -> rusqlite::Result<FireRow> {
+    let payload: Option<String> = r.get(10)?;
+    let state: Option<String> = r.get(11)?;
+    Ok(FireRow {
+        id: r.get(0)?,
+        hook_group: r.get(1)?,
+        hook_id: r.get(2)?,
+        fired_by: r.get(3)?,
+        received_at: r.get(4)?,
+        scheduled_for: r.get(5)?,
+        result: r.get(6)?,
+        task_id: r.get(7)?,
+        error: r.get(8)?,
+        delivery_id: r.get(9)?,
+        payload: payload.map(parse_json).transpose()?,
+        task_state: state.map(parse_state).transpose()?,
+    })
+}
+
+fn hook_has_unfinished_task(c: &Connection, group: &str, id: &str) -> Result<bool> {
+    Ok(c.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM fires f JOIN tasks t ON t.id = f.task_id \
+         WHERE f.hook_group = ?1 AND f.hook_id = ?2 AND t.state NOT IN ('DONE', 'CANCELLED'))",
+    )?
+    .query_row([group, id], |r| r.get(0))?)
+}
+
+/// The task an idempotency key already created for this template, if any.
+fn find_by_idempotency_key(c: &Connection, t: &NewTask) -> Result<Option<TaskRow>> {
+    let Some(key) = &t.idempotency_key else {
+        return Ok(None);
+    };
+    let sql = format!(
+        "SELECT {TASK_COLUMNS} FROM tasks WHERE template = ?1 AND idempotency_key IS NOT NULL AND idempotency_key = ?2"
+    );
+    Ok(c.prepare_cached(&sql)?
+        .query_row(params![t.template, key], task_from_row)
+        .optional()?)
+}
+
+/// Inserts a task, its steps and its first audit entries (and claims it when asked).
+fn insert_task(c: &Connection, t: &NewTask, event: &NewEvent) -> Result<TaskRow> {
+    let now = now_ms();
+    c.prepare_cached(
+        "INSERT INTO tasks (id, template, template_version, title, state, inputs, tags, requester, parent_id, \
+         idempotency_key, run_max, due_at, created_at, updated_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13)",
+    )?
+    .execute(params![
+        t.id,
+        t.template,
+        t.template_version,
+        t.title,
+        t.state.as_str(),
+        json(&t.inputs),
+        json(&t.tags),
+        t.requester,
+        t.parent_id,
+        t.idempotency_key,
+        t.run_max,
+        t.due_at,
+        now
+    ])?;
+    let steps: Vec<StepRow> = t.steps.iter().map(StepRow::new).collect();
+    upsert_steps(c, &t.id, &steps, now)?;
+    insert_event(c, &t.id, now, event)?;
+    if let Some((owner, lease_until)) = &t.claim {
+        TaskState::Ready.check_transition(TaskState::Running)?;
+        c.prepare_cached(
+            "UPDATE tasks SET state = 'RUNNING', due_at = NULL, lease_owner = ?2, lease_epoch = lease_epoch + 1, \
+             lease_until = ?3, run_count = run_count + 1 WHERE id = ?1 AND state = 'READY'",
+        )?
+        .execute(params![t.id, owner, lease_until])?;
+        insert_event(
+            c,
+            &t.id,
+            now,
+            &NewEvent::transition(
+                "engine",
+                "claimed",
+                TaskState::Ready,
+                TaskState::Running,
+                Value::Null,
+            ),
+        )?;
+    }
+    load_task(c, &t.id)?.ok_or_else(|| StoreError::NotFound {
+        what: format!("task {}", t.id),
+    })
 }
 
 /// When a child task reaches a final state and its parent is WAITING, the parent becomes due now.

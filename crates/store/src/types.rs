@@ -163,3 +163,77 @@ pub enum TransitionOutcome {
     /// The task is running right now; the engine must stop it.
     Running,
 }
+
+/// A stored hook.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HookRow {
+    pub group: String,
+    pub id: String,
+    pub body: Value,
+    pub trigger_token: String,
+    pub last_scheduled_for: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// A fire to record.
+#[derive(Debug, Clone)]
+pub struct NewFire {
+    pub id: String,
+    pub hook_group: String,
+    pub hook_id: String,
+    pub fired_by: String,
+    pub received_at: i64,
+    pub scheduled_for: Option<i64>,
+    /// created, filtered, declined, rejected, error (skipped and queued are set by the store).
+    pub result: String,
+    pub task_id: Option<String>,
+    pub error: Option<String>,
+    pub delivery_id: Option<String>,
+    pub payload: Option<Value>,
+}
+
+/// One entry of the fire ledger, with the current state of the task it created.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FireRow {
+    pub id: String,
+    pub hook_group: String,
+    pub hook_id: String,
+    pub fired_by: String,
+    pub received_at: i64,
+    pub scheduled_for: Option<i64>,
+    pub result: String,
+    pub task_id: Option<String>,
+    pub error: Option<String>,
+    pub delivery_id: Option<String>,
+    pub payload: Option<Value>,
+    pub task_state: Option<TaskState>,
+}
+
+impl FireRow {
+    pub fn from_new(f: NewFire, task_state: Option<TaskState>) -> Self {
+        FireRow {
+            id: f.id,
+            hook_group: f.hook_group,
+            hook_id: f.hook_id,
+            fired_by: f.fired_by,
+            received_at: f.received_at,
+            scheduled_for: f.scheduled_for,
+            result: f.result,
+            task_id: f.task_id,
+            error: f.error,
+            delivery_id: f.delivery_id,
+            payload: f.payload,
+            task_state,
+        }
+    }
+}
+
+/// What recording a fire did.
+#[derive(Debug, Clone)]
+pub enum FireOutcome {
+    /// A new fire, and the task it created (if any).
+    Recorded(FireRow, Option<TaskRow>),
+    /// The same delivery or due time fired before: the first fire.
+    Duplicate(FireRow),
+}

@@ -1,0 +1,298 @@
+//! The engine's side of hooks: storing them, and turning one event into a fire (and maybe a
+//! task) committed in one write. Deciding (filter, mapping, signatures, schedules) is
+//! `taskhook-hooks`; routes are the server's.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use taskhook_hooks::{Decision, Event, Hook, Overlap, decide};
+use taskhook_store::{FireOutcome, FireRow, HookRow, NewFire, TaskRow, now_ms};
+
+use crate::{CreateTask, Engine, EngineError, Inner};
+
+/// Largest payload kept in the fire ledger; a bigger one is recorded as truncated.
+const MAX_STORED_PAYLOAD: usize = 64 * 1024;
+
+/// What a fire did.
+#[derive(Debug, Clone)]
+pub struct FireResult {
+    pub fire: FireRow,
+    pub task: Option<TaskRow>,
+    /// The same delivery (or due time) fired before; `fire` is that first fire.
+    pub duplicate: bool,
+}
+
+/// What a hook would do with an event, without doing it.
+#[derive(Debug, Clone)]
+pub struct DryRun {
+    /// created, filtered, declined or error.
+    pub result: String,
+    pub inputs: Option<Value>,
+    pub error: Option<String>,
+}
+
+fn stored_payload(payload: &Value) -> Value {
+    match serde_json::to_string(payload) {
+        Ok(s) if s.len() <= MAX_STORED_PAYLOAD => payload.clone(),
+        Ok(s) => serde_json::json!({"truncated": true, "bytes": s.len()}),
+        Err(_) => Value::Null,
+    }
+}
+
+impl Engine {
+    /// Validates and stores a hook (its template must exist). A new hook gets a fresh trigger
+    /// token. A webhook secret sent back masked keeps the stored one.
+    pub async fn put_hook(
+        &self,
+        group: &str,
+        id: &str,
+        mut hook: Hook,
+    ) -> Result<(HookRow, bool), EngineError> {
+        hook.validate().map_err(|e| EngineError::Invalid {
+            field: e.field,
+            message: e.message,
+        })?;
+        if self
+            .inner
+            .store
+            .get_template(&hook.template)
+            .await?
+            .is_none()
+        {
+            return Err(EngineError::Invalid {
+                field: "template".into(),
+                message: format!("unknown template {:?}", hook.template),
+            });
+        }
+        if let Some(w) = &hook.webhook
+            && w.is_redacted()
+        {
+            let previous = self
+                .inner
+                .store
+                .get_hook(group, id)
+                .await?
+                .and_then(|r| serde_json::from_value::<Hook>(r.body).ok());
+            match previous.and_then(|p| p.webhook) {
+                Some(p) => hook.webhook = Some(w.with_secret_from(&p)),
+                None => {
+                    return Err(EngineError::Invalid {
+                        field: "webhook.secret".into(),
+                        message: "a new webhook needs its secret".into(),
+                    });
+                }
+            }
+        }
+        let body = serde_json::to_value(&hook).map_err(|e| EngineError::Invalid {
+            field: "hook".into(),
+            message: e.to_string(),
+        })?;
+        let (row, created) = self
+            .inner
+            .store
+            .put_hook(group, id, body, &new_token())
+            .await?;
+        self.inner.hooks_changed.notify_one();
+        Ok((row, created))
+    }
+
+    pub async fn delete_hook(&self, group: &str, id: &str) -> Result<bool, EngineError> {
+        let deleted = self.inner.store.delete_hook(group, id).await?;
+        self.inner.hooks_changed.notify_one();
+        Ok(deleted)
+    }
+
+    /// Replaces a hook's trigger token; returns the new one.
+    pub async fn reset_hook_token(&self, group: &str, id: &str) -> Result<String, EngineError> {
+        let token = new_token();
+        if !self.inner.store.set_hook_token(group, id, &token).await? {
+            return Err(EngineError::NotFound {
+                what: format!("hook {group}/{id}"),
+            });
+        }
+        Ok(token)
+    }
+
+    /// One event meets a hook: filter, map, validate the task's inputs, and commit the fire
+    /// with its task in one write. Answers only after that write committed.
+    pub async fn fire(
+        &self,
+        row: &HookRow,
+        hook: &Hook,
+        event: Event,
+        scheduled_for: Option<i64>,
+    ) -> Result<FireResult, EngineError> {
+        self.inner.fire(row, hook, event, scheduled_for).await
+    }
+
+    /// Records an event that failed authentication, without its body.
+    pub async fn record_rejected(
+        &self,
+        row: &HookRow,
+        event: &Event,
+        reason: &str,
+    ) -> Result<FireRow, EngineError> {
+        let fire = NewFire {
+            id: uuid::Uuid::now_v7().to_string(),
+            hook_group: row.group.clone(),
+            hook_id: row.id.clone(),
+            fired_by: event.fired_by.clone(),
+            received_at: now_ms(),
+            scheduled_for: None,
+            result: "rejected".into(),
+            task_id: None,
+            error: Some(reason.to_string()),
+            delivery_id: event.delivery_id.clone(),
+            payload: None,
+        };
+        match self.inner.store.record_fire(fire, None, None, None).await? {
+            FireOutcome::Recorded(f, _) | FireOutcome::Duplicate(f) => Ok(f),
+        }
+    }
+
+    /// Evaluates filter, mapping and the template's input checks for a sample event.
+    pub async fn dry_run(&self, hook: &Hook, event: &Event) -> Result<DryRun, EngineError> {
+        let inputs = match decide(hook, event) {
+            Ok(Decision::Create(inputs)) => inputs,
+            Ok(Decision::Filtered) => {
+                return Ok(DryRun {
+                    result: "filtered".into(),
+                    inputs: None,
+                    error: None,
+                });
+            }
+            Ok(Decision::Declined) => {
+                return Ok(DryRun {
+                    result: "declined".into(),
+                    inputs: None,
+                    error: None,
+                });
+            }
+            Err(e) => {
+                return Ok(DryRun {
+                    result: "error".into(),
+                    inputs: None,
+                    error: Some(e),
+                });
+            }
+        };
+        match self.inner.check_inputs(&hook.template, &inputs).await {
+            Ok(resolved) => Ok(DryRun {
+                result: "created".into(),
+                inputs: Some(resolved),
+                error: None,
+            }),
+            Err(EngineError::Invalid { field, message }) => Ok(DryRun {
+                result: "error".into(),
+                inputs: Some(inputs),
+                error: Some(format!("{field}: {message}")),
+            }),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+pub(crate) fn new_token() -> String {
+    let bytes: [u8; 24] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Inner {
+    async fn fire(
+        self: &Arc<Self>,
+        row: &HookRow,
+        hook: &Hook,
+        event: Event,
+        scheduled_for: Option<i64>,
+    ) -> Result<FireResult, EngineError> {
+        let mut fire = NewFire {
+            id: uuid::Uuid::now_v7().to_string(),
+            hook_group: row.group.clone(),
+            hook_id: row.id.clone(),
+            fired_by: event.fired_by.clone(),
+            received_at: now_ms(),
+            scheduled_for,
+            result: "created".into(),
+            task_id: None,
+            error: None,
+            delivery_id: event.delivery_id.clone(),
+            payload: Some(stored_payload(&event.payload)),
+        };
+        let mut prepared = None;
+        match decide(hook, &event) {
+            Ok(Decision::Create(inputs)) => {
+                let req = CreateTask {
+                    template: hook.template.clone(),
+                    inputs,
+                    requester: format!("hook:{}/{}", row.group, row.id),
+                    ..Default::default()
+                };
+                match self.prepare_task(req).await {
+                    Ok(p) => prepared = Some(p),
+                    Err(
+                        e @ (EngineError::Invalid { .. }
+                        | EngineError::NotFound { .. }
+                        | EngineError::Conflict(_)),
+                    ) => {
+                        fire.result = "error".into();
+                        fire.error = Some(e.to_string());
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(Decision::Filtered) => fire.result = "filtered".into(),
+            Ok(Decision::Declined) => fire.result = "declined".into(),
+            Err(e) => {
+                fire.result = "error".into();
+                fire.error = Some(e);
+            }
+        }
+        let dedupe_since = event
+            .delivery_id
+            .as_ref()
+            .map(|_| now_ms() - (hook.dedupe_window_seconds as i64) * 1000);
+        let overlap = match (scheduled_for, hook.overlap) {
+            (Some(_), Overlap::Skip) => Some("skipped"),
+            (Some(_), Overlap::Queue) => Some("queued"),
+            _ => None,
+        };
+        let task = prepared.as_ref().map(|p| (p.task.clone(), p.event.clone()));
+        let outcome = self
+            .store
+            .record_fire(fire, task, dedupe_since, overlap)
+            .await?;
+        match outcome {
+            FireOutcome::Recorded(fire, task) => {
+                if let (Some(p), Some(t)) = (prepared, task.as_ref()) {
+                    self.start_created(p, t, true);
+                }
+                Ok(FireResult {
+                    fire,
+                    task,
+                    duplicate: false,
+                })
+            }
+            FireOutcome::Duplicate(fire) => Ok(FireResult {
+                fire,
+                task: None,
+                duplicate: true,
+            }),
+        }
+    }
+
+    /// The inputs a task of `template` would start with, or the input error.
+    async fn check_inputs(&self, template: &str, inputs: &Value) -> Result<Value, EngineError> {
+        let version = self.current_version(template).await?;
+        let compiled = self.template(template, version).await?;
+        let resolved = taskhook_model::input::resolve_inputs(&compiled.template.inputs, inputs)
+            .map_err(|e| EngineError::Invalid {
+                field: if e.input.is_empty() {
+                    "inputs".into()
+                } else {
+                    format!("inputs.{}", e.input)
+                },
+                message: e.message,
+            })?;
+        Ok(Value::Object(resolved))
+    }
+}
