@@ -123,12 +123,7 @@ pub fn valid_hook_part(s: &str) -> bool {
 impl Hook {
     /// Parses a YAML or JSON hook document.
     pub fn parse(text: &str) -> Result<Hook, HookError> {
-        let parsed = if text.trim_start().starts_with('{') {
-            serde_json::from_str(text).map_err(|e| e.to_string())
-        } else {
-            serde_saphyr::from_str(text).map_err(|e| e.to_string())
-        };
-        parsed.map_err(|m| err("hook", m))
+        taskhook_model::template::parse_document(text).map_err(|e| err("hook", e.message))
     }
 
     /// Checks everything that can be checked without the template: expressions, schedules,

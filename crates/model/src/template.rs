@@ -284,7 +284,10 @@ pub fn parse_document<T: for<'de> Deserialize<'de>>(text: &str) -> Result<T, Par
             message: e.to_string(),
         })
     } else {
-        serde_saphyr::from_str(text).map_err(|e| ParseError {
+        // YAML 1.2 booleans only: `n`, `no`, `off` stay strings (an input named `n` is not `false`).
+        let mut options = serde_saphyr::Options::default();
+        options.strict_booleans = true;
+        serde_saphyr::from_str_with_options(text, options).map_err(|e| ParseError {
             message: e.to_string(),
         })
     }
@@ -325,6 +328,15 @@ mod tests {
         assert_eq!(RetryPattern::Minutes.delay_ms(1000), 1_800_000);
         assert_eq!(RetryPattern::Hours.delay_ms(1), 3_600_000);
         assert_eq!(RetryPattern::Hours.delay_ms(100), 10_800_000);
+    }
+
+    #[test]
+    fn yaml_booleans_are_only_true_and_false() {
+        let v: serde_json::Value = parse_document("a: n\nb: no\nc: off\nd: true\n").unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"a": "n", "b": "no", "c": "off", "d": true})
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ use crate::{Result, StoreError, now_ms};
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0001_init.sql"),
     include_str!("../migrations/sqlite/0002_functions.sql"),
+    include_str!("../migrations/sqlite/0003_hooks.sql"),
 ];
 /// Most writes one transaction takes; beyond it the next batch starts.
 const MAX_BATCH: usize = 2048;
