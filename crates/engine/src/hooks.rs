@@ -268,7 +268,7 @@ impl Inner {
                 }
                 Ok(FireResult {
                     fire,
-                    task,
+                    task: task.map(|t| *t),
                     duplicate: false,
                 })
             }

@@ -609,7 +609,7 @@ impl SqliteStore {
                 .execute(params![fire.hook_group, fire.hook_id, due])?;
             }
             let state = row.as_ref().map(|t| t.state);
-            Ok(FireOutcome::Recorded(FireRow::from_new(fire, state), row))
+            Ok(FireOutcome::Recorded(FireRow::from_new(fire, state), row.map(Box::new)))
         })
         .await
     }

@@ -233,7 +233,7 @@ impl FireRow {
 #[derive(Debug, Clone)]
 pub enum FireOutcome {
     /// A new fire, and the task it created (if any).
-    Recorded(FireRow, Option<TaskRow>),
+    Recorded(FireRow, Option<Box<TaskRow>>),
     /// The same delivery or due time fired before: the first fire.
     Duplicate(FireRow),
 }
