@@ -191,6 +191,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     let (admin, shown) = admin_token(&store, &args.data_dir).await?;
     let engine_task = engine.start().await?;
+    let stop_sources = tokio_util::sync::CancellationToken::new();
+    let scheduler = tokio::spawn(taskhook_sources::schedule::run(
+        engine.clone(),
+        stop_sources.clone(),
+    ));
     let state = AppState {
         engine: engine.clone(),
         admin: Arc::new(admin),
@@ -213,6 +218,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .with_graceful_shutdown(shutdown_signal())
         .await?;
     tracing::info!("shutting down: letting running steps finish");
+    stop_sources.cancel();
+    let _ = scheduler.await;
     engine.shutdown().await;
     engine_task.abort();
     store.close();

@@ -150,6 +150,58 @@ impl Engine {
         }
     }
 
+    /// Notified whenever hooks are created, changed or deleted through this engine.
+    pub fn hooks_changed(&self) -> &tokio::sync::Notify {
+        &self.inner.hooks_changed
+    }
+
+    /// For a hook with `overlap: queue`: once its previous task has ended, starts the task of
+    /// its oldest queued fire. Returns the task started, if any.
+    pub async fn start_queued_fire(
+        &self,
+        row: &HookRow,
+        hook: &Hook,
+    ) -> Result<Option<TaskRow>, EngineError> {
+        let Some(fire) = self
+            .inner
+            .store
+            .oldest_queued_fire(&row.group, &row.id)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let event = Event {
+            fired_by: fire.fired_by.clone(),
+            payload: fire.payload.clone().unwrap_or(Value::Null),
+            scheduled_for: fire
+                .scheduled_for
+                .and_then(|t| jiff::Timestamp::from_millisecond(t).ok())
+                .map(|t| t.to_string()),
+            source: "schedule".into(),
+            method: "SCHEDULE".into(),
+            ..Default::default()
+        };
+        let Ok(Decision::Create(inputs)) = decide(hook, &event) else {
+            return Ok(None);
+        };
+        let req = CreateTask {
+            template: hook.template.clone(),
+            inputs,
+            requester: format!("hook:{}/{}", row.group, row.id),
+            ..Default::default()
+        };
+        let prepared = self.inner.prepare_task(req).await?;
+        let started = self
+            .inner
+            .store
+            .start_queued_fire(&fire.id, prepared.task.clone(), prepared.event.clone())
+            .await?;
+        if let Some(t) = &started {
+            self.inner.start_created(prepared, t, true);
+        }
+        Ok(started)
+    }
+
     /// Evaluates filter, mapping and the template's input checks for a sample event.
     pub async fn dry_run(&self, hook: &Hook, event: &Event) -> Result<DryRun, EngineError> {
         let inputs = match decide(hook, event) {

@@ -570,9 +570,12 @@ impl SqliteStore {
             }
             let mut fire = fire;
             let mut task = task;
+            // Busy: a task of this hook is unfinished, or (for queueing) fires already wait in
+            // line, which keeps the queue first-in, first-out.
             if let Some(word) = overlap
                 && task.is_some()
-                && hook_has_unfinished_task(c, &fire.hook_group, &fire.hook_id)?
+                && (hook_has_unfinished_task(c, &fire.hook_group, &fire.hook_id)?
+                    || (word == "queued" && hook_has_queued_fire(c, &fire.hook_group, &fire.hook_id)?))
             {
                 fire.result = word.to_string();
                 task = None;
@@ -610,6 +613,49 @@ impl SqliteStore {
             }
             let state = row.as_ref().map(|t| t.state);
             Ok(FireOutcome::Recorded(FireRow::from_new(fire, state), row.map(Box::new)))
+        })
+        .await
+    }
+
+    /// The oldest fire of a hook still waiting for its predecessor to finish.
+    pub async fn oldest_queued_fire(&self, group: &str, id: &str) -> Result<Option<FireRow>> {
+        let (group, id) = (group.to_string(), id.to_string());
+        self.read(move |c| {
+            let sql = format!(
+                "SELECT {FIRE_COLUMNS} FROM fires f LEFT JOIN tasks t ON t.id = f.task_id \
+                 WHERE f.hook_group = ?1 AND f.hook_id = ?2 AND f.result = 'queued' ORDER BY f.id LIMIT 1"
+            );
+            Ok(c.prepare_cached(&sql)?.query_row([group, id], fire_from_row).optional()?)
+        })
+        .await
+    }
+
+    /// Starts the task of a queued fire, if the fire is still queued and no task of its hook is
+    /// unfinished; otherwise does nothing and returns `None`.
+    pub async fn start_queued_fire(
+        &self,
+        fire_id: &str,
+        task: NewTask,
+        event: NewEvent,
+    ) -> Result<Option<TaskRow>> {
+        let fire_id = fire_id.to_string();
+        self.write(move |c| {
+            let hook: Option<(String, String)> = c
+                .prepare_cached(
+                    "SELECT hook_group, hook_id FROM fires WHERE id = ?1 AND result = 'queued'",
+                )?
+                .query_row([&fire_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            let Some((group, id)) = hook else {
+                return Ok(None);
+            };
+            if hook_has_unfinished_task(c, &group, &id)? {
+                return Ok(None);
+            }
+            let row = insert_task(c, &task, &event)?;
+            c.prepare_cached("UPDATE fires SET result = 'created', task_id = ?2 WHERE id = ?1")?
+                .execute(params![fire_id, row.id])?;
+            Ok(Some(row))
         })
         .await
     }
@@ -948,6 +994,11 @@ fn fire_from_row(r: &Row<'_>) -> rusqlite::Result<FireRow> {
         payload: payload.map(parse_json).transpose()?,
         task_state: state.map(parse_state).transpose()?,
     })
+}
+
+fn hook_has_queued_fire(c: &Connection, group: &str, id: &str) -> Result<bool> {
+    Ok(c.prepare_cached("SELECT EXISTS (SELECT 1 FROM fires WHERE hook_group = ?1 AND hook_id = ?2 AND result = 'queued')")?
+        .query_row([group, id], |r| r.get(0))?)
 }
 
 fn hook_has_unfinished_task(c: &Connection, group: &str, id: &str) -> Result<bool> {

@@ -1,0 +1,207 @@
+//! Schedules as a user meets them: cron hooks firing on the real server, across kill -9 and
+//! restarts, with misfire and overlap policies. Schedules with a seconds field keep these short.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::Server;
+
+async fn put_hook(s: &Server, group: &str, id: &str, doc: &str) {
+    let (st, _, v) = s
+        .req(
+            reqwest::Method::PUT,
+            &format!("/api/v1/hooks/{group}/{id}"),
+            Some((doc, "application/yaml")),
+        )
+        .await;
+    assert!(st == 201 || st == 200, "{v}");
+}
+
+async fn fires(s: &Server, group: &str, id: &str) -> Vec<Value> {
+    let (_, v) = s
+        .get(&format!("/api/v1/hooks/{group}/{id}/fires?limit=1000"))
+        .await;
+    let mut f = v["fires"].as_array().unwrap().clone();
+    f.reverse();
+    f
+}
+
+fn due_times(fires: &[Value]) -> Vec<String> {
+    fires
+        .iter()
+        .map(|f| f["scheduled_for"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn assert_unique(fires: &[Value]) {
+    let due = due_times(fires);
+    let set: BTreeSet<_> = due.iter().collect();
+    assert_eq!(set.len(), due.len(), "a due time fired twice: {due:?}");
+}
+
+const TEMPLATE: &str = "name: tick\nauto_runnable: true\ninputs: [{name: at}]\nsteps:\n  a: {action: {type: echo, configuration: {output: '{{ input.at }}'}}}\n";
+
+#[tokio::test]
+async fn a_schedule_fires_each_due_time_once_with_its_due_time() {
+    let s = Server::start();
+    s.put_template("tick", TEMPLATE).await;
+    put_hook(&s, "cron", "tick", "template: tick\nschedule: ['* * * * * *']\ntimezone: Europe/Paris\ninputs: {at: '{{ event.scheduled_for }}'}\n").await;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let f = fires(&s, "cron", "tick").await;
+    assert!((2..=5).contains(&f.len()), "{f:#?}");
+    assert_unique(&f);
+    for fire in &f {
+        assert_eq!(fire["fired_by"], "schedule");
+        assert_eq!(fire["result"], "created");
+        let due: jiff::Timestamp = fire["scheduled_for"].as_str().unwrap().parse().unwrap();
+        let got: jiff::Timestamp = fire["received_at"].as_str().unwrap().parse().unwrap();
+        let late = got.as_millisecond() - due.as_millisecond();
+        assert!(
+            (0..1000).contains(&late),
+            "fired {late} ms after its due time"
+        );
+        let t = s
+            .wait_state(fire["task_id"].as_str().unwrap(), &["DONE"])
+            .await;
+        assert_eq!(
+            t["steps"]["a"]["output"], fire["scheduled_for"],
+            "the task saw its due time"
+        );
+    }
+    let (_, status) = s.get("/api/v1/hooks/cron/tick/status").await;
+    assert_eq!(status["next_scheduled"].as_array().unwrap().len(), 5);
+    assert!(status["last_fire"]["scheduled_for"].is_string());
+}
+
+/// Runs a hook due every second, kills the server for ~4 s, restarts it, and returns the
+/// sorted due times it fired over its whole life.
+async fn downtime(misfire: &str) -> Vec<i64> {
+    let dir = support::fresh_dir();
+    let mut s = Server::start_in(dir.clone(), &[]);
+    s.put_template("tick", TEMPLATE).await;
+    let doc = format!(
+        "template: tick\nschedule: ['* * * * * *']\nmisfire: {misfire}\ninputs: {{at: '{{{{ event.scheduled_for }}}}'}}\n"
+    );
+    put_hook(&s, "cron", "tick", &doc).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    s.kill9();
+    tokio::time::sleep(Duration::from_millis(4200)).await;
+    let s = Server::start_in(dir, &[]);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let f = fires(&s, "cron", "tick").await;
+    assert_unique(&f);
+    let mut due: Vec<i64> = due_times(&f)
+        .iter()
+        .map(|d| d.parse::<jiff::Timestamp>().unwrap().as_millisecond())
+        .collect();
+    due.sort();
+    due
+}
+
+/// Gaps longer than one period between consecutive fired due times, in seconds.
+fn gaps(due: &[i64]) -> Vec<i64> {
+    due.windows(2)
+        .map(|w| (w[1] - w[0]) / 1000)
+        .filter(|g| *g > 1)
+        .collect()
+}
+
+#[tokio::test]
+async fn after_downtime_fire_once_fires_one_missed_time() {
+    let due = downtime("fire_once").await;
+    // The downtime missed ~4 due times: one fire stands for all of them (the newest), so
+    // exactly one gap remains, and fires go on every second after the restart.
+    let g = gaps(&due);
+    assert_eq!(g.len(), 1, "{due:?}");
+    assert!(g[0] >= 3, "{due:?}");
+}
+
+#[tokio::test]
+async fn after_downtime_catch_up_fires_every_missed_time() {
+    let due = downtime("catch_up").await;
+    assert_eq!(
+        gaps(&due),
+        Vec::<i64>::new(),
+        "every second fired once: {due:?}"
+    );
+    assert!(due.len() >= 7, "{due:?}");
+}
+
+#[tokio::test]
+async fn overlap_skip_and_queue() {
+    let s = Server::start();
+    s.put_template("slow", "name: slow\nauto_runnable: true\nsteps:\n  a: {action: {type: sleep, configuration: {duration: 2500ms}}}\n").await;
+    put_hook(
+        &s,
+        "cron",
+        "skip",
+        "template: slow\nschedule: ['* * * * * *']\noverlap: skip\n",
+    )
+    .await;
+    put_hook(
+        &s,
+        "cron",
+        "queue",
+        "template: slow\nschedule: ['* * * * * *']\noverlap: queue\n",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(3300)).await;
+    // Stop both schedules, then look.
+    put_hook(
+        &s,
+        "cron",
+        "skip",
+        "template: slow\nschedule: ['* * * * * *']\noverlap: skip\nenabled: false\n",
+    )
+    .await;
+    put_hook(
+        &s,
+        "cron",
+        "queue",
+        "template: slow\nschedule: ['* * * * * *']\noverlap: queue\nenabled: false\n",
+    )
+    .await;
+    let skip = fires(&s, "cron", "skip").await;
+    let results: Vec<&str> = skip.iter().map(|f| f["result"].as_str().unwrap()).collect();
+    // The first task runs 2.5 s: the fires due meanwhile are skipped, not started.
+    assert_eq!(
+        &results[..3],
+        ["created", "skipped", "skipped"],
+        "{results:?}"
+    );
+
+    let queue = fires(&s, "cron", "queue").await;
+    let results: Vec<&str> = queue
+        .iter()
+        .map(|f| f["result"].as_str().unwrap())
+        .collect();
+    assert!(
+        results.contains(&"queued"),
+        "fires wait in line: {results:?}"
+    );
+    assert_eq!(results[0], "created");
+    // One runs at a time: the next queued fire starts its task only after the first ended.
+    let first = s
+        .wait_state(queue[0]["task_id"].as_str().unwrap(), &["DONE"])
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let second = loop {
+        let q = fires(&s, "cron", "queue").await;
+        if let Some(id) = q.get(1).and_then(|f| f["task_id"].as_str()) {
+            break s.wait_state(id, &["RUNNING", "WAITING", "DONE"]).await;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the queued fire never started: {q:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let at = |t: &Value, k: &str| t[k].as_str().unwrap().parse::<jiff::Timestamp>().unwrap();
+    assert!(
+        at(&second, "created_at") >= at(&first, "updated_at"),
+        "{first:#}\n{second:#}"
+    );
+}
