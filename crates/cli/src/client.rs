@@ -19,13 +19,13 @@ pub struct Conn {
         default_value = "http://127.0.0.1:8080",
         global = true
     )]
-    url: String,
+    pub(crate) url: String,
     /// API token.
     #[arg(long, env = "TASKHOOK_TOKEN", hide_env_values = true, global = true)]
-    token: Option<String>,
+    pub(crate) token: Option<String>,
     /// Print the server's JSON instead of a summary.
     #[arg(long, global = true)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Subcommand)]
@@ -239,13 +239,13 @@ fn parse_kv(s: &str) -> Result<(String, Value), String> {
     Ok((k.to_string(), value))
 }
 
-struct Client {
+pub(crate) struct Client {
     http: reqwest::Client,
     conn: Conn,
 }
 
 impl Client {
-    fn new(conn: Conn) -> anyhow::Result<Self> {
+    pub(crate) fn new(conn: Conn) -> anyhow::Result<Self> {
         if conn.token.is_none() {
             bail!(
                 "no API token: set TASKHOOK_TOKEN (the server prints its admin token at start) or pass --token"
@@ -259,7 +259,7 @@ impl Client {
         })
     }
 
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -290,11 +290,11 @@ impl Client {
         Ok(value)
     }
 
-    async fn get(&self, path: &str) -> anyhow::Result<Value> {
+    pub(crate) async fn get(&self, path: &str) -> anyhow::Result<Value> {
         self.call(reqwest::Method::GET, path, None).await
     }
 
-    async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+    pub(crate) async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
         self.call(
             reqwest::Method::POST,
             path,
@@ -305,7 +305,7 @@ impl Client {
 }
 
 /// A problem+json error as one readable paragraph.
-fn describe_problem(status: u16, v: &Value) -> String {
+pub(crate) fn describe_problem(status: u16, v: &Value) -> String {
     let detail = v
         .get("detail")
         .and_then(Value::as_str)
@@ -327,7 +327,7 @@ fn describe_problem(status: u16, v: &Value) -> String {
     out
 }
 
-fn print_json(v: &Value) {
+pub(crate) fn print_json(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 

@@ -3,6 +3,7 @@
 
 mod bench;
 mod client;
+mod hooks_cli;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -31,6 +32,9 @@ enum Command {
     /// Create, inspect and steer tasks.
     #[command(subcommand)]
     Task(client::TaskCommand),
+    /// Manage hooks (webhook, token, API and schedule triggers), fire them and read their fire ledger.
+    #[command(subcommand)]
+    Hook(hooks_cli::HookCommand),
     /// Measure the engine on this machine (in-process, SQLite in a temporary directory).
     Bench(bench::BenchArgs),
 }
@@ -53,6 +57,7 @@ fn main() -> std::process::ExitCode {
             Command::Template(cmd) => client::template(cmd).await,
             Command::Task(cmd) => client::task(cmd).await,
             Command::Function(cmd) => client::function(cmd).await,
+            Command::Hook(cmd) => hooks_cli::hook(cmd).await,
             Command::Bench(args) => bench::run(args).await,
         }
     });

@@ -1,6 +1,6 @@
 //! `taskhook serve`: open the store, load templates, start the engine and the API.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use taskhook_actions::{ActionSettings, Registry};
 use taskhook_engine::{Engine, EngineConfig};
+use taskhook_hooks::Hook;
 use taskhook_server::{AdminToken, AppState, Limits};
 use taskhook_store::Store;
 
@@ -30,6 +31,9 @@ pub struct ServeArgs {
     /// Load every *.yaml, *.yml and *.json template in this directory at start.
     #[arg(long, env = "TASKHOOK_TEMPLATES")]
     templates: Option<PathBuf>,
+    /// Load hooks at start (after templates) from DIR/<group>/<id>.yaml, .yml or .json.
+    #[arg(long, env = "TASKHOOK_HOOKS")]
+    hooks: Option<PathBuf>,
     /// Directory the `script` action may run executables from (scripts are off without it).
     #[arg(long, env = "TASKHOOK_SCRIPTS_DIR")]
     scripts_dir: Option<PathBuf>,
@@ -136,6 +140,140 @@ async fn load_templates(engine: &Engine, dir: &Path) -> anyhow::Result<usize> {
     Ok(files.len())
 }
 
+/// One hook file: `<dir>/<group>/<id>.yaml|.yml|.json`.
+struct HookFile {
+    group: String,
+    id: String,
+    path: PathBuf,
+}
+
+/// Hook files under `dir` (one subdirectory per group), sorted, and the problems found in
+/// the layout (files outside a group directory, invalid names, one id defined twice).
+fn hook_files(dir: &Path) -> anyhow::Result<(Vec<HookFile>, Vec<String>)> {
+    let mut found = Vec::new();
+    let mut problems = Vec::new();
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("reading {}", dir.display()))?;
+    entries.sort();
+    let is_document = |p: &Path| {
+        matches!(
+            p.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml" | "json")
+        )
+    };
+    let hidden = |p: &Path| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.'))
+    };
+    for group_dir in entries {
+        if hidden(&group_dir) {
+            continue;
+        }
+        if !group_dir.is_dir() {
+            if is_document(&group_dir) {
+                problems.push(format!(
+                    "{}: group: a hook file must be in a directory named after its group ({}/<group>/<id>.yaml)",
+                    group_dir.display(),
+                    dir.display()
+                ));
+            }
+            continue;
+        }
+        let group = group_dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("")
+            .to_string();
+        let mut ids: BTreeMap<String, PathBuf> = BTreeMap::new();
+        for f in crate::client::document_files(std::slice::from_ref(&group_dir))? {
+            if hidden(&f) {
+                continue;
+            }
+            if !taskhook_hooks::valid_hook_part(&group) {
+                problems.push(format!(
+                    "{}: group: {group:?} is not a valid group name: use 1-64 letters, digits, '_', '.' or '-'",
+                    f.display()
+                ));
+                continue;
+            }
+            let id = f
+                .file_stem()
+                .and_then(|n| n.to_str())
+                .unwrap_or("")
+                .to_string();
+            if !taskhook_hooks::valid_hook_part(&id) {
+                problems.push(format!(
+                    "{}: id: {id:?} (the file name) is not a valid hook id: use 1-64 letters, digits, '_', '.' or '-'",
+                    f.display()
+                ));
+                continue;
+            }
+            if let Some(other) = ids.get(&id) {
+                problems.push(format!(
+                    "{}: id: hook {group}/{id} is also defined by {}",
+                    f.display(),
+                    other.display()
+                ));
+                continue;
+            }
+            ids.insert(id.clone(), f.clone());
+            found.push(HookFile {
+                group: group.clone(),
+                id,
+                path: f,
+            });
+        }
+    }
+    Ok((found, problems))
+}
+
+/// Loads every hook under `dir`, all or none: each file is parsed and validated (including
+/// that its template exists) before any is stored.
+async fn load_hooks(engine: &Engine, dir: &Path) -> anyhow::Result<usize> {
+    let (files, mut problems) = hook_files(dir)?;
+    let mut parsed = Vec::new();
+    for HookFile { group, id, path: f } in files {
+        let text = match std::fs::read_to_string(&f) {
+            Ok(t) => t,
+            Err(e) => {
+                problems.push(format!("{}: hook: cannot read: {e}", f.display()));
+                continue;
+            }
+        };
+        let hook = match Hook::parse(&text).and_then(|h| h.validate().map(|()| h)) {
+            Ok(h) => h,
+            Err(e) => {
+                problems.push(format!("{}: {}: {}", f.display(), e.field, e.message));
+                continue;
+            }
+        };
+        if engine.store().get_template(&hook.template).await?.is_none() {
+            problems.push(format!(
+                "{}: template: unknown template {:?}",
+                f.display(),
+                hook.template
+            ));
+            continue;
+        }
+        parsed.push((group, id, f, hook));
+    }
+    if !problems.is_empty() {
+        bail!("invalid hooks:\n  {}", problems.join("\n  "));
+    }
+    let n = parsed.len();
+    for (group, id, f, hook) in parsed {
+        engine
+            .put_hook(&group, &id, hook)
+            .await
+            .map_err(|e| anyhow::anyhow!("invalid hooks:\n  {}: {e}", f.display()))?;
+    }
+    Ok(n)
+}
+
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -188,6 +326,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(dir) = &args.templates {
         let n = load_templates(&engine, dir).await?;
         tracing::info!(count = n, dir = %dir.display(), "templates loaded");
+    }
+    if let Some(dir) = &args.hooks {
+        let n = load_hooks(&engine, dir).await?;
+        tracing::info!(count = n, dir = %dir.display(), "hooks loaded");
     }
     let (admin, shown) = admin_token(&store, &args.data_dir).await?;
     let engine_task = engine.start().await?;

@@ -48,10 +48,6 @@ impl Engine {
         id: &str,
         mut hook: Hook,
     ) -> Result<(HookRow, bool), EngineError> {
-        hook.validate().map_err(|e| EngineError::Invalid {
-            field: e.field,
-            message: e.message,
-        })?;
         if self
             .inner
             .store
@@ -83,6 +79,11 @@ impl Engine {
                 }
             }
         }
+        // Validated after a masked secret was restored from the stored hook.
+        hook.validate().map_err(|e| EngineError::Invalid {
+            field: e.field,
+            message: e.message,
+        })?;
         let body = serde_json::to_value(&hook).map_err(|e| EngineError::Invalid {
             field: "hook".into(),
             message: e.to_string(),
@@ -92,11 +93,55 @@ impl Engine {
             .store
             .put_hook(group, id, body, &new_token())
             .await?;
+        self.forget_hook(group, id);
         self.inner.hooks_changed.notify_one();
         Ok((row, created))
     }
 
+    /// A hook and its stored row, from a short-lived cache or the store.
+    pub async fn hook(
+        &self,
+        group: &str,
+        id: &str,
+    ) -> Result<Option<(HookRow, Arc<Hook>)>, EngineError> {
+        let key = (group.to_string(), id.to_string());
+        if let Some((row, hook, seen)) = self
+            .inner
+            .hooks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            && seen.elapsed() < crate::CURRENT_VERSION_TTL
+        {
+            return Ok(Some((row.clone(), hook.clone())));
+        }
+        let Some(row) = self.inner.store.get_hook(group, id).await? else {
+            return Ok(None);
+        };
+        let hook: Hook =
+            serde_json::from_value(row.body.clone()).map_err(|e| EngineError::Invalid {
+                field: "hook".into(),
+                message: format!("stored hook is unreadable: {e}"),
+            })?;
+        let hook = Arc::new(hook);
+        self.inner
+            .hooks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, (row.clone(), hook.clone(), std::time::Instant::now()));
+        Ok(Some((row, hook)))
+    }
+
+    fn forget_hook(&self, group: &str, id: &str) {
+        self.inner
+            .hooks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(group.to_string(), id.to_string()));
+    }
+
     pub async fn delete_hook(&self, group: &str, id: &str) -> Result<bool, EngineError> {
+        self.forget_hook(group, id);
         let deleted = self.inner.store.delete_hook(group, id).await?;
         self.inner.hooks_changed.notify_one();
         Ok(deleted)
@@ -105,7 +150,9 @@ impl Engine {
     /// Replaces a hook's trigger token; returns the new one.
     pub async fn reset_hook_token(&self, group: &str, id: &str) -> Result<String, EngineError> {
         let token = new_token();
-        if !self.inner.store.set_hook_token(group, id, &token).await? {
+        let changed = self.inner.store.set_hook_token(group, id, &token).await?;
+        self.forget_hook(group, id);
+        if !changed {
             return Err(EngineError::NotFound {
                 what: format!("hook {group}/{id}"),
             });

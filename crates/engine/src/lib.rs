@@ -88,6 +88,13 @@ impl From<StoreError> for EngineError {
     }
 }
 
+/// A hook as read from the store, parsed, and when it was read.
+pub(crate) type CachedHook = (
+    taskhook_store::HookRow,
+    Arc<taskhook_hooks::Hook>,
+    std::time::Instant,
+);
+
 /// A task ready to insert, with the slot it will run in when it is claimed at creation.
 pub(crate) struct PreparedTask {
     pub task: NewTask,
@@ -129,6 +136,9 @@ pub(crate) struct Inner {
     pub step_slots: Arc<Semaphore>,
     pub resources: HashMap<String, Arc<Semaphore>>,
     pub shutdown: CancellationToken,
+    /// Recently read hooks, parsed: saves a read and a parse per webhook. Dropped on change
+    /// by this process; trusted for [`CURRENT_VERSION_TTL`] otherwise.
+    pub hooks: Mutex<HashMap<(String, String), CachedHook>>,
     /// Wakes the scheduler: hooks were created, changed or deleted.
     pub hooks_changed: Notify,
     /// Set by [`Engine::start`]: only a started engine runs tasks.
@@ -177,6 +187,7 @@ impl Engine {
             shutdown: CancellationToken::new(),
             started: std::sync::atomic::AtomicBool::new(false),
             hooks_changed: Notify::new(),
+            hooks: Mutex::new(HashMap::new()),
         });
         Engine { inner }
     }

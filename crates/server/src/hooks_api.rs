@@ -118,21 +118,16 @@ fn check_names(group: &str, id: &str) -> Result<(), Problem> {
     Ok(())
 }
 
-async fn load(s: &AppState, group: &str, id: &str) -> Result<(HookRow, Hook), Problem> {
+async fn load(
+    s: &AppState,
+    group: &str,
+    id: &str,
+) -> Result<(HookRow, std::sync::Arc<Hook>), Problem> {
     check_names(group, id)?;
-    let row = s
-        .engine
-        .store()
-        .get_hook(group, id)
+    s.engine
+        .hook(group, id)
         .await?
-        .ok_or_else(|| Problem::not_found(format!("hook {group}/{id}")))?;
-    let hook: Hook = serde_json::from_value(row.body.clone()).map_err(|e| {
-        Problem::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("stored hook is unreadable: {e}"),
-        )
-    })?;
-    Ok((row, hook))
+        .ok_or_else(|| Problem::not_found(format!("hook {group}/{id}")))
 }
 
 fn hook_out(row: HookRow, hook: &Hook) -> HookOut {

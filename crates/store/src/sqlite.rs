@@ -34,6 +34,7 @@ pub struct SqliteStore {
 struct Inner {
     writer: Mutex<Option<mpsc::Sender<Job>>>,
     readers: Mutex<Vec<Connection>>,
+    reader_slots: Arc<tokio::sync::Semaphore>,
     path: std::path::PathBuf,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -246,6 +247,7 @@ impl SqliteStore {
             inner: Arc::new(Inner {
                 writer: Mutex::new(Some(tx)),
                 readers: Mutex::new(readers),
+                reader_slots: Arc::new(tokio::sync::Semaphore::new(READERS)),
                 path,
                 writer_thread: Mutex::new(Some(handle)),
             }),
@@ -304,6 +306,15 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
+        // One permit per pooled connection: readers wait their turn instead of opening
+        // connections (and blocking threads) without bound under load.
+        let permit = self
+            .inner
+            .reader_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Closed)?;
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
             let conn = inner
@@ -316,10 +327,12 @@ impl SqliteStore {
                 None => open_connection(&inner.path)?,
             };
             let out = f(&conn);
-            let mut pool = inner.readers.lock().unwrap_or_else(|e| e.into_inner());
-            if pool.len() < READERS {
-                pool.push(conn);
-            }
+            inner
+                .readers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(conn);
+            drop(permit);
             out
         })
         .await
@@ -509,6 +522,18 @@ impl SqliteStore {
         .await
     }
 
+    /// `(group, id, updated_at)` of every hook: lets a watcher re-read only what changed.
+    pub async fn hook_versions(&self) -> Result<Vec<(String, String, i64)>> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached("SELECT hook_group, hook_id, updated_at FROM hooks")?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
     pub async fn delete_hook(&self, group: &str, id: &str) -> Result<bool> {
         let (group, id) = (group.to_string(), id.to_string());
         self.write(move |c| {
@@ -656,6 +681,31 @@ impl SqliteStore {
             c.prepare_cached("UPDATE fires SET result = 'created', task_id = ?2 WHERE id = ?1")?
                 .execute(params![fire_id, row.id])?;
             Ok(Some(row))
+        })
+        .await
+    }
+
+    /// `(scheduled_for, received_at)` of every scheduled fire received since `since` (unix ms):
+    /// how late schedules fire.
+    pub async fn schedule_lateness(&self, since: i64) -> Result<Vec<(i64, i64)>> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT scheduled_for, received_at FROM fires WHERE scheduled_for IS NOT NULL AND received_at >= ?1",
+            )?;
+            let rows = stmt.query_map([since], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    /// Deletes fires received before `before` (unix ms), at most `limit` at a time; returns how
+    /// many went. Tasks are kept.
+    pub async fn prune_fires(&self, before: i64, limit: u32) -> Result<usize> {
+        self.write(move |c| {
+            Ok(c.prepare_cached(
+                "DELETE FROM fires WHERE id IN (SELECT id FROM fires WHERE received_at < ?1 AND result != 'queued' LIMIT ?2)",
+            )?
+            .execute(params![before, limit])?)
         })
         .await
     }
