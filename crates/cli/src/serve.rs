@@ -46,9 +46,50 @@ pub struct ServeArgs {
     /// A named resource limit, NAME=N (repeatable): at most N steps listing NAME in `resources` run at once.
     #[arg(long = "resource-limit", value_parser = parse_resource_limit)]
     resource_limits: Vec<(String, usize)>,
+    /// How long the fire ledger keeps fires (tasks are kept regardless), e.g. `30d`, `12h`.
+    #[arg(long, env = "TASKHOOK_FIRE_RETENTION", default_value = "30d", value_parser = parse_retention)]
+    fire_retention: std::time::Duration,
     /// Largest accepted request body, in bytes.
     #[arg(long, default_value_t = 1024 * 1024)]
     max_body_bytes: usize,
+}
+
+fn parse_retention(s: &str) -> Result<std::time::Duration, String> {
+    let d = taskhook_model::duration::parse_duration_str(s)?;
+    if d < std::time::Duration::from_secs(60) {
+        return Err("keep fires at least a minute".into());
+    }
+    Ok(d)
+}
+
+/// Deletes fires older than `retention` once an hour, in small batches.
+async fn prune_fires(
+    store: Store,
+    retention: std::time::Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        let before = taskhook_store::now_ms() - retention.as_millis() as i64;
+        loop {
+            match store.prune_fires(before, 1000).await {
+                Ok(n) if n == 1000 => continue,
+                Ok(n) => {
+                    if n > 0 {
+                        tracing::info!(deleted = n, "pruned old fires");
+                    }
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "pruning fires failed");
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(3600)) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
 }
 
 fn parse_resource_limit(s: &str) -> Result<(String, usize), String> {
@@ -336,6 +377,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let stop_sources = tokio_util::sync::CancellationToken::new();
     let scheduler = tokio::spawn(taskhook_sources::schedule::run(
         engine.clone(),
+        stop_sources.clone(),
+    ));
+    tokio::spawn(prune_fires(
+        store.clone(),
+        args.fire_retention,
         stop_sources.clone(),
     ));
     let state = AppState {

@@ -122,20 +122,24 @@ async fn github_push_webhooks_are_verified_filtered_deduplicated_and_recorded() 
         .collect();
     assert_eq!(
         results,
-        ["filtered", "rejected", "rejected", "created"],
+        ["filtered", "rejected", "rejected", "duplicate", "created"],
         "newest first: {ledger:#}"
     );
     assert_eq!(
-        fires[3]["task_state"], "DONE",
+        fires[4]["task_state"], "DONE",
         "the ledger shows the task's state now"
     );
-    assert_eq!(fires[3]["delivery_id"], "d-1");
+    assert_eq!(fires[4]["delivery_id"], "d-1");
+    assert_eq!(
+        fires[3]["task_id"], fires[4]["task_id"],
+        "the repeat points at the first task"
+    );
     assert_eq!(
         fires[1]["payload"],
         Value::Null,
         "rejected bodies are not stored"
     );
-    assert_eq!(fires[3]["payload"]["ref"], "refs/heads/main");
+    assert_eq!(fires[4]["payload"]["ref"], "refs/heads/main");
     let (_, tasks) = s.get("/api/v1/tasks?template=deploy").await;
     assert_eq!(
         tasks["tasks"].as_array().unwrap().len(),
@@ -208,6 +212,35 @@ methods: [POST, PUT]
         .await
         .unwrap();
     assert_eq!(r.status(), 401, "the old token no longer works");
+
+    // A mapping that fails at run time is a fire with result `error`, never a 500.
+    let (st, v) = s
+        .post("/api/v1/hooks/g/h/trigger", json!({"n": 1, "x": null}))
+        .await;
+    assert_eq!(st, 202, "{v}");
+    let bad = "template: echo\ninputs: {n: '{{ event.payload.missing.deeper }}'}\n";
+    let (st, _, v) = s
+        .req(
+            reqwest::Method::PUT,
+            "/api/v1/hooks/g/bad",
+            Some((bad, "application/yaml")),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let (st, v) = s.post("/api/v1/hooks/g/bad/trigger", json!({})).await;
+    assert_eq!(
+        (st, v["result"].clone(), v["task_id"].clone()),
+        (202, json!("error"), Value::Null),
+        "{v}"
+    );
+    let (_, f) = s.get("/api/v1/hooks/g/bad/fires").await;
+    assert!(
+        f["fires"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("undefined"),
+        "{f}"
+    );
 
     // Dry run: shows what would happen and creates nothing.
     let before = s.get("/api/v1/hooks/g/h/fires").await.1["fires"]

@@ -46,7 +46,7 @@ fn open_connection(path: &Path) -> Result<Connection> {
     // FULL: a commit is on disk (WAL fsync) before anyone is told it happened.
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
-    conn.set_prepared_statement_cache_capacity(64);
+    conn.set_prepared_statement_cache_capacity(256);
     Ok(conn)
 }
 
@@ -574,11 +574,24 @@ impl SqliteStore {
                 let sql = format!(
                     "SELECT {FIRE_COLUMNS} FROM fires f LEFT JOIN tasks t ON t.id = f.task_id \
                      WHERE f.hook_group = ?1 AND f.hook_id = ?2 AND f.delivery_id IS NOT NULL AND f.delivery_id = ?3 \
-                     AND f.received_at >= ?4 AND f.result != 'rejected' ORDER BY f.id LIMIT 1"
+                     AND f.received_at >= ?4 AND f.result NOT IN ('rejected', 'duplicate') ORDER BY f.id LIMIT 1"
                 );
-                if let Some(first) =
-                    c.prepare_cached(&sql)?.query_row(params![fire.hook_group, fire.hook_id, delivery, since], fire_from_row).optional()?
+                if let Some(first) = c
+                    .prepare_cached(&sql)?
+                    .query_row(params![fire.hook_group, fire.hook_id, delivery, since], fire_from_row)
+                    .optional()?
                 {
+                    // The repeat is in the ledger too, pointing at the first fire's task.
+                    insert_fire(
+                        c,
+                        &NewFire {
+                            result: "duplicate".into(),
+                            task_id: first.task_id.clone(),
+                            error: Some(format!("repeated delivery: first fire {}", first.id)),
+                            payload: None,
+                            ..fire
+                        },
+                    )?;
                     return Ok(FireOutcome::Duplicate(first));
                 }
             }
@@ -613,23 +626,7 @@ impl SqliteStore {
                 }
                 None => None,
             };
-            c.prepare_cached(
-                "INSERT INTO fires (id, hook_group, hook_id, fired_by, received_at, scheduled_for, result, task_id, error, delivery_id, payload) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            )?
-            .execute(params![
-                fire.id,
-                fire.hook_group,
-                fire.hook_id,
-                fire.fired_by,
-                fire.received_at,
-                fire.scheduled_for,
-                fire.result,
-                fire.task_id,
-                fire.error,
-                fire.delivery_id,
-                fire.payload.as_ref().map(json)
-            ])?;
+            insert_fire(c, &fire)?;
             if let Some(due) = fire.scheduled_for {
                 c.prepare_cached(
                     "UPDATE hooks SET last_scheduled_for = MAX(COALESCE(last_scheduled_for, ?3), ?3) WHERE hook_group = ?1 AND hook_id = ?2",
@@ -1044,6 +1041,27 @@ fn fire_from_row(r: &Row<'_>) -> rusqlite::Result<FireRow> {
         payload: payload.map(parse_json).transpose()?,
         task_state: state.map(parse_state).transpose()?,
     })
+}
+
+fn insert_fire(c: &Connection, fire: &NewFire) -> Result<()> {
+    c.prepare_cached(
+        "INSERT INTO fires (id, hook_group, hook_id, fired_by, received_at, scheduled_for, result, task_id, error, delivery_id, payload) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )?
+    .execute(params![
+        fire.id,
+        fire.hook_group,
+        fire.hook_id,
+        fire.fired_by,
+        fire.received_at,
+        fire.scheduled_for,
+        fire.result,
+        fire.task_id,
+        fire.error,
+        fire.delivery_id,
+        fire.payload.as_ref().map(json)
+    ])?;
+    Ok(())
 }
 
 fn hook_has_queued_fire(c: &Connection, group: &str, id: &str) -> Result<bool> {

@@ -192,3 +192,66 @@ async fn recovery_makes_running_tasks_ready() {
     assert_eq!(claimed[0].task.lease_epoch, 2);
     assert_eq!(claimed[0].task.run_count, 2);
 }
+
+#[tokio::test]
+async fn a_due_time_fires_once_even_when_two_schedulers_race() {
+    let (s, _dir) = temp_store();
+    s.put_hook("g", "h", json!({"template": "t"}), "tok")
+        .await
+        .unwrap();
+    let fire = |id: &str| NewFire {
+        id: id.into(),
+        hook_group: "g".into(),
+        hook_id: "h".into(),
+        fired_by: "schedule".into(),
+        received_at: now_ms(),
+        scheduled_for: Some(60_000),
+        result: "created".into(),
+        task_id: None,
+        error: None,
+        delivery_id: None,
+        payload: None,
+    };
+    let task = |id: &str| Some((new_task(id, None), created()));
+    let (a, b) = tokio::join!(
+        s.record_fire(fire("f1"), task("t1"), None, None),
+        s.record_fire(fire("f2"), task("t2"), None, None)
+    );
+    let recorded = [a.unwrap(), b.unwrap()]
+        .into_iter()
+        .filter(|o| matches!(o, FireOutcome::Recorded(..)))
+        .count();
+    assert_eq!(recorded, 1, "one fire per due time");
+    assert_eq!(
+        s.list_tasks(TaskFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .len(),
+        1,
+        "and one task"
+    );
+    assert_eq!(
+        s.get_hook("g", "h")
+            .await
+            .unwrap()
+            .unwrap()
+            .last_scheduled_for,
+        Some(60_000)
+    );
+    // Old fires go; tasks stay.
+    assert_eq!(s.prune_fires(now_ms() + 1, 100).await.unwrap(), 1);
+    assert!(s.list_fires("g", "h", None, 10).await.unwrap().is_empty());
+    assert_eq!(
+        s.list_tasks(TaskFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .len(),
+        1
+    );
+}
