@@ -72,7 +72,7 @@ async fn prune_fires(
         let before = taskhook_store::now_ms() - retention.as_millis() as i64;
         loop {
             match store.prune_fires(before, 1000).await {
-                Ok(n) if n == 1000 => continue,
+                Ok(1000) => continue,
                 Ok(n) => {
                     if n > 0 {
                         tracing::info!(deleted = n, "pruned old fires");
