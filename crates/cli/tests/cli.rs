@@ -2,25 +2,7 @@
 
 mod support;
 
-use std::process::Command;
-
-use support::{Server, TOKEN};
-
-fn taskhook(server: Option<&Server>, args: &[&str]) -> (i32, String, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_taskhook"));
-    cmd.args(args)
-        .env_remove("TASKHOOK_TOKEN")
-        .env_remove("TASKHOOK_URL");
-    if let Some(s) = server {
-        cmd.env("TASKHOOK_URL", &s.url).env("TASKHOOK_TOKEN", TOKEN);
-    }
-    let out = cmd.output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
+use support::{Server, taskhook};
 
 fn write(dir: &std::path::Path, name: &str, text: &str) -> String {
     let p = dir.join(name);

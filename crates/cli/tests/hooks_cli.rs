@@ -7,23 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::{Server, TOKEN};
-
-fn taskhook(server: Option<&Server>, args: &[&str]) -> (i32, String, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_taskhook"));
-    cmd.args(args)
-        .env_remove("TASKHOOK_TOKEN")
-        .env_remove("TASKHOOK_URL");
-    if let Some(s) = server {
-        cmd.env("TASKHOOK_URL", &s.url).env("TASKHOOK_TOKEN", TOKEN);
-    }
-    let out = cmd.output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
+use support::{Server, TOKEN, taskhook};
 
 /// Runs a command that must succeed and returns its stdout.
 fn ok(server: &Server, args: &[&str]) -> String {

@@ -173,3 +173,21 @@ pub async fn target() -> String {
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     format!("http://{addr}")
 }
+
+/// Runs the `taskhook` binary with `args`, pointed at `server` (or at nothing: no URL, no
+/// token); returns the exit code, stdout and stderr.
+pub fn taskhook(server: Option<&Server>, args: &[&str]) -> (i32, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_taskhook"));
+    cmd.args(args)
+        .env_remove("TASKHOOK_TOKEN")
+        .env_remove("TASKHOOK_URL");
+    if let Some(s) = server {
+        cmd.env("TASKHOOK_URL", &s.url).env("TASKHOOK_TOKEN", TOKEN);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
