@@ -1093,36 +1093,51 @@ fn find_by_idempotency_key(c: &Connection, t: &NewTask) -> Result<Option<TaskRow
 /// Inserts a task, its steps and its first audit entries (and claims it when asked).
 fn insert_task(c: &Connection, t: &NewTask, event: &NewEvent) -> Result<TaskRow> {
     let now = now_ms();
+    // A task claimed at creation is inserted RUNNING under its first lease: one row write,
+    // with both transitions in the audit trail.
+    let claimed = match &t.claim {
+        Some(claim) => {
+            t.state.check_transition(TaskState::Running)?;
+            Some(claim)
+        }
+        None => None,
+    };
+    let state = if claimed.is_some() {
+        TaskState::Running
+    } else {
+        t.state
+    };
+    let due_at = if claimed.is_some() { None } else { t.due_at };
+    let lease_epoch = i64::from(claimed.is_some());
+    let run_count = u32::from(claimed.is_some());
     c.prepare_cached(
         "INSERT INTO tasks (id, template, template_version, title, state, inputs, tags, requester, parent_id, \
-         idempotency_key, run_max, due_at, created_at, updated_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13)",
+         idempotency_key, run_count, run_max, due_at, lease_owner, lease_epoch, lease_until, created_at, updated_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?17)",
     )?
     .execute(params![
         t.id,
         t.template,
         t.template_version,
         t.title,
-        t.state.as_str(),
+        state.as_str(),
         json(&t.inputs),
         json(&t.tags),
         t.requester,
         t.parent_id,
         t.idempotency_key,
+        run_count,
         t.run_max,
-        t.due_at,
+        due_at,
+        claimed.map(|(owner, _)| owner),
+        lease_epoch,
+        claimed.map(|(_, until)| until),
         now
     ])?;
     let steps: Vec<StepRow> = t.steps.iter().map(StepRow::new).collect();
     upsert_steps(c, &t.id, &steps, now)?;
     insert_event(c, &t.id, now, event)?;
-    if let Some((owner, lease_until)) = &t.claim {
-        TaskState::Ready.check_transition(TaskState::Running)?;
-        c.prepare_cached(
-            "UPDATE tasks SET state = 'RUNNING', due_at = NULL, lease_owner = ?2, lease_epoch = lease_epoch + 1, \
-             lease_until = ?3, run_count = run_count + 1 WHERE id = ?1 AND state = 'READY'",
-        )?
-        .execute(params![t.id, owner, lease_until])?;
+    if claimed.is_some() {
         insert_event(
             c,
             &t.id,
@@ -1130,14 +1145,31 @@ fn insert_task(c: &Connection, t: &NewTask, event: &NewEvent) -> Result<TaskRow>
             &NewEvent::transition(
                 "engine",
                 "claimed",
-                TaskState::Ready,
+                t.state,
                 TaskState::Running,
                 Value::Null,
             ),
         )?;
     }
-    load_task(c, &t.id)?.ok_or_else(|| StoreError::NotFound {
-        what: format!("task {}", t.id),
+    Ok(TaskRow {
+        id: t.id.clone(),
+        template: t.template.clone(),
+        template_version: t.template_version,
+        title: t.title.clone(),
+        state,
+        inputs: t.inputs.clone(),
+        resolver_inputs: serde_json::json!({}),
+        result: Value::Null,
+        tags: t.tags.clone(),
+        requester: t.requester.clone(),
+        parent_id: t.parent_id.clone(),
+        idempotency_key: t.idempotency_key.clone(),
+        run_count,
+        run_max: t.run_max,
+        due_at,
+        lease_epoch,
+        created_at: now,
+        updated_at: now,
     })
 }
 

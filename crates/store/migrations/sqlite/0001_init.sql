@@ -61,7 +61,7 @@ CREATE TABLE steps (
 
 -- The audit trail: every task transition and every human action.
 CREATE TABLE task_events (
-    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq        INTEGER PRIMARY KEY,  -- rowid: grows with each insert
     task_id    TEXT NOT NULL,
     at         INTEGER NOT NULL,
     actor      TEXT NOT NULL,
