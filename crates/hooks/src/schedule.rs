@@ -31,7 +31,9 @@
 //! Due times are whole seconds, returned as unix milliseconds, and always
 //! strictly increasing.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Arc, LazyLock, Mutex, Weak};
 
 use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
@@ -66,8 +68,23 @@ pub enum ScheduleError {
 }
 
 /// A parsed cron expression in a time zone.
+/// Cheap to clone: the parsed form is shared, and identical schedules (same expression and
+/// time zone) parsed anywhere in the process share one parsed form, since a parsed cron
+/// expression takes a few kilobytes and thousands of hooks often repeat a few expressions.
 #[derive(Clone)]
 pub struct Schedule {
+    parsed: Arc<Parsed>,
+}
+
+impl std::ops::Deref for Schedule {
+    type Target = Parsed;
+    fn deref(&self) -> &Parsed {
+        &self.parsed
+    }
+}
+
+#[doc(hidden)]
+pub struct Parsed {
     expression: String,
     timezone: String,
     cron: Cron,
@@ -106,6 +123,28 @@ impl Schedule {
     /// Surrounding spaces are ignored in both. The error says whether the
     /// expression or the time zone is at fault, and why.
     pub fn parse(expr: &str, timezone: &str) -> Result<Schedule, ScheduleError> {
+        static SHARED: LazyLock<Mutex<HashMap<(String, String), Weak<Parsed>>>> =
+            LazyLock::new(Default::default);
+        let key = (expr.trim().to_owned(), timezone.trim().to_owned());
+        if let Some(parsed) = SHARED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .and_then(Weak::upgrade)
+        {
+            return Ok(Schedule { parsed });
+        }
+        let parsed = Arc::new(Self::parse_new(expr, timezone)?);
+        let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+        // Forget schedules nobody holds any more, now and then (not on every parse).
+        if shared.len() >= 1024 && shared.len().is_power_of_two() {
+            shared.retain(|_, w| w.strong_count() > 0);
+        }
+        shared.insert(key, Arc::downgrade(&parsed));
+        Ok(Schedule { parsed })
+    }
+
+    fn parse_new(expr: &str, timezone: &str) -> Result<Parsed, ScheduleError> {
         let expression = expr.trim();
         let invalid = |reason: String| ScheduleError::InvalidExpression {
             expression: expression.chars().take(MAX_EXPRESSION_LEN).collect(),
@@ -165,7 +204,7 @@ impl Schedule {
         }
         let tz = TimeZone::get(timezone).map_err(|e| unknown(e.to_string()))?;
 
-        Ok(Schedule {
+        Ok(Parsed {
             expression: expression.to_owned(),
             timezone: timezone.to_owned(),
             follows_elapsed_time: cron.pattern.hours.from_wildcard,

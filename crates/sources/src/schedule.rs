@@ -165,8 +165,10 @@ async fn refresh(
     Ok(out)
 }
 
-fn scheduled(row: HookRow, now: i64) -> Option<Scheduled> {
-    let hook: Hook = serde_json::from_value(row.body.clone()).ok()?;
+fn scheduled(mut row: HookRow, now: i64) -> Option<Scheduled> {
+    // The parsed hook is all that is needed from here on; the JSON body is dropped to keep
+    // thousands of scheduled hooks small.
+    let hook: Hook = serde_json::from_value(std::mem::take(&mut row.body)).ok()?;
     let schedules = if hook.enabled {
         hook.schedules()
     } else {
