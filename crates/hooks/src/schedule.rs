@@ -83,6 +83,9 @@ impl std::ops::Deref for Schedule {
     }
 }
 
+/// Parsed schedules by (expression, time zone), held weakly.
+type SharedSchedules = HashMap<(String, String), Weak<Parsed>>;
+
 #[doc(hidden)]
 pub struct Parsed {
     expression: String,
@@ -123,8 +126,7 @@ impl Schedule {
     /// Surrounding spaces are ignored in both. The error says whether the
     /// expression or the time zone is at fault, and why.
     pub fn parse(expr: &str, timezone: &str) -> Result<Schedule, ScheduleError> {
-        static SHARED: LazyLock<Mutex<HashMap<(String, String), Weak<Parsed>>>> =
-            LazyLock::new(Default::default);
+        static SHARED: LazyLock<Mutex<SharedSchedules>> = LazyLock::new(Default::default);
         let key = (expr.trim().to_owned(), timezone.trim().to_owned());
         if let Some(parsed) = SHARED
             .lock()
