@@ -1,67 +1,175 @@
-//! Durations as templates write them: `250ms`, `10s`, `5m`, `1h30m`, or a number of seconds.
+//! Durations as templates and configurations write them: `"1h30m"`, `"10s"`, `"250ms"`, `"1.5s"`, or a number of seconds.
+//! Parsing is pure and total: it never panics and rejects negative, non-finite or overflowing values.
 
 use std::time::Duration;
 
 use serde_json::Value;
 
-/// Parses `"1h30m"`, `"10s"`, `"250ms"`, `"2m"`, `"1d"` or a number of seconds.
-pub fn parse_duration(v: &Value) -> Result<Duration, String> {
-    match v {
-        Value::Number(n) => n
-            .as_f64()
-            .filter(|s| s.is_finite() && *s >= 0.0)
-            .map(Duration::from_secs_f64)
-            .ok_or_else(|| format!("invalid duration {n}")),
+const NANOS_PER_SEC: u128 = 1_000_000_000;
+
+/// Parses a duration: a JSON number of seconds (`30`, `0.5`), a string holding a number of
+/// seconds (`"30"`), or a string of `<number><unit>` parts (`"1h30m"`, `"250ms"`, `"1.5s"`).
+/// Units: `ns`, `us` (`µs`), `ms`, `s`, `m`, `h`, `d`.
+pub fn parse_duration(value: &Value) -> Result<Duration, String> {
+    match value {
+        Value::Number(n) => {
+            if let Some(secs) = n.as_u64() {
+                return Ok(Duration::from_secs(secs));
+            }
+            match n.as_f64() {
+                Some(secs) => from_secs_f64(secs),
+                None => Err(format!("invalid duration {n}")),
+            }
+        }
         Value::String(s) => parse_duration_str(s),
         other => Err(format!(
-            "invalid duration {other}: use a string like \"30s\" or a number of seconds"
+            "expected a duration like \"30s\" or a number of seconds, got {other}"
         )),
     }
 }
 
-pub fn parse_duration_str(s: &str) -> Result<Duration, String> {
-    let bad =
-        || format!("invalid duration {s:?}: use a number with a unit, like 500ms, 30s, 5m, 1h30m");
-    let s = s.trim();
+fn from_secs_f64(secs: f64) -> Result<Duration, String> {
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!(
+            "invalid duration {secs}: must be a non-negative number of seconds"
+        ));
+    }
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("duration {secs}s is too large"))
+}
+
+/// Parses a duration string: `"1h30m"`, `"250ms"`, or a number of seconds (`"30"`).
+pub fn parse_duration_str(input: &str) -> Result<Duration, String> {
+    let s = input.trim();
     if s.is_empty() {
-        return Err(bad());
+        return Err("empty duration: expected something like \"30s\"".into());
     }
-    if let Ok(secs) = s.parse::<f64>() {
-        return parse_duration(&serde_json::json!(secs));
-    }
-    let mut total = 0f64;
+    let bad = |why: &str| format!("invalid duration {input:?}: {why}");
     let mut rest = s;
+    let mut total: u128 = 0;
+    let mut first = true;
     while !rest.is_empty() {
-        let num_len = rest
+        let num_end = rest
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(bad)?;
-        if num_len == 0 {
-            return Err(bad());
+            .unwrap_or(rest.len());
+        if num_end == 0 {
+            return Err(bad("expected a number before each unit"));
         }
-        let n: f64 = rest[..num_len].parse().map_err(|_| bad())?;
-        rest = &rest[num_len..];
-        let unit_len = rest
+        let number = &rest[..num_end];
+        rest = rest[num_end..].trim_start();
+        let unit_end = rest
             .find(|c: char| c.is_ascii_digit() || c == '.')
             .unwrap_or(rest.len());
-        let factor = match &rest[..unit_len] {
-            "ms" => 0.001,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            "d" => 86400.0,
-            _ => return Err(bad()),
+        let unit = rest[..unit_end].trim_end();
+        rest = &rest[unit_end..];
+        let unit_nanos: u128 = match unit {
+            "" if first && rest.is_empty() => NANOS_PER_SEC,
+            "" => return Err(bad("missing unit (use ms, s, m, h or d)")),
+            "ns" => 1,
+            "us" | "µs" => 1_000,
+            "ms" => 1_000_000,
+            "s" => NANOS_PER_SEC,
+            "m" => 60 * NANOS_PER_SEC,
+            "h" => 3_600 * NANOS_PER_SEC,
+            "d" => 86_400 * NANOS_PER_SEC,
+            other => {
+                return Err(bad(&format!(
+                    "unknown unit {other:?} (use ms, s, m, h or d)"
+                )));
+            }
         };
-        total += n * factor;
-        rest = &rest[unit_len..];
+        let part =
+            scaled(number, unit_nanos).ok_or_else(|| bad("not a valid number or too large"))?;
+        total = total.checked_add(part).ok_or_else(|| bad("too large"))?;
+        first = false;
     }
-    if !total.is_finite() || total > 1e12 {
-        return Err(bad());
+    let secs = u64::try_from(total / NANOS_PER_SEC).map_err(|_| bad("too large"))?;
+    // The remainder is below one second, so it always fits in u32.
+    let nanos = u32::try_from(total % NANOS_PER_SEC).unwrap_or(0);
+    Ok(Duration::new(secs, nanos))
+}
+
+/// `number` (digits with at most one '.') times `unit_nanos`, in nanoseconds, exactly.
+fn scaled(number: &str, unit_nanos: u128) -> Option<u128> {
+    let (int, frac) = match number.split_once('.') {
+        Some((i, f)) => (i, f),
+        None => (number, ""),
+    };
+    if int.is_empty() && frac.is_empty() {
+        return None;
     }
-    Ok(Duration::from_secs_f64(total))
+    if frac.contains('.') {
+        return None;
+    }
+    let int_value: u128 = if int.is_empty() { 0 } else { int.parse().ok()? };
+    let mut total = int_value.checked_mul(unit_nanos)?;
+    // Digits beyond 18 are below a nanosecond for every unit; ignore them.
+    let frac = &frac[..frac.len().min(18)];
+    if !frac.is_empty() {
+        let frac_value: u128 = frac.parse().ok()?;
+        let scale = 10u128.checked_pow(u32::try_from(frac.len()).ok()?)?;
+        total = total.checked_add(frac_value.checked_mul(unit_nanos)? / scale)?;
+    }
+    Some(total)
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn d(v: Value) -> Result<Duration, String> {
+        parse_duration(&v)
+    }
+
+    #[test]
+    fn units_and_numbers() {
+        assert_eq!(d(json!("10s")), Ok(Duration::from_secs(10)));
+        assert_eq!(d(json!("250ms")), Ok(Duration::from_millis(250)));
+        assert_eq!(d(json!("2m")), Ok(Duration::from_secs(120)));
+        assert_eq!(d(json!("1h30m")), Ok(Duration::from_secs(5400)));
+        assert_eq!(d(json!("1h 30m 5s")), Ok(Duration::from_secs(5405)));
+        assert_eq!(d(json!("1.5s")), Ok(Duration::from_millis(1500)));
+        assert_eq!(d(json!("0.001s")), Ok(Duration::from_millis(1)));
+        assert_eq!(d(json!("1d")), Ok(Duration::from_secs(86400)));
+        assert_eq!(d(json!("10us")), Ok(Duration::from_micros(10)));
+        assert_eq!(d(json!("7ns")), Ok(Duration::from_nanos(7)));
+        assert_eq!(d(json!("30")), Ok(Duration::from_secs(30)));
+        assert_eq!(d(json!(" 5s ")), Ok(Duration::from_secs(5)));
+        assert_eq!(d(json!(30)), Ok(Duration::from_secs(30)));
+        assert_eq!(d(json!(0.5)), Ok(Duration::from_millis(500)));
+        assert_eq!(d(json!(0)), Ok(Duration::ZERO));
+    }
+
+    #[test]
+    fn rejects_garbage_without_panicking() {
+        for bad in [
+            json!(""),
+            json!("s"),
+            json!("-5s"),
+            json!("5x"),
+            json!("1h30"),
+            json!("1..5s"),
+            json!("."),
+            json!("1.2.3s"),
+            json!("inf"),
+            json!("NaN"),
+            json!("99999999999999999999999999999999999999999h"),
+            json!("18446744073709551616s"),
+            json!(-1),
+            json!(-0.5),
+            json!(1e300),
+            json!(true),
+            json!(null),
+            json!([1]),
+            json!({"s": 1}),
+        ] {
+            assert!(d(bad.clone()).is_err(), "{bad} should be rejected");
+        }
+    }
+}
+
+#[cfg(test)]
+mod model_tests {
     use super::*;
     use serde_json::json;
 
