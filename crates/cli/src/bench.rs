@@ -298,36 +298,28 @@ async fn bench_webhooks(engine: &Engine, total: usize) -> anyhow::Result<()> {
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(WEBHOOK_SECRET.as_bytes())?;
     mac.update(body.as_bytes());
     let signature = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
-    let url = format!("http://{addr}/api/v1/hooks/bench/push/webhook");
     for clients in [16usize, 64] {
-        let http = reqwest::Client::builder()
-            .pool_max_idle_per_host(clients)
-            .build()?;
         let start = Instant::now();
         let mut workers = Vec::new();
         for w in 0..clients {
-            let (http, url, body, signature) =
-                (http.clone(), url.clone(), body.clone(), signature.clone());
+            let (body, signature) = (body.clone(), signature.clone());
             let n = total / clients + usize::from(w < total % clients);
             workers.push(tokio::spawn(async move {
+                // A minimal keep-alive HTTP/1.1 client, as load generators use: the figure
+                // should be the server's cost, not a full-featured client's.
+                let mut conn = tokio::io::BufStream::new(tokio::net::TcpStream::connect(addr).await?);
                 let mut latencies = Vec::with_capacity(n);
                 for i in 0..n {
                     let t0 = Instant::now();
-                    let resp = http
-                        .post(&url)
-                        .header("content-type", "application/json")
-                        .header("x-github-event", "push")
-                        .header("x-github-delivery", format!("{clients}-{w}-{i}"))
-                        .header("x-hub-signature-256", &signature)
-                        .body(body.clone())
-                        .send()
-                        .await?;
-                    if resp.status() != reqwest::StatusCode::ACCEPTED {
-                        anyhow::bail!(
-                            "webhook answered {}: {}",
-                            resp.status(),
-                            resp.text().await.unwrap_or_default()
-                        );
+                    let request = format!(
+                        "POST /api/v1/hooks/bench/push/webhook HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+                         x-github-event: push\r\nx-github-delivery: {clients}-{w}-{i}\r\nx-hub-signature-256: {signature}\r\n\
+                         content-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let (status, answer) = http_exchange(&mut conn, request.as_bytes()).await?;
+                    if status != 202 {
+                        anyhow::bail!("webhook answered {status}: {answer}");
                     }
                     latencies.push(t0.elapsed());
                 }
@@ -407,4 +399,38 @@ async fn bench_schedules(engine: &Engine, count: usize, seconds: u64) -> anyhow:
         );
     }
     Ok(())
+}
+
+/// Writes one request and reads one response (status and body) on a keep-alive connection.
+async fn http_exchange(
+    conn: &mut tokio::io::BufStream<tokio::net::TcpStream>,
+    request: &[u8],
+) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    conn.write_all(request).await?;
+    conn.flush().await?;
+    let mut line = String::new();
+    conn.read_line(&mut line).await?;
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("bad status line")?;
+    let mut length = 0usize;
+    loop {
+        line.clear();
+        conn.read_line(&mut line).await?;
+        let header = line.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse().context("bad content-length")?;
+        }
+    }
+    let mut body = vec![0; length];
+    conn.read_exact(&mut body).await?;
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }

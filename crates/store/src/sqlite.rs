@@ -571,11 +571,7 @@ impl SqliteStore {
     ) -> Result<FireOutcome> {
         self.write(move |c| {
             if let (Some(delivery), Some(since)) = (&fire.delivery_id, dedupe_since) {
-                let sql = format!(
-                    "SELECT {FIRE_COLUMNS} FROM fires f LEFT JOIN tasks t ON t.id = f.task_id \
-                     WHERE f.hook_group = ?1 AND f.hook_id = ?2 AND f.delivery_id IS NOT NULL AND f.delivery_id = ?3 \
-                     AND f.received_at >= ?4 AND f.result NOT IN ('rejected', 'duplicate') ORDER BY f.id LIMIT 1"
-                );
+                let sql = first_delivery_sql();
                 if let Some(first) = c
                     .prepare_cached(&sql)?
                     .query_row(params![fire.hook_group, fire.hook_id, delivery, since], fire_from_row)
@@ -1075,6 +1071,15 @@ fn hook_has_unfinished_task(c: &Connection, group: &str, id: &str) -> Result<boo
          WHERE f.hook_group = ?1 AND f.hook_id = ?2 AND t.state NOT IN ('DONE', 'CANCELLED'))",
     )?
     .query_row([group, id], |r| r.get(0))?)
+}
+
+/// The first fire of a delivery id within the dedupe window (a seek on `fires_delivery`).
+fn first_delivery_sql() -> String {
+    format!(
+        "SELECT {FIRE_COLUMNS} FROM fires f LEFT JOIN tasks t ON t.id = f.task_id \
+         WHERE f.hook_group = ?1 AND f.hook_id = ?2 AND f.delivery_id IS NOT NULL AND f.delivery_id = ?3 \
+         AND f.received_at >= ?4 AND f.result NOT IN ('rejected', 'duplicate') ORDER BY f.id LIMIT 1"
+    )
 }
 
 /// The task an idempotency key already created for this template, if any.
