@@ -205,3 +205,51 @@ async fn overlap_skip_and_queue() {
         "{first:#}\n{second:#}"
     );
 }
+
+/// The issue's own words: a hook scheduled every minute in Europe/Paris fires once per minute
+/// across a restart. The server is killed just after a due time and restarted at once: the
+/// due time it already fired is not fired again, and the next minute fires once.
+#[tokio::test]
+async fn every_minute_in_paris_fires_once_per_minute_across_a_restart() {
+    let dir = support::fresh_dir();
+    // Start a few seconds before a minute boundary, so the test takes about a minute.
+    let sec = jiff::Timestamp::now().as_second().rem_euclid(60);
+    if sec < 55 {
+        tokio::time::sleep(Duration::from_secs((55 - sec) as u64)).await;
+    }
+    let mut s = Server::start_in(dir.clone(), &[]);
+    s.put_template("tick", TEMPLATE).await;
+    put_hook(&s, "cron", "paris", "template: tick\nschedule: ['* * * * *']\ntimezone: Europe/Paris\ninputs: {at: '{{ event.scheduled_for }}'}\n").await;
+    // Wait for the first due time to fire, then kill the server at once.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while fires(&s, "cron", "paris").await.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first minute never fired"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    s.kill9();
+    let s = Server::start_in(dir, &[]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(75);
+    let f = loop {
+        let f = fires(&s, "cron", "paris").await;
+        if f.len() >= 2 {
+            break f;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the next minute never fired: {f:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let f2 = fires(&s, "cron", "paris").await;
+    assert_eq!(f2.len(), 2, "one fire per minute: {:#?}", due_times(&f2));
+    let due: Vec<i64> = due_times(&f)
+        .iter()
+        .map(|d| d.parse::<jiff::Timestamp>().unwrap().as_second())
+        .collect();
+    assert_eq!(due[1] - due[0], 60, "{due:?}");
+    assert_eq!(due[0] % 60, 0, "due on the minute");
+}
