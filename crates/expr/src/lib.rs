@@ -326,6 +326,11 @@ mod tests {
         );
         assert_eq!(r.render_str("{{ uuid() | length }}", &c).unwrap(), "36");
         assert_eq!(r.render_str("{{ 'Hi'.upper() }}", &c).unwrap(), "HI");
+        assert_eq!(
+            r.render_str("{{ 0 | datetimeformat(format='iso') }}", &c)
+                .unwrap(),
+            "1970-01-01T00:00:00+00:00"
+        );
     }
 
     #[test]

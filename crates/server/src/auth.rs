@@ -1,7 +1,7 @@
 //! Bearer-token authentication. The admin token is kept only as a SHA-256 hash and
 //! compared in constant time.
 
-use axum::extract::{FromRequestParts, State};
+use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -51,7 +51,6 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
-        let State(state): State<AppState> = State(state.clone());
         let token = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)

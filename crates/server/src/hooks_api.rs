@@ -432,9 +432,11 @@ pub async fn trigger_with_token(
     Path((group, id, token)): Path<(String, String, String)>,
     method: Method,
     headers: HeaderMap,
-    Query(query): Query<BTreeMap<String, String>>,
+    query: Result<Query<BTreeMap<String, String>>, axum::extract::rejection::QueryRejection>,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
+    let Query(query) =
+        query.map_err(|e| Problem::field(StatusCode::BAD_REQUEST, "query", e.body_text()))?;
     let bytes = body(b)?;
     let (row, hook) = load(&s, &group, &id).await?;
     let ok: bool = row.trigger_token.as_bytes().ct_eq(token.as_bytes()).into();
