@@ -46,6 +46,9 @@ pub struct EngineConfig {
     pub lease: Duration,
     /// How long running steps get to finish on shutdown.
     pub shutdown_grace: Duration,
+    /// How often to look for tasks left RUNNING by a run that ended abnormally (a store error
+    /// mid-run): once their lease has expired they become READY again.
+    pub orphan_sweep: Duration,
 }
 
 impl Default for EngineConfig {
@@ -57,6 +60,7 @@ impl Default for EngineConfig {
             resource_limits: HashMap::new(),
             lease: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(10),
+            orphan_sweep: Duration::from_secs(30),
         }
     }
 }
@@ -418,6 +422,7 @@ impl Engine {
         self.inner
             .started
             .store(true, std::sync::atomic::Ordering::Release);
+        tokio::spawn(self.inner.clone().sweep_orphans());
         let inner = self.inner.clone();
         Ok(tokio::spawn(async move { inner.dispatch().await }))
     }
@@ -768,6 +773,50 @@ impl Inner {
             drop(permit);
             inner.room.notify_one();
         });
+    }
+
+    /// Tasks this process no longer runs but that are still RUNNING in the store (their run
+    /// failed to record its end) are made READY once their lease expires. Only tasks absent
+    /// from this process's runs are touched, so a long run is never taken away from itself.
+    async fn sweep_orphans(self: Arc<Self>) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(self.config.orphan_sweep) => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+            let expired = match self.store.expired_leases(now_ms()).await {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!(error = %e, "looking for orphaned tasks failed");
+                    continue;
+                }
+            };
+            let orphans: Vec<(String, i64)> = {
+                let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+                expired
+                    .into_iter()
+                    .filter(|(id, _)| !running.contains_key(id))
+                    .collect()
+            };
+            if orphans.is_empty() {
+                continue;
+            }
+            match self
+                .store
+                .release_orphans(
+                    orphans,
+                    "the run holding the task ended without recording it",
+                )
+                .await
+            {
+                Ok(n) if n > 0 => {
+                    tracing::warn!(tasks = n, "orphaned tasks made ready again");
+                    self.wake.notify_one();
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "releasing orphaned tasks failed"),
+            }
+        }
     }
 
     /// Claims due tasks while there is room, then sleeps until woken or the next due time.

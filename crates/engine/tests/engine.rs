@@ -2422,3 +2422,42 @@ steps:
         .unwrap_err();
     assert_eq!(err.errors[0].field, "functions.f.action.type");
 }
+
+/// Regression: a task whose run ended without recording it (a store error mid-run) stayed
+/// RUNNING until the next restart. Once its lease expires, the engine makes it READY again.
+#[tokio::test]
+async fn a_task_left_running_by_a_failed_run_is_picked_up_again() {
+    let dir = std::env::temp_dir().join(format!("taskhook-engine-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = EngineConfig {
+        orphan_sweep: std::time::Duration::from_millis(50),
+        ..EngineConfig::default()
+    };
+    let fx = Fx::open_with(dir, config).await;
+    fx.put("name: orphan\nauto_runnable: true\nsteps:\n  a: {action: {type: echo, configuration: {output: done}}}\n")
+        .await;
+    // Due in an hour, so the engine leaves it alone for now.
+    let in_an_hour = taskhook_store::now_ms() + 3_600_000;
+    let req = taskhook_engine::CreateTask {
+        template: "orphan".into(),
+        requester: "test".into(),
+        run_at: Some(in_an_hour),
+        ..Default::default()
+    };
+    let (task, _) = fx.engine.create_task(req).await.unwrap();
+    // A run that claims it and dies without a word: its lease is already over.
+    let claimed = fx
+        .store()
+        .claim_due("ghost", in_an_hour, 10, -7_200_000)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(fx.get(&task.id).await.0.state, TaskState::Running);
+    let (done, _) = fx.wait_done(&task.id).await;
+    assert_eq!(done.run_count, 2, "claimed by the dead run, then run again");
+    assert!(
+        fx.event_kinds(&task.id)
+            .await
+            .contains(&"recovered".to_string())
+    );
+}

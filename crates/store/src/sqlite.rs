@@ -959,6 +959,43 @@ impl SqliteStore {
         .await
     }
 
+    /// RUNNING tasks whose lease ran out before `now`, with the epoch they were claimed at.
+    pub async fn expired_leases(&self, now: i64) -> Result<Vec<(String, i64)>> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, lease_epoch FROM tasks WHERE state = 'RUNNING' AND lease_until IS NOT NULL AND lease_until < ?1",
+            )?;
+            let rows = stmt.query_map([now], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    /// Makes READY the given RUNNING tasks that are still held at the given epoch (a task
+    /// claimed again since is left alone), recording `reason`. Returns how many moved.
+    pub async fn release_orphans(&self, tasks: Vec<(String, i64)>, reason: &str) -> Result<usize> {
+        let reason = reason.to_string();
+        self.write(move |c| {
+            let now = now_ms();
+            let mut moved = 0;
+            for (id, epoch) in &tasks {
+                let n = c
+                    .prepare_cached(
+                        "UPDATE tasks SET state = 'READY', due_at = ?3, lease_owner = NULL, lease_until = NULL, updated_at = ?3 \
+                         WHERE id = ?1 AND state = 'RUNNING' AND lease_epoch = ?2",
+                    )?
+                    .execute(params![id, epoch, now])?;
+                if n > 0 {
+                    moved += 1;
+                    let ev = NewEvent::transition("engine", "recovered", TaskState::Running, TaskState::Ready, serde_json::json!({"reason": reason}));
+                    insert_event(c, id, now, &ev)?;
+                }
+            }
+            Ok(moved)
+        })
+        .await
+    }
+
     /// How many tasks are in `state`.
     pub async fn count_tasks(&self, state: TaskState) -> Result<u64> {
         self.read(move |c| {
