@@ -384,14 +384,7 @@ impl Inner {
         let version = self.current_version(template).await?;
         let compiled = self.template(template, version).await?;
         let resolved = taskhook_model::input::resolve_inputs(&compiled.template.inputs, inputs)
-            .map_err(|e| EngineError::Invalid {
-                field: if e.input.is_empty() {
-                    "inputs".into()
-                } else {
-                    format!("inputs.{}", e.input)
-                },
-                message: e.message,
-            })?;
+            .map_err(|e| crate::invalid_input("inputs", e))?;
         Ok(Value::Object(resolved))
     }
 }

@@ -106,6 +106,20 @@ pub(crate) struct PreparedTask {
     pub permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
+/// An input that does not fit its declaration, as a bad-input error naming
+/// `<what>.<input>` (or `<what>` when the whole object is wrong).
+pub(crate) fn invalid_input(what: &str, e: taskhook_model::InputError) -> EngineError {
+    let field = if e.input.is_empty() {
+        what.to_string()
+    } else {
+        format!("{what}.{}", e.input)
+    };
+    EngineError::Invalid {
+        field,
+        message: e.message,
+    }
+}
+
 /// A request to start a task.
 #[derive(Debug, Clone, Default)]
 pub struct CreateTask {
@@ -331,13 +345,8 @@ impl Engine {
             .inner
             .template(&task.template, task.template_version)
             .await?;
-        let inputs =
-            resolve_inputs(&compiled.template.resolver_inputs, &resolver_inputs).map_err(|e| {
-                EngineError::Invalid {
-                    field: format!("resolver_inputs.{}", e.input),
-                    message: e.message,
-                }
-            })?;
+        let inputs = resolve_inputs(&compiled.template.resolver_inputs, &resolver_inputs)
+            .map_err(|e| invalid_input("resolver_inputs", e))?;
         let ev = NewEvent {
             actor: actor.into(),
             kind: "resolved".into(),
@@ -565,14 +574,8 @@ impl Inner {
                 t.name
             )));
         }
-        let inputs = resolve_inputs(&t.inputs, &req.inputs).map_err(|e| EngineError::Invalid {
-            field: if e.input.is_empty() {
-                "inputs".into()
-            } else {
-                format!("inputs.{}", e.input)
-            },
-            message: e.message,
-        })?;
+        let inputs =
+            resolve_inputs(&t.inputs, &req.inputs).map_err(|e| invalid_input("inputs", e))?;
         let id = uuid::Uuid::now_v7().to_string();
         let ctx = json!({"input": inputs, "task": {"id": id, "template": t.name, "requester": req.requester}});
         let renderer = taskhook_expr::renderer();

@@ -95,6 +95,20 @@ pub(crate) fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, Problem> {
     })
 }
 
+/// The `limit` of a listing: 1 to 1000, default 100.
+pub(crate) fn page_limit(limit: Option<u32>) -> Result<u32, Problem> {
+    let limit = limit.unwrap_or(100);
+    if (1..=1000).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(Problem::field(
+            StatusCode::BAD_REQUEST,
+            "limit",
+            "must be between 1 and 1000",
+        ))
+    }
+}
+
 /// Parses a JSON body, naming the failing field.
 pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
@@ -445,14 +459,7 @@ async fn list_tasks(
         ),
         None => None,
     };
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(Problem::field(
-            StatusCode::BAD_REQUEST,
-            "limit",
-            "must be between 1 and 1000",
-        ));
-    }
+    let limit = page_limit(q.limit)?;
     let rows = s
         .engine
         .store()

@@ -275,14 +275,7 @@ pub async fn list_fires(
     let Query(q) =
         q.map_err(|e| Problem::field(StatusCode::BAD_REQUEST, "query", e.body_text()))?;
     load(&s, &group, &id).await?;
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(Problem::field(
-            StatusCode::BAD_REQUEST,
-            "limit",
-            "must be between 1 and 1000",
-        ));
-    }
+    let limit = crate::api::page_limit(q.limit)?;
     let rows = s
         .engine
         .store()
