@@ -50,6 +50,25 @@ fn open_connection(path: &Path) -> Result<Connection> {
     Ok(conn)
 }
 
+/// Creates the database file readable by its owner only, if it does not exist yet; SQLite
+/// gives its `-wal` and `-shm` files the same permissions.
+fn create_private(path: &Path) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::Database(format!(
+            "cannot create {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
 fn migrate(conn: &mut Connection) -> Result<()> {
     let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
@@ -232,6 +251,7 @@ impl SqliteStore {
     /// Opens (creating if needed) the database file and runs migrations.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
+        create_private(&path)?;
         let mut conn = open_connection(&path)?;
         migrate(&mut conn)?;
         let (tx, rx) = mpsc::channel::<Job>();

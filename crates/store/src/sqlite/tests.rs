@@ -255,3 +255,20 @@ async fn a_due_time_fires_once_even_when_two_schedulers_race() {
         1
     );
 }
+
+#[tokio::test]
+async fn the_database_files_are_private_to_their_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let (s, dir) = temp_store();
+    s.create_task(new_task("t1", None), created())
+        .await
+        .unwrap();
+    for name in ["db.sqlite", "db.sqlite-wal", "db.sqlite-shm"] {
+        let mode = std::fs::metadata(dir.join(name))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "{name}");
+    }
+}
