@@ -46,7 +46,10 @@ pub struct ServeArgs {
     /// A named resource limit, NAME=N (repeatable): at most N steps listing NAME in `resources` run at once.
     #[arg(long = "resource-limit", value_parser = parse_resource_limit)]
     resource_limits: Vec<(String, usize)>,
-    /// How long the fire ledger keeps fires (tasks are kept regardless), e.g. `30d`, `12h`.
+    /// How long finished (DONE or CANCELLED) tasks are kept, with their steps and audit trail.
+    #[arg(long, env = "TASKHOOK_TASK_RETENTION", default_value = "90d", value_parser = parse_retention)]
+    task_retention: std::time::Duration,
+    /// How long the fire ledger keeps fires, e.g. `30d`, `12h`.
     #[arg(long, env = "TASKHOOK_FIRE_RETENTION", default_value = "30d", value_parser = parse_retention)]
     fire_retention: std::time::Duration,
     /// Largest accepted request body, in bytes.
@@ -62,26 +65,34 @@ fn parse_retention(s: &str) -> Result<std::time::Duration, String> {
     Ok(d)
 }
 
-/// Deletes fires older than `retention` once an hour, in small batches.
-async fn prune_fires(
+/// Once an hour, deletes fires and finished tasks past their retention, in small batches.
+async fn prune_history(
     store: Store,
-    retention: std::time::Duration,
+    fires: std::time::Duration,
+    tasks: std::time::Duration,
     stop: tokio_util::sync::CancellationToken,
 ) {
     loop {
-        let before = taskhook_store::now_ms() - retention.as_millis() as i64;
-        loop {
-            match store.prune_fires(before, 1000).await {
-                Ok(1000) => continue,
-                Ok(n) => {
-                    if n > 0 {
-                        tracing::info!(deleted = n, "pruned old fires");
+        let now = taskhook_store::now_ms();
+        let fires_before = now - fires.as_millis() as i64;
+        let tasks_before = now - tasks.as_millis() as i64;
+        for what in ["fires", "tasks"] {
+            loop {
+                let pruned = match what {
+                    "fires" => store.prune_fires(fires_before, 1000).await,
+                    _ => store.prune_tasks(tasks_before, 1000).await,
+                };
+                match pruned {
+                    Ok(1000) => continue,
+                    Ok(0) => break,
+                    Ok(n) => {
+                        tracing::info!(deleted = n, what, "pruned history");
+                        break;
                     }
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "pruning fires failed");
-                    break;
+                    Err(e) => {
+                        tracing::warn!(error = %e, what, "pruning history failed");
+                        break;
+                    }
                 }
             }
         }
@@ -379,9 +390,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         engine.clone(),
         stop_sources.clone(),
     ));
-    tokio::spawn(prune_fires(
+    tokio::spawn(prune_history(
         store.clone(),
         args.fire_retention,
+        args.task_retention,
         stop_sources.clone(),
     ));
     let state = AppState {

@@ -1016,6 +1016,26 @@ impl SqliteStore {
         .await
     }
 
+    /// Deletes finished (DONE or CANCELLED) tasks last changed before `before`, with their
+    /// steps and audit trail, at most `limit` at a time; returns how many went.
+    pub async fn prune_tasks(&self, before: i64, limit: u32) -> Result<usize> {
+        self.write(move |c| {
+            let ids = c
+                .prepare_cached(
+                    "SELECT id FROM tasks WHERE state IN ('DONE', 'CANCELLED') AND updated_at < ?1 LIMIT ?2",
+                )?
+                .query_map(params![before, limit], |r| r.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            for id in &ids {
+                c.prepare_cached("DELETE FROM steps WHERE task_id = ?1")?.execute([id])?;
+                c.prepare_cached("DELETE FROM task_events WHERE task_id = ?1")?.execute([id])?;
+                c.prepare_cached("DELETE FROM tasks WHERE id = ?1")?.execute([id])?;
+            }
+            Ok(ids.len())
+        })
+        .await
+    }
+
     /// How many tasks are in `state`.
     pub async fn count_tasks(&self, state: TaskState) -> Result<u64> {
         self.read(move |c| {

@@ -272,3 +272,43 @@ async fn the_database_files_are_private_to_their_owner() {
         assert_eq!(mode, 0o600, "{name}");
     }
 }
+
+#[tokio::test]
+async fn pruning_removes_only_old_finished_tasks_with_their_rows() {
+    let (s, _dir) = temp_store();
+    s.create_task(new_task("done", None), created())
+        .await
+        .unwrap();
+    s.create_task(new_task("open", None), created())
+        .await
+        .unwrap();
+    let ev = NewEvent {
+        actor: "u".into(),
+        kind: "cancel".into(),
+        from_state: None,
+        to_state: None,
+        detail: Value::Null,
+    };
+    s.transition(
+        "done",
+        &[TaskState::Ready],
+        TaskState::Cancelled,
+        None,
+        None,
+        ev,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.prune_tasks(now_ms() - 60_000, 100).await.unwrap(),
+        0,
+        "too recent"
+    );
+    assert_eq!(s.prune_tasks(now_ms() + 1, 100).await.unwrap(), 1);
+    assert!(s.get_task("done").await.unwrap().is_none());
+    assert!(s.task_events("done").await.unwrap().is_empty());
+    assert!(
+        s.get_task("open").await.unwrap().is_some(),
+        "unfinished tasks stay"
+    );
+}
