@@ -226,7 +226,14 @@ pub async fn hook_status(
     State(s): State<AppState>,
     Path((group, id)): Path<(String, String)>,
 ) -> Result<Json<Value>, Problem> {
-    let (row, hook) = load(&s, &group, &id).await?;
+    let (_, hook) = load(&s, &group, &id).await?;
+    // The stored row, not the cached one: `last_scheduled_for` moves with every scheduled fire.
+    let row = s
+        .engine
+        .store()
+        .get_hook(&group, &id)
+        .await?
+        .ok_or_else(|| Problem::not_found(format!("hook {group}/{id}")))?;
     let schedules = hook.schedules();
     let mut next = Vec::new();
     let mut after = taskhook_store::now_ms();
