@@ -789,3 +789,74 @@ steps:
         );
     }
 }
+
+#[cfg(test)]
+mod never_panics {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    struct AnyCatalog;
+    impl Catalog for AnyCatalog {
+        fn check_action(&self, kind: &str, _config: &Value) -> Result<(), (String, String)> {
+            if kind == "echo" {
+                Ok(())
+            } else {
+                Err((String::new(), format!("unknown action type {kind:?}")))
+            }
+        }
+        fn template_references(&self, text: &str) -> Result<Vec<String>, String> {
+            Ok(text
+                .split("{{")
+                .skip(1)
+                .filter_map(|t| t.split("}}").next())
+                .map(|t| t.trim().to_string())
+                .collect())
+        }
+    }
+
+    /// Template-shaped YAML built from fragments, so that parsing often succeeds and
+    /// validation gets exercised on odd combinations.
+    fn template_yaml() -> impl Strategy<Value = String> {
+        let name = prop::sample::select(vec!["a", "b", "c", "this", "a.b", ""]);
+        let dep = prop::sample::select(vec!["a", "b", "c", "a:ANY", "b:DONE,X", "zz", "a:", ":"]);
+        let expr = prop::sample::select(vec![
+            "{{ step.a.output }}",
+            "{{ input.x }}",
+            "{{ ",
+            "}}",
+            "plain",
+            "{{ step.this.attempts }}",
+        ]);
+        prop::collection::vec((name, prop::collection::vec(dep, 0..3), expr, any::<bool>()), 0..5).prop_map(|steps| {
+            let mut y = String::from("name: t\ninputs: [{name: x, regex: '[a-z]+'}]\nsteps:\n");
+            for (name, deps, expr, foreach) in steps {
+                y.push_str(&format!("  '{name}':\n    dependencies: {deps:?}\n"));
+                if foreach {
+                    y.push_str(&format!("    foreach: '{expr}'\n    foreach_strategy: sequence\n"));
+                }
+                y.push_str(&format!(
+                    "    conditions: [{{type: skip, if: [{{value: '{expr}', operator: REGEXP, expected: '{expr}'}}], then: {{this: PRUNE}}}}]\n"
+                ));
+                y.push_str(&format!("    action: {{type: echo, configuration: {{output: '{expr}'}}}}\n"));
+            }
+            y
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn parsing_and_validating_any_text_never_panics(text in "\\PC{0,300}") {
+            if let Ok(t) = Template::parse(&text) {
+                let _ = validate_template(&t, &AnyCatalog);
+            }
+        }
+
+        #[test]
+        fn validating_odd_templates_never_panics(y in template_yaml()) {
+            if let Ok(t) = Template::parse(&y) {
+                let _ = validate_template(&t, &AnyCatalog);
+            }
+        }
+    }
+}
