@@ -316,3 +316,35 @@ async fn bad_hooks_are_refused_naming_the_field() {
     let (_, groups) = s.get("/api/v1/hooks").await;
     assert_eq!(groups["groups"], json!([]));
 }
+
+#[tokio::test]
+async fn the_ledger_keeps_large_payloads_only_as_a_note_of_their_size() {
+    let s = Server::start();
+    s.put_template(
+        "t",
+        "name: t\nauto_runnable: true\nsteps:\n  a: {action: {type: echo}}\n",
+    )
+    .await;
+    let (st, _, v) = s
+        .req(
+            reqwest::Method::PUT,
+            "/api/v1/hooks/g/big",
+            Some(("template: t\n", "application/yaml")),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let big = json!({"blob": "x".repeat(100 * 1024)});
+    let (st, v) = s.post("/api/v1/hooks/g/big/trigger", big).await;
+    assert_eq!((st, v["result"].clone()), (202, json!("created")), "{v}");
+    let (_, small) = s
+        .post("/api/v1/hooks/g/big/trigger", json!({"blob": "x"}))
+        .await;
+    assert_eq!(small["result"], "created");
+    let (_, f) = s.get("/api/v1/hooks/g/big/fires").await;
+    assert_eq!(f["fires"][0]["payload"], json!({"blob": "x"}));
+    assert_eq!(
+        f["fires"][1]["payload"]["truncated"], true,
+        "{}",
+        f["fires"][1]["payload"]
+    );
+}
