@@ -180,17 +180,8 @@ impl Engine {
         reason: &str,
     ) -> Result<FireRow, EngineError> {
         let fire = NewFire {
-            id: uuid::Uuid::now_v7().to_string(),
-            hook_group: row.group.clone(),
-            hook_id: row.id.clone(),
-            fired_by: event.fired_by.clone(),
-            received_at: now_ms(),
-            scheduled_for: None,
-            result: "rejected".into(),
-            task_id: None,
             error: Some(reason.to_string()),
-            delivery_id: event.delivery_id.clone(),
-            payload: None,
+            ..new_fire(row, event, "rejected", None)
         };
         match self.inner.store.record_fire(fire, None, None, None).await? {
             FireOutcome::Recorded(f, _) | FireOutcome::Duplicate(f) => Ok(f),
@@ -291,6 +282,23 @@ impl Engine {
     }
 }
 
+/// A fire of `event` on the hook in `row`, received now, without payload, task or error.
+fn new_fire(row: &HookRow, event: &Event, result: &str, scheduled_for: Option<i64>) -> NewFire {
+    NewFire {
+        id: uuid::Uuid::now_v7().to_string(),
+        hook_group: row.group.clone(),
+        hook_id: row.id.clone(),
+        fired_by: event.fired_by.clone(),
+        received_at: now_ms(),
+        scheduled_for,
+        result: result.to_string(),
+        task_id: None,
+        error: None,
+        delivery_id: event.delivery_id.clone(),
+        payload: None,
+    }
+}
+
 pub(crate) fn new_token() -> String {
     let bytes: [u8; 24] = rand::random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -305,17 +313,8 @@ impl Inner {
         scheduled_for: Option<i64>,
     ) -> Result<FireResult, EngineError> {
         let mut fire = NewFire {
-            id: uuid::Uuid::now_v7().to_string(),
-            hook_group: row.group.clone(),
-            hook_id: row.id.clone(),
-            fired_by: event.fired_by.clone(),
-            received_at: now_ms(),
-            scheduled_for,
-            result: "created".into(),
-            task_id: None,
-            error: None,
-            delivery_id: event.delivery_id.clone(),
             payload: Some(stored_payload(&event.payload)),
+            ..new_fire(row, &event, "created", scheduled_for)
         };
         let mut prepared = None;
         match decide(hook, &event) {
