@@ -1,9 +1,14 @@
 //! `http`: sends one HTTP request and classifies the answer (2xx/3xx ok, 4xx client, 5xx server).
 //! Clients are built once per TLS/redirect setting and shared; it must never retry by itself,
 //! outlive its timeout or cancellation, or buffer more than `max_response_bytes`.
+//!
+//! Every connection honours the operator's [`NetworkPolicy`]: literal-IP URLs are checked before
+//! sending, host names through a resolver that drops denied addresses (so DNS rebinding cannot
+//! reach them), and redirect hops to literal addresses by the redirect policy. Proxies from the
+//! environment are ignored, since a proxy would connect on our behalf unchecked.
 
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -14,6 +19,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::config::{self, Check, Stage, join, opt};
+use crate::network::{self, NetworkPolicy, PolicyResolver};
 use crate::{Action, ActionContext, ActionError, ActionOutput, ConfigError};
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -26,11 +32,26 @@ const IDEMPOTENCY_KEY: &str = "idempotency-key";
 pub struct Http {
     /// Index: `insecure_skip_verify as usize * 2 + follow_redirects as usize`.
     clients: [OnceLock<reqwest::Client>; 4],
+    policy: Arc<NetworkPolicy>,
 }
 
 impl Http {
+    /// The action under [`NetworkPolicy::default`].
     pub fn new() -> Self {
         Http::default()
+    }
+
+    /// The action connecting only where `policy` allows.
+    pub fn with_policy(policy: NetworkPolicy) -> Self {
+        Http {
+            clients: Default::default(),
+            policy: Arc::new(policy),
+        }
+    }
+
+    /// The network policy every request of this action honours.
+    pub fn policy(&self) -> &NetworkPolicy {
+        &self.policy
     }
 
     /// The shared client for one combination of settings, built on first use.
@@ -44,13 +65,17 @@ impl Http {
             return Ok(client);
         }
         let redirect = if follow_redirects {
-            reqwest::redirect::Policy::limited(MAX_REDIRECTS)
+            network::redirect_policy(Arc::clone(&self.policy), MAX_REDIRECTS)
         } else {
             reqwest::redirect::Policy::none()
         };
         let client = reqwest::Client::builder()
             .user_agent(concat!("taskhook/", env!("CARGO_PKG_VERSION")))
             .redirect(redirect)
+            .no_proxy()
+            .dns_resolver(PolicyResolver {
+                policy: Arc::clone(&self.policy),
+            })
             .tls_danger_accept_invalid_certs(insecure)
             .tls_danger_accept_invalid_hostnames(insecure)
             .build()
@@ -237,6 +262,11 @@ fn chain(e: &dyn std::error::Error) -> String {
 }
 
 fn classify(e: reqwest::Error) -> ActionError {
+    // A refusal by the network policy, from the resolver or the redirect policy: only its own
+    // message, since reqwest's would quote the URL (credentials, tokens).
+    if let Some(denied) = network::find_denied(&e) {
+        return ActionError::client(denied.to_string());
+    }
     if e.is_builder() {
         ActionError::fatal(format!("invalid http request: {}", chain(&e)))
     } else if e.is_timeout() {
@@ -466,6 +496,9 @@ impl Action for Http {
             follow_redirects,
             "http action: sending request"
         );
+        // Literal addresses never meet the resolver: judge them here, before any connection.
+        network::check_url(&self.policy, request.url())
+            .map_err(|denied| ActionError::client(denied.to_string()))?;
         let exchange = async {
             let response = client.execute(request).await.map_err(classify)?;
             receive(response, max_bytes).await
@@ -488,12 +521,13 @@ mod tests {
 
     use axum::Router;
     use axum::body::Bytes;
-    use axum::extract::Path;
+    use axum::extract::{Path, Query};
     use axum::http::{HeaderMap as AxHeaders, Method as AxMethod, StatusCode as AxStatus, Uri};
     use axum::response::{IntoResponse, Redirect};
     use axum::routing::{any, get};
 
     use super::*;
+    use crate::network::IpNet;
     use crate::testing::ctx;
 
     async fn echo(
@@ -550,7 +584,14 @@ mod tests {
             .route(
                 "/redirect",
                 get(|| async { Redirect::temporary("/echo?from=redirect") }),
-            );
+            )
+            .route(
+                "/go",
+                get(|Query(q): Query<BTreeMap<String, String>>| async move {
+                    Redirect::temporary(q.get("to").map_or("/echo", String::as_str))
+                }),
+            )
+            .route("/loop", get(|| async { Redirect::temporary("/loop") }));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
@@ -805,6 +846,232 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(out.output.as_str().map(str::len), Some(5000));
+    }
+
+    /// An `Http` with the default policy plus these entries.
+    fn with_networks(allow: &[&str], deny: &[&str]) -> Http {
+        let parse = |list: &[&str]| -> Vec<IpNet> {
+            list.iter()
+                .map(|s| NetworkPolicy::parse_network(s).unwrap())
+                .collect()
+        };
+        Http::with_policy(NetworkPolicy::new(parse(allow), parse(deny), false))
+    }
+
+    /// A listener that never accepts: a connection attempt would sit in its backlog.
+    fn watcher(ip: &str) -> (std::net::TcpListener, std::net::SocketAddr) {
+        let listener = std::net::TcpListener::bind((ip, 0)).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        (listener, addr)
+    }
+
+    fn assert_no_connection(listener: &std::net::TcpListener) {
+        match listener.accept() {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            other => panic!("the denied address was connected to: {other:?}"),
+        }
+    }
+
+    fn refusal(r: Result<ActionOutput, ActionError>) -> String {
+        match r {
+            Err(ActionError::Client {
+                message,
+                output: None,
+            }) => message,
+            other => panic!("expected a client error without output, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn literal_denied_address_is_refused_without_connecting() {
+        let (listener, addr) = watcher("127.0.0.2");
+        let http = with_networks(&[], &["127.0.0.2/32"]);
+        for follow_redirects in [true, false] {
+            let message = refusal(
+                http.run(
+                    json!({
+                        "url": format!("http://user:s3cret@{addr}/private?token=t0ken"),
+                        "auth": {"bearer": "b3arer"},
+                        "follow_redirects": follow_redirects,
+                    }),
+                    ctx(),
+                )
+                .await,
+            );
+            // Nothing of the URL or credentials, only the address and the network.
+            assert_eq!(
+                message,
+                "http: 127.0.0.2 is in a denied network (127.0.0.2/32); see --http-allow-network"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_no_connection(&listener);
+    }
+
+    #[tokio::test]
+    async fn default_policy_denies_metadata_and_allows_loopback() {
+        let http = Http::new();
+        assert_eq!(http.policy(), &NetworkPolicy::default());
+        for url in [
+            "http://169.254.169.254/latest/meta-data/iam/security-credentials/",
+            "http://2852039166/latest/meta-data/",
+        ] {
+            let message = refusal(http.run(json!({ "url": url }), ctx()).await);
+            assert_eq!(
+                message,
+                "http: 169.254.169.254 is in a denied network (169.254.0.0/16); see --http-allow-network",
+                "{url}"
+            );
+        }
+        let message = refusal(
+            http.run(
+                json!({"url": "http://100.100.100.200/latest/meta-data/"}),
+                ctx(),
+            )
+            .await,
+        );
+        assert!(message.contains("100.100.100.200/32"), "{message}");
+        let base = server().await;
+        assert!(base.starts_with("http://127.0.0.1:"));
+        let out = http
+            .run(json!({"url": format!("{base}/echo")}), ctx())
+            .await
+            .unwrap();
+        assert_eq!(out.metadata["http_status"], 200);
+    }
+
+    #[tokio::test]
+    async fn hostname_resolving_to_a_denied_address_is_refused() {
+        let base = server().await;
+        let port = base.rsplit(':').next().unwrap();
+        let http = with_networks(&[], &["127.0.0.0/8", "::1"]);
+        let message = refusal(
+            http.run(
+                json!({"url": format!("http://localhost:{port}/echo?token=t0ken")}),
+                ctx(),
+            )
+            .await,
+        );
+        assert!(
+            message.starts_with("http: localhost resolves only to denied addresses ("),
+            "{message}"
+        );
+        assert!(message.ends_with("; see --http-allow-network"), "{message}");
+        assert!(!message.contains("t0ken"), "{message}");
+        // The literal address of the same server is refused before connecting, too.
+        let message = refusal(
+            http.run(json!({"url": format!("{base}/echo")}), ctx())
+                .await,
+        );
+        assert!(message.contains("(127.0.0.0/8)"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn redirect_to_a_denied_address_is_refused() {
+        let base = server().await;
+        let (listener, addr) = watcher("127.0.0.2");
+        let http = with_networks(&[], &["127.0.0.2/32"]);
+        for target in [
+            format!("http://{addr}/x?token=t0ken"),
+            format!("http://[::ffff:127.0.0.2]:{}/x", addr.port()),
+        ] {
+            let message = refusal(
+                http.run(
+                    json!({
+                        "url": format!("{base}/go"),
+                        "query": {"to": target},
+                    }),
+                    ctx(),
+                )
+                .await,
+            );
+            assert!(
+                message.contains("127.0.0.2 is in a denied network (127.0.0.2/32)"),
+                "{target}: {message}"
+            );
+            assert!(!message.contains("t0ken"), "{message}");
+        }
+        // Not following redirects, the answer itself is the result.
+        let out = http
+            .run(
+                json!({
+                    "url": format!("{base}/go"),
+                    "query": {"to": format!("http://{addr}/x")},
+                    "follow_redirects": false,
+                }),
+                ctx(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(out.metadata["http_status"], 307);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_no_connection(&listener);
+        // Allowed hops are still followed, and loops still end.
+        let out = http
+            .run(
+                json!({"url": format!("{base}/go"), "query": {"to": "/echo?hop=1"}}),
+                ctx(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(out.output["query"], "hop=1");
+        let r = http
+            .run(json!({"url": format!("{base}/loop")}), ctx())
+            .await;
+        let Err(ActionError::Server { message, .. }) = r else {
+            panic!("{r:?}")
+        };
+        assert!(message.contains("too many redirects"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn allow_overrides_deny() {
+        let base = server().await;
+        let port = base.rsplit(':').next().unwrap();
+        let http = with_networks(&["127.0.0.1"], &["127.0.0.0/8", "::1"]);
+        let out = http
+            .run(json!({"url": format!("{base}/echo")}), ctx())
+            .await
+            .unwrap();
+        assert_eq!(out.metadata["http_status"], 200);
+        // `localhost` keeps its allowed address (127.0.0.1) and loses the denied ones (::1).
+        let out = http
+            .run(
+                json!({"url": format!("http://localhost:{port}/echo")}),
+                ctx(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(out.metadata["http_status"], 200);
+        let message = refusal(http.run(json!({"url": "http://127.0.0.3/"}), ctx()).await);
+        assert!(message.contains("(127.0.0.0/8)"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn ipv4_mapped_ipv6_is_judged_as_ipv4() {
+        let (listener, addr) = watcher("127.0.0.2");
+        let http = with_networks(&[], &["127.0.0.2/32"]);
+        let message = refusal(
+            http.run(
+                json!({"url": format!("http://[::ffff:127.0.0.2]:{}/", addr.port())}),
+                ctx(),
+            )
+            .await,
+        );
+        assert_eq!(
+            message,
+            "http: ::ffff:127.0.0.2 is in a denied network (127.0.0.2/32); see --http-allow-network"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_no_connection(&listener);
+        for url in [
+            "http://[::ffff:169.254.169.254]/latest/meta-data/",
+            "http://[::ffff:a9fe:a9fe]/latest/meta-data/",
+        ] {
+            let message = refusal(Http::new().run(json!({ "url": url }), ctx()).await);
+            assert!(message.contains("(169.254.0.0/16)"), "{url}: {message}");
+        }
     }
 
     #[tokio::test]

@@ -20,6 +20,7 @@ mod config;
 mod duration;
 mod echo;
 mod http;
+mod network;
 mod script;
 mod sleep;
 mod subtask;
@@ -29,6 +30,7 @@ mod testing;
 pub use duration::parse_duration;
 pub use echo::Echo;
 pub use http::Http;
+pub use network::{IpNet, NetworkPolicy};
 pub use script::Script;
 pub use sleep::Sleep;
 pub use subtask::Subtask;
@@ -160,10 +162,29 @@ pub trait Action: Send + Sync {
 }
 
 /// Settings shared by the builtin actions, chosen by the operator at start.
+///
+/// Build it with `..ActionSettings::default()` so that new settings keep their defaults.
 #[derive(Debug, Clone, Default)]
 pub struct ActionSettings {
     /// Directory the `script` action may run executables from; `None` disables scripts.
     pub scripts_dir: Option<std::path::PathBuf>,
+    /// Networks the `http` action may connect to (see [`NetworkPolicy`]); the default denies
+    /// cloud metadata endpoints, link-local and unspecified addresses.
+    pub http_networks: NetworkPolicy,
+    /// Names of server environment variables passed through to scripts (read at run time; unset
+    /// ones are skipped; a step's own `env` wins). Empty by default: scripts see only `PATH`.
+    pub script_env_allow: Vec<String>,
+}
+
+impl ActionSettings {
+    /// Checks the operator's settings, to report mistakes at start rather than on every run.
+    pub fn validate(&self) -> Result<(), String> {
+        for name in &self.script_env_allow {
+            script::check_env_name(name)
+                .map_err(|e| format!("script environment allow-list: {name:?}: {e}"))?;
+        }
+        Ok(())
+    }
 }
 
 /// The set of actions a server knows, by name.
@@ -177,8 +198,11 @@ impl Registry {
     pub fn builtin(settings: &ActionSettings) -> Self {
         let mut r = Registry::default();
         r.register(Arc::new(Echo));
-        r.register(Arc::new(Http::new()));
-        r.register(Arc::new(Script::new(settings.scripts_dir.clone())));
+        r.register(Arc::new(Http::with_policy(settings.http_networks.clone())));
+        r.register(Arc::new(
+            Script::new(settings.scripts_dir.clone())
+                .with_env_allow(settings.script_env_allow.clone()),
+        ));
         r.register(Arc::new(Sleep));
         r.register(Arc::new(Subtask));
         r

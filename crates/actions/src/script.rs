@@ -1,6 +1,7 @@
 //! `script`: runs one executable from the operator's scripts directory, without a shell, with a
-//! cleared environment, a timeout and bounded output. It must never run anything outside that
-//! directory (absolute paths, `..` and symlinks leading out are refused) nor outlive its attempt.
+//! cleared environment (plus `PATH` and the operator's allow-listed variables), a timeout and
+//! bounded output. It must never run anything outside that directory (absolute paths, `..` and
+//! symlinks leading out are refused) nor outlive its attempt.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -30,11 +31,22 @@ const ETXTBSY: i32 = 26;
 #[derive(Debug, Clone, Default)]
 pub struct Script {
     dir: Option<PathBuf>,
+    env_allow: Vec<String>,
 }
 
 impl Script {
     pub fn new(dir: Option<PathBuf>) -> Self {
-        Script { dir }
+        Script {
+            dir,
+            env_allow: Vec::new(),
+        }
+    }
+
+    /// Passes these server environment variables through to scripts: each run reads their
+    /// current values (unset ones are skipped); a step's own `env` wins on conflict.
+    pub fn with_env_allow(mut self, names: Vec<String>) -> Self {
+        self.env_allow = names;
+        self
     }
 }
 
@@ -89,7 +101,7 @@ fn check_file(file: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn check_env_name(name: &str) -> Result<(), String> {
+pub(crate) fn check_env_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.contains('=') || name.contains('\0') {
         Err("invalid environment variable name".into())
     } else {
@@ -320,6 +332,17 @@ impl Action for Script {
         for name in env.keys() {
             check_env_name(name).map_err(|e| fatal(&join("env", name), e))?;
         }
+        let mut passed = Vec::with_capacity(self.env_allow.len());
+        for name in &self.env_allow {
+            check_env_name(name).map_err(|e| {
+                ActionError::fatal(format!(
+                    "script environment allow-list: {name:?}: {e} (see --script-env-allow)"
+                ))
+            })?;
+            if let Some(value) = std::env::var_os(name) {
+                passed.push((name.as_str(), value));
+            }
+        }
         let file = cfg.file;
         let (root, path) = resolve(dir, &file).await?;
 
@@ -331,6 +354,7 @@ impl Action for Script {
                 "PATH",
                 std::env::var_os("PATH").unwrap_or_else(|| FALLBACK_PATH.into()),
             )
+            .envs(passed)
             .envs(&env)
             .current_dir(&root)
             .stdin(if cfg.stdin.is_some() {
@@ -629,6 +653,88 @@ mod tests {
             );
         }
         assert!(checked > 0, "the test process has no variable to check");
+    }
+
+    /// Variables of the test process usable in an `env` listing: not ones a shell sets by
+    /// itself, and with single-line UTF-8 values.
+    fn inherited_vars() -> Vec<(String, String)> {
+        let mut vars: Vec<(String, String)> = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .filter(|(k, v)| {
+                !["PATH", "PWD", "OLDPWD", "SHLVL", "_"].contains(&k.as_str()) && !v.contains('\n')
+            })
+            .collect();
+        vars.sort();
+        vars
+    }
+
+    #[tokio::test]
+    async fn allow_listed_server_variables_reach_the_script() {
+        let vars = inherited_vars();
+        let [(passed, passed_value), (overridden, _), (kept_out, _), ..] = vars.as_slice() else {
+            panic!("the test process needs three environment variables, has {vars:?}");
+        };
+        let unset = "TASKHOOK_TEST_SURELY_UNSET_VARIABLE";
+        assert!(std::env::var_os(unset).is_none());
+        let action =
+            script().with_env_allow(vec![passed.clone(), overridden.clone(), unset.to_string()]);
+        let out = action
+            .run(
+                json!({"file": "env.sh", "env": {overridden.as_str(): "from the step"}}),
+                ctx(),
+            )
+            .await
+            .unwrap();
+        let stdout = out.metadata["stdout"].as_str().unwrap();
+        let lines: Vec<&str> = stdout.lines().collect();
+        let named = |name: &str| {
+            lines
+                .iter()
+                .filter(|l| l.split_once('=').is_some_and(|(k, _)| k == name))
+                .count()
+        };
+        assert!(
+            lines.contains(&format!("{passed}={passed_value}").as_str()),
+            "{passed} missing:\n{stdout}"
+        );
+        // The step's own `env` wins over the server's value.
+        assert!(
+            lines.contains(&format!("{overridden}=from the step").as_str()),
+            "{stdout}"
+        );
+        assert_eq!(named(overridden), 1, "{stdout}");
+        assert_eq!(named(kept_out), 0, "{kept_out} leaked:\n{stdout}");
+        assert_eq!(named(unset), 0, "{stdout}");
+
+        // Without the allow-list, none of them gets through.
+        let out = script()
+            .run(json!({"file": "env.sh"}), ctx())
+            .await
+            .unwrap();
+        let stdout = out.metadata["stdout"].as_str().unwrap();
+        assert!(
+            !stdout.lines().any(|l| l.starts_with(&format!("{passed}="))),
+            "{stdout}"
+        );
+    }
+
+    #[tokio::test]
+    async fn invalid_allow_listed_names_are_fatal() {
+        for name in ["", "A=B", "A\0B"] {
+            let message = fatal_message(
+                script()
+                    .with_env_allow(vec![name.to_string()])
+                    .run(json!({"file": "env.sh"}), ctx())
+                    .await,
+            );
+            assert!(message.contains("--script-env-allow"), "{message}");
+            let settings = crate::ActionSettings {
+                script_env_allow: vec!["OK".into(), name.to_string()],
+                ..Default::default()
+            };
+            assert!(settings.validate().is_err(), "{name:?}");
+        }
+        assert_eq!(crate::ActionSettings::default().validate(), Ok(()));
     }
 
     #[tokio::test]
