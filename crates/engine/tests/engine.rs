@@ -1,8 +1,9 @@
-//! End-to-end tests of the engine: a real SQLite store in a temp dir, the builtin actions,
-//! and a local HTTP server for `http` steps.
+//! End-to-end tests of the engine: a real store, the builtin actions, and a local HTTP server
+//! for `http` steps. Every test runs on both backends: `<test>::sqlite` (a file in a temp dir)
+//! and `<test>::postgres` (a fresh schema; skipped with a message when PostgreSQL is not
+//! reachable, see `taskhook_store::testing`).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,48 +15,56 @@ use serde_json::{Value, json};
 use taskhook_actions::{ActionSettings, Registry};
 use taskhook_engine::{CreateTask, Engine, EngineConfig, EngineError};
 use taskhook_model::{StepState, TaskState};
+use taskhook_store::testing::{Backend, TestDb};
 use taskhook_store::{StepRow, Store, TaskRow, now_ms};
 
 // ---------------------------------------------------------------- fixture
 
 struct Fx {
     engine: Engine,
-    dir: PathBuf,
+    /// The database (and data dir) the engine works on; dropped (removed) with the fixture.
+    #[allow(dead_code)]
+    db: TestDb,
 }
 
-fn temp_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("taskhook-engine-test-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(dir.join("scripts")).unwrap();
-    dir
+/// A fresh database on `b`, with a `scripts` dir beside it. The PostgreSQL variant of each
+/// test checks first that PostgreSQL is reachable.
+async fn fresh_db(b: Backend) -> TestDb {
+    let db = TestDb::new(b)
+        .await
+        .expect("PostgreSQL became unreachable during the test run");
+    std::fs::create_dir_all(db.dir().join("scripts")).unwrap();
+    db
 }
 
-fn engine_on(dir: &Path) -> Engine {
-    engine_with(dir, EngineConfig::default())
+async fn engine_on(db: &TestDb) -> Engine {
+    engine_with(db, EngineConfig::default()).await
 }
 
-fn engine_with(dir: &Path, config: EngineConfig) -> Engine {
-    let store = Store::open(dir.join("taskhook.db")).unwrap();
+async fn engine_with(db: &TestDb, config: EngineConfig) -> Engine {
+    let store = db.open().await;
     let actions = Registry::builtin(&ActionSettings {
-        scripts_dir: Some(dir.join("scripts")),
+        scripts_dir: Some(db.dir().join("scripts")),
+        ..ActionSettings::default()
     });
     Engine::new(store, actions, config)
 }
 
 impl Fx {
-    /// A fresh data dir and a started engine.
-    async fn new() -> Fx {
-        Fx::open(temp_dir()).await
+    /// A fresh database and a started engine.
+    async fn new(b: Backend) -> Fx {
+        Fx::open(fresh_db(b).await).await
     }
 
-    /// A started engine on an existing data dir (recovers what was left running).
-    async fn open(dir: PathBuf) -> Fx {
-        Fx::open_with(dir, EngineConfig::default()).await
+    /// A started engine on an existing database (recovers what was left running).
+    async fn open(db: TestDb) -> Fx {
+        Fx::open_with(db, EngineConfig::default()).await
     }
 
-    async fn open_with(dir: PathBuf, config: EngineConfig) -> Fx {
-        let engine = engine_with(&dir, config);
+    async fn open_with(db: TestDb, config: EngineConfig) -> Fx {
+        let engine = engine_with(&db, config).await;
         engine.start().await.unwrap();
-        Fx { engine, dir }
+        Fx { engine, db }
     }
 
     fn store(&self) -> &Store {
@@ -149,12 +158,6 @@ impl Fx {
             .into_iter()
             .map(|e| e.kind)
             .collect()
-    }
-}
-
-impl Drop for Fx {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -285,9 +288,8 @@ async fn slow(State(srv): State<Srv>, UrlPath(ms): UrlPath<u64>, headers: Header
 
 // ---------------------------------------------------------------- graph, outputs, dependencies
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn linear_chain_passes_outputs_along() {
-    let fx = Fx::new().await;
+async fn linear_chain_passes_outputs_along(b: Backend) {
+    let fx = Fx::new(b).await;
     fx.put(
         r#"
 name: chain
@@ -337,9 +339,8 @@ steps:
     assert_eq!(task.run_count, 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn custom_state_and_any_dependencies() {
-    let fx = Fx::new().await;
+async fn custom_state_and_any_dependencies(b: Backend) {
+    let fx = Fx::new(b).await;
     fx.put(
         r#"
 name: custom
@@ -395,9 +396,8 @@ steps:
     assert_eq!(step(&steps, "after_apology").attempts, 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn prune_propagates_through_a_chain_but_not_to_any() {
-    let fx = Fx::new().await;
+async fn prune_propagates_through_a_chain_but_not_to_any(b: Backend) {
+    let fx = Fx::new(b).await;
     fx.put(
         r#"
 name: prune
@@ -455,9 +455,8 @@ steps:
     assert_eq!(step(&steps, "d").output, json!("c is DONE"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn skip_condition_sets_a_custom_state_and_can_target_other_steps() {
-    let fx = Fx::new().await;
+async fn skip_condition_sets_a_custom_state_and_can_target_other_steps(b: Backend) {
+    let fx = Fx::new(b).await;
     fx.put(
         r#"
 name: skip
@@ -512,10 +511,9 @@ steps:
     assert_eq!(state_of(&steps, "cleanup"), "PRUNE");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn check_condition_turns_a_404_into_done_or_a_custom_state() {
+async fn check_condition_turns_a_404_into_done_or_a_custom_state(b: Backend) {
     let srv = Srv::start().await;
-    let fx = Fx::new().await;
+    let fx = Fx::new(b).await;
     fx.put(&format!(
         r#"
 name: check404
@@ -594,10 +592,9 @@ steps:
     assert_eq!(srv.calls(&format!("{id}/exists")), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retry_now_loops_until_a_counter_is_reached() {
+async fn retry_now_loops_until_a_counter_is_reached(b: Backend) {
     let srv = Srv::start().await;
-    let fx = Fx::new().await;
+    let fx = Fx::new(b).await;
     fx.put(&format!(
         r#"
 name: loop
@@ -640,9 +637,8 @@ steps:
     assert_eq!(task.run_count, 1, "RETRY_NOW loops inside one run");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retry_now_is_bounded_by_max_retries() {
-    let fx = Fx::new().await;
+async fn retry_now_is_bounded_by_max_retries(b: Backend) {
+    let fx = Fx::new(b).await;
     fx.put(
         r#"
 name: endless
@@ -672,9 +668,8 @@ steps:
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn skip_condition_setting_retry_now_on_its_own_step_does_not_hang() {
-    let fx = Fx::new().await;
+async fn skip_condition_setting_retry_now_on_its_own_step_does_not_hang(b: Backend) {
+    let fx = Fx::new(b).await;
     fx.put(
         r#"
 name: skiploop
@@ -708,11 +703,10 @@ steps:
     assert_eq!(state_of(&steps, "b"), "DONE");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_step_that_can_never_run_is_a_deadlock() {
+async fn a_step_that_can_never_run_is_a_deadlock(b: Backend) {
     // A skip condition that holds but sets only another step leaves its own step TODO and
     // already considered in this run: nothing can run it, and the task says so.
-    let fx = Fx::new().await;
+    let fx = Fx::new(b).await;
     fx.put(
         r#"
 name: deadlock
@@ -753,9 +747,8 @@ steps:
 
 // ---------------------------------------------------------------- foreach and outputs
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn foreach_parallel_children_and_their_outputs() {
-    let fx = Fx::new().await;
+async fn foreach_parallel_children_and_their_outputs(b: Backend) {
+    let fx = Fx::new(b).await;
     fx.put(
         r#"
 name: fanout
@@ -805,10 +798,9 @@ steps:
     assert_eq!(steps.len(), 2);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn foreach_sequence_runs_children_one_after_another() {
+async fn foreach_sequence_runs_children_one_after_another(b: Backend) {
     let srv = Srv::start().await;
-    let fx = Fx::new().await;
+    let fx = Fx::new(b).await;
     fx.put(&format!(
         r#"
 name: seq
@@ -873,9 +865,8 @@ steps:
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn foreach_that_is_not_a_list_is_fatal() {
-    let fx = Fx::new().await;
+async fn foreach_that_is_not_a_list_is_fatal(b: Backend) {
+    let fx = Fx::new(b).await;
     fx.put(
         r#"
 name: badlist
@@ -905,9 +896,8 @@ steps:
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn output_strategies_template_and_merge() {
-    let fx = Fx::new().await;
+async fn output_strategies_template_and_merge(b: Backend) {
+    let fx = Fx::new(b).await;
     fx.put(
         r#"
 name: outputs
@@ -955,9 +945,8 @@ steps:
     assert_eq!(step(&steps, "user").output, json!("item-42/8"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn json_schema_failure_is_fatal_and_blocks_the_task() {
-    let fx = Fx::new().await;
+async fn json_schema_failure_is_fatal_and_blocks_the_task(b: Backend) {
+    let fx = Fx::new(b).await;
     fx.put(
         r#"
 name: schema
@@ -999,10 +988,9 @@ steps:
 
 // ---------------------------------------------------------------- errors and retries
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_error_blocks_the_task_and_retry_runs_it_again() {
+async fn client_error_blocks_the_task_and_retry_runs_it_again(b: Backend) {
     let srv = Srv::start().await;
-    let fx = Fx::new().await;
+    let fx = Fx::new(b).await;
     fx.put(&format!(
         r#"
 name: client
@@ -1072,10 +1060,9 @@ steps:
     ));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn server_error_schedules_a_retry_with_backoff() {
+async fn server_error_schedules_a_retry_with_backoff(b: Backend) {
     let srv = Srv::start().await;
-    let fx = Fx::new().await;
+    let fx = Fx::new(b).await;
     fx.put(&format!(
         r#"
 name: server
@@ -1120,9 +1107,8 @@ steps:
     assert_eq!(fx.get(&id).await.0.state, TaskState::Ready);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn max_retries_and_retry_max_are_enforced() {
-    let fx = Fx::new().await;
+async fn max_retries_and_retry_max_are_enforced(b: Backend) {
+    let fx = Fx::new(b).await;
     fx.put(
         r#"
 name: noretry
@@ -1177,10 +1163,9 @@ steps:
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn step_timeout_is_a_server_error() {
+async fn step_timeout_is_a_server_error(b: Backend) {
     let srv = Srv::start().await;
-    let fx = Fx::new().await;
+    let fx = Fx::new(b).await;
     fx.put(&format!(
         r#"
 name: timeout
@@ -1219,9 +1204,8 @@ steps:
     assert_eq!(s.attempts, 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn templating_error_in_configuration_is_fatal() {
-    let fx = Fx::new().await;
+async fn templating_error_in_configuration_is_fatal(b: Backend) {
+    let fx = Fx::new(b).await;
     fx.put(
         r#"
 name: badtpl
@@ -1252,9 +1236,8 @@ steps:
 
 // ---------------------------------------------------------------- task lifecycle
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn non_auto_runnable_task_waits_for_a_resolver() {
-    let fx = Fx::new().await;
+async fn non_auto_runnable_task_waits_for_a_resolver(b: Backend) {
+    let fx = Fx::new(b).await;
     fx.put(
         r#"
 name: manual
@@ -1306,10 +1289,9 @@ steps:
     ));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancel_stops_a_running_task() {
+async fn cancel_stops_a_running_task(b: Backend) {
     let srv = Srv::start().await;
-    let fx = Fx::new().await;
+    let fx = Fx::new(b).await;
     fx.put(&format!(
         r#"
 name: cancelme
@@ -1364,9 +1346,8 @@ steps:
     ));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancel_a_waiting_task() {
-    let fx = Fx::new().await;
+async fn cancel_a_waiting_task(b: Backend) {
+    let fx = Fx::new(b).await;
     fx.put(
         r#"
 name: longsleep
@@ -1386,10 +1367,9 @@ steps:
     assert_eq!(kinds.last().map(String::as_str), Some("cancelled"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pause_lets_the_attempt_in_flight_finish_then_retry_resumes() {
+async fn pause_lets_the_attempt_in_flight_finish_then_retry_resumes(b: Backend) {
     let srv = Srv::start().await;
-    let fx = Fx::new().await;
+    let fx = Fx::new(b).await;
     fx.put(&format!(
         r#"
 name: pauseme
@@ -1446,9 +1426,8 @@ steps:
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pause_a_waiting_task_then_retry() {
-    let fx = Fx::new().await;
+async fn pause_a_waiting_task_then_retry(b: Backend) {
+    let fx = Fx::new(b).await;
     fx.put(
         r#"
 name: napper
@@ -1471,9 +1450,8 @@ steps:
     assert_eq!(state_of(&steps, "nap"), "DONE");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sleep_step_waits_without_holding_a_run() {
-    let fx = Fx::new().await;
+async fn sleep_step_waits_without_holding_a_run(b: Backend) {
+    let fx = Fx::new(b).await;
     fx.put(
         r#"
 name: sleeper
@@ -1540,9 +1518,8 @@ steps:
     action: {type: echo, configuration: {output: "{{ input.n * 2 }}"}}
 "#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn subtask_parent_waits_for_the_child_result() {
-    let fx = Fx::new().await;
+async fn subtask_parent_waits_for_the_child_result(b: Backend) {
+    let fx = Fx::new(b).await;
     fx.put(CHILD).await;
     fx.put(
         r#"
@@ -1585,12 +1562,11 @@ steps:
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn subtask_that_ends_before_the_parent_run_ends_still_wakes_it() {
+async fn subtask_that_ends_before_the_parent_run_ends_still_wakes_it(b: Backend) {
     // `slow` keeps the parent's run going while the child is claimed and finishes: the child's
     // wake-up lands while the parent is RUNNING, and the parent's WAITING end must honour it.
     let srv = Srv::start().await;
-    let fx = Fx::new().await;
+    let fx = Fx::new(b).await;
     fx.put(CHILD).await;
     fx.put(&format!(
         r#"
@@ -1669,15 +1645,23 @@ steps:
 "#;
 
 /// Creates a task and leaves it as a process that died mid-step would: claimed, with `step`
-/// RUNNING (attempt 1). Returns the data dir and the task id.
-async fn crashed_task(running_step: &str) -> (PathBuf, String) {
-    let dir = temp_dir();
-    let engine = engine_on(&dir);
+/// RUNNING (attempt 1). Returns the database and the task id.
+///
+/// SQLite belongs to one process, so the next start takes over whatever is RUNNING. On
+/// PostgreSQL other instances may be alive, and a dead one is known by its expired lease:
+/// there the dead process's lease has already run out when the next engine starts.
+async fn crashed_task(b: Backend, running_step: &str) -> (TestDb, String) {
+    let db = fresh_db(b).await;
+    let engine = engine_on(&db).await;
     put_on(&engine, RECOVER).await;
     let id = create_on(&engine, "recover", json!({"idem": true})).await;
     let store = engine.store().clone();
+    let lease_ms = match b {
+        Backend::Sqlite => 60_000,
+        Backend::Postgres => -1,
+    };
     let claimed = store
-        .claim_due("dead-process", now_ms(), 10, 60_000)
+        .claim_due("dead-process", now_ms(), 10, lease_ms)
         .await
         .unwrap();
     let c = claimed
@@ -1698,13 +1682,12 @@ async fn crashed_task(running_step: &str) -> (PathBuf, String) {
         .unwrap();
     store.close();
     drop(engine);
-    (dir, id)
+    (db, id)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn crash_recovery_reruns_an_idempotent_step() {
-    let (dir, id) = crashed_task("a").await;
-    let fx = Fx::open(dir).await;
+async fn crash_recovery_reruns_an_idempotent_step(b: Backend) {
+    let (db, id) = crashed_task(b, "a").await;
+    let fx = Fx::open(db).await;
     let (task, steps) = fx.wait_done(&id).await;
     assert_eq!(step(&steps, "a").attempts, 2);
     assert_eq!(step(&steps, "b").attempts, 1);
@@ -1717,10 +1700,9 @@ async fn crash_recovery_reruns_an_idempotent_step() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn crash_recovery_blocks_on_a_non_idempotent_step() {
-    let (dir, id) = crashed_task("b").await;
-    let fx = Fx::open(dir).await;
+async fn crash_recovery_blocks_on_a_non_idempotent_step(b: Backend) {
+    let (db, id) = crashed_task(b, "b").await;
+    let fx = Fx::open(db).await;
     let (task, steps) = fx
         .wait_final(&id, &[TaskState::Blocked, TaskState::Done])
         .await;
@@ -1746,9 +1728,8 @@ async fn crash_recovery_blocks_on_a_non_idempotent_step() {
 
 // ---------------------------------------------------------------- creation
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tasks_keep_the_template_version_they_started_with() {
-    let fx = Fx::new().await;
+async fn tasks_keep_the_template_version_they_started_with(b: Backend) {
+    let fx = Fx::new(b).await;
     let v1 = fx.put("name: pinned\nresult_format: \"{{ step.a.output }}\"\nsteps:\n  a:\n    action: {type: echo, configuration: {output: v1}}\n").await;
     let first = fx.create("pinned", json!({})).await;
     let v2 = fx.put("name: pinned\nresult_format: \"{{ step.a.output }}\"\nsteps:\n  a:\n    action: {type: echo, configuration: {output: v2}}\n").await;
@@ -1765,9 +1746,8 @@ async fn tasks_keep_the_template_version_they_started_with() {
     assert_eq!((t2.template_version, t2.result), (2, json!("v2")));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idempotency_key_returns_the_same_task() {
-    let fx = Fx::new().await;
+async fn idempotency_key_returns_the_same_task(b: Backend) {
+    let fx = Fx::new(b).await;
     fx.put("name: once\nauto_runnable: true\nsteps:\n  a:\n    action: {type: echo, configuration: {output: 1}}\n").await;
     let req = CreateTask {
         template: "once".into(),
@@ -1795,9 +1775,8 @@ async fn idempotency_key_returns_the_same_task() {
     assert_eq!(events.iter().filter(|e| e.kind == "created").count(), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn input_errors_name_the_input() {
-    let fx = Fx::new().await;
+async fn input_errors_name_the_input(b: Backend) {
+    let fx = Fx::new(b).await;
     fx.put(
         r#"
 name: typed
@@ -1859,9 +1838,8 @@ steps:
     assert_eq!(step(&steps, "a").output, json!("3 dev"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn invalid_templates_are_refused_with_the_field() {
-    let fx = Fx::new().await;
+async fn invalid_templates_are_refused_with_the_field(b: Backend) {
+    let fx = Fx::new(b).await;
     let err = fx
         .engine
         .parse_template("name: bad\nsteps:\n  a:\n    dependencies: [nope]\n    action: {type: echo, configuration: {output: 1}}\n")
@@ -1886,9 +1864,8 @@ async fn invalid_templates_are_refused_with_the_field() {
     assert!(matches!(r, Err(EngineError::Conflict(_))), "{r:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn audit_trail_records_each_transition() {
-    let fx = Fx::new().await;
+async fn audit_trail_records_each_transition(b: Backend) {
+    let fx = Fx::new(b).await;
     fx.put("name: audited\nauto_runnable: true\nsteps:\n  a:\n    action: {type: echo, configuration: {output: 1}}\n").await;
     let id = fx.create("audited", json!({})).await;
     fx.wait_done(&id).await;
@@ -1919,9 +1896,8 @@ async fn audit_trail_records_each_transition() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn run_at_delays_the_start() {
-    let fx = Fx::new().await;
+async fn run_at_delays_the_start(b: Backend) {
+    let fx = Fx::new(b).await;
     fx.put("name: later\nauto_runnable: true\nsteps:\n  a:\n    action: {type: echo, configuration: {output: 1}}\n").await;
     let at = now_ms() + 300;
     let req = CreateTask {
@@ -1939,9 +1915,8 @@ async fn run_at_delays_the_start() {
 
 // ---------------------------------------------------------------- more template features
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn foreach_conditions_apply_to_each_child() {
-    let fx = Fx::new().await;
+async fn foreach_conditions_apply_to_each_child(b: Backend) {
+    let fx = Fx::new(b).await;
     fx.put(
         r#"
 name: fecond
@@ -1976,10 +1951,9 @@ steps:
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_foreach_child_blocks_and_retry_reruns_only_it() {
+async fn a_failed_foreach_child_blocks_and_retry_reruns_only_it(b: Backend) {
     let srv = Srv::start().await;
-    let fx = Fx::new().await;
+    let fx = Fx::new(b).await;
     fx.put(&format!(
         r#"
 name: fefail
@@ -2016,10 +1990,9 @@ steps:
     assert_eq!(srv.calls(&format!("{id}/each-1")), 2);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn variables_pre_hooks_and_base_configurations() {
+async fn variables_pre_hooks_and_base_configurations(b: Backend) {
     let srv = Srv::start().await;
-    let fx = Fx::new().await;
+    let fx = Fx::new(b).await;
     fx.put(&format!(
         r#"
 name: features
@@ -2076,9 +2049,8 @@ steps:
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn condition_and_output_errors_are_fatal() {
-    let fx = Fx::new().await;
+async fn condition_and_output_errors_are_fatal(b: Backend) {
+    let fx = Fx::new(b).await;
     fx.put(
         r#"
 name: errs
@@ -2122,14 +2094,13 @@ steps:
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resource_limits_serialize_steps() {
+async fn resource_limits_serialize_steps(b: Backend) {
     let srv = Srv::start().await;
     let config = EngineConfig {
         resource_limits: HashMap::from([("db".to_string(), 1)]),
         ..EngineConfig::default()
     };
-    let fx = Fx::open_with(temp_dir(), config).await;
+    let fx = Fx::open_with(fresh_db(b).await, config).await;
     fx.put(&format!(
         r#"
 name: limited
@@ -2195,19 +2166,21 @@ fn shutdown_template(srv: &Srv, ms: u64, idempotent: bool) -> String {
         .replace("idempotent: false", &format!("idempotent: {idempotent}"))
 }
 
-/// Starts `shut` and shuts the engine down while `slow` runs; returns the dir and the task id.
+/// Starts `shut` and shuts the engine down while `slow` runs; returns the database and the
+/// task id.
 async fn shut_down_mid_step(
+    b: Backend,
     srv: &Srv,
     ms: u64,
     idempotent: bool,
     grace: Duration,
-) -> (PathBuf, String) {
-    let dir = temp_dir();
+) -> (TestDb, String) {
+    let db = fresh_db(b).await;
     let config = EngineConfig {
         shutdown_grace: grace,
         ..EngineConfig::default()
     };
-    let engine = engine_with(&dir, config);
+    let engine = engine_with(&db, config).await;
     engine.start().await.unwrap();
     put_on(&engine, &shutdown_template(srv, ms, idempotent)).await;
     let id = create_on(&engine, "shut", json!({"ms": ms, "idem": idempotent})).await;
@@ -2228,14 +2201,13 @@ async fn shut_down_mid_step(
     );
     engine.store().close();
     drop(engine);
-    (dir, id)
+    (db, id)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn graceful_shutdown_lets_steps_finish_and_releases_the_task() {
+async fn graceful_shutdown_lets_steps_finish_and_releases_the_task(b: Backend) {
     let srv = Srv::start().await;
-    let (dir, id) = shut_down_mid_step(&srv, 300, false, Duration::from_secs(5)).await;
-    let store = Store::open(dir.join("taskhook.db")).unwrap();
+    let (db, id) = shut_down_mid_step(b, &srv, 300, false, Duration::from_secs(5)).await;
+    let store: Store = db.open().await;
     let (task, steps) = store.get_task(&id).await.unwrap().unwrap();
     assert_eq!(task.state, TaskState::Ready, "{steps:#?}");
     assert_eq!(state_of(&steps, "slow"), "DONE");
@@ -2245,7 +2217,7 @@ async fn graceful_shutdown_lets_steps_finish_and_releases_the_task() {
     store.close();
     drop(store);
 
-    let fx = Fx::open(dir).await;
+    let fx = Fx::open(db).await;
     let (_, steps) = fx.wait_done(&id).await;
     assert_eq!(
         srv.calls(&format!("{id}/slow")),
@@ -2255,20 +2227,19 @@ async fn graceful_shutdown_lets_steps_finish_and_releases_the_task() {
     assert_eq!(step(&steps, "next").output, json!("after"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_past_its_grace_treats_cut_attempts_like_a_crash() {
+async fn shutdown_past_its_grace_treats_cut_attempts_like_a_crash(b: Backend) {
     let srv = Srv::start().await;
     // Idempotent: the cut attempt runs again on the next start.
-    let (dir, id) = shut_down_mid_step(&srv, 2_000, true, Duration::from_millis(100)).await;
-    let fx = Fx::open(dir).await;
+    let (db, id) = shut_down_mid_step(b, &srv, 2_000, true, Duration::from_millis(100)).await;
+    let fx = Fx::open(db).await;
     let (_, steps) = fx.wait_done(&id).await;
     assert_eq!(step(&steps, "slow").output["slept"], json!(2000));
     assert_eq!(srv.calls(&format!("{id}/slow")), 2);
     drop(fx);
 
     // Not idempotent: a human must check what the cut attempt did.
-    let (dir, id) = shut_down_mid_step(&srv, 2_000, false, Duration::from_millis(100)).await;
-    let fx = Fx::open(dir).await;
+    let (db, id) = shut_down_mid_step(b, &srv, 2_000, false, Duration::from_millis(100)).await;
+    let fx = Fx::open(db).await;
     let (task, steps) = fx
         .wait_final(&id, &[TaskState::Blocked, TaskState::Done])
         .await;
@@ -2281,10 +2252,9 @@ async fn shutdown_past_its_grace_treats_cut_attempts_like_a_crash() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn subtask_child_blocked_then_retried_and_child_cancelled() {
+async fn subtask_child_blocked_then_retried_and_child_cancelled(b: Backend) {
     let srv = Srv::start().await;
-    let fx = Fx::new().await;
+    let fx = Fx::new(b).await;
     fx.put(&format!(
         r#"
 name: fragile
@@ -2355,9 +2325,8 @@ steps:
     assert_eq!(fx.get(&child).await.0.state, TaskState::Cancelled);
 }
 
-#[tokio::test]
-async fn functions_inline_and_from_the_library_run_with_their_arguments() {
-    let fx = Fx::new().await;
+async fn functions_inline_and_from_the_library_run_with_their_arguments(b: Backend) {
+    let fx = Fx::new(b).await;
     let lib = fx
         .engine
         .parse_function(
@@ -2425,15 +2394,12 @@ steps:
 
 /// Regression: a task whose run ended without recording it (a store error mid-run) stayed
 /// RUNNING until the next restart. Once its lease expires, the engine makes it READY again.
-#[tokio::test]
-async fn a_task_left_running_by_a_failed_run_is_picked_up_again() {
-    let dir = std::env::temp_dir().join(format!("taskhook-engine-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
+async fn a_task_left_running_by_a_failed_run_is_picked_up_again(b: Backend) {
     let config = EngineConfig {
         orphan_sweep: std::time::Duration::from_millis(50),
         ..EngineConfig::default()
     };
-    let fx = Fx::open_with(dir, config).await;
+    let fx = Fx::open_with(fresh_db(b).await, config).await;
     fx.put("name: orphan\nauto_runnable: true\nsteps:\n  a: {action: {type: echo, configuration: {output: done}}}\n")
         .await;
     // Due in an hour, so the engine leaves it alone for now.
@@ -2461,3 +2427,77 @@ async fn a_task_left_running_by_a_failed_run_is_picked_up_again() {
             .contains(&"recovered".to_string())
     );
 }
+
+// ---------------------------------------------------------------- both backends
+
+/// For each test `async fn <name>(b: Backend)`, generates `mod <name>` with the tests
+/// `sqlite` and `postgres` (which skips, with a visible message, when PostgreSQL is not
+/// reachable; it fails instead with TASKHOOK_TEST_REQUIRE_SERVICES=1).
+macro_rules! on_both {
+    (#[$attr:meta] => $($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[$attr]
+            async fn sqlite() {
+                super::$name(super::Backend::Sqlite).await
+            }
+
+            #[$attr]
+            async fn postgres() {
+                if taskhook_store::testing::postgres_available().await {
+                    super::$name(super::Backend::Postgres).await
+                }
+            }
+        }
+    )*};
+}
+
+on_both!(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] =>
+    linear_chain_passes_outputs_along,
+    custom_state_and_any_dependencies,
+    prune_propagates_through_a_chain_but_not_to_any,
+    skip_condition_sets_a_custom_state_and_can_target_other_steps,
+    check_condition_turns_a_404_into_done_or_a_custom_state,
+    retry_now_loops_until_a_counter_is_reached,
+    retry_now_is_bounded_by_max_retries,
+    skip_condition_setting_retry_now_on_its_own_step_does_not_hang,
+    a_step_that_can_never_run_is_a_deadlock,
+    foreach_parallel_children_and_their_outputs,
+    foreach_sequence_runs_children_one_after_another,
+    foreach_that_is_not_a_list_is_fatal,
+    output_strategies_template_and_merge,
+    json_schema_failure_is_fatal_and_blocks_the_task,
+    client_error_blocks_the_task_and_retry_runs_it_again,
+    server_error_schedules_a_retry_with_backoff,
+    max_retries_and_retry_max_are_enforced,
+    step_timeout_is_a_server_error,
+    templating_error_in_configuration_is_fatal,
+    non_auto_runnable_task_waits_for_a_resolver,
+    cancel_stops_a_running_task,
+    cancel_a_waiting_task,
+    pause_lets_the_attempt_in_flight_finish_then_retry_resumes,
+    pause_a_waiting_task_then_retry,
+    sleep_step_waits_without_holding_a_run,
+    subtask_parent_waits_for_the_child_result,
+    subtask_that_ends_before_the_parent_run_ends_still_wakes_it,
+    crash_recovery_reruns_an_idempotent_step,
+    crash_recovery_blocks_on_a_non_idempotent_step,
+    tasks_keep_the_template_version_they_started_with,
+    idempotency_key_returns_the_same_task,
+    input_errors_name_the_input,
+    invalid_templates_are_refused_with_the_field,
+    audit_trail_records_each_transition,
+    run_at_delays_the_start,
+    foreach_conditions_apply_to_each_child,
+    a_failed_foreach_child_blocks_and_retry_reruns_only_it,
+    variables_pre_hooks_and_base_configurations,
+    condition_and_output_errors_are_fatal,
+    resource_limits_serialize_steps,
+    graceful_shutdown_lets_steps_finish_and_releases_the_task,
+    shutdown_past_its_grace_treats_cut_attempts_like_a_crash,
+    subtask_child_blocked_then_retried_and_child_cancelled,
+);
+
+on_both!(#[tokio::test] =>
+    functions_inline_and_from_the_library_run_with_their_arguments,
+    a_task_left_running_by_a_failed_run_is_picked_up_again,
+);

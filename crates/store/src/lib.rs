@@ -1,14 +1,32 @@
 //! The store remembers: templates, tasks, their steps and their audit trail.
 //!
 //! It holds no business rules beyond refusing illegal task transitions and writes
-//! made under a lease the writer no longer holds. SQLite is the embedded backend:
-//! one writer thread groups concurrent writes into one transaction (group commit),
-//! and a small pool of reader connections serves queries.
+//! made under a lease the writer no longer holds. Two backends behave the same:
+//!
+//! - SQLite ([`SqliteStore`]), embedded: one writer thread groups concurrent writes into one
+//!   transaction (group commit), and a small pool of reader connections serves queries. One
+//!   process owns the file.
+//! - PostgreSQL ([`PgStore`]), shared: a pool of connections, each store call one transaction
+//!   (most of them one statement). Several instances may share one database: claims use
+//!   `FOR UPDATE SKIP LOCKED`, every write of a run is fenced by its lease epoch, and changes
+//!   other instances must hear about are announced with `NOTIFY` (see [`Signals`]).
+//!
+//! [`Store`] is the handle the rest of the program uses; it dispatches to the backend.
 
+mod postgres;
 mod sqlite;
+#[doc(hidden)]
+pub mod testing;
 mod types;
 
-pub use sqlite::SqliteStore as Store;
+use std::path::Path;
+
+use serde_json::Value;
+use taskhook_model::TaskState;
+use tokio::sync::Notify;
+
+pub use postgres::{DEFAULT_POOL_SIZE, PgStore};
+pub use sqlite::SqliteStore;
 pub use types::*;
 
 /// Current time in unix milliseconds.
@@ -32,14 +50,23 @@ pub enum StoreError {
     Conflict(String),
     #[error("database error: {0}")]
     Database(String),
+    /// The database cannot be reached right now (connection refused or lost, pool timeout,
+    /// server shutting down or starting): nothing was written, or the outcome of a commit in
+    /// flight is unknown.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
     #[error("the store is closed")]
     Closed,
 }
 
 impl StoreError {
-    /// Transient failures worth retrying (busy database, closed pool during restart).
+    /// Transient failures worth retrying (busy database, unreachable database, closed pool
+    /// during restart).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, StoreError::Database(_) | StoreError::Closed)
+        matches!(
+            self,
+            StoreError::Database(_) | StoreError::Unavailable(_) | StoreError::Closed
+        )
     }
 }
 
@@ -56,3 +83,399 @@ impl From<serde_json::Error> for StoreError {
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Wake-ups the store gives about changes that may have been made by another process.
+///
+/// Each signal is fired with `notify_waiters()` (every task waiting now) and `notify_one()`
+/// (one stored permit, so a waiter that was busy at the moment still sees it once): a waiter
+/// must treat a wake-up as "look again", never as proof that something changed.
+///
+/// - PostgreSQL: a listener connection (`LISTEN`) fires them for every committed change by any
+///   instance sharing the schema, this one included, and fires all of them after it reconnects
+///   (notifications may have been missed meanwhile).
+/// - SQLite: the store fires them itself, after the commit of the same writes that send a
+///   notification on PostgreSQL (one process owns the file, so these are all the changes).
+///
+/// Which writes fire which signal:
+/// - `due`: a task inserted READY and not claimed; a transition to READY; `end_run` leaving
+///   the task READY or WAITING with a due time, or waking its parent; `release_orphans` and
+///   `recover_running` that moved a task; a queued fire started; a cancel that woke a parent.
+/// - `hooks`: `put_hook`, and `delete_hook` / `set_hook_token` that changed a hook.
+/// - `slots`: `release_slot`, and `end_run` of a task that held slots.
+/// - `stops`: `transition` asked to pause or cancel a RUNNING task (recorded with the task,
+///   see [`Store::pending_stops`]).
+#[derive(Debug, Default)]
+pub struct Signals {
+    pub due: Notify,
+    pub hooks: Notify,
+    pub slots: Notify,
+    pub stops: Notify,
+}
+
+/// One of the [`Signals`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Signal {
+    Due = 1,
+    Hooks = 2,
+    Slots = 4,
+    Stops = 8,
+}
+
+impl Signals {
+    fn notify(&self, s: Signal) -> &Notify {
+        match s {
+            Signal::Due => &self.due,
+            Signal::Hooks => &self.hooks,
+            Signal::Slots => &self.slots,
+            Signal::Stops => &self.stops,
+        }
+    }
+
+    /// Wakes whoever waits on `s` now, and the next one to wait.
+    pub(crate) fn fire(&self, s: Signal) {
+        let n = self.notify(s);
+        n.notify_waiters();
+        n.notify_one();
+    }
+
+    /// Fires every signal in a bit set of [`Signal`]s.
+    pub(crate) fn fire_set(&self, set: u8) {
+        for s in [Signal::Due, Signal::Hooks, Signal::Slots, Signal::Stops] {
+            if set & (s as u8) != 0 {
+                self.fire(s);
+            }
+        }
+    }
+
+    pub(crate) fn fire_all(&self) {
+        self.fire_set(0xff);
+    }
+}
+
+/// The states a stop request may be applied from, as [`Store::transition`] callers (the
+/// engine's pause and cancel) allow them.
+pub(crate) fn stop_applies(stop: TaskState, from: TaskState) -> bool {
+    use TaskState::*;
+    let allowed: &[TaskState] = match stop {
+        Cancelled => &[Todo, Ready, Waiting, Paused, Blocked],
+        Paused => &[Todo, Ready, Waiting, Blocked],
+        _ => &[],
+    };
+    allowed.contains(&from) && from.check_transition(stop).is_ok()
+}
+
+/// The audit entry of a stop applied by the store (as the engine's stop writes it).
+pub(crate) fn stop_event(actor: &str, from: TaskState, to: TaskState) -> NewEvent {
+    NewEvent {
+        actor: actor.to_string(),
+        kind: if to == TaskState::Cancelled {
+            "cancelled"
+        } else {
+            "paused"
+        }
+        .into(),
+        from_state: Some(from.as_str().to_string()),
+        to_state: Some(to.as_str().to_string()),
+        detail: Value::Null,
+    }
+}
+
+/// Handle to the store, on either backend. Cheap to clone.
+#[derive(Clone)]
+pub enum Store {
+    Sqlite(SqliteStore),
+    Postgres(PgStore),
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Store::Sqlite(_) => f.write_str("Store::Sqlite"),
+            Store::Postgres(p) => write!(f, "Store::Postgres({})", p.schema_label()),
+        }
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) an SQLite database file and runs migrations.
+    pub fn open(path: impl AsRef<Path>) -> Result<Store> {
+        Ok(Store::Sqlite(SqliteStore::open(path)?))
+    }
+
+    /// Opens the database a URL names, running migrations: `sqlite:PATH` (or `sqlite://PATH`)
+    /// for SQLite, `postgres://…` or `postgresql://…` for PostgreSQL (its default schema, a
+    /// pool of [`DEFAULT_POOL_SIZE`] connections). `taskhook migrate` is this and nothing else.
+    pub async fn connect(url: &str) -> Result<Store> {
+        if is_postgres_url(url) {
+            return Store::postgres(url, None).await;
+        }
+        match url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+        {
+            Some(path) if !path.is_empty() => {
+                let path = path.to_string();
+                tokio::task::spawn_blocking(move || Store::open(path))
+                    .await
+                    .map_err(|e| StoreError::Database(format!("opening SQLite failed: {e}")))?
+            }
+            _ => Err(StoreError::Database(format!(
+                "unsupported database URL {url:?}: use sqlite:PATH or postgres://USER@HOST:PORT/DATABASE"
+            ))),
+        }
+    }
+
+    /// Connects to PostgreSQL with a pool of [`DEFAULT_POOL_SIZE`] connections and runs
+    /// migrations. With `schema`, the schema is created if missing and every connection works
+    /// in it (`search_path`), so several stores can live in one database side by side.
+    pub async fn postgres(url: &str, schema: Option<&str>) -> Result<Store> {
+        Store::postgres_with_pool(url, schema, DEFAULT_POOL_SIZE).await
+    }
+
+    /// [`Store::postgres`] with a pool of `pool_size` connections (at least 1), plus the one
+    /// connection that listens for notifications.
+    pub async fn postgres_with_pool(
+        url: &str,
+        schema: Option<&str>,
+        pool_size: usize,
+    ) -> Result<Store> {
+        Ok(Store::Postgres(
+            PgStore::connect(url, schema, pool_size).await?,
+        ))
+    }
+
+    /// Drops a PostgreSQL schema and everything in it (tests and benches clean up with it).
+    pub async fn drop_postgres_schema(url: &str, schema: &str) -> Result<()> {
+        postgres::drop_schema(url, schema).await
+    }
+
+    /// Whether several processes may share this store (PostgreSQL), so that the engine must
+    /// coordinate through it (leases, slots, signals) rather than in memory.
+    pub fn is_shared(&self) -> bool {
+        matches!(self, Store::Postgres(_))
+    }
+
+    /// Wake-ups about changes, see [`Signals`].
+    pub fn signals(&self) -> &Signals {
+        match self {
+            Store::Sqlite(s) => s.signals(),
+            Store::Postgres(s) => s.signals(),
+        }
+    }
+
+    /// Stops accepting writes: SQLite waits for the writer to commit what it has; PostgreSQL
+    /// closes the pool (calls in flight finish) and stops listening.
+    pub fn close(&self) {
+        match self {
+            Store::Sqlite(s) => s.close(),
+            Store::Postgres(s) => s.close(),
+        }
+    }
+}
+
+pub(crate) fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+/// Generates the methods of [`Store`] that hand the call to the backend.
+macro_rules! delegate {
+    ($(
+        $(#[$meta:meta])*
+        pub async fn $name:ident(&self $(, $arg:ident: $ty:ty)* $(,)?) -> $ret:ty;
+    )*) => {
+        impl Store {
+            $(
+                $(#[$meta])*
+                pub async fn $name(&self $(, $arg: $ty)*) -> $ret {
+                    match self {
+                        Store::Sqlite(s) => s.$name($($arg),*).await,
+                        Store::Postgres(s) => s.$name($($arg),*).await,
+                    }
+                }
+            )*
+        }
+    };
+}
+
+delegate! {
+    // ---- templates ----
+
+    /// Stores a template body as a new version when it differs from the current one.
+    /// Returns the current row and whether the template did not exist before.
+    pub async fn put_template(&self, name: &str, body: Value) -> Result<(TemplateRow, bool)>;
+
+    /// The current version of a template.
+    pub async fn get_template(&self, name: &str) -> Result<Option<TemplateRow>>;
+
+    /// One version of a template (current or not).
+    pub async fn get_template_version(&self, name: &str, version: i64) -> Result<Option<TemplateRow>>;
+
+    /// The current version of every template, by name.
+    pub async fn list_templates(&self) -> Result<Vec<TemplateRow>>;
+
+    /// Removes a template from the catalogue. Its versions stay, so tasks pinned to them finish.
+    pub async fn delete_template(&self, name: &str) -> Result<bool>;
+
+    // ---- functions ----
+
+    /// Creates or replaces a library function; returns whether it is new.
+    pub async fn put_function(&self, name: &str, body: Value) -> Result<bool>;
+
+    pub async fn get_function(&self, name: &str) -> Result<Option<Value>>;
+
+    /// Every library function, by name.
+    pub async fn list_functions(&self) -> Result<Vec<Value>>;
+
+    pub async fn delete_function(&self, name: &str) -> Result<bool>;
+
+    // ---- hooks ----
+
+    /// Creates or replaces a hook. A new hook gets `new_token` as its trigger token; a replaced
+    /// one keeps its token and schedule position. Returns the row and whether it is new.
+    pub async fn put_hook(&self, group: &str, id: &str, body: Value, new_token: &str) -> Result<(HookRow, bool)>;
+
+    pub async fn get_hook(&self, group: &str, id: &str) -> Result<Option<HookRow>>;
+
+    /// Every hook, or those of one group, ordered by group and id.
+    pub async fn list_hooks(&self, group: Option<&str>) -> Result<Vec<HookRow>>;
+
+    /// `(group, id, updated_at)` of every hook: lets a watcher re-read only what changed.
+    pub async fn hook_versions(&self) -> Result<Vec<(String, String, i64)>>;
+
+    pub async fn delete_hook(&self, group: &str, id: &str) -> Result<bool>;
+
+    /// Replaces a hook's trigger token; false when there is no such hook.
+    pub async fn set_hook_token(&self, group: &str, id: &str, token: &str) -> Result<bool>;
+
+    /// Records one event meeting a hook, with the task it creates, in one transaction.
+    ///
+    /// A delivery id already seen since `dedupe_since`, or a due time already fired, returns
+    /// the first fire instead ([`FireOutcome::Duplicate`]). With `overlap` set and an
+    /// unfinished task from this hook, no task is created and the fire's result is the
+    /// given word (`skipped` or `queued`). All of this holds under any concurrency, across
+    /// instances too (PostgreSQL serialises the fires of one hook).
+    pub async fn record_fire(
+        &self,
+        fire: NewFire,
+        task: Option<(NewTask, NewEvent)>,
+        dedupe_since: Option<i64>,
+        overlap: Option<&'static str>,
+    ) -> Result<FireOutcome>;
+
+    /// The oldest fire of a hook still waiting for its predecessor to finish.
+    pub async fn oldest_queued_fire(&self, group: &str, id: &str) -> Result<Option<FireRow>>;
+
+    /// Starts the task of a queued fire, if the fire is still queued and no task of its hook is
+    /// unfinished; otherwise does nothing and returns `None`.
+    pub async fn start_queued_fire(&self, fire_id: &str, task: NewTask, event: NewEvent) -> Result<Option<TaskRow>>;
+
+    /// `(scheduled_for, received_at)` of every scheduled fire received since `since` (unix ms):
+    /// how late schedules fire.
+    pub async fn schedule_lateness(&self, since: i64) -> Result<Vec<(i64, i64)>>;
+
+    /// Deletes fires received before `before` (unix ms), at most `limit` at a time; returns how
+    /// many went. Tasks are kept.
+    pub async fn prune_fires(&self, before: i64, limit: u32) -> Result<usize>;
+
+    /// Fires of a hook, newest first, with the current state of each created task.
+    pub async fn list_fires(&self, group: &str, id: &str, before: Option<String>, limit: u32) -> Result<Vec<FireRow>>;
+
+    // ---- tasks ----
+
+    /// Inserts a task and its steps. With an idempotency key already used for this template,
+    /// returns the existing task and `false` (also when two callers race with the same key).
+    pub async fn create_task(&self, t: NewTask, event: NewEvent) -> Result<(TaskRow, bool)>;
+
+    /// A task and its steps (ordered by name).
+    pub async fn get_task(&self, id: &str) -> Result<Option<(TaskRow, Vec<StepRow>)>>;
+
+    /// Tasks matching a filter, newest first.
+    pub async fn list_tasks(&self, f: TaskFilter) -> Result<Vec<TaskRow>>;
+
+    /// A task's audit trail, oldest first.
+    pub async fn task_events(&self, id: &str) -> Result<Vec<TaskEvent>>;
+
+    // ---- the engine's side ----
+
+    /// Claims up to `limit` tasks due at `now` (READY, or WAITING on a timer that fired):
+    /// sets them RUNNING under a new lease epoch (one more than the last: the fencing token)
+    /// and returns them with their steps. Concurrent claimers never claim the same task.
+    pub async fn claim_due(&self, owner: &str, now: i64, limit: usize, lease_ms: i64) -> Result<Vec<ClaimedTask>>;
+
+    /// When the next READY or timer-WAITING task becomes due, if any.
+    pub async fn next_due_at(&self) -> Result<Option<i64>>;
+
+    /// Writes step rows of a task held at `epoch`.
+    pub async fn save_steps(&self, task_id: &str, epoch: i64, steps: Vec<StepRow>) -> Result<()>;
+
+    /// Ends a run: writes the last step rows, moves the task to its next state, releases the
+    /// lease and the task's resource slots, and records why. A stop recorded with the task
+    /// (pause or cancel asked while it ran, see [`Store::pending_stops`]) that the run did not
+    /// apply is applied to the state the run leaves, with its own audit entry. When the task
+    /// ends and its parent waits on it, wakes the parent (returns its id so the caller can
+    /// notify the engine).
+    pub async fn end_run(&self, task_id: &str, epoch: i64, steps: Vec<StepRow>, end: RunEnd) -> Result<Option<String>>;
+
+    /// A human or the API changes a task's state (resolve, retry, pause, cancel).
+    /// `due_at` is set when the task becomes READY. A RUNNING task is left alone for
+    /// PAUSED and CANCELLED: the engine must stop its run, and [`TransitionOutcome::Running`]
+    /// says so. The request is then recorded with the task (a cancel is not replaced by a
+    /// later pause) for the instance that holds the run ([`Store::pending_stops`]).
+    pub async fn transition(
+        &self,
+        task_id: &str,
+        allowed_from: &'static [TaskState],
+        to: TaskState,
+        due_at: Option<i64>,
+        resolver_inputs: Option<Value>,
+        event: NewEvent,
+    ) -> Result<TransitionOutcome>;
+
+    /// At start: tasks left RUNNING by a process that is gone become READY now (audit
+    /// `recovered`); the engine then sorts out their RUNNING steps. SQLite: every RUNNING task
+    /// (one process owns the file). PostgreSQL: only those whose lease has expired, since live
+    /// instances hold the others.
+    pub async fn recover_running(&self) -> Result<usize>;
+
+    /// RUNNING tasks whose lease ran out before `now`, with the epoch they were claimed at.
+    pub async fn expired_leases(&self, now: i64) -> Result<Vec<(String, i64)>>;
+
+    /// Makes READY the given RUNNING tasks that are still held at the given epoch (a task
+    /// claimed again since is left alone), recording `reason`. Returns how many moved.
+    pub async fn release_orphans(&self, tasks: Vec<(String, i64)>, reason: &str) -> Result<usize>;
+
+    /// Extends to `until` the leases `owner` holds on the given `(task, epoch)`s, and the
+    /// resource slots those runs hold, in one write. Returns the ids whose lease is lost (the
+    /// task is no longer RUNNING at that epoch for that owner).
+    pub async fn renew_leases(&self, owner: &str, held: Vec<(String, i64)>, until: i64) -> Result<Vec<String>>;
+
+    /// Takes one of `limit` slots of a named resource for a step of a task held at `epoch`,
+    /// until `until` (renewed with the lease). True when taken (or already held by this
+    /// step), false when all slots are taken. Slots whose holder's lease expired or whose task
+    /// no longer runs at that epoch are freed first. `LeaseLost` when the task is not held at
+    /// `epoch`. The limit holds across every instance sharing the store.
+    pub async fn acquire_slot(&self, resource: &str, limit: usize, task_id: &str, step: &str, epoch: i64, until: i64) -> Result<bool>;
+
+    /// Gives a resource slot back (signals `slots`).
+    pub async fn release_slot(&self, resource: &str, task_id: &str, step: &str) -> Result<()>;
+
+    /// Stops (pause or cancel) recorded for the given tasks while they run:
+    /// `(task id, PAUSED or CANCELLED, actor)`. Only tasks still RUNNING are returned.
+    pub async fn pending_stops(&self, ids: Vec<String>) -> Result<Vec<(String, TaskState, String)>>;
+
+    /// Deletes finished (DONE or CANCELLED) tasks last changed before `before`, with their
+    /// steps and audit trail, at most `limit` at a time; returns how many went.
+    pub async fn prune_tasks(&self, before: i64, limit: u32) -> Result<usize>;
+
+    /// How many tasks are in `state`.
+    pub async fn count_tasks(&self, state: TaskState) -> Result<u64>;
+
+    // ---- settings ----
+
+    pub async fn get_setting(&self, key: &str) -> Result<Option<String>>;
+
+    pub async fn set_setting(&self, key: &str, value: &str) -> Result<()>;
+}
+
+#[cfg(test)]
+mod tests;

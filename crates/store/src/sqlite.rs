@@ -2,6 +2,7 @@
 //! commits every queued write in one transaction (each write inside its own savepoint,
 //! so one failure does not undo its neighbours); callers hear back only after COMMIT.
 
+use std::cell::Cell;
 use std::path::Path;
 use std::sync::{Arc, Mutex, mpsc};
 
@@ -11,12 +12,16 @@ use taskhook_model::{StepState, TaskState};
 use tokio::sync::oneshot;
 
 use crate::types::*;
-use crate::{Result, StoreError, now_ms};
+use crate::{Result, Signal, Signals, StoreError, now_ms, stop_applies, stop_event};
+
+/// Why `recover_running` made a task READY (its audit entry).
+pub(crate) const RECOVERED_REASON: &str = "the server stopped while the task ran";
 
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0001_init.sql"),
     include_str!("../migrations/sqlite/0002_functions.sql"),
     include_str!("../migrations/sqlite/0003_hooks.sql"),
+    include_str!("../migrations/sqlite/0004_slots.sql"),
 ];
 /// Most writes one transaction takes; beyond it the next batch starts.
 const MAX_BATCH: usize = 2048;
@@ -37,6 +42,17 @@ struct Inner {
     reader_slots: Arc<tokio::sync::Semaphore>,
     path: std::path::PathBuf,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    signals: Arc<Signals>,
+}
+
+thread_local! {
+    /// Signals the write running on this (writer) thread asked for; fired after its commit.
+    static PENDING_SIGNALS: Cell<u8> = const { Cell::new(0) };
+}
+
+/// Asks for `s` to be fired once the current write commits (a no-op outside a write).
+fn signal(s: Signal) {
+    PENDING_SIGNALS.with(|p| p.set(p.get() | s as u8));
 }
 
 fn open_connection(path: &Path) -> Result<Connection> {
@@ -270,6 +286,7 @@ impl SqliteStore {
                 reader_slots: Arc::new(tokio::sync::Semaphore::new(READERS)),
                 path,
                 writer_thread: Mutex::new(Some(handle)),
+                signals: Arc::new(Signals::default()),
             }),
         })
     }
@@ -292,20 +309,32 @@ impl SqliteStore {
         }
     }
 
-    /// Runs `f` inside the shared write transaction; resolves after COMMIT.
+    /// Wake-ups this store fires after its own commits (see [`Signals`]).
+    pub fn signals(&self) -> &Signals {
+        &self.inner.signals
+    }
+
+    /// Runs `f` inside the shared write transaction; resolves after COMMIT. The signals `f`
+    /// asked for ([`signal`]) fire after a successful commit.
     async fn write<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let (tx, rx) = oneshot::channel();
+        let signals = self.inner.signals.clone();
         let job: Job = Box::new(move |conn| {
+            PENDING_SIGNALS.with(|p| p.set(0));
             let res = f(conn);
+            let wanted = PENDING_SIGNALS.with(|p| p.replace(0));
             let ok = res.is_ok();
             let finish: Finisher = Box::new(move |commit_err| {
                 let out = match commit_err {
                     Some(e) if ok => Err(StoreError::Database(format!("commit failed: {e}"))),
                     _ => res,
                 };
+                if out.is_ok() && wanted != 0 {
+                    signals.fire_set(wanted);
+                }
                 let _ = tx.send(out);
             });
             (ok, finish)
@@ -519,6 +548,7 @@ impl SqliteStore {
                  ON CONFLICT (hook_group, hook_id) DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at",
             )?
             .execute(params![group, id, json(&body), token, now])?;
+            signal(Signal::Hooks);
             let row = load_hook(c, &group, &id)?.ok_or_else(|| StoreError::NotFound { what: format!("hook {group}/{id}") })?;
             Ok((row, !existed))
         })
@@ -557,11 +587,14 @@ impl SqliteStore {
     pub async fn delete_hook(&self, group: &str, id: &str) -> Result<bool> {
         let (group, id) = (group.to_string(), id.to_string());
         self.write(move |c| {
-            Ok(
-                c.prepare_cached("DELETE FROM hooks WHERE hook_group = ?1 AND hook_id = ?2")?
-                    .execute([group, id])?
-                    > 0,
-            )
+            let deleted = c
+                .prepare_cached("DELETE FROM hooks WHERE hook_group = ?1 AND hook_id = ?2")?
+                .execute([group, id])?
+                > 0;
+            if deleted {
+                signal(Signal::Hooks);
+            }
+            Ok(deleted)
         })
         .await
     }
@@ -569,9 +602,14 @@ impl SqliteStore {
     pub async fn set_hook_token(&self, group: &str, id: &str, token: &str) -> Result<bool> {
         let (group, id, token) = (group.to_string(), id.to_string(), token.to_string());
         self.write(move |c| {
-            Ok(c.prepare_cached("UPDATE hooks SET trigger_token = ?3, updated_at = ?4 WHERE hook_group = ?1 AND hook_id = ?2")?
+            let changed = c
+                .prepare_cached("UPDATE hooks SET trigger_token = ?3, updated_at = ?4 WHERE hook_group = ?1 AND hook_id = ?2")?
                 .execute(params![group, id, token, now_ms()])?
-                > 0)
+                > 0;
+            if changed {
+                signal(Signal::Hooks);
+            }
+            Ok(changed)
         })
         .await
     }
@@ -886,8 +924,9 @@ impl SqliteStore {
     }
 
     /// Ends a run: writes the last step rows, moves the task to its next state, releases the
-    /// lease and records why. When the task ends and its parent waits on it, wakes the parent
-    /// (returns its id so the caller can notify the engine).
+    /// lease and the task's resource slots, and records why. A stop recorded with the task
+    /// that applies to that state is applied too. When the task ends and its parent waits on
+    /// it, wakes the parent (returns its id so the caller can notify the engine).
     pub async fn end_run(
         &self,
         task_id: &str,
@@ -901,22 +940,51 @@ impl SqliteStore {
             TaskState::Running.check_transition(end.state)?;
             let now = now_ms();
             upsert_steps(c, &task_id, &steps, now)?;
+            let (stop_to, stop_actor): (Option<String>, Option<String>) = c
+                .prepare_cached("SELECT stop_to, stop_actor FROM tasks WHERE id = ?1")?
+                .query_row([&task_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let stop = stop_to
+                .and_then(|s| s.parse::<TaskState>().ok())
+                .filter(|s| stop_applies(*s, end.state));
             c.prepare_cached(
                 // A child that ended during this run set due_at to wake us: a WAITING end keeps it.
                 "UPDATE tasks SET state = ?2, \
                  due_at = CASE WHEN ?2 = 'WAITING' AND due_at IS NOT NULL THEN MIN(due_at, COALESCE(?3, due_at)) ELSE ?3 END, \
-                 result = COALESCE(?4, result), lease_owner = NULL, lease_until = NULL, updated_at = ?5 WHERE id = ?1",
+                 result = COALESCE(?4, result), lease_owner = NULL, lease_until = NULL, stop_to = NULL, stop_actor = NULL, \
+                 updated_at = ?5 WHERE id = ?1",
             )?
             .execute(params![task_id, end.state.as_str(), end.due_at, end.result.as_ref().map(json), now])?;
             insert_event(c, &task_id, now, &end.event)?;
-            wake_parent_if_ended(c, &task_id, end.state, now)
+            let state = match stop {
+                Some(to) => {
+                    c.prepare_cached("UPDATE tasks SET state = ?2, due_at = NULL WHERE id = ?1")?
+                        .execute(params![task_id, to.as_str()])?;
+                    let actor = stop_actor.unwrap_or_default();
+                    insert_event(c, &task_id, now, &stop_event(&actor, end.state, to))?;
+                    to
+                }
+                None => end.state,
+            };
+            if matches!(state, TaskState::Ready | TaskState::Waiting) {
+                let due: Option<i64> = c
+                    .prepare_cached("SELECT due_at FROM tasks WHERE id = ?1")?
+                    .query_row([&task_id], |r| r.get(0))?;
+                if due.is_some() {
+                    signal(Signal::Due);
+                }
+            }
+            if c.prepare_cached("DELETE FROM resource_slots WHERE task_id = ?1")?.execute([&task_id])? > 0 {
+                signal(Signal::Slots);
+            }
+            wake_parent_if_ended(c, &task_id, state, now)
         })
         .await
     }
 
     /// A human or the API changes a task's state (resolve, retry, pause, cancel).
     /// `due_at` is set when the task becomes READY. A RUNNING task is left alone for
-    /// PAUSED and CANCELLED: the engine must stop its run, and [`TransitionOutcome::Running`] says so.
+    /// PAUSED and CANCELLED: the engine must stop its run, and [`TransitionOutcome::Running`] says so
+    /// (the request is recorded with the task, see [`SqliteStore::pending_stops`]).
     pub async fn transition(
         &self,
         task_id: &str,
@@ -930,6 +998,13 @@ impl SqliteStore {
         self.write(move |c| {
             let task = load_task(c, &task_id)?.ok_or_else(|| StoreError::NotFound { what: format!("task {task_id}") })?;
             if task.state == TaskState::Running && matches!(to, TaskState::Paused | TaskState::Cancelled) {
+                // A cancel asked before is not replaced by a pause.
+                c.prepare_cached(
+                    "UPDATE tasks SET stop_actor = CASE WHEN stop_to = 'CANCELLED' THEN stop_actor ELSE ?3 END, \
+                     stop_to = CASE WHEN stop_to = 'CANCELLED' THEN stop_to ELSE ?2 END WHERE id = ?1",
+                )?
+                .execute(params![task_id, to.as_str(), event.actor])?;
+                signal(Signal::Stops);
                 return Ok(TransitionOutcome::Running);
             }
             if !allowed_from.contains(&task.state) {
@@ -938,13 +1013,17 @@ impl SqliteStore {
             task.state.check_transition(to)?;
             let now = now_ms();
             c.prepare_cached(
-                "UPDATE tasks SET state = ?2, due_at = ?3, resolver_inputs = COALESCE(?4, resolver_inputs), updated_at = ?5 WHERE id = ?1",
+                "UPDATE tasks SET state = ?2, due_at = ?3, resolver_inputs = COALESCE(?4, resolver_inputs), \
+                 stop_to = NULL, stop_actor = NULL, updated_at = ?5 WHERE id = ?1",
             )?
             .execute(params![task_id, to.as_str(), due_at, resolver_inputs.as_ref().map(json), now])?;
             let mut event = event;
             event.from_state = Some(task.state.as_str().to_string());
             event.to_state = Some(to.as_str().to_string());
             insert_event(c, &task_id, now, &event)?;
+            if to == TaskState::Ready {
+                signal(Signal::Due);
+            }
             if to == TaskState::Cancelled {
                 wake_parent_if_ended(c, &task_id, to, now)?;
             }
@@ -955,6 +1034,7 @@ impl SqliteStore {
 
     /// After a restart: tasks left RUNNING by a process that is gone become READY now.
     /// The engine then sorts out their RUNNING steps (re-run if idempotent, else block).
+    /// One process owns the file, so every RUNNING task is an orphan at start.
     pub async fn recover_running(&self) -> Result<usize> {
         self.write(|c| {
             let now = now_ms();
@@ -971,8 +1051,11 @@ impl SqliteStore {
                     c,
                     id,
                     now,
-                    &NewEvent::transition("engine", "recovered", TaskState::Running, TaskState::Ready, serde_json::json!({"reason": "the server stopped while the task ran"})),
+                    &NewEvent::transition("engine", "recovered", TaskState::Running, TaskState::Ready, serde_json::json!({"reason": RECOVERED_REASON})),
                 )?;
+            }
+            if !ids.is_empty() {
+                signal(Signal::Due);
             }
             Ok(ids.len())
         })
@@ -1011,7 +1094,119 @@ impl SqliteStore {
                     insert_event(c, id, now, &ev)?;
                 }
             }
+            if moved > 0 {
+                signal(Signal::Due);
+            }
             Ok(moved)
+        })
+        .await
+    }
+
+    /// Extends to `until` the leases `owner` holds on the given `(task, epoch)`s, and the
+    /// resource slots those runs hold. Returns the ids whose lease is lost.
+    pub async fn renew_leases(
+        &self,
+        owner: &str,
+        held: Vec<(String, i64)>,
+        until: i64,
+    ) -> Result<Vec<String>> {
+        let owner = owner.to_string();
+        self.write(move |c| {
+            let mut lost = Vec::new();
+            for (id, epoch) in &held {
+                let n = c
+                    .prepare_cached(
+                        "UPDATE tasks SET lease_until = ?4 \
+                         WHERE id = ?1 AND state = 'RUNNING' AND lease_epoch = ?2 AND lease_owner = ?3",
+                    )?
+                    .execute(params![id, epoch, owner, until])?;
+                if n == 0 {
+                    lost.push(id.clone());
+                    continue;
+                }
+                c.prepare_cached("UPDATE resource_slots SET until = ?3 WHERE task_id = ?1 AND epoch = ?2")?
+                    .execute(params![id, epoch, until])?;
+            }
+            Ok(lost)
+        })
+        .await
+    }
+
+    /// Takes one of `limit` slots of a named resource for a step of a task held at `epoch`.
+    pub async fn acquire_slot(
+        &self,
+        resource: &str,
+        limit: usize,
+        task_id: &str,
+        step: &str,
+        epoch: i64,
+        until: i64,
+    ) -> Result<bool> {
+        let (resource, task_id, step) =
+            (resource.to_string(), task_id.to_string(), step.to_string());
+        self.write(move |c| {
+            check_lease(c, &task_id, epoch)?;
+            c.prepare_cached(
+                "DELETE FROM resource_slots WHERE resource = ?1 AND (until < ?2 OR NOT EXISTS \
+                 (SELECT 1 FROM tasks t WHERE t.id = resource_slots.task_id AND t.state = 'RUNNING' AND t.lease_epoch = resource_slots.epoch))",
+            )?
+            .execute(params![resource, now_ms()])?;
+            let refreshed = c
+                .prepare_cached(
+                    "UPDATE resource_slots SET epoch = ?4, until = ?5 WHERE resource = ?1 AND task_id = ?2 AND step = ?3",
+                )?
+                .execute(params![resource, task_id, step, epoch, until])?;
+            if refreshed > 0 {
+                return Ok(true);
+            }
+            let taken: i64 = c
+                .prepare_cached("SELECT COUNT(*) FROM resource_slots WHERE resource = ?1")?
+                .query_row([&resource], |r| r.get(0))?;
+            if taken as u64 >= limit as u64 {
+                return Ok(false);
+            }
+            c.prepare_cached(
+                "INSERT INTO resource_slots (resource, task_id, step, epoch, until) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![resource, task_id, step, epoch, until])?;
+            Ok(true)
+        })
+        .await
+    }
+
+    /// Gives a resource slot back.
+    pub async fn release_slot(&self, resource: &str, task_id: &str, step: &str) -> Result<()> {
+        let (resource, task_id, step) =
+            (resource.to_string(), task_id.to_string(), step.to_string());
+        self.write(move |c| {
+            c.prepare_cached(
+                "DELETE FROM resource_slots WHERE resource = ?1 AND task_id = ?2 AND step = ?3",
+            )?
+            .execute(params![resource, task_id, step])?;
+            signal(Signal::Slots);
+            Ok(())
+        })
+        .await
+    }
+
+    /// Stops recorded for the given RUNNING tasks: `(task id, PAUSED or CANCELLED, actor)`.
+    pub async fn pending_stops(
+        &self,
+        ids: Vec<String>,
+    ) -> Result<Vec<(String, TaskState, String)>> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT stop_to, stop_actor FROM tasks WHERE id = ?1 AND state = 'RUNNING' AND stop_to IS NOT NULL",
+            )?;
+            let mut out = Vec::new();
+            for id in ids {
+                let found: Option<(String, Option<String>)> =
+                    stmt.query_row([&id], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+                if let Some((to, actor)) = found {
+                    out.push((id, parse_state(to)?, actor.unwrap_or_default()));
+                }
+            }
+            Ok(out)
         })
         .await
     }
@@ -1218,6 +1413,9 @@ fn insert_task(c: &Connection, t: &NewTask, event: &NewEvent) -> Result<TaskRow>
     ])?;
     let steps: Vec<StepRow> = t.steps.iter().map(StepRow::new).collect();
     upsert_steps(c, &t.id, &steps, now)?;
+    if state == TaskState::Ready {
+        signal(Signal::Due);
+    }
     insert_event(c, &t.id, now, event)?;
     if claimed.is_some() {
         insert_event(
@@ -1276,8 +1474,8 @@ fn wake_parent_if_ended(
     let woke = c
         .prepare_cached("UPDATE tasks SET due_at = ?2, updated_at = ?2 WHERE id = ?1 AND state IN ('WAITING', 'RUNNING')")?
         .execute(params![parent, now])?;
+    if woke > 0 {
+        signal(Signal::Due);
+    }
     Ok((woke > 0).then_some(parent))
 }
-
-#[cfg(test)]
-mod tests;
