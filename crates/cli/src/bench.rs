@@ -1,5 +1,5 @@
-//! `taskhook bench`: runs the engine in-process on SQLite in a temporary directory and
-//! prints its setup and numbers: one-step tasks per second end to end, create-to-start
+//! `taskhook bench`: runs the engine in-process, on SQLite in a temporary directory or in a
+//! fresh PostgreSQL schema (optionally several engines sharing it), and prints its setup and numbers: one-step tasks per second end to end, create-to-start
 //! latency, per-step overhead in a 50-step chain, and peak memory.
 
 use std::collections::HashMap;
@@ -41,6 +41,14 @@ pub struct BenchArgs {
     /// How long the cron hooks run, in seconds.
     #[arg(long, default_value_t = 10)]
     schedule_seconds: u64,
+    /// Run on this PostgreSQL database (`postgres://USER@HOST:PORT/DB`), in a fresh schema
+    /// that is dropped afterwards, instead of SQLite in a temporary directory.
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Engines sharing the database, each with its own connection pool, as separate
+    /// instances would (PostgreSQL only). Work is spread over them round-robin.
+    #[arg(long, default_value_t = 1)]
+    instances: usize,
 }
 
 /// Records when each task's step starts.
@@ -106,15 +114,85 @@ async fn wait_done(store: &Store, expected: u64, deadline: Duration) -> anyhow::
     }
 }
 
+/// Where the bench runs: a temporary SQLite file, or a fresh schema in PostgreSQL.
+enum BenchDb {
+    Sqlite(std::path::PathBuf),
+    Postgres { url: String, schema: String },
+}
+
+impl BenchDb {
+    async fn open(&self) -> anyhow::Result<Store> {
+        match self {
+            BenchDb::Sqlite(dir) => {
+                Store::open(dir.join("taskhook.db")).context("opening the bench database")
+            }
+            BenchDb::Postgres { url, schema } => Store::postgres(url, Some(schema))
+                .await
+                .context("connecting to PostgreSQL"),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            BenchDb::Sqlite(dir) => format!("SQLite (WAL, synchronous=FULL) in {}", dir.display()),
+            BenchDb::Postgres { schema, .. } => {
+                format!("PostgreSQL (synchronous_commit as configured), schema {schema}")
+            }
+        }
+    }
+
+    async fn remove(&self) {
+        match self {
+            BenchDb::Sqlite(dir) => {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            BenchDb::Postgres { url, schema } => {
+                if let Err(e) = Store::drop_postgres_schema(url, schema).await {
+                    eprintln!("could not drop the bench schema {schema}: {e}");
+                }
+            }
+        }
+    }
+}
+
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
-    let dir = std::env::temp_dir().join(format!("taskhook-bench-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir)?;
-    let store = Store::open(dir.join("taskhook.db")).context("opening the bench database")?;
+    let db = match &args.database_url {
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            BenchDb::Postgres {
+                url: url.clone(),
+                schema: format!("bench_{}", uuid::Uuid::new_v4().simple()),
+            }
+        }
+        Some(url) => bail!(
+            "--database-url {url:?}: the bench takes a postgres:// URL (SQLite is the default)"
+        ),
+        None => {
+            let dir = std::env::temp_dir().join(format!("taskhook-bench-{}", uuid::Uuid::new_v4()));
+            std::fs::create_dir_all(&dir)?;
+            BenchDb::Sqlite(dir)
+        }
+    };
+    if args.instances == 0 || (args.instances > 1 && matches!(db, BenchDb::Sqlite(_))) {
+        bail!("--instances: use 1 on SQLite, or 1 or more with --database-url postgres://…");
+    }
     let probe = Arc::new(Probe::default());
-    let mut registry = Registry::builtin(&ActionSettings::default());
-    registry.register(Arc::new(ProbeAction(probe.clone())));
-    let engine = Engine::new(store.clone(), registry, EngineConfig::default());
-    let _dispatcher = engine.start().await?;
+    let mut engines = Vec::new();
+    let mut stores = Vec::new();
+    for i in 0..args.instances {
+        let store = db.open().await?;
+        let mut registry = Registry::builtin(&ActionSettings::default());
+        registry.register(Arc::new(ProbeAction(probe.clone())));
+        let config = EngineConfig {
+            owner: format!("bench-{i}"),
+            ..EngineConfig::default()
+        };
+        let engine = Engine::new(store.clone(), registry, config);
+        engine.start().await?;
+        engines.push(engine);
+        stores.push(store);
+    }
+    let engine = engines[0].clone();
+    let store = stores[0].clone();
 
     let one_step = "name: bench-one\nauto_runnable: true\nsteps:\n  only:\n    action:\n      type: echo\n      configuration: {output: {ok: true}}\n";
     let probe_step = "name: bench-probe\nauto_runnable: true\nsteps:\n  only:\n    action:\n      type: bench_probe\n";
@@ -132,8 +210,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
 
     println!(
-        "taskhook bench: engine in-process, SQLite (WAL, synchronous=FULL) in {}",
-        dir.display()
+        "taskhook bench: {} engine(s) in-process, {}",
+        engines.len(),
+        db.describe()
     );
     println!(
         "machine: {} cores",
@@ -147,7 +226,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let per_worker = args.tasks.div_ceil(args.concurrency.max(1));
     let mut workers = Vec::new();
     for w in 0..args.concurrency.max(1) {
-        let engine = engine.clone();
+        let engine = engines[w % engines.len()].clone();
         let n = per_worker.min(args.tasks.saturating_sub(w * per_worker));
         workers.push(tokio::spawn(async move {
             for _ in 0..n {
@@ -249,7 +328,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         memory_kb("VmRSS:").unwrap_or(0) / 1024
     );
     if args.webhooks > 0 {
-        bench_webhooks(&engine, args.webhooks).await?;
+        bench_webhooks(&engines, args.webhooks).await?;
         println!(
             "memory after webhooks: peak RSS {} MB, current RSS {} MB",
             memory_kb("VmHWM:").unwrap_or(0) / 1024,
@@ -264,9 +343,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         memory_kb("VmHWM:").unwrap_or(0) / 1024,
         memory_kb("VmRSS:").unwrap_or(0) / 1024
     );
-    engine.shutdown().await;
-    store.close();
-    let _ = std::fs::remove_dir_all(&dir);
+    for (engine, store) in engines.iter().zip(&stores) {
+        engine.shutdown().await;
+        store.close();
+    }
+    db.remove().await;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -274,24 +355,31 @@ const WEBHOOK_SECRET: &str = "bench-secret";
 
 /// Durable webhook ingest: signed GitHub push deliveries over HTTP to the real router; each
 /// 202 means the fire and its task were committed.
-async fn bench_webhooks(engine: &Engine, total: usize) -> anyhow::Result<()> {
+async fn bench_webhooks(engines: &[Engine], total: usize) -> anyhow::Result<()> {
+    let engine = &engines[0];
     use hmac::Mac;
     let hook = taskhook_hooks::Hook::parse(&format!(
         "template: bench-one\nfilter: \"event.event == 'push'\"\nwebhook: {{provider: github, secret: {WEBHOOK_SECRET}}}\n"
     ))
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     engine.put_hook("bench", "push", hook).await?;
-    let state = taskhook_server::AppState {
-        engine: engine.clone(),
-        admin: Arc::new(taskhook_server::AdminToken::from_token(
-            &taskhook_server::AdminToken::generate(),
-        )),
-        limits: taskhook_server::Limits::default(),
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let server =
-        tokio::spawn(async move { axum::serve(listener, taskhook_server::router(state)).await });
+    // One API server per engine, as one per instance; clients are spread over them.
+    let mut addrs = Vec::new();
+    let mut servers = Vec::new();
+    for engine in engines {
+        let state = taskhook_server::AppState {
+            engine: engine.clone(),
+            admin: Arc::new(taskhook_server::AdminToken::from_token(
+                &taskhook_server::AdminToken::generate(),
+            )),
+            limits: taskhook_server::Limits::default(),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        addrs.push(listener.local_addr()?);
+        servers.push(tokio::spawn(async move {
+            axum::serve(listener, taskhook_server::router(state)).await
+        }));
+    }
     let body =
         json!({"ref": "refs/heads/main", "after": "0123abcd", "repository": {"name": "bench"}})
             .to_string();
@@ -304,6 +392,7 @@ async fn bench_webhooks(engine: &Engine, total: usize) -> anyhow::Result<()> {
         for w in 0..clients {
             let (body, signature) = (body.clone(), signature.clone());
             let n = total / clients + usize::from(w < total % clients);
+            let addr = addrs[w % addrs.len()];
             workers.push(tokio::spawn(async move {
                 // A minimal keep-alive HTTP/1.1 client, as load generators use: the figure
                 // should be the server's cost, not a full-featured client's.
@@ -341,7 +430,9 @@ async fn bench_webhooks(engine: &Engine, total: usize) -> anyhow::Result<()> {
             percentile(&latencies, 0.99).as_secs_f64() * 1e3,
         );
     }
-    server.abort();
+    for server in servers {
+        server.abort();
+    }
     Ok(())
 }
 

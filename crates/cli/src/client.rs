@@ -233,6 +233,74 @@ pub enum TaskCommand {
     },
 }
 
+#[derive(Subcommand)]
+pub enum MaintenanceCommand {
+    /// Make the API read-only: every call that could change something (and every trigger and
+    /// webhook) answers 503 with Retry-After until `off`. Running tasks keep running.
+    On {
+        /// Told to refused callers.
+        #[arg(short, long)]
+        message: Option<String>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Accept changes again.
+    Off {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Show whether maintenance mode is on.
+    Status {
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+pub async fn maintenance(cmd: MaintenanceCommand) -> anyhow::Result<ExitCode> {
+    let (conn, body) = match cmd {
+        MaintenanceCommand::On { message, conn } => {
+            (conn, Some(json!({"enabled": true, "message": message})))
+        }
+        MaintenanceCommand::Off { conn } => (conn, Some(json!({"enabled": false}))),
+        MaintenanceCommand::Status { conn } => (conn, None),
+    };
+    let json_out = conn.json;
+    let c = Client::new(conn)?;
+    let out = match body {
+        Some(b) => {
+            c.call(
+                reqwest::Method::PUT,
+                "/api/v1/maintenance",
+                Some((b.to_string(), "application/json")),
+            )
+            .await?
+        }
+        None => c.get("/api/v1/maintenance").await?,
+    };
+    if json_out {
+        print_json(&out);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut line = if out["enabled"].as_bool() == Some(true) {
+        "maintenance mode: on (the API is read-only)".to_string()
+    } else {
+        "maintenance mode: off".to_string()
+    };
+    if let Some(at) = out["changed_at"].as_str() {
+        line.push_str(&format!(
+            ", since {at} by {}",
+            out["changed_by"].as_str().unwrap_or("?")
+        ));
+    }
+    println!("{line}");
+    if out["enabled"].as_bool() == Some(true)
+        && let Some(m) = out["message"].as_str()
+    {
+        println!("message: {m}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn parse_kv(s: &str) -> Result<(String, Value), String> {
     let (k, v) = s.split_once('=').ok_or("expected NAME=VALUE")?;
     let value = serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.to_string()));
@@ -458,13 +526,17 @@ fn validate_files(files: &[PathBuf], function_paths: &[PathBuf]) -> anyhow::Resu
                 continue;
             }
         };
-        let parsed = taskhook_model::Template::parse(&text).map_err(|e| {
-            taskhook_model::validate::TemplateError {
-                errors: vec![taskhook_model::validate::ValidationError {
-                    field: "template".into(),
-                    message: e.message,
-                }],
-            }
+        // The server's default limits; a server started with other limits may differ.
+        let limits = taskhook_model::TemplateLimits::default();
+        let parsed = limits.check_document(&text).and_then(|()| {
+            taskhook_model::Template::parse(&text).map_err(|e| {
+                taskhook_model::validate::TemplateError {
+                    errors: vec![taskhook_model::validate::ValidationError {
+                        field: "template".into(),
+                        message: e.message,
+                    }],
+                }
+            })
         });
         let checked = parsed.and_then(|mut t| {
             for step in t.steps.values() {
@@ -474,7 +546,7 @@ fn validate_files(files: &[PathBuf], function_paths: &[PathBuf]) -> anyhow::Resu
                     t.functions.insert(f.name.clone(), f.clone());
                 }
             }
-            taskhook_model::validate::validate_template(&t, &catalog).map(|_| t)
+            taskhook_model::validate::validate_template_with(&t, &catalog, &limits).map(|_| t)
         });
         match checked {
             Ok(t) => println!("{}: ok ({}, {} steps)", f.display(), t.name, t.steps.len()),

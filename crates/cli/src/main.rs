@@ -21,8 +21,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the server (API and engine) on an embedded SQLite database.
-    Serve(serve::ServeArgs),
+    /// Run the server: API, engine and scheduler, on embedded SQLite or a shared PostgreSQL.
+    Serve(Box<serve::ServeArgs>),
+    /// Create or upgrade the database schema, then exit (`serve` also does this at start).
+    Migrate(serve::MigrateArgs),
     /// Manage templates.
     #[command(subcommand)]
     Template(client::TemplateCommand),
@@ -35,7 +37,10 @@ enum Command {
     /// Manage hooks (webhook, token, API and schedule triggers), fire them and read their fire ledger.
     #[command(subcommand)]
     Hook(hooks_cli::HookCommand),
-    /// Measure the engine on this machine (in-process, SQLite in a temporary directory).
+    /// Turn maintenance mode (a read-only API) on or off, or show it.
+    #[command(subcommand)]
+    Maintenance(client::MaintenanceCommand),
+    /// Measure the engine on this machine (in-process; SQLite in a temporary directory, or PostgreSQL).
     Bench(bench::BenchArgs),
 }
 
@@ -53,11 +58,13 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => serve::run(args).await,
+            Command::Serve(args) => serve::run(*args).await,
+            Command::Migrate(args) => serve::migrate(args).await,
             Command::Template(cmd) => client::template(cmd).await,
             Command::Task(cmd) => client::task(cmd).await,
             Command::Function(cmd) => client::function(cmd).await,
             Command::Hook(cmd) => hooks_cli::hook(cmd).await,
+            Command::Maintenance(cmd) => client::maintenance(cmd).await,
             Command::Bench(args) => bench::run(args).await,
         }
     });

@@ -22,9 +22,35 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "TASKHOOK_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// SQLite database URL (`sqlite:PATH`); defaults to `taskhook.db` in the data dir.
+    /// Database URL: `sqlite:PATH` (the default is `taskhook.db` in the data dir) or
+    /// `postgres://USER@HOST:PORT/DB`, which any number of instances can share.
     #[arg(long, env = "TASKHOOK_DATABASE_URL")]
     database_url: Option<String>,
+    /// What this process does, comma-separated: `api` (HTTP API and webhooks), `worker` (runs
+    /// tasks), `scheduler` (fires cron schedules). API nodes and workers scale apart.
+    #[arg(
+        long,
+        env = "TASKHOOK_ROLES",
+        value_delimiter = ',',
+        default_value = "api,worker,scheduler"
+    )]
+    roles: Vec<Role>,
+    /// Name of this instance in leases and audit entries (default: host name, pid and a random suffix).
+    #[arg(long, env = "TASKHOOK_INSTANCE")]
+    instance: Option<String>,
+    /// How long a claimed task stays held without renewal; leases are renewed every third of it.
+    /// A dead instance's tasks are taken over within about `lease + orphan-sweep`.
+    #[arg(long, env = "TASKHOOK_LEASE", default_value = "30s", value_parser = parse_interval)]
+    lease: std::time::Duration,
+    /// How often to look for tasks whose lease expired.
+    #[arg(long, env = "TASKHOOK_ORPHAN_SWEEP", default_value = "5s", value_parser = parse_interval)]
+    orphan_sweep: std::time::Duration,
+    /// On SIGTERM or Ctrl-C, how long running steps get to finish (a second signal exits at once).
+    #[arg(long, env = "TASKHOOK_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_interval)]
+    shutdown_grace: std::time::Duration,
+    /// Connections to PostgreSQL this instance may open.
+    #[arg(long, env = "TASKHOOK_DATABASE_POOL", default_value_t = 16)]
+    database_pool: usize,
     /// Load every *.yaml, *.yml and *.json function in this directory at start (before templates).
     #[arg(long, env = "TASKHOOK_FUNCTIONS")]
     functions: Option<PathBuf>,
@@ -37,6 +63,20 @@ pub struct ServeArgs {
     /// Directory the `script` action may run executables from (scripts are off without it).
     #[arg(long, env = "TASKHOOK_SCRIPTS_DIR")]
     scripts_dir: Option<PathBuf>,
+    /// A network the `http` action may reach even if a deny entry covers it (CIDR or address; repeatable).
+    #[arg(long = "http-allow-network", value_parser = taskhook_actions::NetworkPolicy::parse_network)]
+    http_allow_networks: Vec<taskhook_actions::IpNet>,
+    /// A network the `http` action must not reach (CIDR or address; repeatable). Link-local and
+    /// cloud metadata addresses are always denied unless --http-no-default-deny.
+    #[arg(long = "http-deny-network", value_parser = taskhook_actions::NetworkPolicy::parse_network)]
+    http_deny_networks: Vec<taskhook_actions::IpNet>,
+    /// Drop the default deny list (link-local, cloud metadata, unspecified addresses).
+    #[arg(long)]
+    http_no_default_deny: bool,
+    /// A server environment variable passed through to `script` steps (repeatable); scripts
+    /// otherwise see only PATH and their own `env`.
+    #[arg(long = "script-env-allow")]
+    script_env_allow: Vec<String>,
     /// Tasks run at once.
     #[arg(long, default_value_t = 1024)]
     max_running_tasks: usize,
@@ -52,9 +92,97 @@ pub struct ServeArgs {
     /// How long the fire ledger keeps fires, e.g. `30d`, `12h`.
     #[arg(long, env = "TASKHOOK_FIRE_RETENTION", default_value = "30d", value_parser = parse_retention)]
     fire_retention: std::time::Duration,
-    /// Largest accepted request body, in bytes.
-    #[arg(long, default_value_t = 1024 * 1024)]
+    /// Largest accepted request body (bytes; or with a KiB, MiB or GiB suffix); larger gets 413.
+    #[arg(long, env = "TASKHOOK_MAX_BODY_BYTES", default_value = "1MiB", value_parser = parse_bytes)]
     max_body_bytes: usize,
+    /// Largest template document (YAML or JSON text) accepted by the API, --templates and
+    /// validation; larger gets 413 naming `template`. A request body is also bounded by
+    /// --max-body-bytes.
+    #[arg(long, env = "TASKHOOK_MAX_TEMPLATE_BYTES", default_value = "256KiB", value_parser = parse_bytes)]
+    max_template_bytes: usize,
+    /// Most steps in one template; more gets 400 naming `steps`.
+    #[arg(long, env = "TASKHOOK_MAX_STEPS", default_value = "500", value_parser = parse_count)]
+    max_steps: usize,
+    /// Most items one `foreach` may expand to; a longer list ends the step FATAL_ERROR.
+    #[arg(long, env = "TASKHOOK_MAX_FOREACH_ITEMS", default_value = "10000", value_parser = parse_count)]
+    max_foreach_items: usize,
+    /// Largest result of one step attempt, its output and metadata as JSON. A larger one is not
+    /// stored: the step ends FATAL_ERROR (a CLIENT_ERROR or SERVER_ERROR keeps its state and
+    /// retries, without the output).
+    #[arg(long, env = "TASKHOOK_MAX_STEP_OUTPUT_BYTES", default_value = "1MiB", value_parser = parse_bytes)]
+    max_step_output_bytes: usize,
+}
+
+#[derive(Args)]
+pub struct MigrateArgs {
+    /// Database URL: `sqlite:PATH` or `postgres://USER@HOST:PORT/DB`.
+    #[arg(long, env = "TASKHOOK_DATABASE_URL")]
+    database_url: String,
+}
+
+/// `taskhook migrate`: brings the schema up to date; safe while other instances run.
+pub async fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
+    let db = Database::from_url(Some(&args.database_url), Path::new("."))?;
+    let store = db.open(1).await?;
+    store.close();
+    println!("{}: schema is up to date", db.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What a `serve` process does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    Api,
+    Worker,
+    Scheduler,
+}
+
+fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+    let d = taskhook_model::duration::parse_duration_str(s)?;
+    if d < std::time::Duration::from_millis(100) {
+        return Err("use at least 100ms".into());
+    }
+    Ok(d)
+}
+
+/// A name unique to this process across hosts: host name, pid and a random suffix.
+fn instance_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "taskhook".into());
+    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..6];
+    format!("{host}-{}-{suffix}", std::process::id())
+}
+
+/// A size in bytes: `1048576`, `1024KiB`, `1MiB`, `1GiB` (also `k`, `m`, `g`, binary).
+fn parse_bytes(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: usize = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size: use bytes, or a KiB, MiB or GiB suffix"))?;
+    let factor: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        _ => return Err(format!("{s:?}: unknown unit; use KiB, MiB or GiB")),
+    };
+    match n.checked_mul(factor) {
+        Some(0) => Err("must be at least 1 byte".into()),
+        Some(b) => Ok(b),
+        None => Err(format!("{s:?} is too large")),
+    }
+}
+
+/// A count of at least 1.
+fn parse_count(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{s:?} is not a whole number")),
+    }
 }
 
 fn parse_retention(s: &str) -> Result<std::time::Duration, String> {
@@ -112,16 +240,62 @@ fn parse_resource_limit(s: &str) -> Result<(String, usize), String> {
     Ok((name.to_string(), n))
 }
 
-fn database_path(args: &ServeArgs) -> anyhow::Result<PathBuf> {
-    match &args.database_url {
-        None => Ok(args.data_dir.join("taskhook.db")),
-        Some(url) => match url
+/// Where the data lives, as told to the operator (a PostgreSQL URL without its password).
+pub enum Database {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl Database {
+    pub fn from_url(url: Option<&str>, data_dir: &Path) -> anyhow::Result<Database> {
+        let Some(url) = url else {
+            return Ok(Database::Sqlite(data_dir.join("taskhook.db")));
+        };
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(Database::Postgres(url.to_string()));
+        }
+        match url
             .strip_prefix("sqlite://")
             .or_else(|| url.strip_prefix("sqlite:"))
         {
-            Some(path) if !path.is_empty() => Ok(PathBuf::from(path)),
-            _ => bail!("unsupported --database-url {url:?}: use sqlite:PATH"),
-        },
+            Some(path) if !path.is_empty() => Ok(Database::Sqlite(PathBuf::from(path))),
+            _ => bail!(
+                "unsupported --database-url {url:?}: use sqlite:PATH or postgres://USER@HOST:PORT/DATABASE"
+            ),
+        }
+    }
+
+    /// Opens the store, running its migrations.
+    pub async fn open(&self, pool: usize) -> anyhow::Result<Store> {
+        match self {
+            Database::Sqlite(path) => {
+                Store::open(path).with_context(|| format!("opening {}", path.display()))
+            }
+            Database::Postgres(url) => Store::postgres_with_pool(url, None, pool)
+                .await
+                .with_context(|| format!("connecting to {}", self.display())),
+        }
+    }
+
+    pub fn display(&self) -> String {
+        match self {
+            Database::Sqlite(p) => p.display().to_string(),
+            Database::Postgres(url) => redact_password(url),
+        }
+    }
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
+fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return url.to_string();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
     }
 }
 
@@ -335,12 +509,26 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .init();
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
-    let db = database_path(&args)?;
-    let store = Store::open(&db).with_context(|| format!("opening {}", db.display()))?;
+    let db = Database::from_url(args.database_url.as_deref(), &args.data_dir)?;
+    let store = db.open(args.database_pool).await?;
+    let roles = &args.roles;
     let settings = ActionSettings {
         scripts_dir: args.scripts_dir.clone(),
+        http_networks: taskhook_actions::NetworkPolicy::new(
+            args.http_allow_networks.clone(),
+            args.http_deny_networks.clone(),
+            args.http_no_default_deny,
+        ),
+        script_env_allow: args.script_env_allow.clone(),
     };
+    settings
+        .validate()
+        .map_err(|e| anyhow::anyhow!("--script-env-allow: {e}"))?;
     let config = EngineConfig {
+        owner: args.instance.clone().unwrap_or_else(instance_name),
+        lease: args.lease,
+        orphan_sweep: args.orphan_sweep,
+        shutdown_grace: args.shutdown_grace,
         max_running_tasks: args.max_running_tasks,
         max_running_steps: args.max_running_steps,
         resource_limits: args
@@ -348,7 +536,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .iter()
             .cloned()
             .collect::<HashMap<_, _>>(),
-        ..EngineConfig::default()
+        max_template_bytes: args.max_template_bytes,
+        max_steps: args.max_steps,
+        max_foreach_items: args.max_foreach_items,
+        max_step_output_bytes: args.max_step_output_bytes,
     };
     let engine = Engine::new(store.clone(), Registry::builtin(&settings), config);
     if let Some(dir) = &args.functions {
@@ -384,46 +575,85 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         tracing::info!(count = n, dir = %dir.display(), "hooks loaded");
     }
     let (admin, shown) = admin_token(&store, &args.data_dir).await?;
-    let engine_task = engine.start().await?;
+    let engine_task = if roles.contains(&Role::Worker) {
+        Some(engine.start().await?)
+    } else {
+        None
+    };
     let stop_sources = tokio_util::sync::CancellationToken::new();
-    let scheduler = tokio::spawn(taskhook_sources::schedule::run(
-        engine.clone(),
-        stop_sources.clone(),
-    ));
+    let scheduler = roles.contains(&Role::Scheduler).then(|| {
+        tokio::spawn(taskhook_sources::schedule::run(
+            engine.clone(),
+            stop_sources.clone(),
+        ))
+    });
     tokio::spawn(prune_history(
         store.clone(),
         args.fire_retention,
         args.task_retention,
         stop_sources.clone(),
     ));
-    let state = AppState {
-        engine: engine.clone(),
-        admin: Arc::new(admin),
-        limits: Limits {
-            max_body_bytes: args.max_body_bytes,
-        },
-    };
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("listening on {}", args.listen))?;
-    let addr = listener.local_addr()?;
-    println!("taskhook is listening on http://{addr}");
-    println!("admin token: {shown}");
-    println!("data: {}", db.display());
-    println!(
-        "try: export TASKHOOK_URL=http://{addr} TASKHOOK_TOKEN=$(cat {})",
-        args.data_dir.join("admin-token").display()
-    );
-    axum::serve(listener, taskhook_server::router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
-    tracing::info!("shutting down: letting running steps finish");
+    let names: Vec<&str> = roles
+        .iter()
+        .map(|r| match r {
+            Role::Api => "api",
+            Role::Worker => "worker",
+            Role::Scheduler => "scheduler",
+        })
+        .collect();
+    let first_signal = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(watch_signals(first_signal.clone()));
+    if roles.contains(&Role::Api) {
+        let state = AppState {
+            engine: engine.clone(),
+            admin: Arc::new(admin),
+            limits: Limits {
+                max_body_bytes: args.max_body_bytes,
+            },
+        };
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("listening on {}", args.listen))?;
+        let addr = listener.local_addr()?;
+        println!("taskhook is listening on http://{addr}");
+        println!("admin token: {shown}");
+        println!("data: {}", db.display());
+        println!("roles: {}", names.join(","));
+        println!(
+            "try: export TASKHOOK_URL=http://{addr} TASKHOOK_TOKEN=$(cat {})",
+            args.data_dir.join("admin-token").display()
+        );
+        let stop = first_signal.clone();
+        axum::serve(listener, taskhook_server::router(state))
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await?;
+    } else {
+        println!("taskhook is running without an API");
+        println!("data: {}", db.display());
+        println!("roles: {}", names.join(","));
+        first_signal.cancelled().await;
+    }
+    tracing::info!("shutting down: letting running steps finish (a second signal exits at once)");
     stop_sources.cancel();
-    let _ = scheduler.await;
+    if let Some(s) = scheduler {
+        let _ = s.await;
+    }
     engine.shutdown().await;
-    engine_task.abort();
+    if let Some(t) = engine_task {
+        t.abort();
+    }
     store.close();
     Ok(ExitCode::SUCCESS)
+}
+
+/// The first SIGTERM or Ctrl-C starts a graceful shutdown; a second one exits at once (the
+/// leases of unfinished runs then expire and other instances take their tasks over).
+async fn watch_signals(first: tokio_util::sync::CancellationToken) {
+    shutdown_signal().await;
+    first.cancel();
+    shutdown_signal().await;
+    eprintln!("second signal: exiting now");
+    std::process::exit(130);
 }
 
 async fn shutdown_signal() {
@@ -438,5 +668,26 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {}
         _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_take_binary_suffixes_and_refuse_zero() {
+        assert_eq!(parse_bytes("1048576"), Ok(1 << 20));
+        assert_eq!(parse_bytes("256KiB"), Ok(256 << 10));
+        assert_eq!(parse_bytes("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_bytes("2m"), Ok(2 << 20));
+        assert_eq!(parse_bytes("1 GiB"), Ok(1 << 30));
+        assert!(parse_bytes("0").is_err());
+        assert!(parse_bytes("1MB").is_err());
+        assert!(parse_bytes("-1").is_err());
+        assert!(parse_bytes("lots").is_err());
+        assert_eq!(parse_count("500"), Ok(500));
+        assert!(parse_count("0").is_err());
+        assert!(parse_count("1.5").is_err());
     }
 }

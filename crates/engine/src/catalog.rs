@@ -8,7 +8,9 @@ use std::time::Duration;
 use serde_json::Value;
 use taskhook_actions::Registry;
 use taskhook_model::Template;
-use taskhook_model::validate::{Catalog, TemplateError, ValidationError, validate_template};
+use taskhook_model::validate::{
+    Catalog, TemplateError, TemplateLimits, ValidationError, validate_template_with,
+};
 
 /// Validation's view of the actions and of MiniJinja.
 pub struct ActionCatalog<'a> {
@@ -49,23 +51,29 @@ pub struct CompiledTemplate {
     pub timeouts: HashMap<String, Duration>,
 }
 
-/// Parses (YAML or JSON) and validates a template document.
+/// Parses (YAML or JSON) and validates a template document within the default limits.
 pub fn parse_and_validate(text: &str, actions: &Registry) -> Result<Template, TemplateError> {
+    let limits = TemplateLimits::default();
+    limits.check_document(text)?;
     let template = Template::parse(text).map_err(|e| TemplateError {
         errors: vec![ValidationError {
             field: "template".into(),
             message: e.message,
         }],
     })?;
-    validate_template(&template, &ActionCatalog { actions })?;
+    validate_template_with(&template, &ActionCatalog { actions }, &limits)?;
     Ok(template)
 }
 
+/// Validates a template within `limits` and compiles it. Templates read back from the store
+/// are compiled with [`TemplateLimits::UNLIMITED`]: they were accepted once, and a lowered
+/// limit must not strand their tasks.
 pub fn compile(
     template: Template,
     actions: &Registry,
+    limits: &TemplateLimits,
 ) -> Result<Arc<CompiledTemplate>, TemplateError> {
-    validate_template(&template, &ActionCatalog { actions })?;
+    validate_template_with(&template, &ActionCatalog { actions }, limits)?;
     let mut schemas = HashMap::new();
     let mut timeouts = HashMap::new();
     let mut steps = std::collections::BTreeMap::new();

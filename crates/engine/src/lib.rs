@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use catalog::{ActionCatalog, CompiledTemplate, parse_and_validate};
 pub use hooks::{DryRun, FireResult};
-pub use taskhook_model::validate::TemplateError;
+pub use taskhook_model::validate::{TemplateError, TemplateLimits};
 
 /// How long a template's current version is trusted without asking the store.
 const CURRENT_VERSION_TTL: Duration = Duration::from_secs(2);
@@ -43,12 +43,25 @@ pub struct EngineConfig {
     pub max_running_steps: usize,
     /// Named resources and how many steps may hold each at once.
     pub resource_limits: HashMap<String, usize>,
+    /// How long a claim holds a task without renewal. The engine renews the leases of its
+    /// runs every third of this; a task whose lease expires (its instance died or lost the
+    /// database) is taken over by another instance's sweep.
     pub lease: Duration,
     /// How long running steps get to finish on shutdown.
     pub shutdown_grace: Duration,
-    /// How often to look for tasks left RUNNING by a run that ended abnormally (a store error
-    /// mid-run): once their lease has expired they become READY again.
+    /// How often to look for RUNNING tasks whose lease expired (their instance died, or a run
+    /// ended without recording it): they become READY again. A dead instance's tasks are taken
+    /// over within `lease + orphan_sweep`.
     pub orphan_sweep: Duration,
+    /// Largest template document accepted (YAML or JSON text), in bytes.
+    pub max_template_bytes: usize,
+    /// Most steps in one template.
+    pub max_steps: usize,
+    /// Most items one `foreach` may expand to; a step whose list is longer ends FATAL_ERROR.
+    pub max_foreach_items: usize,
+    /// Largest result of one attempt, its output and metadata serialised as JSON, in bytes. A
+    /// larger result is not stored; see `run.rs` for the state the step ends in.
+    pub max_step_output_bytes: usize,
 }
 
 impl Default for EngineConfig {
@@ -58,9 +71,23 @@ impl Default for EngineConfig {
             max_running_tasks: 1024,
             max_running_steps: 512,
             resource_limits: HashMap::new(),
-            lease: Duration::from_secs(60),
+            lease: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
-            orphan_sweep: Duration::from_secs(30),
+            orphan_sweep: Duration::from_secs(5),
+            max_template_bytes: TemplateLimits::DEFAULT_MAX_TEMPLATE_BYTES,
+            max_steps: TemplateLimits::DEFAULT_MAX_STEPS,
+            max_foreach_items: 10_000,
+            max_step_output_bytes: 1024 * 1024,
+        }
+    }
+}
+
+impl EngineConfig {
+    /// The limits templates must fit when they are put or validated.
+    pub fn template_limits(&self) -> TemplateLimits {
+        TemplateLimits {
+            max_template_bytes: self.max_template_bytes,
+            max_steps: self.max_steps,
         }
     }
 }
@@ -167,6 +194,8 @@ pub(crate) struct Inner {
 pub(crate) struct RunControl {
     pub stop: Arc<Mutex<Option<StopRequest>>>,
     pub token: CancellationToken,
+    /// The lease epoch the run holds the task at: its fencing token.
+    pub epoch: i64,
 }
 
 /// Why a run must stop early.
@@ -207,6 +236,7 @@ impl Engine {
             hooks_changed: Notify::new(),
             hooks: Mutex::new(HashMap::new()),
         });
+        follow_changes(&inner);
         Engine { inner }
     }
 
@@ -218,8 +248,15 @@ impl Engine {
         &self.inner.actions
     }
 
-    /// Parses and validates a template document.
+    /// The settings this engine was started with.
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    /// Parses and validates a template document within the configured limits.
     pub async fn parse_template(&self, text: &str) -> Result<Template, TemplateError> {
+        let limits = self.inner.config.template_limits();
+        limits.check_document(text)?;
         let mut template = Template::parse(text).map_err(|e| TemplateError {
             errors: vec![taskhook_model::validate::ValidationError {
                 field: "template".into(),
@@ -227,11 +264,12 @@ impl Engine {
             }],
         })?;
         self.embed_library_functions(&mut template).await?;
-        taskhook_model::validate::validate_template(
+        taskhook_model::validate::validate_template_with(
             &template,
             &ActionCatalog {
                 actions: &self.inner.actions,
             },
+            &limits,
         )?;
         Ok(template)
     }
@@ -300,7 +338,11 @@ impl Engine {
     ) -> Result<(TemplateRow, bool), EngineError> {
         let mut template = template;
         self.embed_library_functions(&mut template).await?;
-        catalog::compile(template.clone(), &self.inner.actions)?;
+        catalog::compile(
+            template.clone(),
+            &self.inner.actions,
+            &self.inner.config.template_limits(),
+        )?;
         let body = serde_json::to_value(&template).map_err(|e| EngineError::Invalid {
             field: "template".into(),
             message: e.to_string(),
@@ -432,6 +474,10 @@ impl Engine {
             .started
             .store(true, std::sync::atomic::Ordering::Release);
         tokio::spawn(self.inner.clone().sweep_orphans());
+        tokio::spawn(self.inner.clone().renew_leases());
+        if self.inner.store.is_shared() {
+            tokio::spawn(self.inner.clone().follow_remote_stops());
+        }
         let inner = self.inner.clone();
         Ok(tokio::spawn(async move { inner.dispatch().await }))
     }
@@ -465,10 +511,25 @@ impl Engine {
             ctl.token.cancel();
         }
         // Cancelled actions return promptly; give the runs a moment to record how they ended.
-        // A run that does not make it is left RUNNING, and recovery settles it at the next start.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
         while running() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // A run that did not make it gives its task back now rather than when its lease
+        // expires: another instance (or the next start) settles its interrupted steps.
+        let held = self.inner.held_leases();
+        if !held.is_empty() {
+            match self
+                .inner
+                .store
+                .release_orphans(held, "the instance running the task shut down")
+                .await
+            {
+                Ok(n) => tracing::info!(tasks = n, "released the leases of unfinished runs"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "releasing leases at shutdown failed; they will expire")
+                }
+            }
         }
     }
 
@@ -538,7 +599,7 @@ impl Inner {
                 field: "template".into(),
                 message: format!("stored template is unreadable: {e}"),
             })?;
-        let compiled = catalog::compile(template, &self.actions)?;
+        let compiled = catalog::compile(template, &self.actions, &TemplateLimits::UNLIMITED)?;
         self.templates
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -707,6 +768,16 @@ impl Inner {
                 if self.request_stop(id, req.clone()) {
                     return Ok(());
                 }
+                if self.store.is_shared() {
+                    // Another instance may hold the run. The store recorded the request with the
+                    // task and signalled every instance; the holder stops the run, and a run that
+                    // ends without seeing it has it applied as it ends.
+                    self.pending_stops
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(id);
+                    return Ok(());
+                }
                 // The store says RUNNING but no run of ours is registered: either a claim is about
                 // to register (it takes the pending stop), or a run just ended and unregistered, in
                 // which case the pending stop would wait for a next run that may never come. Look again.
@@ -776,6 +847,94 @@ impl Inner {
             drop(permit);
             inner.room.notify_one();
         });
+    }
+
+    /// The tasks this process runs, with the epoch each is held at.
+    fn held_leases(&self) -> Vec<(String, i64)> {
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(id, ctl)| (id.clone(), ctl.epoch))
+            .collect()
+    }
+
+    /// Keeps the leases of this process's runs alive: every third of the lease, one write renews
+    /// them all. A run whose lease was lost (this process paused or lost the database for longer
+    /// than the lease, and another instance took the task over) is cancelled at once: its writes
+    /// would be refused anyway, and its actions must not keep running beside the new owner's.
+    async fn renew_leases(self: Arc<Self>) {
+        let every = (self.config.lease / 3).max(Duration::from_millis(50));
+        loop {
+            tokio::time::sleep(every).await;
+            let held = self.held_leases();
+            if held.is_empty() {
+                // Runs still finishing during a graceful shutdown keep their leases alive.
+                if self.shutdown.is_cancelled() {
+                    return;
+                }
+                continue;
+            }
+            let until = now_ms() + self.config.lease.as_millis() as i64;
+            match self
+                .store
+                .renew_leases(&self.config.owner, held, until)
+                .await
+            {
+                Ok(lost) => {
+                    let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+                    for id in lost {
+                        // A run that just ended is no longer held; only live runs are cut.
+                        if let Some(ctl) = running.get(&id) {
+                            tracing::warn!(task = %id, "lease lost to another instance; stopping this run");
+                            ctl.token.cancel();
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "renewing leases failed; retrying"),
+            }
+            // A stop asked through another instance whose signal was missed is found here.
+            self.take_remote_stops().await;
+        }
+    }
+
+    /// Stops asked through other instances for runs this process holds (shared store only).
+    async fn take_remote_stops(&self) {
+        if !self.store.is_shared() {
+            return;
+        }
+        let ids: Vec<String> = self.held_leases().into_iter().map(|(id, _)| id).collect();
+        if ids.is_empty() {
+            return;
+        }
+        match self.store.pending_stops(ids).await {
+            Ok(stops) => {
+                for (id, to, actor) in stops {
+                    let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Some(ctl) = running.get(&id) {
+                        let mut stop = ctl.stop.lock().unwrap_or_else(|e| e.into_inner());
+                        if stop.is_none() {
+                            *stop = Some(StopRequest { to, actor });
+                            if to == TaskState::Cancelled {
+                                ctl.token.cancel();
+                            }
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "reading stop requests failed"),
+        }
+    }
+
+    /// Applies stops asked through other instances as soon as their signal arrives.
+    async fn follow_remote_stops(self: Arc<Self>) {
+        loop {
+            tokio::select! {
+                _ = self.store.signals().stops.notified() => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+            self.take_remote_stops().await;
+        }
     }
 
     /// Tasks this process no longer runs but that are still RUNNING in the store (their run
@@ -888,11 +1047,41 @@ impl Inner {
             }
             tokio::select! {
                 _ = self.wake.notified() => {}
+                // Another instance made a task due (PostgreSQL NOTIFY).
+                _ = self.store.signals().due.notified() => {}
                 _ = tokio::time::sleep(sleep) => {}
                 _ = self.shutdown.cancelled() => return,
             }
         }
     }
+}
+
+/// With a database shared by several instances, hooks changed by another instance reach this
+/// one through the store's change signal: the parsed-hook cache is dropped and the scheduler
+/// reloads, instead of waiting for the cache to expire.
+fn follow_changes(inner: &Arc<Inner>) {
+    if !inner.store.is_shared() {
+        return;
+    }
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let weak = Arc::downgrade(inner);
+    let store = inner.store.clone();
+    runtime.spawn(async move {
+        loop {
+            store.signals().hooks.notified().await;
+            let Some(inner) = weak.upgrade() else {
+                return;
+            };
+            inner
+                .hooks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
+            inner.hooks_changed.notify_one();
+        }
+    });
 }
 
 /// The engine as seen by actions (subtasks). Holds a weak reference so actions never keep

@@ -83,6 +83,7 @@ pub(crate) async fn run_task(inner: Arc<Inner>, claimed: ClaimedTask) {
     let ctl = RunControl {
         stop: Arc::new(Mutex::new(None)),
         token: CancellationToken::new(),
+        epoch: claimed.task.lease_epoch,
     };
     {
         let mut running = inner.running.lock().unwrap_or_else(|e| e.into_inner());
@@ -191,10 +192,8 @@ impl Run {
             let to_start = if stopping { Vec::new() } else { self.advance() };
             if !self.dirty.is_empty() {
                 let rows = self.take_dirty();
-                self.inner
-                    .store
-                    .save_steps(&self.task.id, self.task.lease_epoch, rows)
-                    .await?;
+                let (store, id, epoch) = (&self.inner.store, &self.task.id, self.task.lease_epoch);
+                persist(&self.inner, || store.save_steps(id, epoch, rows.clone())).await?;
             }
             for name in to_start {
                 self.spawn_attempt(&mut inflight, name);
@@ -626,12 +625,12 @@ impl Run {
             }
             Err(e) => return self.fail_expand(name, format!("foreach: {e}")),
         };
-        const MAX_FANOUT: usize = 10_000;
-        if items.len() > MAX_FANOUT {
+        let max = self.inner.config.max_foreach_items;
+        if items.len() > max {
             return self.fail_expand(
                 name,
                 format!(
-                    "foreach gave {} items; the limit is {MAX_FANOUT}",
+                    "foreach gave {} items; the limit is {max} (server option --max-foreach-items)",
                     items.len()
                 ),
             );
@@ -709,6 +708,7 @@ impl Run {
             .task_service(),
         };
         let step_name = name.clone();
+        let (task_id, epoch) = (self.task.id.clone(), self.task.lease_epoch);
         set.spawn(async move {
             let _slot = inner.step_slots.clone().acquire_owned().await;
             let mut held = Vec::new();
@@ -717,6 +717,30 @@ impl Run {
             for r in &resources {
                 if let Some(sem) = inner.resources.get(r) {
                     held.push(sem.clone().acquire_owned().await);
+                }
+            }
+            // With several instances on one database, a named resource's limit holds across
+            // all of them: each attempt also takes a slot in the store.
+            let cluster = ClusterSlots {
+                inner: &inner,
+                task_id: &task_id,
+                step: &step_name,
+                epoch,
+            };
+            let mut taken = Vec::new();
+            if inner.store.is_shared() {
+                for r in &resources {
+                    let Some(&limit) = inner.config.resource_limits.get(r) else {
+                        continue;
+                    };
+                    if let Err(e) = cluster.acquire(r, limit, &token).await {
+                        cluster.release(&taken).await;
+                        return Attempt {
+                            step: step_name,
+                            result: Err(e),
+                        };
+                    }
+                    taken.push(r.clone());
                 }
             }
             let work = attempt(&inner, &def, base, pre_base, ctx, action_ctx);
@@ -733,6 +757,7 @@ impl Run {
                 },
                 None => work.await,
             };
+            cluster.release(&taken).await;
             Attempt {
                 step: step_name,
                 result,
@@ -825,6 +850,30 @@ impl Run {
                     ));
                 }
             }
+        }
+        // A result too large to store is dropped. A step that succeeded (or waits) ends
+        // FATAL_ERROR: running it again would produce the same output. A step that already
+        // failed keeps its error state, so its retries still apply to a failure that may pass.
+        let (mut metadata, mut wake) = (metadata, wake);
+        let size = json_size(&output).saturating_add(json_size(&metadata));
+        let max = self.inner.config.max_step_output_bytes;
+        if size > max {
+            let note = format!(
+                "the step's output and metadata are {size} bytes as JSON; the limit is {max} (server option --max-step-output-bytes), so they were not stored"
+            );
+            error = Some(match (&state, error) {
+                (StepState::ClientError | StepState::ServerError, Some(e)) => {
+                    format!("{e}; {note}")
+                }
+                (_, Some(e)) => format!("{note}; {e}"),
+                (_, None) => note,
+            });
+            if !matches!(state, StepState::ClientError | StepState::ServerError) {
+                state = StepState::FatalError;
+                wake = None;
+            }
+            output = Value::Null;
+            metadata = Value::Null;
         }
         self.set(&name, |s| {
             s.state = state.clone();
@@ -1057,11 +1106,11 @@ impl Run {
             result,
             event,
         };
-        let woke = self
-            .inner
-            .store
-            .end_run(&self.task.id, self.task.lease_epoch, rows, end)
-            .await?;
+        let (store, id, epoch) = (&self.inner.store, &self.task.id, self.task.lease_epoch);
+        let woke = persist(&self.inner, || {
+            store.end_run(id, epoch, rows.clone(), end.clone())
+        })
+        .await?;
         // READY and WAITING ends may be due at once even without `due_at`: a subtask that ended
         // during this run set the task's due time, and end_run kept it. The dispatcher last looked
         // while the task was RUNNING (not due), so it must look again.
@@ -1086,6 +1135,23 @@ fn child_index(name: &str) -> usize {
         .next()
         .and_then(|i| i.parse().ok())
         .unwrap_or(0)
+}
+
+/// The length of a value serialised as JSON, counted without building the text.
+fn json_size(v: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    let _ = serde_json::to_writer(&mut c, v);
+    c.0
 }
 
 fn jittered(ms: u64) -> i64 {
@@ -1167,4 +1233,101 @@ async fn run_action(
         None => config,
     };
     imp.run(config, actx).await
+}
+
+/// How long a run keeps retrying a write the database could not take (it restarted, or the
+/// network dropped) before giving the task up to lease expiry and recovery.
+const PERSIST_FOR: Duration = Duration::from_secs(300);
+
+/// Runs a write of the run, retrying transient failures with backoff: a database restart
+/// costs the run time, not its results. Every write is fenced by the lease epoch, so a retry
+/// after another instance took the task over fails with `LeaseLost` and writes nothing;
+/// a retry of a write that did commit (its answer was lost) is refused the same way or
+/// rewrites the same rows.
+async fn persist<T, F, Fut>(inner: &Inner, mut write: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let deadline = tokio::time::Instant::now() + PERSIST_FOR;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match write().await {
+            Err(e)
+                if e.is_retryable()
+                    && tokio::time::Instant::now() < deadline
+                    && !inner.shutdown.is_cancelled() =>
+            {
+                tracing::warn!(error = %e, "a run's write failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// An attempt's slots of named resources in the store, shared by every instance.
+struct ClusterSlots<'a> {
+    inner: &'a Inner,
+    task_id: &'a str,
+    step: &'a str,
+    epoch: i64,
+}
+
+impl ClusterSlots<'_> {
+    /// Waits for a slot of `resource`: woken when any instance releases one, and at least
+    /// every second (a slot whose holder died frees itself when its lease runs out).
+    async fn acquire(
+        &self,
+        resource: &str,
+        limit: usize,
+        cancel: &CancellationToken,
+    ) -> Result<(), ActionError> {
+        let store = &self.inner.store;
+        loop {
+            let released = store.signals().slots.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            let until = now_ms() + self.inner.config.lease.as_millis() as i64;
+            let wait = match store
+                .acquire_slot(resource, limit, self.task_id, self.step, self.epoch, until)
+                .await
+            {
+                Ok(true) => return Ok(()),
+                Ok(false) => Duration::from_secs(1),
+                Err(StoreError::LeaseLost { .. }) => {
+                    cancel.cancel();
+                    return Err(ActionError::server(
+                        "the task was taken over by another instance",
+                    ));
+                }
+                Err(e) => {
+                    tracing::warn!(resource, error = %e, "taking a resource slot failed; retrying");
+                    Duration::from_millis(500)
+                }
+            };
+            tokio::select! {
+                _ = released => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = cancel.cancelled() => {
+                    return Err(ActionError::server(format!("stopped while waiting for resource {resource:?}")));
+                }
+            }
+        }
+    }
+
+    /// Gives slots back; one that cannot be released expires with the task's lease.
+    async fn release(&self, resources: &[String]) {
+        for r in resources {
+            if let Err(e) = self
+                .inner
+                .store
+                .release_slot(r, self.task_id, self.step)
+                .await
+            {
+                tracing::warn!(resource = %r, error = %e, "releasing a resource slot failed");
+            }
+        }
+    }
 }

@@ -7,6 +7,7 @@
 pub mod condition;
 pub mod duration;
 pub mod input;
+pub mod scope;
 pub mod state;
 pub mod template;
 pub mod validate;
@@ -18,4 +19,4 @@ pub use template::{
     Action, Dependency, ForeachStrategy, Function, OutputStrategy, RetryPattern, Step, Template,
     Variable,
 };
-pub use validate::{Catalog, TemplateError, ValidationError};
+pub use validate::{Catalog, TemplateError, TemplateLimits, ValidationError};

@@ -46,7 +46,54 @@ const ROOTS: [&str; 8] = [
     "function_args",
 ];
 
-const LIMIT_STEPS: usize = 500;
+/// Size limits a template must fit at intake (API, `--templates`, `template validate`).
+/// Templates already stored are not checked again when their tasks run, so lowering a
+/// limit never strands a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TemplateLimits {
+    /// Largest template document (YAML or JSON text), in bytes.
+    pub max_template_bytes: usize,
+    /// Most steps in one template.
+    pub max_steps: usize,
+}
+
+impl TemplateLimits {
+    pub const DEFAULT_MAX_TEMPLATE_BYTES: usize = 256 * 1024;
+    pub const DEFAULT_MAX_STEPS: usize = 500;
+
+    /// No size limit: for templates already accepted.
+    pub const UNLIMITED: TemplateLimits = TemplateLimits {
+        max_template_bytes: usize::MAX,
+        max_steps: usize::MAX,
+    };
+
+    /// Checks the size of a template document before it is parsed; the error names the
+    /// field `template`.
+    pub fn check_document(&self, text: &str) -> Result<(), TemplateError> {
+        if text.len() > self.max_template_bytes {
+            return Err(TemplateError {
+                errors: vec![ValidationError {
+                    field: "template".into(),
+                    message: format!(
+                        "the template document is {} bytes; the limit is {} bytes (server option --max-template-bytes)",
+                        text.len(),
+                        self.max_template_bytes
+                    ),
+                }],
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Default for TemplateLimits {
+    fn default() -> Self {
+        TemplateLimits {
+            max_template_bytes: Self::DEFAULT_MAX_TEMPLATE_BYTES,
+            max_steps: Self::DEFAULT_MAX_STEPS,
+        }
+    }
+}
 
 struct Ctx<'a> {
     t: &'a Template,
@@ -70,8 +117,31 @@ fn valid_name(s: &str, max: usize) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
-/// Validates a template; returns every problem found, not only the first.
+/// Validates a template within the default [`TemplateLimits`]; returns every problem found,
+/// not only the first.
 pub fn validate_template(t: &Template, catalog: &dyn Catalog) -> Result<(), TemplateError> {
+    validate_template_with(t, catalog, &TemplateLimits::default())
+}
+
+/// Validates a template within `limits`; returns every problem found, not only the first.
+/// A template with too many steps gets that one error: its steps are not looked at.
+pub fn validate_template_with(
+    t: &Template,
+    catalog: &dyn Catalog,
+    limits: &TemplateLimits,
+) -> Result<(), TemplateError> {
+    if t.steps.len() > limits.max_steps {
+        return Err(TemplateError {
+            errors: vec![ValidationError {
+                field: "steps".into(),
+                message: format!(
+                    "the template has {} steps; the limit is {} (server option --max-steps)",
+                    t.steps.len(),
+                    limits.max_steps
+                ),
+            }],
+        });
+    }
     let mut cx = Ctx {
         t,
         catalog,
@@ -85,9 +155,6 @@ pub fn validate_template(t: &Template, catalog: &dyn Catalog) -> Result<(), Temp
     }
     if t.steps.is_empty() {
         cx.err("steps", "a template needs at least one step");
-    }
-    if t.steps.len() > LIMIT_STEPS {
-        cx.err("steps", format!("at most {LIMIT_STEPS} steps"));
     }
     if t.auto_runnable && !t.resolver_inputs.is_empty() {
         cx.err(
@@ -678,6 +745,63 @@ steps:
     action: {type: echo}
 "#;
         assert_eq!(errors(y), Vec::<String>::new());
+    }
+
+    fn steps_yaml(n: usize) -> String {
+        let mut y = String::from("name: many\nsteps:\n");
+        for i in 0..n {
+            y.push_str(&format!("  s{i}: {{action: {{type: echo}}}}\n"));
+        }
+        y
+    }
+
+    #[test]
+    fn the_step_limit_is_configurable_and_names_steps() {
+        let limits = TemplateLimits {
+            max_steps: 3,
+            ..TemplateLimits::default()
+        };
+        let ok = Template::parse(&steps_yaml(3)).unwrap();
+        assert_eq!(validate_template_with(&ok, &TestCatalog, &limits), Ok(()));
+        let many = Template::parse(&steps_yaml(4)).unwrap();
+        let e = validate_template_with(&many, &TestCatalog, &limits).unwrap_err();
+        assert_eq!(e.errors.len(), 1, "{e}");
+        assert_eq!(e.errors[0].field, "steps");
+        assert!(
+            e.errors[0].message.contains("4 steps; the limit is 3"),
+            "{e}"
+        );
+        // The default is 500 steps.
+        let t = Template::parse(&steps_yaml(501)).unwrap();
+        assert_eq!(
+            validate_template(&t, &TestCatalog).unwrap_err().errors[0].field,
+            "steps"
+        );
+        let t = Template::parse(&steps_yaml(500)).unwrap();
+        assert_eq!(validate_template(&t, &TestCatalog), Ok(()));
+        let t = Template::parse(&steps_yaml(501)).unwrap();
+        assert_eq!(
+            validate_template_with(&t, &TestCatalog, &TemplateLimits::UNLIMITED),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn the_document_limit_names_template() {
+        let limits = TemplateLimits {
+            max_template_bytes: 10,
+            ..TemplateLimits::default()
+        };
+        assert_eq!(limits.check_document("0123456789"), Ok(()));
+        let e = limits.check_document("0123456789a").unwrap_err();
+        assert_eq!(e.errors[0].field, "template");
+        assert!(
+            e.errors[0]
+                .message
+                .contains("11 bytes; the limit is 10 bytes"),
+            "{e}"
+        );
+        assert_eq!(TemplateLimits::default().max_template_bytes, 256 * 1024);
     }
 
     #[test]

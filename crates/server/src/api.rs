@@ -29,9 +29,10 @@ use crate::{AppState, Problem};
         crate::hooks_api::delete_hook, crate::hooks_api::hook_status, crate::hooks_api::list_fires, crate::hooks_api::get_token,
         crate::hooks_api::reset_token, crate::hooks_api::trigger, crate::hooks_api::trigger_with_token, crate::hooks_api::webhook,
         crate::hooks_api::test_hook,
+        crate::maintenance::get_maintenance, crate::maintenance::put_maintenance,
         create_task, get_task, list_tasks, task_events, resolve_task, cancel_task, retry_task, pause_task
     ),
-    components(schemas(crate::hooks_api::HookOut, crate::hooks_api::FireOut, crate::hooks_api::Fired, crate::hooks_api::TestEvent, Problem, CreateTaskRequest, ResolveRequest, TaskCreated, TemplateOut, TemplateSummary, TaskOut, StepOut, TaskPage, EventOut)),
+    components(schemas(crate::maintenance::MaintenanceRequest, crate::maintenance::MaintenanceOut, crate::hooks_api::HookOut, crate::hooks_api::FireOut, crate::hooks_api::Fired, crate::hooks_api::TestEvent, Problem, CreateTaskRequest, ResolveRequest, TaskCreated, TemplateOut, TemplateSummary, TaskOut, StepOut, TaskPage, EventOut)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -77,9 +78,21 @@ pub fn routes(state: AppState) -> Router {
         .route("/api/v1/tasks/{id}/cancel", post(cancel_task))
         .route("/api/v1/tasks/{id}/retry", post(retry_task))
         .route("/api/v1/tasks/{id}/pause", post(pause_task))
+        .route(
+            crate::maintenance::PATH,
+            get(crate::maintenance::get_maintenance).put(crate::maintenance::put_maintenance),
+        )
         .merge(crate::hooks_api::routes())
+        // After routing, so that the gate sees which route a request is for.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::maintenance::gate,
+        ))
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "no such route") })
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::Extension(std::sync::Arc::new(
+            crate::maintenance::Cache::default(),
+        )))
         .with_state(state)
 }
 
@@ -93,6 +106,26 @@ pub(crate) fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, Problem> {
             Problem::new(status, e.body_text())
         }
     })
+}
+
+/// A template document as text: 400 unless UTF-8, 413 past the engine's `max_template_bytes`.
+fn template_text<'a>(s: &AppState, bytes: &'a Bytes) -> Result<&'a str, Problem> {
+    let text = std::str::from_utf8(bytes).map_err(|_| {
+        Problem::field(
+            StatusCode::BAD_REQUEST,
+            "body",
+            "template must be UTF-8 text",
+        )
+    })?;
+    s.engine
+        .config()
+        .template_limits()
+        .check_document(text)
+        .map_err(|e| Problem {
+            errors: e.errors.clone(),
+            ..Problem::field(StatusCode::PAYLOAD_TOO_LARGE, "template", e.to_string())
+        })?;
+    Ok(text)
 }
 
 /// The `limit` of a listing: 1 to 1000, default 100.
@@ -147,7 +180,8 @@ async fn openapi() -> Json<utoipa::openapi::OpenApi> {
 // ---- templates ----
 
 #[utoipa::path(put, path = "/api/v1/templates/{name}", request_body(content = String, description = "Template as YAML or JSON"),
-    responses((status = 201, body = TemplateOut), (status = 200, body = TemplateOut), (status = 400, body = Problem)))]
+    responses((status = 201, body = TemplateOut), (status = 200, body = TemplateOut), (status = 400, body = Problem),
+    (status = 413, body = Problem, description = "Larger than max_template_bytes or max_body_bytes")))]
 async fn put_template(
     _c: Caller,
     State(s): State<AppState>,
@@ -155,13 +189,7 @@ async fn put_template(
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
     let bytes = body(b)?;
-    let text = std::str::from_utf8(&bytes).map_err(|_| {
-        Problem::field(
-            StatusCode::BAD_REQUEST,
-            "body",
-            "template must be UTF-8 text",
-        )
-    })?;
+    let text = template_text(&s, &bytes)?;
     let template = s
         .engine
         .parse_template(text)
@@ -187,20 +215,15 @@ async fn put_template(
 }
 
 #[utoipa::path(post, path = "/api/v1/templates/validate", request_body(content = String, description = "Template as YAML or JSON"),
-    responses((status = 200, description = "Valid"), (status = 400, body = Problem)))]
+    responses((status = 200, description = "Valid"), (status = 400, body = Problem),
+    (status = 413, body = Problem, description = "Larger than max_template_bytes or max_body_bytes")))]
 async fn validate_template(
     _c: Caller,
     State(s): State<AppState>,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, Problem> {
     let bytes = body(b)?;
-    let text = std::str::from_utf8(&bytes).map_err(|_| {
-        Problem::field(
-            StatusCode::BAD_REQUEST,
-            "body",
-            "template must be UTF-8 text",
-        )
-    })?;
+    let text = template_text(&s, &bytes)?;
     let t = s
         .engine
         .parse_template(text)

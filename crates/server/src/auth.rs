@@ -47,6 +47,20 @@ pub struct Caller {
     pub name: String,
 }
 
+impl Caller {
+    /// 403 unless the caller is the admin (today the only token there is).
+    pub fn require_admin(&self) -> Result<(), Problem> {
+        if self.name == "admin" {
+            Ok(())
+        } else {
+            Err(Problem::new(
+                axum::http::StatusCode::FORBIDDEN,
+                "only the admin token may do this",
+            ))
+        }
+    }
+}
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = Problem;
 

@@ -6,6 +6,7 @@ mod api;
 mod auth;
 mod dto;
 mod hooks_api;
+mod maintenance;
 mod problem;
 
 use std::sync::Arc;
@@ -16,7 +17,8 @@ use taskhook_engine::Engine;
 pub use auth::AdminToken;
 pub use problem::Problem;
 
-/// Request-size limits, each configurable.
+/// Request-size limits, each configurable. Template limits (document size, steps) belong to
+/// the engine (`EngineConfig`), so that every way in applies them.
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// Largest request body, in bytes.

@@ -191,3 +191,10 @@ pub fn taskhook(server: Option<&Server>, args: &[&str]) -> (i32, String, String)
         String::from_utf8_lossy(&out.stderr).into(),
     )
 }
+
+/// A PostgreSQL URL whose connections use a fresh, empty schema (`options=-c search_path=…`),
+/// or `None` after a visible message when PostgreSQL is unreachable (a failure when
+/// TASKHOOK_TEST_REQUIRE_SERVICES=1).
+pub async fn postgres_url() -> Option<String> {
+    taskhook_store::testing::fresh_schema_url().await
+}
