@@ -9,8 +9,12 @@
 //!   epoch in the same transaction, as SQLite's `check_lease` does;
 //! - the fires of one hook, template versions, migrations and resource slots are serialised
 //!   with transaction-scoped advisory locks;
-//! - writers `NOTIFY` in their transaction (delivered at commit); the listener
+//! - after their commit, writes fire this process's [`Signals`] and have the notifier
+//!   ([`notify`]) send a `NOTIFY` to the others, outside their transaction; the listener
 //!   ([`listener`]) turns notifications into [`Signals`].
+//!
+//! The hot writes go through group commit ([`batch`]): concurrent calls share one
+//! transaction and one commit.
 //!
 //! Channels are database-wide, not per schema: each channel name carries the schema
 //! (`taskhook_due_<schema>`, or a hash of it when the name would not fit in 63 bytes or is not
@@ -19,7 +23,10 @@
 //!
 //! Times are unix ms computed by the program ([`now_ms`]), as with SQLite.
 
+mod batch;
 mod listener;
+mod notify;
+mod ops;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -36,7 +43,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::sqlite::RECOVERED_REASON;
 use crate::types::*;
-use crate::{Result, Signals, StoreError, now_ms, stop_applies};
+use crate::{Result, Signal, Signals, StoreError, now_ms, stop_applies};
 
 /// Connections in a store's pool unless told otherwise.
 pub const DEFAULT_POOL_SIZE: usize = 16;
@@ -59,8 +66,9 @@ pub struct PgStore {
 
 struct Inner {
     pool: Pool,
+    batcher: batch::Batcher,
+    notifier: Arc<notify::Notifier>,
     signals: Arc<Signals>,
-    ch: Channels,
     /// The schema the store works in (`current_schema()` of its connections).
     schema: String,
     stop: CancellationToken,
@@ -497,11 +505,23 @@ impl PgStore {
                 ));
             }
         }
+        let notifier = Arc::new(notify::Notifier::default());
+        notify::spawn(pool.clone(), ch.clone(), notifier.clone(), stop.clone());
+        // Writers hold a connection each while they run a batch: leave some to the reads.
+        let writers = (pool_size / 2).clamp(1, batch::WRITERS);
+        let batcher = batch::Batcher::start(
+            pool.clone(),
+            writers,
+            signals.clone(),
+            notifier.clone(),
+            stop.clone(),
+        );
         Ok(PgStore {
             inner: Arc::new(Inner {
                 pool,
+                batcher,
+                notifier,
                 signals,
-                ch,
                 schema: current,
                 stop,
             }),
@@ -526,6 +546,19 @@ impl PgStore {
 
     async fn client(&self) -> Result<Object> {
         Ok(self.inner.pool.get().await?)
+    }
+
+    /// After a commit: wakes this process at once and the other instances through `NOTIFY`.
+    fn announce(&self, signals: u8) {
+        if signals != 0 {
+            self.inner.signals.fire_set(signals);
+            self.inner.notifier.announce(signals);
+        }
+    }
+
+    /// Runs a write through group commit; answers after its commit.
+    async fn submit(&self, op: batch::Op) -> Result<batch::Reply> {
+        self.inner.batcher.submit(op).await
     }
 }
 
@@ -594,9 +627,9 @@ pub(crate) async fn drop_schema(url: &str, schema: &str) -> Result<()> {
 
 // ---------------------------------------------------------------- SQL of the hot paths
 
-/// Inserts a task, its steps and its first audit entries in one statement; notifies `due`
-/// when told. Parameters: $1-$17 the task row (with $17 = now), $18 step names, $19-$23 the
-/// events as arrays, $24 channel, $25 whether to notify. Returns `(inserted rows)`.
+/// Inserts a task, its steps and its first audit entries in one statement. Parameters: $1-$17
+/// the task row (with $17 = now), $18 step names, $19-$23 the events as arrays. Returns
+/// `(inserted rows)`.
 fn insert_task_sql(on_conflict: bool) -> String {
     let conflict = if on_conflict {
         "ON CONFLICT (template, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
@@ -619,19 +652,18 @@ fn insert_task_sql(on_conflict: bool) -> String {
            FROM ins, unnest($19::text[], $20::text[], $21::text[], $22::text[], $23::text[]) \
              WITH ORDINALITY AS e(actor, kind, from_state, to_state, detail, ord) \
            ORDER BY e.ord) \
-         SELECT (SELECT count(*) FROM ins), \
-                (SELECT count(*) FROM (SELECT pg_notify($24, '') FROM ins WHERE $25::bool) n)"
+         SELECT (SELECT count(*) FROM ins)"
     )
 }
 
 /// Inserts a task as SQLite's `insert_task` does; `None` when an idempotency conflict left it
-/// out (only with `on_conflict`).
+/// out (only with `on_conflict`). A task inserted READY asks for the `due` signal.
 async fn insert_task(
     c: &impl GenericClient,
-    ch: &Channels,
     t: &NewTask,
     event: &NewEvent,
     on_conflict: bool,
+    fx: &mut batch::Effects,
 ) -> Result<Option<TaskRow>> {
     let now = now_ms();
     // A task claimed at creation is inserted RUNNING under its first lease: one row write,
@@ -667,7 +699,6 @@ async fn insert_task(
     let run_max = i64::from(t.run_max);
     let owner = claimed.map(|(o, _)| o.as_str());
     let until = claimed.map(|(_, u)| *u);
-    let notify = state == TaskState::Ready;
     let row = query_one(
         c,
         &insert_task_sql(on_conflict),
@@ -695,14 +726,15 @@ async fn insert_task(
             &froms,
             &tos,
             &details,
-            &ch.due,
-            &notify,
         ],
     )
     .await?;
     let inserted: i64 = row.try_get(0)?;
     if inserted == 0 {
         return Ok(None);
+    }
+    if state == TaskState::Ready {
+        fx.signals |= Signal::Due as u8;
     }
     Ok(Some(TaskRow {
         id: t.id.clone(),
@@ -827,8 +859,9 @@ fn save_steps_sql() -> String {
 
 /// Ends a run in one statement. $1 id, $2 epoch, $3 end state, $4 end due_at, $5 result,
 /// $6 now, $7-$11 end event (actor, kind, from, to, detail), $12 whether a recorded cancel
-/// applies to the end state, $13 whether a recorded pause does, $14 final states, $15 due
-/// channel, $16 slots channel, $17-$25 steps.
+/// applies to the end state, $13 whether a recorded pause does, $14 final states, $15-$23
+/// steps. Returns whether the lease held, the parent woken, and whether to signal `due` and
+/// `slots`.
 fn end_run_sql() -> String {
     format!(
         "WITH t AS ( \
@@ -864,11 +897,15 @@ fn end_run_sql() -> String {
            RETURNING tasks.id), \
          sl AS (DELETE FROM resource_slots WHERE task_id IN (SELECT id FROM f) RETURNING 1) \
          SELECT (SELECT count(*) FROM t), (SELECT id FROM p), \
-           (SELECT count(*) FROM (SELECT pg_notify($15, '') FROM up \
-              WHERE EXISTS (SELECT 1 FROM p) OR (up.due_at IS NOT NULL AND up.state IN ('READY', 'WAITING'))) n1), \
-           (SELECT count(*) FROM (SELECT pg_notify($16, '') WHERE EXISTS (SELECT 1 FROM sl)) n2)",
-        steps = upsert_steps_cte("f", 17, 6)
+           EXISTS (SELECT 1 FROM up \
+              WHERE EXISTS (SELECT 1 FROM p) OR (up.due_at IS NOT NULL AND up.state IN ('READY', 'WAITING'))), \
+           EXISTS (SELECT 1 FROM sl)",
+        steps = upsert_steps_cte("f", 15, 6)
     )
+}
+
+fn unexpected_reply() -> StoreError {
+    StoreError::Database("the batch writer answered another kind of write".into())
 }
 
 // ---------------------------------------------------------------- the store's calls
@@ -1046,21 +1083,15 @@ impl PgStore {
                VALUES ($1, $2, $3, $4, $5, $5) \
                ON CONFLICT (hook_group, hook_id) DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at \
                RETURNING {HOOK_COLUMNS}, (xmax = 0) AS inserted) \
-             SELECT u.*, (SELECT count(*) FROM (SELECT pg_notify($6, '')) n) FROM u"
+             SELECT u.* FROM u"
         );
         let row = query_one(
             &c,
             &sql,
-            &[
-                &group,
-                &id,
-                &json(&body),
-                &new_token,
-                &now_ms(),
-                &self.inner.ch.hooks,
-            ],
+            &[&group, &id, &json(&body), &new_token, &now_ms()],
         )
         .await?;
+        self.announce(Signal::Hooks as u8);
         Ok((hook_from(&row)?, row.try_get(7)?))
     }
 
@@ -1100,11 +1131,15 @@ impl PgStore {
         let row = query_one(
             &c,
             "WITH d AS (DELETE FROM hooks WHERE hook_group = $1 AND hook_id = $2 RETURNING 1) \
-             SELECT count(*) FROM (SELECT pg_notify($3, '') FROM d) n",
-            &[&group, &id, &self.inner.ch.hooks],
+             SELECT count(*) FROM d",
+            &[&group, &id],
         )
         .await?;
-        Ok(row.try_get::<_, i64>(0)? > 0)
+        let deleted = row.try_get::<_, i64>(0)? > 0;
+        if deleted {
+            self.announce(Signal::Hooks as u8);
+        }
+        Ok(deleted)
     }
 
     pub async fn set_hook_token(&self, group: &str, id: &str, token: &str) -> Result<bool> {
@@ -1113,11 +1148,15 @@ impl PgStore {
             &c,
             "WITH u AS (UPDATE hooks SET trigger_token = $3, updated_at = $4 \
                WHERE hook_group = $1 AND hook_id = $2 RETURNING 1) \
-             SELECT count(*) FROM (SELECT pg_notify($5, '') FROM u) n",
-            &[&group, &id, &token, &now_ms(), &self.inner.ch.hooks],
+             SELECT count(*) FROM u",
+            &[&group, &id, &token, &now_ms()],
         )
         .await?;
-        Ok(row.try_get::<_, i64>(0)? > 0)
+        let changed = row.try_get::<_, i64>(0)? > 0;
+        if changed {
+            self.announce(Signal::Hooks as u8);
+        }
+        Ok(changed)
     }
 
     pub async fn record_fire(
@@ -1127,131 +1166,16 @@ impl PgStore {
         dedupe_since: Option<i64>,
         overlap: Option<&'static str>,
     ) -> Result<FireOutcome> {
-        let mut c = self.client().await?;
-        let tx = c.transaction().await?;
-        // The fires of one hook are serialised across instances, as SQLite's one writer does:
-        // delivery dedupe, due-time dedupe and the overlap policy then see every earlier fire.
-        let key = hook_lock_key(&fire.hook_group, &fire.hook_id);
-        let (lock, by_delivery, by_schedule) = (
-            tx.prepare_cached(LOCK_SQL).await?,
-            tx.prepare_cached(&first_delivery_sql()).await?,
-            tx.prepare_cached(&fire_by_schedule_sql()).await?,
-        );
-        let delivery = fire.delivery_id.as_ref().zip(dedupe_since);
-        let (l, first_delivery, first_schedule) = tokio::join!(
-            biased;
-            async { tx.execute(&lock, &[&key]).await },
-            async {
-                match delivery {
-                    Some((d, since)) => {
-                        tx.query_opt(&by_delivery, &[&fire.hook_group, &fire.hook_id, d, &since])
-                            .await
-                    }
-                    None => Ok(None),
-                }
-            },
-            async {
-                match fire.scheduled_for {
-                    Some(due) => {
-                        tx.query_opt(&by_schedule, &[&fire.hook_group, &fire.hook_id, &due])
-                            .await
-                    }
-                    None => Ok(None),
-                }
-            },
-        );
-        l?;
-        if let Some(first) = first_delivery? {
-            let first = fire_from(&first)?;
-            // The repeat is in the ledger too, pointing at the first fire's task.
-            let repeat = NewFire {
-                result: "duplicate".into(),
-                task_id: first.task_id.clone(),
-                error: Some(format!("repeated delivery: first fire {}", first.id)),
-                payload: None,
-                ..fire
-            };
-            insert_fire(&tx, &repeat, false).await?;
-            tx.commit().await?;
-            return Ok(FireOutcome::Duplicate(first));
-        }
-        if let Some(first) = first_schedule? {
-            return Ok(FireOutcome::Duplicate(fire_from(&first)?));
-        }
-        let mut fire = fire;
-        let mut task = task;
-        if let Some(word) = overlap
-            && task.is_some()
-        {
-            let (unfinished, queued) = (
-                tx.prepare_cached(UNFINISHED_SQL).await?,
-                tx.prepare_cached(QUEUED_SQL).await?,
-            );
-            let (u, q) = tokio::join!(
-                async {
-                    tx.query_one(&unfinished, &[&fire.hook_group, &fire.hook_id])
-                        .await
-                },
-                async {
-                    if word == "queued" {
-                        tx.query_one(&queued, &[&fire.hook_group, &fire.hook_id])
-                            .await
-                            .map(Some)
-                    } else {
-                        Ok(None)
-                    }
-                },
-            );
-            let busy = u?.try_get::<_, bool>(0)?
-                || match q? {
-                    Some(r) => r.try_get::<_, bool>(0)?,
-                    None => false,
-                };
-            if busy {
-                fire.result = word.to_string();
-                task = None;
-            }
-        }
-        let row = match &task {
-            Some((t, ev)) => {
-                let row = insert_task(&tx, &self.inner.ch, t, ev, false)
-                    .await?
-                    .ok_or_else(|| StoreError::Database("task insert returned nothing".into()))?;
-                fire.task_id = Some(row.id.clone());
-                Some(row)
-            }
-            None => None,
+        let op = batch::Op::RecordFire {
+            fire,
+            task,
+            dedupe_since,
+            overlap,
         };
-        if !insert_fire(&tx, &fire, true).await? {
-            // Another fire took this due time between our look and our insert: it fired.
-            drop(tx);
-            drop(c);
-            let c = self.client().await?;
-            let due = fire.scheduled_for;
-            let first = query_opt(
-                &c,
-                &fire_by_schedule_sql(),
-                &[&fire.hook_group, &fire.hook_id, &due],
-            )
-            .await?
-            .ok_or_else(|| StoreError::Database("a conflicting fire vanished".into()))?;
-            return Ok(FireOutcome::Duplicate(fire_from(&first)?));
+        match self.submit(op).await? {
+            batch::Reply::Fire(outcome) => Ok(outcome),
+            _ => Err(unexpected_reply()),
         }
-        if let Some(due) = fire.scheduled_for {
-            execute(
-                &tx,
-                "UPDATE hooks SET last_scheduled_for = GREATEST(COALESCE(last_scheduled_for, $3), $3) \
-                 WHERE hook_group = $1 AND hook_id = $2",
-                &[&fire.hook_group, &fire.hook_id, &due],
-            )
-            .await?;
-        }
-        tx.commit().await?;
-        let state = row.as_ref().map(|t| t.state);
-        Ok(FireOutcome::Recorded(
-            FireRow::from_new(fire, state),
-            row.map(Box::new),
-        ))
     }
 
     pub async fn oldest_queued_fire(&self, group: &str, id: &str) -> Result<Option<FireRow>> {
@@ -1298,7 +1222,8 @@ impl PgStore {
         if busy?.try_get::<_, bool>(0)? {
             return Ok(None);
         }
-        let row = insert_task(&tx, &self.inner.ch, &task, &event, false)
+        let mut fx = batch::Effects::default();
+        let row = insert_task(&tx, &task, &event, false, &mut fx)
             .await?
             .ok_or_else(|| StoreError::Database("task insert returned nothing".into()))?;
         execute(
@@ -1308,6 +1233,7 @@ impl PgStore {
         )
         .await?;
         tx.commit().await?;
+        self.announce(fx.signals);
         Ok(Some(row))
     }
 
@@ -1360,30 +1286,13 @@ impl PgStore {
     // ---- tasks ----
 
     pub async fn create_task(&self, t: NewTask, event: NewEvent) -> Result<(TaskRow, bool)> {
-        let c = self.client().await?;
-        if t.claim.is_some()
-            && let Err(e) = t.state.check_transition(TaskState::Running)
+        match self
+            .submit(batch::Op::CreateTask { task: t, event })
+            .await?
         {
-            // As SQLite: an existing task for the key wins over a refused claim.
-            return match find_by_idempotency_key(&c, &t).await? {
-                Some(existing) => Ok((existing, false)),
-                None => Err(e.into()),
-            };
+            batch::Reply::Created(row, created) => Ok((row, created)),
+            _ => Err(unexpected_reply()),
         }
-        // Two instances racing with one key: the loser's insert does nothing (it waits for the
-        // winner's commit), then reads the winner's task. A task deleted in between is retried.
-        for _ in 0..3 {
-            if let Some(row) = insert_task(&c, &self.inner.ch, &t, &event, true).await? {
-                return Ok((row, true));
-            }
-            if let Some(existing) = find_by_idempotency_key(&c, &t).await? {
-                return Ok((existing, false));
-            }
-        }
-        Err(StoreError::Conflict(format!(
-            "idempotency key {:?} of template {} keeps changing",
-            t.idempotency_key, t.template
-        )))
     }
 
     pub async fn get_task(&self, id: &str) -> Result<Option<(TaskRow, Vec<StepRow>)>> {
@@ -1470,57 +1379,16 @@ impl PgStore {
         limit: usize,
         lease_ms: i64,
     ) -> Result<Vec<ClaimedTask>> {
-        let mut c = self.client().await?;
-        let tx = c.transaction().await?;
-        let sql = format!(
-            "WITH picked AS ( \
-               SELECT id, state, due_at FROM tasks \
-               WHERE due_at IS NOT NULL AND due_at <= $1 AND state IN ('READY', 'WAITING') \
-               ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED), \
-             upd AS ( \
-               UPDATE tasks t SET state = 'RUNNING', due_at = NULL, lease_owner = $3, lease_epoch = t.lease_epoch + 1, \
-                 lease_until = $4, run_count = t.run_count + 1, updated_at = $1 \
-               FROM picked WHERE t.id = picked.id \
-               RETURNING {}, picked.state AS claimed_from, picked.due_at AS was_due), \
-             ev AS ( \
-               INSERT INTO task_events (task_id, at, actor, kind, from_state, to_state, detail) \
-               SELECT id, $1, 'engine', 'claimed', claimed_from, 'RUNNING', 'null' FROM upd ORDER BY was_due, id) \
-             SELECT * FROM upd ORDER BY was_due, id",
-            task_columns("t")
-        );
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let until = now + lease_ms;
-        let rows = query(&tx, &sql, &[&now, &limit, &owner, &until]).await?;
-        if rows.is_empty() {
-            return Ok(Vec::new());
+        let op = batch::Op::ClaimDue {
+            owner: owner.to_string(),
+            now,
+            limit,
+            lease_ms,
+        };
+        match self.submit(op).await? {
+            batch::Reply::Claimed(claimed) => Ok(claimed),
+            _ => Err(unexpected_reply()),
         }
-        let mut claimed = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let task = task_from(r, 0)?;
-            let from = parse_state(r.try_get(TASK_COLUMN_COUNT)?)?;
-            claimed.push((task, from));
-        }
-        let ids: Vec<&str> = claimed.iter().map(|(t, _)| t.id.as_str()).collect();
-        let steps_sql = format!(
-            "SELECT task_id, {STEP_COLUMNS} FROM steps WHERE task_id = ANY($1::text[]) ORDER BY task_id, name"
-        );
-        let mut steps: HashMap<String, Vec<StepRow>> = HashMap::with_capacity(ids.len());
-        for r in query(&tx, &steps_sql, &[&ids]).await? {
-            let task_id: String = r.try_get(0)?;
-            steps.entry(task_id).or_default().push(step_from(&r, 1)?);
-        }
-        tx.commit().await?;
-        Ok(claimed
-            .into_iter()
-            .map(|(task, from)| {
-                let steps = steps.remove(&task.id).unwrap_or_default();
-                ClaimedTask {
-                    task,
-                    claimed_from: from,
-                    steps,
-                }
-            })
-            .collect())
     }
 
     pub async fn next_due_at(&self) -> Result<Option<i64>> {
@@ -1535,18 +1403,15 @@ impl PgStore {
     }
 
     pub async fn save_steps(&self, task_id: &str, epoch: i64, steps: Vec<StepRow>) -> Result<()> {
-        let c = self.client().await?;
-        let a = StepArrays::new(&steps);
-        let now = now_ms();
-        let mut params: Vec<Param<'_>> = vec![&task_id, &epoch, &now];
-        params.extend(a.params());
-        let row = query_one(&c, &save_steps_sql(), &params).await?;
-        if row.try_get::<_, i64>(0)? == 0 {
-            return Err(StoreError::LeaseLost {
-                task: task_id.to_string(),
-            });
+        let op = batch::Op::SaveSteps {
+            task_id: task_id.to_string(),
+            epoch,
+            steps,
+        };
+        match self.submit(op).await? {
+            batch::Reply::Saved => Ok(()),
+            _ => Err(unexpected_reply()),
         }
-        Ok(())
     }
 
     pub async fn end_run(
@@ -1556,50 +1421,16 @@ impl PgStore {
         steps: Vec<StepRow>,
         end: RunEnd,
     ) -> Result<Option<String>> {
-        let c = self.client().await?;
-        if let Err(e) = TaskState::Running.check_transition(end.state) {
-            // As SQLite: a lost lease is reported before an illegal end.
-            lease_error(&c, task_id, epoch).await?;
-            return Err(e.into());
+        let op = batch::Op::EndRun {
+            task_id: task_id.to_string(),
+            epoch,
+            steps,
+            end,
+        };
+        match self.submit(op).await? {
+            batch::Reply::Ended(parent) => Ok(parent),
+            _ => Err(unexpected_reply()),
         }
-        let a = StepArrays::new(&steps);
-        let now = now_ms();
-        let state = end.state.as_str();
-        let result = end.result.as_ref().map(json);
-        let detail = json(&end.event.detail);
-        let cancel_applies = stop_applies(TaskState::Cancelled, end.state);
-        let pause_applies = stop_applies(TaskState::Paused, end.state);
-        let finals: Vec<&str> = taskhook_model::state::TASK_STATES
-            .into_iter()
-            .filter(|s| s.is_final())
-            .map(|s| s.as_str())
-            .collect();
-        let mut params: Vec<Param<'_>> = vec![
-            &task_id,
-            &epoch,
-            &state,
-            &end.due_at,
-            &result,
-            &now,
-            &end.event.actor,
-            &end.event.kind,
-            &end.event.from_state,
-            &end.event.to_state,
-            &detail,
-            &cancel_applies,
-            &pause_applies,
-            &finals,
-            &self.inner.ch.due,
-            &self.inner.ch.slots,
-        ];
-        params.extend(a.params());
-        let row = query_one(&c, &end_run_sql(), &params).await?;
-        if row.try_get::<_, i64>(0)? == 0 {
-            return Err(StoreError::LeaseLost {
-                task: task_id.to_string(),
-            });
-        }
-        Ok(row.try_get(1)?)
     }
 
     pub async fn transition(
@@ -1611,79 +1442,18 @@ impl PgStore {
         resolver_inputs: Option<Value>,
         event: NewEvent,
     ) -> Result<TransitionOutcome> {
-        let mut c = self.client().await?;
-        let tx = c.transaction().await?;
-        let current = query_opt(
-            &tx,
-            "SELECT state FROM tasks WHERE id = $1 FOR UPDATE",
-            &[&task_id],
-        )
-        .await?
-        .ok_or_else(|| StoreError::NotFound {
-            what: format!("task {task_id}"),
-        })?;
-        let from = parse_state(current.try_get(0)?)?;
-        if from == TaskState::Running && matches!(to, TaskState::Paused | TaskState::Cancelled) {
-            // The holder of the run (maybe another instance) stops it; a cancel asked before
-            // is not replaced by a pause.
-            query(
-                &tx,
-                "WITH u AS (UPDATE tasks SET \
-                   stop_actor = CASE WHEN stop_to = 'CANCELLED' THEN stop_actor ELSE $3 END, \
-                   stop_to = CASE WHEN stop_to = 'CANCELLED' THEN stop_to ELSE $2 END \
-                   WHERE id = $1 RETURNING 1) \
-                 SELECT count(*) FROM (SELECT pg_notify($4, '') FROM u) n",
-                &[&task_id, &to.as_str(), &event.actor, &self.inner.ch.stops],
-            )
-            .await?;
-            tx.commit().await?;
-            return Ok(TransitionOutcome::Running);
+        let op = batch::Op::Transition {
+            task_id: task_id.to_string(),
+            allowed_from,
+            to,
+            due_at,
+            resolver_inputs,
+            event,
+        };
+        match self.submit(op).await? {
+            batch::Reply::Moved(outcome) => Ok(outcome),
+            _ => Err(unexpected_reply()),
         }
-        if !allowed_from.contains(&from) {
-            return Err(taskhook_model::TransitionError { from, to }.into());
-        }
-        from.check_transition(to)?;
-        let now = now_ms();
-        let (update, insert, wake) = (
-            tx.prepare_cached(
-                "UPDATE tasks SET state = $2, due_at = $3, resolver_inputs = COALESCE($4, resolver_inputs), \
-                 stop_to = NULL, stop_actor = NULL, updated_at = $5 WHERE id = $1",
-            )
-            .await?,
-            tx.prepare_cached(
-                "INSERT INTO task_events (task_id, at, actor, kind, from_state, to_state, detail) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )
-            .await?,
-            tx.prepare_cached(
-                // A task that became due (READY), or a cancelled child that woke its parent.
-                "WITH p AS ( \
-                   UPDATE tasks SET due_at = $2, updated_at = $2 \
-                   WHERE $4::bool AND id = (SELECT parent_id FROM tasks WHERE id = $1) AND state IN ('WAITING', 'RUNNING') \
-                   RETURNING 1) \
-                 SELECT count(*) FROM (SELECT pg_notify($3, '') WHERE $5::bool OR EXISTS (SELECT 1 FROM p)) n",
-            )
-            .await?,
-        );
-        let resolver = resolver_inputs.as_ref().map(json);
-        let detail = json(&event.detail);
-        let (from_s, to_s) = (from.as_str(), to.as_str());
-        let cancelled = to == TaskState::Cancelled;
-        let ready = to == TaskState::Ready;
-        let (a, b, w) = tokio::join!(
-            biased;
-            async { tx.execute(&update, &[&task_id, &to_s, &due_at, &resolver, &now]).await },
-            async { tx.execute(
-                &insert,
-                &[&task_id, &now, &event.actor, &event.kind, &from_s, &to_s, &detail],
-            ).await },
-            async { tx.query_one(&wake, &[&task_id, &now, &self.inner.ch.due, &cancelled, &ready]).await },
-        );
-        a?;
-        b?;
-        w?;
-        tx.commit().await?;
-        Ok(TransitionOutcome::Applied(from, to))
     }
 
     /// At start: RUNNING tasks whose lease has expired (their instance is gone) become READY.
@@ -1700,12 +1470,15 @@ impl PgStore {
              e AS ( \
                INSERT INTO task_events (task_id, at, actor, kind, from_state, to_state, detail) \
                SELECT id, $1, 'engine', 'recovered', 'RUNNING', 'READY', $2 FROM r ORDER BY id) \
-             SELECT (SELECT count(*) FROM r), \
-               (SELECT count(*) FROM (SELECT pg_notify($3, '') WHERE EXISTS (SELECT 1 FROM r)) n)",
-            &[&now, &detail, &self.inner.ch.due],
+             SELECT count(*) FROM r",
+            &[&now, &detail],
         )
         .await?;
-        Ok(row.try_get::<_, i64>(0)? as usize)
+        let n = row.try_get::<_, i64>(0)? as usize;
+        if n > 0 {
+            self.announce(Signal::Due as u8);
+        }
+        Ok(n)
     }
 
     pub async fn expired_leases(&self, now: i64) -> Result<Vec<(String, i64)>> {
@@ -1739,12 +1512,15 @@ impl PgStore {
              e AS ( \
                INSERT INTO task_events (task_id, at, actor, kind, from_state, to_state, detail) \
                SELECT id, $3, 'engine', 'recovered', 'RUNNING', 'READY', $4 FROM r ORDER BY id) \
-             SELECT (SELECT count(*) FROM r), \
-               (SELECT count(*) FROM (SELECT pg_notify($5, '') WHERE EXISTS (SELECT 1 FROM r)) n)",
-            &[&ids, &epochs, &now, &detail, &self.inner.ch.due],
+             SELECT count(*) FROM r",
+            &[&ids, &epochs, &now, &detail],
         )
         .await?;
-        Ok(row.try_get::<_, i64>(0)? as usize)
+        let n = row.try_get::<_, i64>(0)? as usize;
+        if n > 0 {
+            self.announce(Signal::Due as u8);
+        }
+        Ok(n)
     }
 
     pub async fn renew_leases(
@@ -1838,13 +1614,13 @@ impl PgStore {
 
     pub async fn release_slot(&self, resource: &str, task_id: &str, step: &str) -> Result<()> {
         let c = self.client().await?;
-        query(
+        execute(
             &c,
-            "WITH d AS (DELETE FROM resource_slots WHERE resource = $1 AND task_id = $2 AND step = $3) \
-             SELECT pg_notify($4, '')",
-            &[&resource, &task_id, &step, &self.inner.ch.slots],
+            "DELETE FROM resource_slots WHERE resource = $1 AND task_id = $2 AND step = $3",
+            &[&resource, &task_id, &step],
         )
         .await?;
+        self.announce(Signal::Slots as u8);
         Ok(())
     }
 

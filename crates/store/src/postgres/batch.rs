@@ -1,0 +1,427 @@
+//! Group commit: the hot writes (task creation, fires, claims, step saves, run ends,
+//! transitions) queue to a few batch writers. A writer takes everything waiting, runs it in
+//! one transaction, commits once and only then answers each caller, so concurrent writes
+//! share one commit and one WAL flush instead of paying one each.
+//!
+//! Inside a batch the writes run one after another, in the order of their keys (stable, so
+//! writes with one key keep their arrival order): two fires of one hook or two creations with
+//! one idempotency key see each other as they would in separate transactions, and batches of
+//! different writers or instances take their locks in the same order.
+//!
+//! A write whose error leaves the transaction unusable (any database error: a constraint, a
+//! deadlock, a lost connection), or that must undo its own changes, makes the writer roll the
+//! batch back and run each of its writes again in a transaction of its own: one failing write
+//! never fails the others. Refusals (lost lease, illegal transition, not found) write nothing
+//! and do not abort the batch.
+
+use std::sync::Arc;
+
+use deadpool_postgres::{Object, Pool, Transaction};
+use serde_json::Value;
+use taskhook_model::TaskState;
+use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::notify::Notifier;
+use super::{hook_lock_key, ops};
+use crate::types::*;
+use crate::{Result, Signals, StoreError};
+
+/// Writers per store: each holds a pooled connection while it runs a batch.
+pub(super) const WRITERS: usize = 4;
+/// Most writes in one transaction.
+const MAX_BATCH: usize = 512;
+/// Times a write that hit a deadlock or serialization failure on its own is tried.
+const TRIES: usize = 3;
+
+/// One queued write.
+pub(super) enum Op {
+    CreateTask {
+        task: NewTask,
+        event: NewEvent,
+    },
+    RecordFire {
+        fire: NewFire,
+        task: Option<(NewTask, NewEvent)>,
+        dedupe_since: Option<i64>,
+        overlap: Option<&'static str>,
+    },
+    ClaimDue {
+        owner: String,
+        now: i64,
+        limit: usize,
+        lease_ms: i64,
+    },
+    SaveSteps {
+        task_id: String,
+        epoch: i64,
+        steps: Vec<StepRow>,
+    },
+    EndRun {
+        task_id: String,
+        epoch: i64,
+        steps: Vec<StepRow>,
+        end: RunEnd,
+    },
+    Transition {
+        task_id: String,
+        allowed_from: &'static [TaskState],
+        to: TaskState,
+        due_at: Option<i64>,
+        resolver_inputs: Option<Value>,
+        event: NewEvent,
+    },
+}
+
+/// What a write answers.
+pub(super) enum Reply {
+    Created(TaskRow, bool),
+    Fire(FireOutcome),
+    Claimed(Vec<ClaimedTask>),
+    Saved,
+    Ended(Option<String>),
+    Moved(TransitionOutcome),
+}
+
+/// What a write asks of its transaction besides its answer.
+#[derive(Default)]
+pub(super) struct Effects {
+    /// Signals to fire after the commit (a bit set of [`crate::Signal`]).
+    pub signals: u8,
+    /// The write's changes must be rolled back (its answer stands).
+    pub undo: bool,
+}
+
+impl Op {
+    /// Writes that touch the same rows or locks share a key.
+    fn key(&self) -> String {
+        match self {
+            Op::CreateTask { task, .. } => match &task.idempotency_key {
+                Some(k) => format!("k:{}:{}:{k}", task.template.len(), task.template),
+                None => format!("t:{}", task.id),
+            },
+            Op::RecordFire { fire, .. } => hook_lock_key(&fire.hook_group, &fire.hook_id),
+            Op::ClaimDue { .. } => String::new(),
+            Op::SaveSteps { task_id, .. }
+            | Op::EndRun { task_id, .. }
+            | Op::Transition { task_id, .. } => format!("t:{task_id}"),
+        }
+    }
+
+    /// Alone, without `BEGIN` and `COMMIT` (two round trips fewer), when the write is one
+    /// statement that commits itself; `None` when it needs a transaction.
+    async fn run_autocommit(&self, c: &Object, fx: &mut Effects) -> Option<Result<Reply>> {
+        Some(match self {
+            Op::CreateTask { task, event } => ops::create_task(c, task, event, fx)
+                .await
+                .map(|(row, created)| Reply::Created(row, created)),
+            Op::SaveSteps {
+                task_id,
+                epoch,
+                steps,
+            } => ops::save_steps(c, task_id, *epoch, steps)
+                .await
+                .map(|()| Reply::Saved),
+            Op::EndRun {
+                task_id,
+                epoch,
+                steps,
+                end,
+            } => ops::end_run(c, task_id, *epoch, steps, end, fx)
+                .await
+                .map(Reply::Ended),
+            _ => return None,
+        })
+    }
+
+    async fn run(&self, tx: &Transaction<'_>, fx: &mut Effects) -> Result<Reply> {
+        match self {
+            Op::CreateTask { task, event } => {
+                let (row, created) = ops::create_task(tx, task, event, fx).await?;
+                Ok(Reply::Created(row, created))
+            }
+            Op::RecordFire {
+                fire,
+                task,
+                dedupe_since,
+                overlap,
+            } => ops::record_fire(tx, fire, task.as_ref(), *dedupe_since, *overlap, fx)
+                .await
+                .map(Reply::Fire),
+            Op::ClaimDue {
+                owner,
+                now,
+                limit,
+                lease_ms,
+            } => ops::claim_due(tx, owner, *now, *limit, *lease_ms)
+                .await
+                .map(Reply::Claimed),
+            Op::SaveSteps {
+                task_id,
+                epoch,
+                steps,
+            } => ops::save_steps(tx, task_id, *epoch, steps)
+                .await
+                .map(|()| Reply::Saved),
+            Op::EndRun {
+                task_id,
+                epoch,
+                steps,
+                end,
+            } => ops::end_run(tx, task_id, *epoch, steps, end, fx)
+                .await
+                .map(Reply::Ended),
+            Op::Transition {
+                task_id,
+                allowed_from,
+                to,
+                due_at,
+                resolver_inputs,
+                event,
+            } => ops::transition(
+                tx,
+                task_id,
+                allowed_from,
+                *to,
+                *due_at,
+                resolver_inputs.as_ref(),
+                event,
+                fx,
+            )
+            .await
+            .map(Reply::Moved),
+        }
+    }
+}
+
+/// A refusal writes nothing and leaves the transaction usable; anything else may not.
+fn aborts(e: &StoreError) -> bool {
+    !matches!(
+        e,
+        StoreError::LeaseLost { .. }
+            | StoreError::Transition(_)
+            | StoreError::NotFound { .. }
+            | StoreError::Conflict(_)
+    )
+}
+
+/// Deadlocks and serialization failures: worth trying again on their own.
+fn is_conflict(e: &StoreError) -> bool {
+    match e {
+        StoreError::Database(text) => {
+            text.contains("deadlock detected") || text.contains("could not serialize")
+        }
+        _ => false,
+    }
+}
+
+type Job = (Op, oneshot::Sender<Result<Reply>>);
+
+/// The queue the store's writes go to.
+pub(super) struct Batcher {
+    tx: mpsc::UnboundedSender<Job>,
+}
+
+impl Batcher {
+    /// Starts `writers` writers on `pool`; they stop with `stop` or when the batcher is dropped.
+    pub(super) fn start(
+        pool: Pool,
+        writers: usize,
+        signals: Arc<Signals>,
+        notifier: Arc<Notifier>,
+        stop: CancellationToken,
+    ) -> Batcher {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let rx = Arc::new(Mutex::new(rx));
+        for _ in 0..writers.max(1) {
+            let w = Writer {
+                pool: pool.clone(),
+                rx: rx.clone(),
+                signals: signals.clone(),
+                notifier: notifier.clone(),
+            };
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = w.run() => {}
+                }
+            });
+        }
+        Batcher { tx }
+    }
+
+    /// Queues a write and waits for its answer, given after its commit.
+    pub(super) async fn submit(&self, op: Op) -> Result<Reply> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send((op, tx)).map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+struct Writer {
+    pool: Pool,
+    rx: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>,
+    signals: Arc<Signals>,
+    notifier: Arc<Notifier>,
+}
+
+impl Writer {
+    async fn run(self) {
+        loop {
+            let mut jobs = {
+                let mut rx = self.rx.lock().await;
+                let Some(first) = rx.recv().await else {
+                    return;
+                };
+                let mut jobs = vec![first];
+                while jobs.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(j) => jobs.push(j),
+                        Err(_) => break,
+                    }
+                }
+                jobs
+            };
+            // Callers that gave up (dropped their future) need no write.
+            jobs.retain(|(_, reply)| !reply.is_closed());
+            if jobs.is_empty() {
+                continue;
+            }
+            jobs.sort_by_cached_key(|(op, _)| op.key());
+            let mut client = match self.pool.get().await {
+                Ok(c) => c,
+                Err(e) => {
+                    let e = StoreError::from(e);
+                    for (_, reply) in jobs {
+                        let _ = reply.send(Err(copy_error(&e)));
+                    }
+                    continue;
+                }
+            };
+            if jobs.len() > 1 {
+                match self.together(&mut client, &jobs).await {
+                    Together::Committed(results, signals) => {
+                        self.announce(signals);
+                        for ((_, reply), r) in jobs.into_iter().zip(results) {
+                            let _ = reply.send(r);
+                        }
+                        continue;
+                    }
+                    Together::Failed(e) => {
+                        for (_, reply) in jobs {
+                            let _ = reply.send(Err(copy_error(&e)));
+                        }
+                        continue;
+                    }
+                    Together::OneByOne => {}
+                }
+            }
+            for (op, reply) in jobs {
+                if client.is_closed() {
+                    match self.pool.get().await {
+                        Ok(c) => client = c,
+                        Err(e) => {
+                            let _ = reply.send(Err(e.into()));
+                            continue;
+                        }
+                    }
+                }
+                let r = self.alone(&mut client, &op).await;
+                let _ = reply.send(r);
+            }
+        }
+    }
+
+    fn announce(&self, signals: u8) {
+        if signals != 0 {
+            self.signals.fire_set(signals);
+            self.notifier.announce(signals);
+        }
+    }
+
+    /// The whole batch in one transaction.
+    async fn together(&self, client: &mut Object, jobs: &[Job]) -> Together {
+        let tx = match client.transaction().await {
+            Ok(tx) => tx,
+            Err(e) => return Together::Failed(e.into()),
+        };
+        let mut results = Vec::with_capacity(jobs.len());
+        let mut signals = 0u8;
+        for (op, _) in jobs {
+            let mut fx = Effects::default();
+            let r = op.run(&tx, &mut fx).await;
+            if fx.undo || r.as_ref().is_err_and(aborts) {
+                let _ = tx.rollback().await;
+                return Together::OneByOne;
+            }
+            signals |= fx.signals;
+            results.push(r);
+        }
+        match tx.commit().await {
+            Ok(()) => Together::Committed(results, signals),
+            Err(e) => Together::Failed(e.into()),
+        }
+    }
+
+    /// One write in a transaction of its own.
+    async fn alone(&self, client: &mut Object, op: &Op) -> Result<Reply> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let mut fx = Effects::default();
+            if let Some(r) = op.run_autocommit(client, &mut fx).await {
+                match r {
+                    Ok(reply) => {
+                        self.announce(fx.signals);
+                        return Ok(reply);
+                    }
+                    Err(e) if is_conflict(&e) && tries < TRIES => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            let tx = client.transaction().await?;
+            let r = op.run(&tx, &mut fx).await;
+            let r = match r {
+                Ok(reply) if !fx.undo => match tx.commit().await {
+                    Ok(()) => {
+                        self.announce(fx.signals);
+                        return Ok(reply);
+                    }
+                    Err(e) => Err(e.into()),
+                },
+                other => {
+                    let _ = tx.rollback().await;
+                    other
+                }
+            };
+            match r {
+                Err(e) if is_conflict(&e) && tries < TRIES => continue,
+                r => return r,
+            }
+        }
+    }
+}
+
+enum Together {
+    Committed(Vec<Result<Reply>>, u8),
+    Failed(StoreError),
+    OneByOne,
+}
+
+/// The same error for every caller of a failed batch.
+fn copy_error(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::NotFound { what } => StoreError::NotFound { what: what.clone() },
+        StoreError::Transition(t) => StoreError::Transition(t.clone()),
+        StoreError::LeaseLost { task } => StoreError::LeaseLost { task: task.clone() },
+        StoreError::Conflict(s) => StoreError::Conflict(s.clone()),
+        StoreError::Database(s) => StoreError::Database(s.clone()),
+        StoreError::Unavailable(s) => StoreError::Unavailable(s.clone()),
+        StoreError::Closed => StoreError::Closed,
+    }
+}
+
+#[cfg(test)]
+#[path = "batch_tests.rs"]
+mod tests;
