@@ -649,13 +649,13 @@ async fn insert_task(
     let lease_epoch = i64::from(claimed.is_some());
     let run_count = i64::from(claimed.is_some());
     let mut events = vec![event.clone()];
-    if claimed.is_some() {
+    if let Some((owner, _)) = claimed {
         events.push(NewEvent::transition(
             "engine",
             "claimed",
             t.state,
             TaskState::Running,
-            Value::Null,
+            serde_json::json!({"instance": owner}),
         ));
     }
     let actors: Vec<&str> = events.iter().map(|e| e.actor.as_str()).collect();
@@ -1484,7 +1484,8 @@ impl PgStore {
                RETURNING {}, picked.state AS claimed_from, picked.due_at AS was_due), \
              ev AS ( \
                INSERT INTO task_events (task_id, at, actor, kind, from_state, to_state, detail) \
-               SELECT id, $1, 'engine', 'claimed', claimed_from, 'RUNNING', 'null' FROM upd ORDER BY was_due, id) \
+               SELECT id, $1, 'engine', 'claimed', claimed_from, 'RUNNING', json_build_object('instance', $3::text)::text \
+               FROM upd ORDER BY was_due, id) \
              SELECT * FROM upd ORDER BY was_due, id",
             task_columns("t")
         );
