@@ -1889,6 +1889,8 @@ async fn audit_trail_records_each_transition(b: Backend) {
             ("done", "engine", Some("RUNNING"), Some("DONE")),
         ]
     );
+    let owner = &fx.engine.config().owner;
+    assert_eq!(events[1].detail, json!({"instance": owner}));
     assert!(
         events
             .windows(2)
@@ -1911,6 +1913,13 @@ async fn run_at_delays_the_start(b: Backend) {
     assert_eq!(fx.get(&task.id).await.0.state, TaskState::Ready);
     fx.wait_done(&task.id).await;
     assert!(now_ms() >= at);
+    // Claimed by the dispatcher, which names this instance in the audit trail.
+    let events = fx.store().task_events(&task.id).await.unwrap();
+    let claimed = events.iter().find(|e| e.kind == "claimed").unwrap();
+    assert_eq!(
+        claimed.detail,
+        json!({"instance": fx.engine.config().owner})
+    );
 }
 
 // ---------------------------------------------------------------- more template features

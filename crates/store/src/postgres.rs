@@ -681,13 +681,13 @@ async fn insert_task(
     let lease_epoch = i64::from(claimed.is_some());
     let run_count = i64::from(claimed.is_some());
     let mut events = vec![event.clone()];
-    if claimed.is_some() {
+    if let Some((owner, _)) = claimed {
         events.push(NewEvent::transition(
             "engine",
             "claimed",
             t.state,
             TaskState::Running,
-            Value::Null,
+            serde_json::json!({"instance": owner}),
         ));
     }
     let actors: Vec<&str> = events.iter().map(|e| e.actor.as_str()).collect();

@@ -894,7 +894,7 @@ impl SqliteStore {
             )?;
             for (id, from) in picked {
                 update.execute(params![id, owner, now + lease_ms, now])?;
-                insert_event(c, &id, now, &NewEvent::transition("engine", "claimed", from, TaskState::Running, Value::Null))?;
+                insert_event(c, &id, now, &NewEvent::transition("engine", "claimed", from, TaskState::Running, serde_json::json!({"instance": owner})))?;
                 let task = load_task(c, &id)?.ok_or_else(|| StoreError::NotFound { what: format!("task {id}") })?;
                 let steps = load_steps(c, &id)?;
                 claimed.push(ClaimedTask { task, claimed_from: from, steps });
@@ -1417,7 +1417,7 @@ fn insert_task(c: &Connection, t: &NewTask, event: &NewEvent) -> Result<TaskRow>
         signal(Signal::Due);
     }
     insert_event(c, &t.id, now, event)?;
-    if claimed.is_some() {
+    if let Some((owner, _)) = claimed {
         insert_event(
             c,
             &t.id,
@@ -1427,7 +1427,7 @@ fn insert_task(c: &Connection, t: &NewTask, event: &NewEvent) -> Result<TaskRow>
                 "claimed",
                 t.state,
                 TaskState::Running,
-                Value::Null,
+                serde_json::json!({"instance": owner}),
             ),
         )?;
     }

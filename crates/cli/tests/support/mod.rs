@@ -198,3 +198,89 @@ pub fn taskhook(server: Option<&Server>, args: &[&str]) -> (i32, String, String)
 pub async fn postgres_url() -> Option<String> {
     taskhook_store::testing::fresh_schema_url().await
 }
+
+impl Server {
+    /// Starts `taskhook serve` without the `api` role: it serves nothing, so it is ready once it
+    /// says it runs without an API. `url` is empty; `extra` may give a `--listen`.
+    pub fn start_without_api(data_dir: PathBuf, extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_taskhook"))
+            .args(["serve", "--data-dir"])
+            .arg(&data_dir)
+            .args(extra)
+            .env("TASKHOOK_ADMIN_TOKEN", TOKEN)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start taskhook serve");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        loop {
+            let line = lines
+                .next()
+                .expect("server exited before starting")
+                .unwrap();
+            if line.starts_with("taskhook is running without an API") {
+                break;
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        Server {
+            child,
+            url: String::new(),
+            data_dir,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Sends SIGTERM, as a service manager stopping the instance does.
+    pub fn sigterm(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+    }
+
+    /// Waits up to `limit` for the process to exit; its status, or `None` if it still runs.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Polls a task until it is in one of `states`; panics with the task after `limit`.
+    pub async fn wait_state_within(&self, id: &str, states: &[&str], limit: Duration) -> Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let (_, t) = self.get(&format!("/api/v1/tasks/{id}")).await;
+            if states.contains(&t["state"].as_str().unwrap_or("")) {
+                return t;
+            }
+            if Instant::now() > deadline {
+                panic!("task {id} never reached {states:?} within {limit:?}: {t:#}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The instance names that claimed a task, in order, from its audit trail.
+    pub async fn claimed_by(&self, id: &str) -> Vec<String> {
+        let (code, events) = self.get(&format!("/api/v1/tasks/{id}/events")).await;
+        assert_eq!(code, 200, "{events}");
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "claimed")
+            .map(|e| e["detail"]["instance"].as_str().unwrap_or("").to_string())
+            .collect()
+    }
+}

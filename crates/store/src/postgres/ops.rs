@@ -196,7 +196,8 @@ pub(super) async fn claim_due(
            RETURNING {}, picked.state AS claimed_from, picked.due_at AS was_due), \
          ev AS ( \
            INSERT INTO task_events (task_id, at, actor, kind, from_state, to_state, detail) \
-           SELECT id, $1, 'engine', 'claimed', claimed_from, 'RUNNING', 'null' FROM upd ORDER BY was_due, id) \
+           SELECT id, $1, 'engine', 'claimed', claimed_from, 'RUNNING', json_build_object('instance', $3::text)::text \
+           FROM upd ORDER BY was_due, id) \
          SELECT * FROM upd ORDER BY was_due, id",
         task_columns("t")
     );
