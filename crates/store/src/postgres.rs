@@ -19,6 +19,7 @@
 //!
 //! Times are unix ms computed by the program ([`now_ms`]), as with SQLite.
 
+mod keys;
 mod listener;
 
 use std::collections::HashMap;
@@ -64,6 +65,7 @@ struct Inner {
     /// The schema the store works in (`current_schema()` of its connections).
     schema: String,
     stop: CancellationToken,
+    keys: crate::crypto::Keys,
 }
 
 impl Drop for Inner {
@@ -504,6 +506,7 @@ impl PgStore {
                 ch,
                 schema: current,
                 stop,
+                keys: Default::default(),
             }),
         })
     }
