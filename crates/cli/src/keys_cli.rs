@@ -62,7 +62,7 @@ pub fn load_ring(key_file: Option<&Path>, data_dir: &Path) -> anyhow::Result<(Ke
     if let Ok(text) = std::env::var(KEYS_ENV)
         && !text.trim().is_empty()
     {
-        let ring = KeyRing::parse(&text).with_context(|| format!("{KEYS_ENV}"))?;
+        let ring = KeyRing::parse(&text).with_context(|| KEYS_ENV.to_string())?;
         return Ok((ring, KEYS_ENV.to_string()));
     }
     let path = data_dir.join("keys");
@@ -101,7 +101,9 @@ fn append_key(path: &Path, entry: &str) -> std::io::Result<()> {
 pub async fn install(store: &Store, ring: KeyRing, source: &str) -> anyhow::Result<()> {
     let ids = ring.ids().join(", ");
     store.install_keys(ring).await.with_context(|| {
-        format!("refusing to start: the key ring from {source} (keys: {ids}) cannot read this database")
+        format!(
+            "refusing to start: the key ring from {source} (keys: {ids}) cannot read this database"
+        )
     })
 }
 
@@ -117,8 +119,7 @@ pub async fn keys(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
                     KeyRing::parse(&format!("{text}\n{entry}"))
                         .with_context(|| format!("{}", path.display()))?;
                 }
-                append_key(&path, &entry)
-                    .with_context(|| format!("writing {}", path.display()))?;
+                append_key(&path, &entry).with_context(|| format!("writing {}", path.display()))?;
                 eprintln!(
                     "appended to {}: restart the servers, then run `taskhook keys rotate`",
                     path.display()
@@ -151,7 +152,9 @@ pub async fn keys(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
         }
         KeysCommand::Rotate { conn, .. } => {
             let json_out = conn.json;
-            let out = Client::new(conn)?.post("/api/v1/keys/rotate", json!({})).await?;
+            let out = Client::new(conn)?
+                .post("/api/v1/keys/rotate", json!({}))
+                .await?;
             show_rotation(&out, json_out);
             Ok(ExitCode::SUCCESS)
         }
@@ -176,7 +179,10 @@ fn show_rotation(out: &Value, json_out: bool) {
     let r = &out["rotation"];
     println!(
         "resealed {} of {} stored values with key {} ({} changed by other writers meanwhile)",
-        r["resealed"], r["scanned"], r["key_id"].as_str().unwrap_or("?"), r["changed_meanwhile"]
+        r["resealed"],
+        r["scanned"],
+        r["key_id"].as_str().unwrap_or("?"),
+        r["changed_meanwhile"]
     );
     show_status(&out["status"]);
 }
@@ -186,8 +192,15 @@ fn show_status(s: &Value) {
         .as_array()
         .map(|a| a.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
-    println!("ring: {} (newest: {})", ring.join(", "), s["newest"].as_str().unwrap_or("?"));
-    println!("canary sealed with: {}", s["canary"].as_str().unwrap_or("(none)"));
+    println!(
+        "ring: {} (newest: {})",
+        ring.join(", "),
+        s["newest"].as_str().unwrap_or("?")
+    );
+    println!(
+        "canary sealed with: {}",
+        s["canary"].as_str().unwrap_or("(none)")
+    );
     if let Some(m) = s["sealed"].as_object() {
         for (id, n) in m {
             println!("  {id}: {n} values");

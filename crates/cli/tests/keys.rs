@@ -15,9 +15,9 @@ use support::{Server, TOKEN, fresh_dir, postgres_url, taskhook};
 const SECRET: &str = "s3cr3t-4c2e9b1f-marker";
 const HOOK_SECRET: &str = "hooksecret-77d1a0e3-marker";
 
-const ECHO: &str = "name: echo\nauto_runnable: true\ntitle: 'for {{ input.who }}'\ninputs: [{name: who}]\ntags: {who: '{{ input.who }}'}\nsteps:\n  a: {action: {type: echo, configuration: {output: {said: '{{ input.who }}'}}}}\n  b:\n    dependencies: [a]\n    action: {type: echo, configuration: {output: {again: '{{ step.a.output.said }}'}}}\nresult: {final: '{{ step.b.output.again }}'}\n";
+const ECHO: &str = "name: echo\nauto_runnable: true\ntitle_format: 'for {{ input.who }}'\ninputs: [{name: who}]\ntags: {who: '{{ input.who }}'}\nsteps:\n  a: {action: {type: echo, configuration: {output: {said: '{{ input.who }}'}}}}\n  b:\n    dependencies: [a]\n    action: {type: echo, configuration: {output: {again: '{{ step.a.output.said }}'}}}\nresult_format: {final: '{{ step.b.output.again }}'}\n";
 
-const SLOW: &str = "name: slow\nauto_runnable: true\ninputs: [{name: who}]\nsteps:\n  wait: {action: {type: sleep, configuration: {duration: 200ms}}}\n  a:\n    dependencies: [wait]\n    action: {type: echo, configuration: {output: {said: '{{ input.who }}'}}}\nresult: {final: '{{ step.a.output.said }}'}\n";
+const SLOW: &str = "name: slow\nauto_runnable: true\ninputs: [{name: who}]\nsteps:\n  wait: {action: {type: sleep, configuration: {duration: 200ms}}}\n  a:\n    dependencies: [wait]\n    action: {type: echo, configuration: {output: {said: '{{ input.who }}'}}}\nresult_format: {final: '{{ step.a.output.said }}'}\n";
 
 async fn create(s: &Server, template: &str, who: &str) -> String {
     let (st, v) = s
@@ -101,7 +101,11 @@ async fn sqlite_files_hold_no_plaintext_of_sealed_data() {
     }
     let keys = std::fs::metadata(dir.join("keys")).unwrap();
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(keys.permissions().mode() & 0o777, 0o600, "the generated key file is owner-only");
+    assert_eq!(
+        keys.permissions().mode() & 0o777,
+        0o600,
+        "the generated key file is owner-only"
+    );
 }
 
 #[tokio::test]
@@ -193,7 +197,14 @@ async fn rotation_under_load(extra: &[&str]) {
     let key_file = dir.join("keys");
     let (code, new_entry, err) = taskhook(
         None,
-        &["keys", "generate", "--id", "new", "--key-file", key_file.to_str().unwrap()],
+        &[
+            "keys",
+            "generate",
+            "--id",
+            "new",
+            "--key-file",
+            key_file.to_str().unwrap(),
+        ],
     );
     assert_eq!(code, 0, "{err}");
     let mut s = Server::start_in(dir.clone(), extra);

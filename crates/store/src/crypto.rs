@@ -44,7 +44,9 @@ pub enum KeyError {
         "the data is sealed with key {id:?}, which is not in the key ring (it has {ring}): add that key to the ring"
     )]
     UnknownKey { id: String, ring: String },
-    #[error("a value sealed with key {id:?} does not open with that key: wrong key material or corrupt data")]
+    #[error(
+        "a value sealed with key {id:?} does not open with that key: wrong key material or corrupt data"
+    )]
     WrongKey { id: String },
     #[error("corrupt sealed value: {0}")]
     Corrupt(String),
@@ -91,17 +93,17 @@ impl KeyRing {
             .enumerate()
         {
             let n = n + 1;
-            let (id, material) = entry.split_once(':').ok_or_else(|| {
-                KeyError::Invalid(format!("entry {n} is not ID:BASE64KEY"))
-            })?;
+            let (id, material) = entry
+                .split_once(':')
+                .ok_or_else(|| KeyError::Invalid(format!("entry {n} is not ID:BASE64KEY")))?;
             let (id, material) = (id.trim(), material.trim());
             check_key_id(id).map_err(|e| KeyError::Invalid(format!("entry {n}: {e}")))?;
             if keys.iter().any(|k| k.id == id) {
                 return Err(KeyError::Invalid(format!("key id {id:?} appears twice")));
             }
-            let bytes = STANDARD.decode(material).map_err(|_| {
-                KeyError::Invalid(format!("key {id:?} is not valid base64"))
-            })?;
+            let bytes = STANDARD
+                .decode(material)
+                .map_err(|_| KeyError::Invalid(format!("key {id:?} is not valid base64")))?;
             if bytes.len() != KEY_BYTES {
                 return Err(KeyError::Invalid(format!(
                     "key {id:?} has {} bytes, expected {KEY_BYTES}",

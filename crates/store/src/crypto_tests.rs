@@ -38,7 +38,9 @@ const TEST_KEY: &str = "test:KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=";
 async fn bare(db: &TestDb) -> Store {
     match db.postgres_schema() {
         None => Store::open(db.sqlite_path()).unwrap(),
-        Some((url, schema)) => Store::postgres_with_pool(url, Some(schema), 2).await.unwrap(),
+        Some((url, schema)) => Store::postgres_with_pool(url, Some(schema), 2)
+            .await
+            .unwrap(),
     }
 }
 
@@ -77,7 +79,10 @@ async fn a_ring_that_cannot_open_the_canary_is_refused(db: TestDb) {
     let other = KeyRing::parse(&KeyRing::generate_entry(Some("other")).unwrap()).unwrap();
     let s = bare(&db).await;
     let err = s.install_keys(other).await.unwrap_err().to_string();
-    assert!(err.contains("\"test\""), "names the key the database expects: {err}");
+    assert!(
+        err.contains("\"test\""),
+        "names the key the database expects: {err}"
+    );
     assert!(s.key_ring().is_none(), "nothing installed");
     let same_id = KeyRing::parse(&KeyRing::generate_entry(Some("test")).unwrap()).unwrap();
     let err = s.install_keys(same_id).await.unwrap_err().to_string();
@@ -99,21 +104,38 @@ async fn backends_hold_only_sealed_values(db: TestDb) {
         .await
         .unwrap();
     assert!(new);
-    assert_eq!(row.title, "title of t1", "the caller gets its plaintext back");
+    assert_eq!(
+        row.title, "title of t1",
+        "the caller gets its plaintext back"
+    );
     assert_eq!(row.inputs["password"], "pw-t1");
-    let claimed = store.claim_due("me", crate::now_ms(), 10, 60_000).await.unwrap();
+    let claimed = store
+        .claim_due("me", crate::now_ms(), 10, 60_000)
+        .await
+        .unwrap();
     assert_eq!(claimed[0].task.inputs["password"], "pw-t1");
     let mut step = StepRow::new("a");
     step.state = StepState::Done;
     step.output = json!({"echo": "pw-t1"});
     step.error = Some("pw-t1 failed once".into());
     store
-        .end_run("t1", claimed[0].task.lease_epoch, vec![step], RunEnd {
-            state: TaskState::Done,
-            due_at: None,
-            result: Some(json!({"final": "pw-t1"})),
-            event: NewEvent::transition("engine", "done", TaskState::Running, TaskState::Done, json!({"x": "pw-t1"})),
-        })
+        .end_run(
+            "t1",
+            claimed[0].task.lease_epoch,
+            vec![step],
+            RunEnd {
+                state: TaskState::Done,
+                due_at: None,
+                result: Some(json!({"final": "pw-t1"})),
+                event: NewEvent::transition(
+                    "engine",
+                    "done",
+                    TaskState::Running,
+                    TaskState::Done,
+                    json!({"x": "pw-t1"}),
+                ),
+            },
+        )
         .await
         .unwrap();
     let (t, steps) = store.get_task("t1").await.unwrap().unwrap();
@@ -128,14 +150,21 @@ async fn backends_hold_only_sealed_values(db: TestDb) {
     for table in SEALED_TABLES {
         for row in raw.sealed_page(table, None, 1000).await.unwrap() {
             for c in row.cells.into_iter().flatten() {
-                assert!(!c.contains("pw-t1") && !c.contains("title of"), "{}: {c}", table.name);
+                assert!(
+                    !c.contains("pw-t1") && !c.contains("title of"),
+                    "{}: {c}",
+                    table.name
+                );
                 cells += 1;
             }
         }
     }
     assert!(cells >= 8, "{cells}");
     let err = raw.get_task("t1").await.unwrap_err();
-    assert!(matches!(err, StoreError::Database(ref m) if m.contains("no key ring")), "{err}");
+    assert!(
+        matches!(err, StoreError::Database(ref m) if m.contains("no key ring")),
+        "{err}"
+    );
     let status = store.key_status().await.unwrap();
     assert_eq!(status.under_old_keys, 0);
     assert!(status.sealed["test"] >= 8, "{status:?}");
@@ -163,22 +192,35 @@ async fn rotation_reseals_everything_and_never_overwrites_a_newer_write(db: Test
     let tasks = &SEALED_TABLES[0];
     let page = s.sealed_page(tasks, None, 1).await.unwrap();
     let old_inputs = page[0].cells[1].clone().unwrap();
-    s.transition("t000", &[TaskState::Ready], TaskState::Paused, None, Some(json!({"r": 1})), event(Value::Null))
-        .await
-        .unwrap();
+    s.transition(
+        "t000",
+        &[TaskState::Ready],
+        TaskState::Paused,
+        None,
+        Some(json!({"r": 1})),
+        event(Value::Null),
+    )
+    .await
+    .unwrap();
     let (stale, _) = s.get_task("t000").await.unwrap().unwrap();
     let done = s
-        .swap_sealed(tasks, vec![CellSwap {
-            key: page[0].key.clone(),
-            column: 2, // resolver_inputs, rewritten by the transition
-            old: "{}".into(),
-            new: "\"stale\"".into(),
-        }, CellSwap {
-            key: page[0].key.clone(),
-            column: 1,
-            old: old_inputs.clone(),
-            new: old_inputs.clone(),
-        }])
+        .swap_sealed(
+            tasks,
+            vec![
+                CellSwap {
+                    key: page[0].key.clone(),
+                    column: 2, // resolver_inputs, rewritten by the transition
+                    old: "{}".into(),
+                    new: "\"stale\"".into(),
+                },
+                CellSwap {
+                    key: page[0].key.clone(),
+                    column: 1,
+                    old: old_inputs.clone(),
+                    new: old_inputs.clone(),
+                },
+            ],
+        )
         .await
         .unwrap();
     assert_eq!(done, 1, "only the unchanged cell is swapped");
@@ -190,12 +232,21 @@ async fn rotation_reseals_everything_and_never_overwrites_a_newer_write(db: Test
         tokio::spawn(async move {
             for i in 1..300 {
                 let id = format!("t{i:03}");
-                s.transition(&id, &[TaskState::Ready], TaskState::Paused, None, Some(json!({"by": id})), event(json!({"i": i})))
-                    .await
-                    .unwrap();
+                s.transition(
+                    &id,
+                    &[TaskState::Ready],
+                    TaskState::Paused,
+                    None,
+                    Some(json!({"by": id})),
+                    event(json!({"i": i})),
+                )
+                .await
+                .unwrap();
             }
             for i in 300..400 {
-                s.create_task(task(&format!("t{i:03}")), event(Value::Null)).await.unwrap();
+                s.create_task(task(&format!("t{i:03}")), event(Value::Null))
+                    .await
+                    .unwrap();
             }
         })
     };
@@ -205,7 +256,10 @@ async fn rotation_reseals_everything_and_never_overwrites_a_newer_write(db: Test
     assert!(report.resealed > 0);
     let report2 = s.rotate_keys().await.unwrap();
     let status = s.key_status().await.unwrap();
-    assert_eq!(status.under_old_keys, 0, "{status:?} after {report:?} and {report2:?}");
+    assert_eq!(
+        status.under_old_keys, 0,
+        "{status:?} after {report:?} and {report2:?}"
+    );
     assert_eq!(status.canary.as_deref(), Some("new"));
     s.close();
 

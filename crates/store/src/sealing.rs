@@ -251,7 +251,11 @@ impl Store {
 
     /// Inserts a task and its steps. With an idempotency key already used for this template,
     /// returns the existing task and `false` (also when two callers race with the same key).
-    pub async fn create_task(&self, mut t: NewTask, mut event: NewEvent) -> Result<(TaskRow, bool)> {
+    pub async fn create_task(
+        &self,
+        mut t: NewTask,
+        mut event: NewEvent,
+    ) -> Result<(TaskRow, bool)> {
         let s = self.sealer();
         let plain = s.new_task(&mut t)?;
         s.event(&mut event)?;
@@ -321,7 +325,12 @@ impl Store {
     }
 
     /// Writes step rows of a task held at `epoch`.
-    pub async fn save_steps(&self, task_id: &str, epoch: i64, mut steps: Vec<StepRow>) -> Result<()> {
+    pub async fn save_steps(
+        &self,
+        task_id: &str,
+        epoch: i64,
+        mut steps: Vec<StepRow>,
+    ) -> Result<()> {
         let s = self.sealer();
         for step in &mut steps {
             s.step(step)?;

@@ -269,12 +269,14 @@ impl TestDb {
     pub async fn open_with_pool(&self, pool: usize) -> Store {
         match &self.pg {
             None => self.open().await,
-            Some((url, schema)) => with_test_keys(
-                Store::postgres_with_pool(url, Some(schema), pool)
-                    .await
-                    .unwrap_or_else(|e| panic!("open the PostgreSQL store in {schema}: {e}")),
-            )
-            .await,
+            Some((url, schema)) => {
+                with_test_keys(
+                    Store::postgres_with_pool(url, Some(schema), pool)
+                        .await
+                        .unwrap_or_else(|e| panic!("open the PostgreSQL store in {schema}: {e}")),
+                )
+                .await
+            }
         }
     }
 

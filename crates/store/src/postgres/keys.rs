@@ -77,7 +77,10 @@ impl PgStore {
             for (i, (k, _)) in table.key.iter().enumerate() {
                 cond.push_str(&format!("{k} = ${} AND ", i + 3));
             }
-            let sql = format!("UPDATE {} SET {col} = $1 WHERE {cond}{col} = $2", table.name);
+            let sql = format!(
+                "UPDATE {} SET {col} = $1 WHERE {cond}{col} = $2",
+                table.name
+            );
             let mut args: Vec<Param<'_>> = vec![&s.new, &s.old];
             args.extend(s.key.iter().map(param));
             done += execute(&tx, &sql, &args).await? as usize;

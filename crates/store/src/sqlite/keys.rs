@@ -82,7 +82,10 @@ impl SqliteStore {
                 for (i, (k, _)) in table.key.iter().enumerate() {
                     cond.push_str(&format!("{k} = ?{} AND ", i + 3));
                 }
-                let sql = format!("UPDATE {} SET {col} = ?1 WHERE {cond}{col} = ?2", table.name);
+                let sql = format!(
+                    "UPDATE {} SET {col} = ?1 WHERE {cond}{col} = ?2",
+                    table.name
+                );
                 let mut args = vec![SqlValue::Text(s.new.clone()), SqlValue::Text(s.old.clone())];
                 args.extend(s.key.iter().map(sql_key));
                 done += c.prepare_cached(&sql)?.execute(params_from_iter(args))?;
