@@ -200,8 +200,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let probe = Arc::new(Probe::default());
     let mut engines = Vec::new();
     let mut stores = Vec::new();
+    // Stored data is sealed as `serve` seals it, with a ring of one fresh key.
+    let ring = taskhook_store::KeyRing::generate_entry(Some("bench"))?;
     for i in 0..args.instances {
         let store = db.open().await?;
+        store
+            .install_keys(taskhook_store::KeyRing::parse(&ring)?)
+            .await?;
         let mut registry = Registry::builtin(&ActionSettings::default());
         registry.register(Arc::new(ProbeAction(probe.clone())));
         let config = EngineConfig {

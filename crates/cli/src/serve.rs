@@ -111,6 +111,10 @@ pub struct ServeArgs {
     /// retries, without the output).
     #[arg(long, env = "TASKHOOK_MAX_STEP_OUTPUT_BYTES", default_value = "1MiB", value_parser = parse_bytes)]
     max_step_output_bytes: usize,
+    /// The key ring sealing stored data (`ID:BASE64KEY` per line, newest last). Default:
+    /// TASKHOOK_KEYS, else `<data-dir>/keys`, generated on first start.
+    #[arg(long, env = "TASKHOOK_KEY_FILE")]
+    key_file: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -511,6 +515,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let db = Database::from_url(args.database_url.as_deref(), &args.data_dir)?;
     let store = db.open(args.database_pool).await?;
+    let (ring, ring_source) = crate::keys_cli::load_ring(args.key_file.as_deref(), &args.data_dir)?;
+    crate::keys_cli::install(&store, ring, &ring_source).await?;
     let roles = &args.roles;
     let settings = ActionSettings {
         scripts_dir: args.scripts_dir.clone(),

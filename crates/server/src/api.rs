@@ -83,6 +83,7 @@ pub fn routes(state: AppState) -> Router {
             get(crate::maintenance::get_maintenance).put(crate::maintenance::put_maintenance),
         )
         .merge(crate::hooks_api::routes())
+        .merge(crate::keys::routes())
         // After routing, so that the gate sees which route a request is for.
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -6,6 +6,7 @@ mod api;
 mod auth;
 mod dto;
 mod hooks_api;
+mod keys;
 mod maintenance;
 mod problem;
 

@@ -13,7 +13,9 @@
 //!
 //! [`Store`] is the handle the rest of the program uses; it dispatches to the backend.
 
+pub mod crypto;
 mod postgres;
+mod sealing;
 mod sqlite;
 #[doc(hidden)]
 pub mod testing;
@@ -25,6 +27,7 @@ use serde_json::Value;
 use taskhook_model::TaskState;
 use tokio::sync::Notify;
 
+pub use crypto::{KeyError, KeyRing, KeyStatus, RotationReport};
 pub use postgres::{DEFAULT_POOL_SIZE, PgStore};
 pub use sqlite::SqliteStore;
 pub use types::*;
@@ -298,6 +301,7 @@ macro_rules! delegate {
 }
 
 delegate! {
+    // Calls carrying sealed values (tasks, steps, events, fires, hooks) are in `sealing.rs`.
     // ---- templates ----
 
     /// Stores a template body as a new version when it differs from the current one.
@@ -330,44 +334,10 @@ delegate! {
 
     // ---- hooks ----
 
-    /// Creates or replaces a hook. A new hook gets `new_token` as its trigger token; a replaced
-    /// one keeps its token and schedule position. Returns the row and whether it is new.
-    pub async fn put_hook(&self, group: &str, id: &str, body: Value, new_token: &str) -> Result<(HookRow, bool)>;
-
-    pub async fn get_hook(&self, group: &str, id: &str) -> Result<Option<HookRow>>;
-
-    /// Every hook, or those of one group, ordered by group and id.
-    pub async fn list_hooks(&self, group: Option<&str>) -> Result<Vec<HookRow>>;
-
     /// `(group, id, updated_at)` of every hook: lets a watcher re-read only what changed.
     pub async fn hook_versions(&self) -> Result<Vec<(String, String, i64)>>;
 
     pub async fn delete_hook(&self, group: &str, id: &str) -> Result<bool>;
-
-    /// Replaces a hook's trigger token; false when there is no such hook.
-    pub async fn set_hook_token(&self, group: &str, id: &str, token: &str) -> Result<bool>;
-
-    /// Records one event meeting a hook, with the task it creates, in one transaction.
-    ///
-    /// A delivery id already seen since `dedupe_since`, or a due time already fired, returns
-    /// the first fire instead ([`FireOutcome::Duplicate`]). With `overlap` set and an
-    /// unfinished task from this hook, no task is created and the fire's result is the
-    /// given word (`skipped` or `queued`). All of this holds under any concurrency, across
-    /// instances too (PostgreSQL serialises the fires of one hook).
-    pub async fn record_fire(
-        &self,
-        fire: NewFire,
-        task: Option<(NewTask, NewEvent)>,
-        dedupe_since: Option<i64>,
-        overlap: Option<&'static str>,
-    ) -> Result<FireOutcome>;
-
-    /// The oldest fire of a hook still waiting for its predecessor to finish.
-    pub async fn oldest_queued_fire(&self, group: &str, id: &str) -> Result<Option<FireRow>>;
-
-    /// Starts the task of a queued fire, if the fire is still queued and no task of its hook is
-    /// unfinished; otherwise does nothing and returns `None`.
-    pub async fn start_queued_fire(&self, fire_id: &str, task: NewTask, event: NewEvent) -> Result<Option<TaskRow>>;
 
     /// `(scheduled_for, received_at)` of every scheduled fire received since `since` (unix ms):
     /// how late schedules fire.
@@ -377,59 +347,12 @@ delegate! {
     /// many went. Tasks are kept.
     pub async fn prune_fires(&self, before: i64, limit: u32) -> Result<usize>;
 
-    /// Fires of a hook, newest first, with the current state of each created task.
-    pub async fn list_fires(&self, group: &str, id: &str, before: Option<String>, limit: u32) -> Result<Vec<FireRow>>;
-
     // ---- tasks ----
-
-    /// Inserts a task and its steps. With an idempotency key already used for this template,
-    /// returns the existing task and `false` (also when two callers race with the same key).
-    pub async fn create_task(&self, t: NewTask, event: NewEvent) -> Result<(TaskRow, bool)>;
-
-    /// A task and its steps (ordered by name).
-    pub async fn get_task(&self, id: &str) -> Result<Option<(TaskRow, Vec<StepRow>)>>;
-
-    /// Tasks matching a filter, newest first.
-    pub async fn list_tasks(&self, f: TaskFilter) -> Result<Vec<TaskRow>>;
-
-    /// A task's audit trail, oldest first.
-    pub async fn task_events(&self, id: &str) -> Result<Vec<TaskEvent>>;
 
     // ---- the engine's side ----
 
-    /// Claims up to `limit` tasks due at `now` (READY, or WAITING on a timer that fired):
-    /// sets them RUNNING under a new lease epoch (one more than the last: the fencing token)
-    /// and returns them with their steps. Concurrent claimers never claim the same task.
-    pub async fn claim_due(&self, owner: &str, now: i64, limit: usize, lease_ms: i64) -> Result<Vec<ClaimedTask>>;
-
     /// When the next READY or timer-WAITING task becomes due, if any.
     pub async fn next_due_at(&self) -> Result<Option<i64>>;
-
-    /// Writes step rows of a task held at `epoch`.
-    pub async fn save_steps(&self, task_id: &str, epoch: i64, steps: Vec<StepRow>) -> Result<()>;
-
-    /// Ends a run: writes the last step rows, moves the task to its next state, releases the
-    /// lease and the task's resource slots, and records why. A stop recorded with the task
-    /// (pause or cancel asked while it ran, see [`Store::pending_stops`]) that the run did not
-    /// apply is applied to the state the run leaves, with its own audit entry. When the task
-    /// ends and its parent waits on it, wakes the parent (returns its id so the caller can
-    /// notify the engine).
-    pub async fn end_run(&self, task_id: &str, epoch: i64, steps: Vec<StepRow>, end: RunEnd) -> Result<Option<String>>;
-
-    /// A human or the API changes a task's state (resolve, retry, pause, cancel).
-    /// `due_at` is set when the task becomes READY. A RUNNING task is left alone for
-    /// PAUSED and CANCELLED: the engine must stop its run, and [`TransitionOutcome::Running`]
-    /// says so. The request is then recorded with the task (a cancel is not replaced by a
-    /// later pause) for the instance that holds the run ([`Store::pending_stops`]).
-    pub async fn transition(
-        &self,
-        task_id: &str,
-        allowed_from: &'static [TaskState],
-        to: TaskState,
-        due_at: Option<i64>,
-        resolver_inputs: Option<Value>,
-        event: NewEvent,
-    ) -> Result<TransitionOutcome>;
 
     /// At start: tasks left RUNNING by a process that is gone become READY now (audit
     /// `recovered`); the engine then sorts out their RUNNING steps. SQLite: every RUNNING task
@@ -479,3 +402,6 @@ delegate! {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod crypto_tests;

@@ -24,6 +24,7 @@
 //! Times are unix ms computed by the program ([`now_ms`]), as with SQLite.
 
 mod batch;
+mod keys;
 mod listener;
 mod notify;
 mod ops;
@@ -72,6 +73,7 @@ struct Inner {
     /// The schema the store works in (`current_schema()` of its connections).
     schema: String,
     stop: CancellationToken,
+    keys: crate::crypto::Keys,
 }
 
 impl Drop for Inner {
@@ -524,6 +526,7 @@ impl PgStore {
                 signals,
                 schema: current,
                 stop,
+                keys: Default::default(),
             }),
         })
     }

@@ -2,6 +2,8 @@
 //! commits every queued write in one transaction (each write inside its own savepoint,
 //! so one failure does not undo its neighbours); callers hear back only after COMMIT.
 
+mod keys;
+
 use std::cell::Cell;
 use std::path::Path;
 use std::sync::{Arc, Mutex, mpsc};
@@ -43,6 +45,7 @@ struct Inner {
     path: std::path::PathBuf,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     signals: Arc<Signals>,
+    keys: crate::crypto::Keys,
 }
 
 thread_local! {
@@ -287,6 +290,7 @@ impl SqliteStore {
                 path,
                 writer_thread: Mutex::new(Some(handle)),
                 signals: Arc::new(Signals::default()),
+                keys: Default::default(),
             }),
         })
     }

@@ -22,6 +22,20 @@ pub const DEFAULT_TEST_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/
 /// Stale test schemas are dropped after this long.
 const STALE_AFTER_SECS: u64 = 2 * 3600;
 
+/// The key ring test stores seal with: one fixed key, id `test`.
+pub fn test_key_ring() -> crate::KeyRing {
+    crate::KeyRing::parse("test:KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=")
+        .expect("the test key ring parses")
+}
+
+async fn with_test_keys(store: Store) -> Store {
+    store
+        .install_keys(test_key_ring())
+        .await
+        .expect("install the test key ring");
+    store
+}
+
 /// The PostgreSQL URL tests use.
 pub fn database_url() -> String {
     std::env::var("TASKHOOK_TEST_DATABASE_URL")
@@ -240,22 +254,29 @@ impl TestDb {
 
     /// Opens a store on this database (each call a new handle: a new process, as far as the
     /// store is concerned).
+    /// The store seals with [`test_key_ring`].
     pub async fn open(&self) -> Store {
-        match &self.pg {
+        let store = match &self.pg {
             None => Store::open(self.sqlite_path()).expect("open the SQLite store"),
             Some((url, schema)) => Store::postgres(url, Some(schema))
                 .await
                 .unwrap_or_else(|e| panic!("open the PostgreSQL store in {schema}: {e}")),
-        }
+        };
+        with_test_keys(store).await
     }
 
     /// [`TestDb::open`] with a PostgreSQL pool of `pool` connections.
     pub async fn open_with_pool(&self, pool: usize) -> Store {
         match &self.pg {
             None => self.open().await,
-            Some((url, schema)) => Store::postgres_with_pool(url, Some(schema), pool)
+            Some((url, schema)) => {
+                with_test_keys(
+                    Store::postgres_with_pool(url, Some(schema), pool)
+                        .await
+                        .unwrap_or_else(|e| panic!("open the PostgreSQL store in {schema}: {e}")),
+                )
                 .await
-                .unwrap_or_else(|e| panic!("open the PostgreSQL store in {schema}: {e}")),
+            }
         }
     }
 
