@@ -52,7 +52,19 @@ impl Sink {
 }
 
 fn start_cluster(url: &str, n: usize, extra: &[&str]) -> Vec<Server> {
-    let mut flags = vec!["--database-url", url, "--database-pool", "8"];
+    // The instances share one key ring, as every instance of a cluster must.
+    let ring = support::fresh_dir().join("keys");
+    let ring = ring.to_str().unwrap();
+    let (code, _, err) = support::taskhook(None, &["keys", "generate", "--key-file", ring]);
+    assert_eq!(code, 0, "{err}");
+    let mut flags = vec![
+        "--database-url",
+        url,
+        "--database-pool",
+        "8",
+        "--key-file",
+        ring,
+    ];
     flags.extend_from_slice(extra);
     (0..n)
         .map(|_| Server::start_in(support::fresh_dir(), &flags))
