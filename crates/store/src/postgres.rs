@@ -1505,14 +1505,10 @@ impl PgStore {
         let detail = json(&serde_json::json!({"reason": reason}));
         let row = query_one(
             &c,
-            // Rows are locked in id order, as a batch of writes locks them (see `batch`): a
-            // batch and this statement never wait for each other in a cycle.
-            "WITH l AS ( \
-               SELECT id FROM tasks WHERE id = ANY($1::text[]) ORDER BY id COLLATE \"C\" FOR NO KEY UPDATE), \
-             r AS ( \
+            "WITH r AS ( \
                UPDATE tasks t SET state = 'READY', due_at = $3, lease_owner = NULL, lease_until = NULL, updated_at = $3 \
                FROM unnest($1::text[], $2::bigint[]) AS u(id, epoch) \
-               WHERE t.id = u.id AND t.id IN (SELECT id FROM l) AND t.state = 'RUNNING' AND t.lease_epoch = u.epoch RETURNING t.id), \
+               WHERE t.id = u.id AND t.state = 'RUNNING' AND t.lease_epoch = u.epoch RETURNING t.id), \
              e AS ( \
                INSERT INTO task_events (task_id, at, actor, kind, from_state, to_state, detail) \
                SELECT id, $3, 'engine', 'recovered', 'RUNNING', 'READY', $4 FROM r ORDER BY id) \
@@ -1541,12 +1537,10 @@ impl PgStore {
         let epochs: Vec<i64> = held.iter().map(|(_, e)| *e).collect();
         let rows = query(
             &c,
-            // Rows are locked in id order, as a batch of writes locks them (see `batch`).
             "WITH u AS (SELECT * FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS u(id, epoch, ord)), \
-             l AS (SELECT id FROM tasks WHERE id = ANY($1::text[]) ORDER BY id COLLATE \"C\" FOR NO KEY UPDATE), \
              r AS ( \
                UPDATE tasks t SET lease_until = $4 FROM u \
-               WHERE t.id = u.id AND t.id IN (SELECT id FROM l) AND t.state = 'RUNNING' AND t.lease_epoch = u.epoch AND t.lease_owner = $3 \
+               WHERE t.id = u.id AND t.state = 'RUNNING' AND t.lease_epoch = u.epoch AND t.lease_owner = $3 \
                RETURNING t.id, t.lease_epoch), \
              s AS ( \
                UPDATE resource_slots rs SET until = $4 FROM r \

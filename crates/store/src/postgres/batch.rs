@@ -6,8 +6,7 @@
 //! Inside a batch the writes run one after another, in the order of their keys (stable, so
 //! writes with one key keep their arrival order): two fires of one hook or two creations with
 //! one idempotency key see each other as they would in separate transactions, and batches of
-//! different writers or instances take their locks in the same order (task rows in id order,
-//! as the multi-row writes `renew_leases` and `release_orphans` lock them too).
+//! different writers or instances take their locks in the same order.
 //!
 //! A write whose error leaves the transaction unusable (any database error: a constraint, a
 //! deadlock, a lost connection), or that must undo its own changes, makes the writer roll the
