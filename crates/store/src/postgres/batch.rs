@@ -34,7 +34,8 @@ const MAX_BATCH: usize = 512;
 /// Times a write that hit a deadlock or serialization failure on its own is tried.
 const TRIES: usize = 3;
 
-/// One queued write.
+/// One queued write. (Short-lived in the queue: its size does not matter.)
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Op {
     CreateTask {
         task: NewTask,
