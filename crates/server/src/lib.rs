@@ -6,8 +6,11 @@ mod api;
 mod auth;
 mod dto;
 mod hooks_api;
+pub mod identity;
 mod maintenance;
 mod problem;
+pub mod scopes;
+mod tokens_api;
 
 use std::sync::Arc;
 
@@ -15,6 +18,7 @@ use axum::Router;
 use taskhook_engine::Engine;
 
 pub use auth::AdminToken;
+pub use identity::{Caller, Identity, ProxyAuth, ProxyScopes};
 pub use problem::Problem;
 
 /// Request-size limits, each configurable. Template limits (document size, steps) belong to
@@ -38,6 +42,8 @@ pub struct AppState {
     pub engine: Engine,
     pub admin: Arc<AdminToken>,
     pub limits: Limits,
+    /// API tokens' bookkeeping and the reverse-proxy settings.
+    pub identity: Arc<Identity>,
 }
 
 /// The whole HTTP application.

@@ -479,3 +479,6 @@ delegate! {
 
 #[cfg(test)]
 mod tests;
+
+mod tokens;
+pub use tokens::{NewToken, TokenRow};
