@@ -246,7 +246,7 @@ async fn every_route_is_guarded_by_its_scope() {
                 };
                 let mut right_scopes = vec![required.clone()];
                 right_scopes.extend(extra_scopes(r));
-                let neighbour = token_with(&s, &[neighbour_scope.clone()]).await;
+                let neighbour = token_with(&s, std::slice::from_ref(&neighbour_scope)).await;
                 let right = token_with(&s, &right_scopes).await;
 
                 let (st, v) = call(&s, r.method, &path, None, body).await;
