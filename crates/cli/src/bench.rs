@@ -422,6 +422,7 @@ async fn bench_webhooks(engines: &[Engine], total: usize) -> anyhow::Result<()> 
                 &taskhook_server::AdminToken::generate(),
             )),
             limits: taskhook_server::Limits::default(),
+            identity: Default::default(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         addrs.push(listener.local_addr()?);

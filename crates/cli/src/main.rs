@@ -6,6 +6,7 @@ mod client;
 mod hooks_cli;
 mod keys_cli;
 mod serve;
+mod token_cli;
 
 use clap::{Parser, Subcommand};
 
@@ -44,6 +45,9 @@ enum Command {
     /// Encryption at rest: generate keys, reseal stored data with the newest key, show status.
     #[command(subcommand)]
     Keys(keys_cli::KeysCommand),
+    /// Create, list and revoke API tokens (scoped bearer tokens).
+    #[command(subcommand)]
+    Token(token_cli::TokenCommand),
     /// Measure the engine on this machine (in-process; SQLite in a temporary directory, or PostgreSQL).
     Bench(bench::BenchArgs),
 }
@@ -71,6 +75,7 @@ fn main() -> std::process::ExitCode {
             Command::Maintenance(cmd) => client::maintenance(cmd).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Keys(cmd) => keys_cli::keys(cmd).await,
+            Command::Token(cmd) => token_cli::token(cmd).await,
         }
     });
     match result {

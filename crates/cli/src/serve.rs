@@ -115,6 +115,8 @@ pub struct ServeArgs {
     /// TASKHOOK_KEYS, else `<data-dir>/keys`, generated on first start.
     #[arg(long, env = "TASKHOOK_KEY_FILE")]
     key_file: Option<PathBuf>,
+    #[command(flatten)]
+    proxy: crate::token_cli::ProxyArgs,
 }
 
 #[derive(Args)]
@@ -581,6 +583,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         tracing::info!(count = n, dir = %dir.display(), "hooks loaded");
     }
     let (admin, shown) = admin_token(&store, &args.data_dir).await?;
+    let proxy = args.proxy.load()?;
     let engine_task = if roles.contains(&Role::Worker) {
         Some(engine.start().await?)
     } else {
@@ -616,6 +619,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             limits: Limits {
                 max_body_bytes: args.max_body_bytes,
             },
+            identity: Arc::new(taskhook_server::Identity::new(proxy)),
         };
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
@@ -630,9 +634,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             args.data_dir.join("admin-token").display()
         );
         let stop = first_signal.clone();
-        axum::serve(listener, taskhook_server::router(state))
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await?;
+        axum::serve(
+            listener,
+            taskhook_server::router(state)
+                .into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await?;
     } else {
         println!("taskhook is running without an API");
         println!("data: {}", db.display());

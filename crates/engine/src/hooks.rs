@@ -318,6 +318,10 @@ impl Inner {
         };
         let mut prepared = None;
         match decide(hook, &event) {
+            Ok(Decision::Create(_)) if hook.scope_error().is_some() => {
+                fire.result = "error".into();
+                fire.error = hook.scope_error();
+            }
             Ok(Decision::Create(inputs)) => {
                 let req = CreateTask {
                     template: hook.template.clone(),

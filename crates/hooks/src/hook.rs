@@ -77,6 +77,11 @@ pub struct Hook {
     pub dedupe_window_seconds: u64,
     #[serde(default = "yes")]
     pub enabled: bool,
+    /// What the hook may do when it fires (the role it acts with); default
+    /// `["tasks:create:<template>"]`. A fire whose scopes do not grant
+    /// `tasks:create:<template>` is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<Vec<String>>,
 }
 
 fn empty_object() -> Value {
@@ -163,6 +168,9 @@ impl Hook {
         if let Some(w) = &self.webhook {
             validate_settings(w).map_err(|e| err(format!("webhook.{}", e.field), e.message))?;
         }
+        for (i, s) in self.scopes.iter().flatten().enumerate() {
+            taskhook_model::scope::check(s).map_err(|e| err(format!("scopes[{i}]"), e))?;
+        }
         for (i, m) in self.methods.iter().enumerate() {
             if !matches!(m.as_str(), "GET" | "POST" | "PUT" | "PATCH" | "DELETE") {
                 return Err(err(
@@ -180,6 +188,21 @@ impl Hook {
             .iter()
             .filter_map(|e| Schedule::parse(e, &self.timezone).ok())
             .collect()
+    }
+
+    /// The scopes the hook acts with: its `scopes`, or `tasks:create:<template>`.
+    pub fn effective_scopes(&self) -> Vec<String> {
+        self.scopes
+            .clone()
+            .unwrap_or_else(|| vec![format!("tasks:create:{}", self.template)])
+    }
+
+    /// The error of a fire the hook's scopes do not allow, if they do not.
+    pub fn scope_error(&self) -> Option<String> {
+        let needed = format!("tasks:create:{}", self.template);
+        (!taskhook_model::scope::satisfies(&self.effective_scopes(), &needed)).then(|| {
+            format!("the hook's scopes do not grant {needed:?}, so it may not create the task")
+        })
     }
 
     /// The hook as the API shows it: webhook secrets masked.

@@ -12,7 +12,6 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use taskhook_engine::CreateTask;
 use taskhook_model::{TaskState, Template};
-use taskhook_store::TaskFilter;
 use utoipa::OpenApi;
 
 use crate::auth::Caller;
@@ -30,6 +29,7 @@ use crate::{AppState, Problem};
         crate::hooks_api::reset_token, crate::hooks_api::trigger, crate::hooks_api::trigger_with_token, crate::hooks_api::webhook,
         crate::hooks_api::test_hook,
         crate::maintenance::get_maintenance, crate::maintenance::put_maintenance,
+        crate::tokens_api::create_token, crate::tokens_api::list_tokens, crate::tokens_api::revoke_token,
         create_task, get_task, list_tasks, task_events, resolve_task, cancel_task, retry_task, pause_task
     ),
     components(schemas(crate::maintenance::MaintenanceRequest, crate::maintenance::MaintenanceOut, crate::hooks_api::HookOut, crate::hooks_api::FireOut, crate::hooks_api::Fired, crate::hooks_api::TestEvent, Problem, CreateTaskRequest, ResolveRequest, TaskCreated, TemplateOut, TemplateSummary, TaskOut, StepOut, TaskPage, EventOut)),
@@ -84,10 +84,16 @@ pub fn routes(state: AppState) -> Router {
         )
         .merge(crate::hooks_api::routes())
         .merge(crate::keys::routes())
+        .merge(crate::tokens_api::routes())
         // After routing, so that the gate sees which route a request is for.
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::maintenance::gate,
+        ))
+        // Outermost: every route is authorized from the route table before anything else.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::identity::authorize,
         ))
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "no such route") })
         .layer(DefaultBodyLimit::max(limit))
@@ -257,7 +263,7 @@ struct TemplateListQuery {
 #[utoipa::path(get, path = "/api/v1/templates", params(("hidden" = Option<bool>, Query, description = "Include hidden templates")),
     responses((status = 200, body = Vec<TemplateSummary>)))]
 async fn list_templates(
-    _c: Caller,
+    c: Caller,
     State(s): State<AppState>,
     q: Result<Query<TemplateListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Vec<TemplateSummary>>, Problem> {
@@ -269,6 +275,7 @@ async fn list_templates(
             .filter_map(TemplateSummary::from_row)
             .filter(|(_, hidden)| q.hidden || !hidden)
             .map(|(t, _)| t)
+            .filter(|t| c.may(&format!("templates:read:{}", t.name)))
             .collect(),
     ))
 }
@@ -343,11 +350,13 @@ async fn get_function(
 }
 
 #[utoipa::path(get, path = "/api/v1/functions", responses((status = 200, description = "Every library function")))]
-async fn list_functions(
-    _c: Caller,
-    State(s): State<AppState>,
-) -> Result<Json<Vec<Value>>, Problem> {
-    Ok(Json(s.engine.store().list_functions().await?))
+async fn list_functions(c: Caller, State(s): State<AppState>) -> Result<Json<Vec<Value>>, Problem> {
+    let mut all = s.engine.store().list_functions().await?;
+    all.retain(|f| {
+        let name = f.get("name").and_then(Value::as_str).unwrap_or_default();
+        c.may(&format!("functions:read:{name}"))
+    });
+    Ok(Json(all))
 }
 
 #[utoipa::path(delete, path = "/api/v1/functions/{name}", responses((status = 204), (status = 404, body = Problem)))]
@@ -470,7 +479,7 @@ struct TaskListQuery {
         ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
     responses((status = 200, body = TaskPage), (status = 400, body = Problem)))]
 async fn list_tasks(
-    _c: Caller,
+    c: Caller,
     State(s): State<AppState>,
     q: Result<Query<TaskListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<TaskPage>, Problem> {
@@ -484,19 +493,8 @@ async fn list_tasks(
         None => None,
     };
     let limit = page_limit(q.limit)?;
-    let rows = s
-        .engine
-        .store()
-        .list_tasks(TaskFilter {
-            state,
-            template: q.template,
-            before: q.cursor,
-            limit,
-        })
-        .await?;
-    let next_cursor = (rows.len() == limit as usize)
-        .then(|| rows.last().map(|t| t.id.clone()))
-        .flatten();
+    let (rows, next_cursor) =
+        crate::identity::readable_tasks(&s, &c, state, q.template, q.cursor, limit).await?;
     let mut templates: std::collections::HashMap<(String, i64), Option<Template>> =
         Default::default();
     let mut tasks = Vec::with_capacity(rows.len());

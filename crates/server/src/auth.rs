@@ -1,12 +1,9 @@
 //! Bearer-token authentication. The admin token is kept only as a SHA-256 hash and
-//! compared in constant time.
+//! compared in constant time; API tokens and the authorization checks are in
+//! [`crate::identity`].
 
-use axum::extract::FromRequestParts;
-use axum::http::request::Parts;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-
-use crate::{AppState, Problem};
 
 pub struct AdminToken {
     hash: [u8; 32],
@@ -42,45 +39,5 @@ impl AdminToken {
     }
 }
 
-/// Who made the request. Extracting it rejects unauthenticated requests with 401.
-pub struct Caller {
-    pub name: String,
-}
-
-impl Caller {
-    /// 403 unless the caller is the admin (today the only token there is).
-    pub fn require_admin(&self) -> Result<(), Problem> {
-        if self.name == "admin" {
-            Ok(())
-        } else {
-            Err(Problem::new(
-                axum::http::StatusCode::FORBIDDEN,
-                "only the admin token may do this",
-            ))
-        }
-    }
-}
-
-impl FromRequestParts<AppState> for Caller {
-    type Rejection = Problem;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
-        let token = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .ok_or_else(Problem::unauthorized)?;
-        if state.admin.matches(token) {
-            Ok(Caller {
-                name: "admin".into(),
-            })
-        } else {
-            Err(Problem::unauthorized())
-        }
-    }
-}
+/// Who made the request: see [`crate::identity`].
+pub use crate::identity::Caller;

@@ -143,7 +143,7 @@ fn hook_out(row: HookRow, hook: &Hook) -> HookOut {
 #[utoipa::path(put, path = "/api/v1/hooks/{group}/{id}", request_body(content = String, description = "Hook as YAML or JSON"),
     responses((status = 201, body = HookOut), (status = 200, body = HookOut), (status = 400, body = Problem)))]
 pub async fn put_hook(
-    _c: Caller,
+    c: Caller,
     State(s): State<AppState>,
     Path((group, id)): Path<(String, String)>,
     b: Result<Bytes, BytesRejection>,
@@ -154,6 +154,15 @@ pub async fn put_hook(
         .map_err(|_| Problem::field(StatusCode::BAD_REQUEST, "body", "hook must be UTF-8 text"))?;
     let hook = Hook::parse(text)
         .map_err(|e| Problem::field(StatusCode::BAD_REQUEST, e.field, e.message))?;
+    // A hook acts with its scopes: only a caller holding all of them may write it.
+    if let Some(missing) = taskhook_model::scope::first_missing(&c.scopes, &hook.effective_scopes())
+    {
+        return Err(Problem::field(
+            StatusCode::FORBIDDEN,
+            "scopes",
+            format!("the hook would hold {missing:?}, which the caller does not hold"),
+        ));
+    }
     let (row, created) = s.engine.put_hook(&group, &id, hook).await?;
     let stored: Hook = serde_json::from_value(row.body.clone())
         .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
@@ -166,13 +175,14 @@ pub async fn put_hook(
 }
 
 #[utoipa::path(get, path = "/api/v1/hooks", responses((status = 200, description = "Hook groups: {\"groups\": [...]}")))]
-pub async fn list_groups(_c: Caller, State(s): State<AppState>) -> Result<Json<Value>, Problem> {
+pub async fn list_groups(c: Caller, State(s): State<AppState>) -> Result<Json<Value>, Problem> {
     let mut groups: Vec<String> = s
         .engine
         .store()
         .list_hooks(None)
         .await?
         .into_iter()
+        .filter(|h| c.may(&format!("hooks:read:{}/{}", h.group, h.id)))
         .map(|h| h.group)
         .collect();
     groups.dedup();
@@ -181,13 +191,14 @@ pub async fn list_groups(_c: Caller, State(s): State<AppState>) -> Result<Json<V
 
 #[utoipa::path(get, path = "/api/v1/hooks/{group}", responses((status = 200, description = "Hooks of a group: {\"hooks\": [...]}")))]
 pub async fn list_group(
-    _c: Caller,
+    c: Caller,
     State(s): State<AppState>,
     Path(group): Path<String>,
 ) -> Result<Json<Value>, Problem> {
     let rows = s.engine.store().list_hooks(Some(&group)).await?;
     let hooks: Vec<Value> = rows
         .into_iter()
+        .filter(|h| c.may(&format!("hooks:read:{}/{}", h.group, h.id)))
         .map(|r| {
             let meta = r.body.get("metadata").cloned().unwrap_or(Value::Null);
             json!({"group": r.group, "id": r.id, "metadata": meta, "template": r.body.get("template")})

@@ -7,8 +7,11 @@ mod auth;
 mod dto;
 mod hooks_api;
 mod keys;
+pub mod identity;
 mod maintenance;
 mod problem;
+pub mod scopes;
+mod tokens_api;
 
 use std::sync::Arc;
 
@@ -16,6 +19,7 @@ use axum::Router;
 use taskhook_engine::Engine;
 
 pub use auth::AdminToken;
+pub use identity::{Caller, Identity, ProxyAuth, ProxyScopes};
 pub use problem::Problem;
 
 /// Request-size limits, each configurable. Template limits (document size, steps) belong to
@@ -39,6 +43,8 @@ pub struct AppState {
     pub engine: Engine,
     pub admin: Arc<AdminToken>,
     pub limits: Limits,
+    /// API tokens' bookkeeping and the reverse-proxy settings.
+    pub identity: Arc<Identity>,
 }
 
 /// The whole HTTP application.

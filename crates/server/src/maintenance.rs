@@ -191,7 +191,7 @@ pub(crate) async fn put_maintenance(
     Extension(cache): Extension<Arc<Cache>>,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Json<MaintenanceOut>, Problem> {
-    c.require_admin()?;
+    c.require("maintenance")?;
     let req: MaintenanceRequest = parse_json(&body(b)?)?;
     let message = req
         .message

@@ -405,3 +405,5 @@ mod tests;
 
 #[cfg(test)]
 mod crypto_tests;
+mod tokens;
+pub use tokens::{NewToken, TokenRow};

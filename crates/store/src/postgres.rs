@@ -28,6 +28,7 @@ mod keys;
 mod listener;
 mod notify;
 mod ops;
+mod tokens;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -55,6 +56,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (2, include_str!("../migrations/postgres/0002_functions.sql")),
     (3, include_str!("../migrations/postgres/0003_hooks.sql")),
     (4, include_str!("../migrations/postgres/0004_slots.sql")),
+    (5, include_str!("../migrations/postgres/0005_tokens.sql")),
 ];
 
 type Param<'a> = &'a (dyn ToSql + Sync);

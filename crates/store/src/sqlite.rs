@@ -16,6 +16,8 @@ use tokio::sync::oneshot;
 use crate::types::*;
 use crate::{Result, Signal, Signals, StoreError, now_ms, stop_applies, stop_event};
 
+mod tokens;
+
 /// Why `recover_running` made a task READY (its audit entry).
 pub(crate) const RECOVERED_REASON: &str = "the server stopped while the task ran";
 
@@ -24,6 +26,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0002_functions.sql"),
     include_str!("../migrations/sqlite/0003_hooks.sql"),
     include_str!("../migrations/sqlite/0004_slots.sql"),
+    include_str!("../migrations/sqlite/0005_tokens.sql"),
 ];
 /// Most writes one transaction takes; beyond it the next batch starts.
 const MAX_BATCH: usize = 2048;

@@ -1,0 +1,470 @@
+//! Who is calling, and whether they may: API tokens, the reverse-proxy user, and the
+//! authorization middleware that checks every request against the route table
+//! ([`crate::scopes::ROUTES`]).
+//!
+//! A caller is, in this order:
+//! 1. the bearer token, when the request has one: the admin token (scope `admin`), or an API
+//!    token (its scopes; refused with 401 when unknown, revoked or expired);
+//! 2. without a bearer token, the user a trusted reverse proxy names in its user header, with
+//!    the scopes the proxy scopes file gives that user and its groups; the header is honoured
+//!    only when the TCP peer is in the trusted networks;
+//! 3. otherwise nobody: 401.
+//!
+//! On top of scopes, people named on a task may act on it (µTask's model): its requester may
+//! read and cancel it, and its template's resolvers (`allowed_resolver_usernames`,
+//! `allow_all_resolver_usernames`) may read, resolve and retry it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, RawPathParams, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderName, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use ipnet::IpNet;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use taskhook_model::Template;
+use taskhook_model::scope;
+use taskhook_store::{TaskRow, now_ms};
+
+use crate::scopes::{Access, RouteScope};
+use crate::{AppState, Problem};
+
+/// How often at most a token's `last_used_at` is written.
+const LAST_USED_EVERY_MS: i64 = 60_000;
+
+/// Who made the request, as the authorization middleware found them. Handlers extract it
+/// (only on routes that need a caller; the middleware has already refused anyone else).
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The actor name recorded in audit trails and as a task's requester: `admin`, a token's
+    /// user or `token:<id>`, or the proxy's user.
+    pub name: String,
+    /// The person behind the call, when there is one (a token's `user`, the proxy's user):
+    /// what requester, watcher and resolver grants are matched against.
+    pub user: Option<String>,
+    /// The API token's id, when the call came with one.
+    pub token_id: Option<String>,
+    /// Scopes held; `admin` grants everything.
+    pub scopes: Arc<Vec<String>>,
+}
+
+impl Caller {
+    pub fn admin() -> Caller {
+        Caller {
+            name: "admin".into(),
+            user: None,
+            token_id: None,
+            scopes: Arc::new(vec![scope::ADMIN.to_string()]),
+        }
+    }
+
+    /// Whether the caller holds `required`.
+    pub fn may(&self, required: &str) -> bool {
+        scope::satisfies(&self.scopes, required)
+    }
+
+    /// 403 unless the caller holds `required`.
+    pub fn require(&self, required: &str) -> Result<(), Problem> {
+        if self.may(required) {
+            Ok(())
+        } else {
+            Err(forbidden(required))
+        }
+    }
+
+    /// 403 unless the caller holds `admin`.
+    pub fn require_admin(&self) -> Result<(), Problem> {
+        self.require(scope::ADMIN)
+    }
+
+    /// Whether `name` is the caller's user.
+    pub fn is_user(&self, name: &str) -> bool {
+        self.user.as_deref() == Some(name)
+    }
+
+    /// Whether the caller may read `task`: `tasks:read:<template>`, or its requester.
+    pub fn may_read_task(&self, task: &TaskRow) -> bool {
+        self.may(&format!("tasks:read:{}", task.template)) || self.is_user(&task.requester)
+    }
+}
+
+pub(crate) fn forbidden(required: &str) -> Problem {
+    Problem::field(
+        StatusCode::FORBIDDEN,
+        "scope",
+        format!("this needs the scope {required:?}, which the caller does not hold"),
+    )
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, Problem> {
+        parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .ok_or_else(Problem::unauthorized)
+    }
+}
+
+/// Scopes for users and groups named by a trusted reverse proxy (`serve --proxy-scopes`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyScopes {
+    #[serde(default)]
+    pub users: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    pub groups: BTreeMap<String, Vec<String>>,
+}
+
+impl ProxyScopes {
+    /// Parses the YAML (or JSON) file, checking every scope's spelling.
+    pub fn parse(text: &str) -> Result<ProxyScopes, String> {
+        let p: ProxyScopes =
+            taskhook_model::template::parse_document(text).map_err(|e| e.message)?;
+        for (kind, map) in [("users", &p.users), ("groups", &p.groups)] {
+            for (who, scopes) in map {
+                for (i, s) in scopes.iter().enumerate() {
+                    scope::check(s).map_err(|e| format!("{kind}.{who}[{i}]: {e}"))?;
+                }
+            }
+        }
+        Ok(p)
+    }
+
+    fn scopes_of(&self, user: &str, groups: &[&str]) -> Vec<String> {
+        let mut out: Vec<String> = self.users.get(user).cloned().unwrap_or_default();
+        for g in groups {
+            if let Some(s) = self.groups.get(*g) {
+                out.extend(s.iter().cloned());
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
+/// Reverse-proxy mode: the user (and groups) a proxy in front of the server authenticated.
+#[derive(Debug, Clone)]
+pub struct ProxyAuth {
+    pub user_header: HeaderName,
+    pub groups_header: Option<HeaderName>,
+    /// Only requests whose TCP peer is in one of these networks may name a user.
+    pub trusted: Vec<IpNet>,
+    pub scopes: ProxyScopes,
+}
+
+impl ProxyAuth {
+    fn trusts(&self, peer: IpAddr) -> bool {
+        let peer = match peer {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(peer),
+            v4 => v4,
+        };
+        self.trusted.iter().any(|n| n.contains(&peer))
+    }
+}
+
+/// Authentication settings and bookkeeping shared by every request.
+#[derive(Debug, Default)]
+pub struct Identity {
+    pub proxy: Option<ProxyAuth>,
+    /// When each token's `last_used_at` was last written by this process.
+    last_used: Mutex<HashMap<String, i64>>,
+}
+
+impl Identity {
+    pub fn new(proxy: Option<ProxyAuth>) -> Identity {
+        Identity {
+            proxy,
+            last_used: Mutex::default(),
+        }
+    }
+
+    /// Whether this use of a token should be written (at most once a minute per token).
+    fn should_touch(&self, id: &str, now: i64) -> bool {
+        let mut map = self.last_used.lock().unwrap_or_else(|e| e.into_inner());
+        match map.get(id) {
+            Some(t) if now - t < LAST_USED_EVERY_MS => false,
+            _ => {
+                map.insert(id.to_string(), now);
+                true
+            }
+        }
+    }
+}
+
+/// Hex SHA-256 of a token, as stored.
+pub(crate) fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+fn bearer(parts: &Parts) -> Result<Option<&str>, Problem> {
+    let Some(v) = parts.headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    v.to_str()
+        .ok()
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(Some)
+        .ok_or_else(Problem::unauthorized)
+}
+
+/// The caller of a request, or 401.
+async fn authenticate(s: &AppState, parts: &Parts) -> Result<Caller, Problem> {
+    if let Some(token) = bearer(parts)? {
+        if s.admin.matches(token) {
+            return Ok(Caller::admin());
+        }
+        let row = s
+            .engine
+            .store()
+            .token_by_hash(&token_hash(token))
+            .await?
+            .ok_or_else(Problem::unauthorized)?;
+        let now = now_ms();
+        if row.revoked_at.is_some() {
+            return Err(Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "this token has been revoked",
+            ));
+        }
+        if !row.is_valid_at(now) {
+            return Err(Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "this token has expired",
+            ));
+        }
+        if s.identity.should_touch(&row.id, now) {
+            let store = s.engine.store().clone();
+            let id = row.id.clone();
+            tokio::spawn(async move {
+                if let Err(e) = store.touch_token(&id, now).await {
+                    tracing::warn!(token = %id, "recording a token's last use failed: {e}");
+                }
+            });
+        }
+        return Ok(Caller {
+            name: row
+                .user
+                .clone()
+                .unwrap_or_else(|| format!("token:{}", row.id)),
+            user: row.user,
+            token_id: Some(row.id),
+            scopes: Arc::new(row.scopes),
+        });
+    }
+    if let Some(proxy) = &s.identity.proxy
+        && let Some(ConnectInfo(peer)) = parts.extensions.get::<ConnectInfo<SocketAddr>>()
+        && proxy.trusts(peer.ip())
+        && let Some(user) = parts
+            .headers
+            .get(&proxy.user_header)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+    {
+        let groups: Vec<&str> = proxy
+            .groups_header
+            .as_ref()
+            .and_then(|h| parts.headers.get(h))
+            .and_then(|v| v.to_str().ok())
+            .map(|v| {
+                v.split([',', ' '])
+                    .map(str::trim)
+                    .filter(|g| !g.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        return Ok(Caller {
+            name: user.to_string(),
+            user: Some(user.to_string()),
+            token_id: None,
+            scopes: Arc::new(proxy.scopes.scopes_of(user, &groups)),
+        });
+    }
+    Err(Problem::unauthorized())
+}
+
+/// The template a task was created from, as a template document.
+async fn template_of_task(s: &AppState, task: &TaskRow) -> Option<Template> {
+    let row = s
+        .engine
+        .store()
+        .get_template_version(&task.template, task.template_version)
+        .await
+        .ok()??;
+    serde_json::from_value(row.body).ok()
+}
+
+/// What people named on a task may do on top of scopes, for the route `route`.
+async fn people_grant(s: &AppState, caller: &Caller, task: &TaskRow, route: &RouteScope) -> bool {
+    let Some(user) = caller.user.as_deref() else {
+        return false;
+    };
+    let verb = route.scope.split(':').nth(1).unwrap_or("");
+    let requester = task.requester == user;
+    let resolver = || async {
+        template_of_task(s, task).await.is_some_and(|t| {
+            t.allow_all_resolver_usernames || t.allowed_resolver_usernames.iter().any(|u| u == user)
+        })
+    };
+    match verb {
+        "read" => requester || resolver().await,
+        "cancel" => requester && route.path.ends_with("/cancel"),
+        "resolve" => resolver().await,
+        _ => false,
+    }
+}
+
+/// The authorization middleware: finds the request's route in the table, authenticates the
+/// caller when the route needs one, fills the scope and checks it. The caller is handed to
+/// the handler as a request extension.
+pub(crate) async fn authorize(State(s): State<AppState>, request: Request, next: Next) -> Response {
+    let Some(matched) = request.extensions().get::<MatchedPath>().cloned() else {
+        return next.run(request).await;
+    };
+    let Some(route) = crate::scopes::lookup(request.method().as_str(), matched.as_str()) else {
+        return Problem::new(
+            StatusCode::FORBIDDEN,
+            "no scope is defined for this route, so nobody may call it",
+        )
+        .into_response();
+    };
+    match route.access {
+        Access::Public | Access::OwnCredential(_) => return next.run(request).await,
+        Access::Scope | Access::Filtered => {}
+    }
+    let (mut parts, body) = request.into_parts();
+    let caller = match authenticate(&s, &parts).await {
+        Ok(c) => c,
+        Err(p) => return p.into_response(),
+    };
+    let mut body = axum::body::Body::new(body);
+    if route.access == Access::Scope {
+        match check(&s, &mut parts, body, &caller, route).await {
+            Ok(b) => body = b,
+            Err(p) => return p.into_response(),
+        }
+    }
+    parts.extensions.insert(caller);
+    next.run(Request::from_parts(parts, body)).await
+}
+
+/// Checks the route's scope for this request; gives the body back (read when the scope
+/// depends on it).
+async fn check(
+    s: &AppState,
+    parts: &mut Parts,
+    body: axum::body::Body,
+    caller: &Caller,
+    route: &RouteScope,
+) -> Result<axum::body::Body, Problem> {
+    let params: Vec<(String, String)> = match RawPathParams::from_request_parts(parts, s).await {
+        Ok(p) => p
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        Err(e) => return Err(Problem::new(StatusCode::BAD_REQUEST, e.body_text())),
+    };
+    let param = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    if route.scope.contains("{template}") {
+        let id = param("id").unwrap_or_default();
+        let task = match s.engine.store().get_task(&id).await? {
+            Some((t, _)) => t,
+            None => return Err(Problem::not_found(format!("task {id}"))),
+        };
+        let required = crate::scopes::fill(route.scope, |k| match k {
+            "template" => Some(task.template.clone()),
+            other => param(other),
+        })
+        .unwrap_or_else(|| route.scope.to_string());
+        if caller.may(&required) || people_grant(s, caller, &task, route).await {
+            return Ok(body);
+        }
+        return Err(forbidden(&required));
+    }
+    if route.scope.contains("{body.template}") {
+        let bytes = axum::body::to_bytes(body, s.limits.max_body_bytes)
+            .await
+            .map_err(|_| {
+                Problem::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "request body is larger than the configured limit",
+                )
+            })?;
+        let template = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| v.get("template")?.as_str().map(String::from));
+        // Without a template name the handler answers 400 and changes nothing.
+        if let Some(t) = template {
+            let required =
+                crate::scopes::fill(route.scope, |k| (k == "body.template").then(|| t.clone()))
+                    .unwrap_or_default();
+            caller.require(&required)?;
+        }
+        return Ok(axum::body::Body::from(bytes));
+    }
+    let required =
+        crate::scopes::fill(route.scope, param).unwrap_or_else(|| route.scope.to_string());
+    caller.require(&required)?;
+    Ok(body)
+}
+
+/// Most task rows one listing reads while looking for rows the caller may read.
+const MAX_SCANNED: usize = 10_000;
+
+/// A page of tasks the caller may read, newest first, and the cursor of the next page. Rows
+/// the caller may not read are skipped (reading further pages) so a page is full when it can
+/// be; at most [`MAX_SCANNED`] rows are read per call, after which the page ends early with a
+/// cursor.
+pub(crate) async fn readable_tasks(
+    s: &AppState,
+    caller: &Caller,
+    state: Option<taskhook_model::TaskState>,
+    template: Option<String>,
+    mut cursor: Option<String>,
+    limit: u32,
+) -> Result<(Vec<TaskRow>, Option<String>), Problem> {
+    let mut out = Vec::new();
+    let mut scanned = 0usize;
+    loop {
+        let rows = s
+            .engine
+            .store()
+            .list_tasks(taskhook_store::TaskFilter {
+                state,
+                template: template.clone(),
+                before: cursor.clone(),
+                limit,
+            })
+            .await?;
+        let full_page = rows.len() == limit as usize;
+        for t in rows {
+            scanned += 1;
+            cursor = Some(t.id.clone());
+            if caller.may_read_task(&t) {
+                out.push(t);
+                if out.len() == limit as usize {
+                    return Ok((out, cursor));
+                }
+            }
+        }
+        if !full_page {
+            return Ok((out, None));
+        }
+        if scanned >= MAX_SCANNED {
+            return Ok((out, cursor));
+        }
+    }
+}
