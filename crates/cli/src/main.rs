@@ -4,6 +4,7 @@
 mod bench;
 mod client;
 mod hooks_cli;
+mod secret_cli;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -40,6 +41,9 @@ enum Command {
     /// Turn maintenance mode (a read-only API) on or off, or show it.
     #[command(subcommand)]
     Maintenance(client::MaintenanceCommand),
+    /// Manage named secrets (values are never shown back).
+    #[command(subcommand)]
+    Secret(secret_cli::SecretCommand),
     /// Measure the engine on this machine (in-process; SQLite in a temporary directory, or PostgreSQL).
     Bench(bench::BenchArgs),
 }
@@ -66,6 +70,7 @@ fn main() -> std::process::ExitCode {
             Command::Hook(cmd) => hooks_cli::hook(cmd).await,
             Command::Maintenance(cmd) => client::maintenance(cmd).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Secret(cmd) => secret_cli::secret(cmd).await,
         }
     });
     match result {

@@ -30,9 +30,10 @@ use crate::{AppState, Problem};
         crate::hooks_api::reset_token, crate::hooks_api::trigger, crate::hooks_api::trigger_with_token, crate::hooks_api::webhook,
         crate::hooks_api::test_hook,
         crate::maintenance::get_maintenance, crate::maintenance::put_maintenance,
-        create_task, get_task, list_tasks, task_events, resolve_task, cancel_task, retry_task, pause_task
+        create_task, get_task, list_tasks, task_events, resolve_task, cancel_task, retry_task, pause_task,
+        crate::secrets_api::put_secret, crate::secrets_api::get_secret, crate::secrets_api::list_secrets, crate::secrets_api::delete_secret
     ),
-    components(schemas(crate::maintenance::MaintenanceRequest, crate::maintenance::MaintenanceOut, crate::hooks_api::HookOut, crate::hooks_api::FireOut, crate::hooks_api::Fired, crate::hooks_api::TestEvent, Problem, CreateTaskRequest, ResolveRequest, TaskCreated, TemplateOut, TemplateSummary, TaskOut, StepOut, TaskPage, EventOut)),
+    components(schemas(crate::maintenance::MaintenanceRequest, crate::maintenance::MaintenanceOut, crate::hooks_api::HookOut, crate::hooks_api::FireOut, crate::hooks_api::Fired, crate::hooks_api::TestEvent, Problem, CreateTaskRequest, ResolveRequest, TaskCreated, TemplateOut, TemplateSummary, TaskOut, StepOut, TaskPage, EventOut, crate::secrets_api::SecretRequest, crate::secrets_api::SecretOut)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -83,6 +84,7 @@ pub fn routes(state: AppState) -> Router {
             get(crate::maintenance::get_maintenance).put(crate::maintenance::put_maintenance),
         )
         .merge(crate::hooks_api::routes())
+        .merge(crate::secrets_api::routes())
         // After routing, so that the gate sees which route a request is for.
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -205,6 +207,8 @@ async fn put_template(
             ),
         ));
     }
+    crate::secrets_api::check_template_secrets(&s, &template, &crate::secrets_api::admin_scopes())
+        .await?;
     let (row, created) = s.engine.put_template(template).await?;
     let status = if created {
         StatusCode::CREATED
@@ -229,6 +233,7 @@ async fn validate_template(
         .parse_template(text)
         .await
         .map_err(|e| Problem::from(taskhook_engine::EngineError::Template(e)))?;
+    crate::secrets_api::check_template_secrets(&s, &t, &crate::secrets_api::admin_scopes()).await?;
     Ok(Json(serde_json::json!({"valid": true, "name": t.name})))
 }
 

@@ -8,6 +8,7 @@ mod dto;
 mod hooks_api;
 mod maintenance;
 mod problem;
+mod secrets_api;
 
 use std::sync::Arc;
 

@@ -20,6 +20,7 @@
 //! Times are unix ms computed by the program ([`now_ms`]), as with SQLite.
 
 mod listener;
+mod secrets;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -47,6 +48,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (2, include_str!("../migrations/postgres/0002_functions.sql")),
     (3, include_str!("../migrations/postgres/0003_hooks.sql")),
     (4, include_str!("../migrations/postgres/0004_slots.sql")),
+    (6, include_str!("../migrations/postgres/0006_secrets.sql")),
 ];
 
 type Param<'a> = &'a (dyn ToSql + Sync);

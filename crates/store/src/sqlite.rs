@@ -2,6 +2,8 @@
 //! commits every queued write in one transaction (each write inside its own savepoint,
 //! so one failure does not undo its neighbours); callers hear back only after COMMIT.
 
+mod secrets;
+
 use std::cell::Cell;
 use std::path::Path;
 use std::sync::{Arc, Mutex, mpsc};
@@ -22,6 +24,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0002_functions.sql"),
     include_str!("../migrations/sqlite/0003_hooks.sql"),
     include_str!("../migrations/sqlite/0004_slots.sql"),
+    include_str!("../migrations/sqlite/0006_secrets.sql"),
 ];
 /// Most writes one transaction takes; beyond it the next batch starts.
 const MAX_BATCH: usize = 2048;
