@@ -60,7 +60,9 @@ fn trim_newline(mut v: String) -> String {
 
 fn read_value(file: Option<&PathBuf>) -> anyhow::Result<String> {
     let raw = match file {
-        Some(f) => std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
+        Some(f) => {
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?
+        }
         None => {
             let stdin = std::io::stdin();
             if stdin.is_terminal() {

@@ -137,11 +137,23 @@ async fn secrets_are_managed_by_name_and_never_shown() {
     let (code, out, _) = taskhook(Some(&s), &["secret", "list"]);
     assert_eq!(code, 0);
     assert!(out.contains("api_token") && out.contains("db_password") && out.contains("from_stdin"));
-    assert!(!out.contains("from-file-value") && !out.contains("stdin-value-123"), "{out}");
+    assert!(
+        !out.contains("from-file-value") && !out.contains("stdin-value-123"),
+        "{out}"
+    );
     let (code, out, _) = taskhook(Some(&s), &["secret", "get", "db_password", "--json"]);
     assert_eq!(code, 0);
     assert!(!out.contains("from-file-value"), "{out}");
-    let (code, _, err) = taskhook(Some(&s), &["secret", "put", "bad-name", "--value-file", file.to_str().unwrap()]);
+    let (code, _, err) = taskhook(
+        Some(&s),
+        &[
+            "secret",
+            "put",
+            "bad-name",
+            "--value-file",
+            file.to_str().unwrap(),
+        ],
+    );
     assert_ne!(code, 0);
     assert!(err.contains("invalid secret name"), "{err}");
     let (code, out, _) = taskhook(Some(&s), &["secret", "delete", "from_stdin"]);
@@ -159,7 +171,13 @@ async fn secrets_are_managed_by_name_and_never_shown() {
         .await;
     assert_eq!(st, 400, "{v}");
     assert_eq!(v["field"], "steps.a.action.configuration.output", "{v}");
-    assert!(v["detail"].as_str().unwrap().contains("secret \"nope\" does not exist"), "{v}");
+    assert!(
+        v["detail"]
+            .as_str()
+            .unwrap()
+            .contains("secret \"nope\" does not exist"),
+        "{v}"
+    );
     let (st, v) = s
         .put_template(
             "dynamic",
@@ -175,7 +193,9 @@ async fn runs_use_secrets_and_record_only_the_mask() {
     let s = Server::start();
     let (sink, seen) = sink().await;
     assert_eq!(
-        put_secret(&s, "api_token", json!({"value": SECRET})).await.0,
+        put_secret(&s, "api_token", json!({"value": SECRET}))
+            .await
+            .0,
         201
     );
     let tpl = format!(
@@ -231,7 +251,9 @@ steps:
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(
-        put_secret(&s, "api_token", json!({"value": ROTATED})).await.0,
+        put_secret(&s, "api_token", json!({"value": ROTATED}))
+            .await
+            .0,
         200
     );
     let task = s.wait_state(&id, &["BLOCKED", "DONE"]).await;
@@ -249,7 +271,10 @@ steps:
     let steps = &task["steps"];
     assert_eq!(steps["echo"]["output"]["token"], MASK);
     assert_eq!(steps["echo"]["output"]["pw"], MASK);
-    assert_eq!(steps["echo"]["output"]["both"], format!("t={MASK};p={MASK}"));
+    assert_eq!(
+        steps["echo"]["output"]["both"],
+        format!("t={MASK};p={MASK}")
+    );
     assert_eq!(
         steps["send"]["output"]["received"]["authorization"],
         format!("Bearer {MASK}")
@@ -293,7 +318,10 @@ steps:
 "#;
     assert_eq!(s.put_template("errs", errs).await.0, 201);
     let (_, created) = s
-        .post("/api/v1/tasks", json!({"template": "errs", "inputs": {"pw": PASSWORD}}))
+        .post(
+            "/api/v1/tasks",
+            json!({"template": "errs", "inputs": {"pw": PASSWORD}}),
+        )
         .await;
     let id3 = created["id"].as_str().unwrap().to_string();
     let t3 = s.wait_state(&id3, &["BLOCKED"]).await;
@@ -332,7 +360,10 @@ steps:
     assert!(stored_text.contains(MASK));
     assert_no_leak("the stored result", &row.result.to_string());
     let events = store.task_events(&id).await.unwrap();
-    assert_no_leak("the stored events", &serde_json::to_string(&events).unwrap());
+    assert_no_leak(
+        "the stored events",
+        &serde_json::to_string(&events).unwrap(),
+    );
     // The task keeps its real password input: a retry needs it.
     assert_eq!(row.inputs["pw"], PASSWORD);
     store.close();

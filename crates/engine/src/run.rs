@@ -264,7 +264,12 @@ impl Run {
     /// The first secret step `name` reads that does not exist (deleted since the template
     /// was written).
     fn missing_secret(&self, name: &str) -> Option<String> {
-        let parent = self.steps.get(name)?.foreach_parent.as_deref().unwrap_or(name);
+        let parent = self
+            .steps
+            .get(name)?
+            .foreach_parent
+            .as_deref()
+            .unwrap_or(name);
         self.compiled
             .step_secrets
             .get(parent)?

@@ -65,7 +65,11 @@ async fn create(engine: &Engine, template: &str, inputs: Value) -> String {
     engine.create_task(req).await.unwrap().0.id
 }
 
-async fn wait(engine: &Engine, id: &str, pred: impl Fn(&TaskRow, &[StepRow]) -> bool) -> (TaskRow, Vec<StepRow>) {
+async fn wait(
+    engine: &Engine,
+    id: &str,
+    pred: impl Fn(&TaskRow, &[StepRow]) -> bool,
+) -> (TaskRow, Vec<StepRow>) {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let (t, s) = engine.store().get_task(id).await.unwrap().unwrap();
@@ -92,6 +96,7 @@ async fn a_rotated_secret_reaches_later_steps_and_stored_results_are_masked(b: B
         &engine,
         r#"
 name: rot
+auto_runnable: true
 inputs: [{name: pw, type: password}]
 result_format: {key: "{{ secret.key }}", pw: "{{ input.pw }}"}
 steps:
@@ -107,13 +112,19 @@ steps:
     )
     .await;
     let id = create(&engine, "rot", json!({"pw": "pass-word-1"})).await;
-    wait(&engine, &id, |_, s| step(s, "before").state == StepState::Done).await;
+    wait(&engine, &id, |_, s| {
+        step(s, "before").state == StepState::Done
+    })
+    .await;
     engine
         .store()
         .put_secret("key", "second-value", "")
         .await
         .unwrap();
-    let (task, steps) = wait(&engine, &id, |t, _| matches!(t.state, TaskState::Done | TaskState::Blocked)).await;
+    let (task, steps) = wait(&engine, &id, |t, _| {
+        matches!(t.state, TaskState::Done | TaskState::Blocked)
+    })
+    .await;
     assert_eq!(task.state, TaskState::Done, "{steps:#?}");
     let before = &step(&steps, "before").output;
     let after = &step(&steps, "after").output;
@@ -134,22 +145,33 @@ steps:
 
 async fn a_deleted_secret_fails_its_step_with_a_clear_error(b: Backend) {
     let (engine, _db) = start(b).await;
-    engine.store().put_secret("gone", "soon-gone", "").await.unwrap();
+    engine
+        .store()
+        .put_secret("gone", "soon-gone", "")
+        .await
+        .unwrap();
     put(
         &engine,
-        "name: del\nsteps:\n  a:\n    action: {type: echo, configuration: {output: '{{ secret.gone }}'}}\n",
+        "name: del\nauto_runnable: true\nsteps:\n  a:\n    action: {type: echo, configuration: {output: '{{ secret.gone }}'}}\n",
     )
     .await;
     engine.store().delete_secret("gone").await.unwrap();
     let t = engine.parse_template("name: del2\nsteps:\n  a:\n    action: {type: echo, configuration: {output: '{{ secret.gone }}'}}\n").await.unwrap();
-    let e = engine.check_template_secrets(&t).await.unwrap_err().to_string();
+    let e = engine
+        .check_template_secrets(&t)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("steps.a.action.configuration.output"), "{e}");
     let id = create(&engine, "del", json!({})).await;
     let (task, steps) = wait(&engine, &id, |t, _| t.state == TaskState::Blocked).await;
     let a = step(&steps, "a");
     assert_eq!(a.state, StepState::FatalError);
     assert!(
-        a.error.as_deref().unwrap_or_default().starts_with("secret \"gone\" does not exist"),
+        a.error
+            .as_deref()
+            .unwrap_or_default()
+            .starts_with("secret \"gone\" does not exist"),
         "{a:#?}"
     );
     assert_eq!(task.state, TaskState::Blocked);

@@ -227,7 +227,10 @@ mod tests {
         assert_eq!(first_unusable(&held(&[]), names), Some("db"));
         assert_eq!(first_unusable(&held(&[]), []), None);
         // No prefix match without a `*`.
-        assert_eq!(first_unusable(&held(&["secrets:use:d"]), ["db"]), Some("db"));
+        assert_eq!(
+            first_unusable(&held(&["secrets:use:d"]), ["db"]),
+            Some("db")
+        );
     }
 
     #[test]

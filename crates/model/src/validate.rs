@@ -621,7 +621,10 @@ fn check_template_text(cx: &mut Ctx<'_>, field: &str, text: &str, step: Option<&
 /// are known when it is written; titles never read secrets (they are listed everywhere).
 fn check_secret_reference(cx: &mut Ctx<'_>, field: &str, name: Option<&str>) {
     if field == "title_format" {
-        cx.err(field, "secrets cannot be used in title_format: titles are shown in every task list");
+        cx.err(
+            field,
+            "secrets cannot be used in title_format: titles are shown in every task list",
+        );
         return;
     }
     match name {
@@ -792,9 +795,18 @@ steps:
 "#;
         let e = errors(bad);
         assert_eq!(e.len(), 3, "{e:?}");
-        assert!(e[0].starts_with("title_format: secrets cannot be used"), "{e:?}");
-        assert!(e[1].starts_with("steps.a.action.configuration.output: read a secret by its name"), "{e:?}");
-        assert!(e[2].starts_with("steps.b.action.configuration.output: invalid secret name"), "{e:?}");
+        assert!(
+            e[0].starts_with("title_format: secrets cannot be used"),
+            "{e:?}"
+        );
+        assert!(
+            e[1].starts_with("steps.a.action.configuration.output: read a secret by its name"),
+            "{e:?}"
+        );
+        assert!(
+            e[2].starts_with("steps.b.action.configuration.output: invalid secret name"),
+            "{e:?}"
+        );
     }
 
     fn steps_yaml(n: usize) -> String {

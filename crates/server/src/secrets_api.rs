@@ -175,7 +175,8 @@ pub(crate) async fn check_template_secrets(
     held: &[String],
 ) -> Result<(), Problem> {
     let used = taskhook_engine::template_secrets(template);
-    if let Some(name) = taskhook_model::secret::first_unusable(held, used.keys().map(String::as_str))
+    if let Some(name) =
+        taskhook_model::secret::first_unusable(held, used.keys().map(String::as_str))
     {
         return Err(Problem::field(
             StatusCode::FORBIDDEN,

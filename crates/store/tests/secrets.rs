@@ -65,7 +65,10 @@ async fn values_survive_reopening_and_are_read_by_name(db: TestDb) {
         let store = db.open_with_pool(2).await;
         store.put_secret("odd", odd, "").await.unwrap();
         store.put_secret("plain", "value", "").await.unwrap();
-        store.put_secret("unread", "never asked for", "").await.unwrap();
+        store
+            .put_secret("unread", "never asked for", "")
+            .await
+            .unwrap();
         store.close();
     }
     let store = db.open_with_pool(2).await;

@@ -53,10 +53,11 @@ impl SqliteStore {
     pub async fn get_secret(&self, name: &str) -> Result<Option<SecretMeta>> {
         let name = name.to_string();
         self.read(move |c| {
-            Ok(c
-                .prepare_cached(&format!("SELECT {COLUMNS} FROM secrets WHERE name = ?1"))?
-                .query_row([name], meta_from_row)
-                .optional()?)
+            Ok(
+                c.prepare_cached(&format!("SELECT {COLUMNS} FROM secrets WHERE name = ?1"))?
+                    .query_row([name], meta_from_row)
+                    .optional()?,
+            )
         })
         .await
     }
