@@ -489,9 +489,10 @@ impl Action for Http {
             insecure,
             follow_redirects,
         } = prepared;
+        // Only the host: a path or query may carry a secret, and logs are not redacted.
         tracing::debug!(
             method = %request.method(),
-            url = %request.url(),
+            host = request.url().host_str().unwrap_or_default(),
             insecure,
             follow_redirects,
             "http action: sending request"

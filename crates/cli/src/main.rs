@@ -5,6 +5,7 @@ mod bench;
 mod client;
 mod hooks_cli;
 mod keys_cli;
+mod secret_cli;
 mod serve;
 mod token_cli;
 
@@ -48,6 +49,9 @@ enum Command {
     /// Create, list and revoke API tokens (scoped bearer tokens).
     #[command(subcommand)]
     Token(token_cli::TokenCommand),
+    /// Manage named secrets (values are never shown back).
+    #[command(subcommand)]
+    Secret(secret_cli::SecretCommand),
     /// Measure the engine on this machine (in-process; SQLite in a temporary directory, or PostgreSQL).
     Bench(bench::BenchArgs),
 }
@@ -76,6 +80,7 @@ fn main() -> std::process::ExitCode {
             Command::Bench(args) => bench::run(args).await,
             Command::Keys(cmd) => keys_cli::keys(cmd).await,
             Command::Token(cmd) => token_cli::token(cmd).await,
+            Command::Secret(cmd) => secret_cli::secret(cmd).await,
         }
     });
     match result {

@@ -49,6 +49,11 @@ pub struct CompiledTemplate {
     pub function_args: HashMap<String, Value>,
     pub schemas: HashMap<String, jsonschema::Validator>,
     pub timeouts: HashMap<String, Duration>,
+    /// Every secret the template reads (`{{ secret.NAME }}`), looked up at each round of a run.
+    pub secrets: std::collections::BTreeSet<String>,
+    /// The secrets each step reads (its action, pre-hook, conditions, foreach, arguments): a
+    /// step whose secret is gone fails with a clear error instead of a templating one.
+    pub step_secrets: HashMap<String, std::collections::BTreeSet<String>>,
 }
 
 /// Parses (YAML or JSON) and validates a template document within the default limits.
@@ -106,11 +111,28 @@ pub fn compile(
             timeouts.insert(name.clone(), d);
         }
     }
+    let secrets = crate::secrets::template_secrets(&template)
+        .into_keys()
+        .collect();
+    let mut step_secrets = HashMap::new();
+    for (name, step) in &steps {
+        let mut names = serde_json::to_value(step)
+            .map(|v| crate::secrets::value_secrets(&v))
+            .unwrap_or_default();
+        if let Some(args) = function_args.get(name) {
+            names.extend(crate::secrets::value_secrets(args));
+        }
+        if !names.is_empty() {
+            step_secrets.insert(name.clone(), names);
+        }
+    }
     Ok(Arc::new(CompiledTemplate {
         template,
         steps,
         function_args,
         schemas,
         timeouts,
+        secrets,
+        step_secrets,
     }))
 }

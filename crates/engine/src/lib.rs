@@ -8,6 +8,7 @@
 mod catalog;
 mod hooks;
 mod run;
+mod secrets;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -27,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use catalog::{ActionCatalog, CompiledTemplate, parse_and_validate};
 pub use hooks::{DryRun, FireResult};
+pub use secrets::template_secrets;
 pub use taskhook_model::validate::{TemplateError, TemplateLimits};
 
 /// How long a template's current version is trusted without asking the store.
@@ -649,6 +651,7 @@ impl Inner {
                 })?,
             None => t.name.clone(),
         };
+        let title = secrets::mask_passwords_in(t, &inputs, title);
         let mut tags = serde_json::Map::new();
         for (k, v) in &t.tags {
             let v = renderer

@@ -10,6 +10,7 @@ use rand::Rng;
 use serde_json::{Map, Value, json};
 use taskhook_actions::{ActionContext, ActionError, ActionOutput};
 use taskhook_model::condition::ConditionKind;
+use taskhook_model::secret::Redactor;
 use taskhook_model::template::{Action, DependencyStates, OutputStrategy, Step};
 use taskhook_model::validate::merge_configuration;
 use taskhook_model::{StepState, TaskState};
@@ -33,6 +34,12 @@ struct Run {
     token: CancellationToken,
     /// The stop request the run ended with, if any.
     stop_honored: Option<StopRequest>,
+    /// Current values of the secrets the template reads (`{{ secret.NAME }}`), read again at
+    /// each round so that a rotated secret reaches the steps started after the change.
+    secrets: Map<String, Value>,
+    /// Masks the task's password inputs and every secret value this run has seen in all it
+    /// writes: see [`Run::take_dirty`] and [`Run::end_with`].
+    redactor: Redactor,
 }
 
 /// What one attempt came back with.
@@ -101,6 +108,12 @@ pub(crate) async fn run_task(inner: Arc<Inner>, claimed: ClaimedTask) {
         }
         running.insert(id.clone(), ctl.clone());
     }
+    let mut redactor = Redactor::new();
+    redactor.add_passwords(&compiled.template.inputs, &claimed.task.inputs);
+    redactor.add_passwords(
+        &compiled.template.resolver_inputs,
+        &claimed.task.resolver_inputs,
+    );
     let mut run = Run {
         inner: inner.clone(),
         steps: claimed
@@ -115,6 +128,8 @@ pub(crate) async fn run_task(inner: Arc<Inner>, claimed: ClaimedTask) {
         stop: ctl.stop,
         token: ctl.token,
         stop_honored: None,
+        secrets: Map::new(),
+        redactor,
     };
     let ended = match run.drive().await {
         Ok(()) => true,
@@ -162,11 +177,19 @@ impl Run {
         }
     }
 
+    /// The step rows changed since the last write, redacted (in memory too, so later steps
+    /// read what is stored): every step row a run writes passes here. Secret values and
+    /// password inputs in outputs, metadata, errors and foreach items become the mask.
     fn take_dirty(&mut self) -> Vec<StepRow> {
+        let (steps, redactor) = (&mut self.steps, &self.redactor);
         let mut out: Vec<StepRow> = self
             .dirty
             .drain()
-            .filter_map(|n| self.steps.get(&n).cloned())
+            .filter_map(|n| {
+                let row = steps.get_mut(&n)?;
+                redact_row(redactor, row);
+                Some(row.clone())
+            })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
@@ -189,6 +212,9 @@ impl Run {
         let mut inflight: JoinSet<Attempt> = JoinSet::new();
         loop {
             let stopping = self.stop_request().is_some() || self.inner.shutdown.is_cancelled();
+            if !stopping {
+                self.load_secrets().await?;
+            }
             let to_start = if stopping { Vec::new() } else { self.advance() };
             if !self.dirty.is_empty() {
                 let rows = self.take_dirty();
@@ -216,6 +242,40 @@ impl Run {
             }
         }
         self.finish().await
+    }
+
+    /// Reads the current values of the secrets the template uses (nothing when it uses none).
+    async fn load_secrets(&mut self) -> Result<(), StoreError> {
+        if self.compiled.secrets.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<String> = self.compiled.secrets.iter().cloned().collect();
+        let store = &self.inner.store;
+        let values = persist(&self.inner, || store.secret_values(names.clone())).await?;
+        self.secrets = Map::new();
+        for (name, value) in values {
+            // Old values stay masked too: they may sit in outputs written before a rotation.
+            self.redactor.add(&value);
+            self.secrets.insert(name, Value::String(value));
+        }
+        Ok(())
+    }
+
+    /// The first secret step `name` reads that does not exist (deleted since the template
+    /// was written).
+    fn missing_secret(&self, name: &str) -> Option<String> {
+        let parent = self
+            .steps
+            .get(name)?
+            .foreach_parent
+            .as_deref()
+            .unwrap_or(name);
+        self.compiled
+            .step_secrets
+            .get(parent)?
+            .iter()
+            .find(|s| !self.secrets.contains_key(*s))
+            .cloned()
     }
 
     /// Steps still RUNNING whose attempt was cut off (a crash, or shutdown's grace running
@@ -290,6 +350,15 @@ impl Run {
                     Eligibility::Ready => {
                         changed = true;
                         self.executed.insert(name.clone());
+                        if let Some(missing) = self.missing_secret(&name) {
+                            self.set(&name, |s| {
+                                s.state = StepState::FatalError;
+                                s.error = Some(format!(
+                                    "secret {missing:?} does not exist (it was deleted after the template was written): create it, then retry the task"
+                                ));
+                            });
+                            continue;
+                        }
                         let is_child = self.steps[&name].foreach_parent.is_some();
                         let foreach = if is_child {
                             None
@@ -470,6 +539,7 @@ impl Run {
             },
             "var": {},
             "step": Value::Object(steps),
+            "secret": Value::Object(self.secrets.clone()),
         });
         if let Some(cur) = current {
             let row = &self.steps[cur];
@@ -1100,6 +1170,11 @@ impl Run {
         event: NewEvent,
     ) -> Result<(), StoreError> {
         let rows = self.take_dirty();
+        let (mut result, mut event) = (result, event);
+        if let Some(r) = result.as_mut() {
+            self.redactor.redact_value(r);
+        }
+        self.redactor.redact_value(&mut event.detail);
         let end = RunEnd {
             state: to,
             due_at,
@@ -1119,6 +1194,21 @@ impl Run {
             self.inner.wake.notify_one();
         }
         Ok(())
+    }
+}
+
+/// Masks secret values and password inputs in what a step row shows.
+fn redact_row(r: &Redactor, row: &mut StepRow) {
+    if r.is_empty() {
+        return;
+    }
+    r.redact_value(&mut row.output);
+    r.redact_value(&mut row.metadata);
+    if let Some(e) = row.error.as_mut() {
+        r.redact_string(e);
+    }
+    if let Some(item) = row.item.as_mut() {
+        r.redact_value(item);
     }
 }
 

@@ -8,6 +8,7 @@ pub mod condition;
 pub mod duration;
 pub mod input;
 pub mod scope;
+pub mod secret;
 pub mod state;
 pub mod template;
 pub mod validate;

@@ -35,7 +35,7 @@ pub trait Catalog {
 }
 
 /// Names of the root variables templates may read.
-const ROOTS: [&str; 8] = [
+const ROOTS: [&str; 9] = [
     "input",
     "resolver_input",
     "step",
@@ -44,6 +44,7 @@ const ROOTS: [&str; 8] = [
     "iterator",
     "pre_hook",
     "function_args",
+    "secret",
 ];
 
 /// Size limits a template must fit at intake (API, `--templates`, `template validate`).
@@ -587,6 +588,10 @@ fn check_template_text(cx: &mut Ctx<'_>, field: &str, text: &str, step: Option<&
             );
             continue;
         }
+        if root == "secret" {
+            check_secret_reference(cx, field, second);
+            continue;
+        }
         let Some(second) = second else { continue };
         match root {
             "step" if second != "this" && !cx.t.steps.contains_key(second) => {
@@ -608,6 +613,29 @@ fn check_template_text(cx: &mut Ctx<'_>, field: &str, text: &str, step: Option<&
                 format!("{r:?} refers to undeclared variable {second:?}"),
             ),
             _ => {}
+        }
+    }
+}
+
+/// A secret is read by its name (`{{ secret.NAME }}`), so that the secrets a template uses
+/// are known when it is written; titles never read secrets (they are listed everywhere).
+fn check_secret_reference(cx: &mut Ctx<'_>, field: &str, name: Option<&str>) {
+    if field == "title_format" {
+        cx.err(
+            field,
+            "secrets cannot be used in title_format: titles are shown in every task list",
+        );
+        return;
+    }
+    match name {
+        None => cx.err(
+            field,
+            "read a secret by its name, as {{ secret.NAME }}; other uses of `secret` are not allowed",
+        ),
+        Some(n) => {
+            if let Err(e) = crate::secret::check_name(n) {
+                cx.err(field, e);
+            }
         }
     }
 }
@@ -745,6 +773,40 @@ steps:
     action: {type: echo}
 "#;
         assert_eq!(errors(y), Vec::<String>::new());
+    }
+
+    #[test]
+    fn secrets_are_read_by_name_and_never_in_titles() {
+        let ok = r#"
+name: s
+steps:
+  a:
+    action: {type: echo, configuration: {output: "{{ secret.db_password }}"}}
+"#;
+        assert_eq!(errors(ok), Vec::<String>::new());
+        let bad = r#"
+name: s
+title_format: "t {{ secret.db }}"
+steps:
+  a:
+    action: {type: echo, configuration: {output: "{{ secret }}"}}
+  b:
+    action: {type: echo, configuration: {output: "{{ secret.no-way }}"}}
+"#;
+        let e = errors(bad);
+        assert_eq!(e.len(), 3, "{e:?}");
+        assert!(
+            e[0].starts_with("title_format: secrets cannot be used"),
+            "{e:?}"
+        );
+        assert!(
+            e[1].starts_with("steps.a.action.configuration.output: read a secret by its name"),
+            "{e:?}"
+        );
+        assert!(
+            e[2].starts_with("steps.b.action.configuration.output: invalid secret name"),
+            "{e:?}"
+        );
     }
 
     fn steps_yaml(n: usize) -> String {

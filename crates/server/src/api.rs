@@ -30,9 +30,10 @@ use crate::{AppState, Problem};
         crate::hooks_api::test_hook,
         crate::maintenance::get_maintenance, crate::maintenance::put_maintenance,
         crate::tokens_api::create_token, crate::tokens_api::list_tokens, crate::tokens_api::revoke_token,
-        create_task, get_task, list_tasks, task_events, resolve_task, cancel_task, retry_task, pause_task
+        create_task, get_task, list_tasks, task_events, resolve_task, cancel_task, retry_task, pause_task,
+        crate::secrets_api::put_secret, crate::secrets_api::get_secret, crate::secrets_api::list_secrets, crate::secrets_api::delete_secret
     ),
-    components(schemas(crate::maintenance::MaintenanceRequest, crate::maintenance::MaintenanceOut, crate::hooks_api::HookOut, crate::hooks_api::FireOut, crate::hooks_api::Fired, crate::hooks_api::TestEvent, Problem, CreateTaskRequest, ResolveRequest, TaskCreated, TemplateOut, TemplateSummary, TaskOut, StepOut, TaskPage, EventOut)),
+    components(schemas(crate::maintenance::MaintenanceRequest, crate::maintenance::MaintenanceOut, crate::hooks_api::HookOut, crate::hooks_api::FireOut, crate::hooks_api::Fired, crate::hooks_api::TestEvent, Problem, CreateTaskRequest, ResolveRequest, TaskCreated, TemplateOut, TemplateSummary, TaskOut, StepOut, TaskPage, EventOut, crate::secrets_api::SecretRequest, crate::secrets_api::SecretOut)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -85,6 +86,7 @@ pub fn routes(state: AppState) -> Router {
         .merge(crate::hooks_api::routes())
         .merge(crate::keys::routes())
         .merge(crate::tokens_api::routes())
+        .merge(crate::secrets_api::routes())
         // After routing, so that the gate sees which route a request is for.
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -212,6 +214,8 @@ async fn put_template(
             ),
         ));
     }
+    crate::secrets_api::check_template_secrets(&s, &template, &crate::secrets_api::admin_scopes())
+        .await?;
     let (row, created) = s.engine.put_template(template).await?;
     let status = if created {
         StatusCode::CREATED
@@ -236,6 +240,7 @@ async fn validate_template(
         .parse_template(text)
         .await
         .map_err(|e| Problem::from(taskhook_engine::EngineError::Template(e)))?;
+    crate::secrets_api::check_template_secrets(&s, &t, &crate::secrets_api::admin_scopes()).await?;
     Ok(Json(serde_json::json!({"valid": true, "name": t.name})))
 }
 

@@ -12,6 +12,7 @@ mod maintenance;
 mod problem;
 pub mod scopes;
 mod tokens_api;
+mod secrets_api;
 
 use std::sync::Arc;
 

@@ -16,6 +16,7 @@
 pub mod crypto;
 mod postgres;
 mod sealing;
+mod secrets;
 mod sqlite;
 #[doc(hidden)]
 pub mod testing;
@@ -392,6 +393,23 @@ delegate! {
 
     /// How many tasks are in `state`.
     pub async fn count_tasks(&self, state: TaskState) -> Result<u64>;
+
+    // ---- secrets ----
+
+    /// Creates or replaces a named secret (its value sealed as the store keeps it); returns
+    /// its metadata and whether it is new.
+    pub async fn put_secret(&self, name: &str, value: &str, description: &str) -> Result<(SecretMeta, bool)>;
+
+    /// A secret's metadata; never its value.
+    pub async fn get_secret(&self, name: &str) -> Result<Option<SecretMeta>>;
+
+    /// Every secret's metadata, by name.
+    pub async fn list_secrets(&self) -> Result<Vec<SecretMeta>>;
+
+    pub async fn delete_secret(&self, name: &str) -> Result<bool>;
+
+    /// The current values of those of `names` that exist: `(name, value)`, for a run.
+    pub async fn secret_values(&self, names: Vec<String>) -> Result<Vec<(String, String)>>;
 
     // ---- settings ----
 

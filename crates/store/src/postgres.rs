@@ -29,6 +29,7 @@ mod listener;
 mod notify;
 mod ops;
 mod tokens;
+mod secrets;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -57,6 +58,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (3, include_str!("../migrations/postgres/0003_hooks.sql")),
     (4, include_str!("../migrations/postgres/0004_slots.sql")),
     (5, include_str!("../migrations/postgres/0005_tokens.sql")),
+    (6, include_str!("../migrations/postgres/0006_secrets.sql")),
 ];
 
 type Param<'a> = &'a (dyn ToSql + Sync);

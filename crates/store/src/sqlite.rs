@@ -3,6 +3,7 @@
 //! so one failure does not undo its neighbours); callers hear back only after COMMIT.
 
 mod keys;
+mod secrets;
 
 use std::cell::Cell;
 use std::path::Path;
@@ -27,6 +28,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0003_hooks.sql"),
     include_str!("../migrations/sqlite/0004_slots.sql"),
     include_str!("../migrations/sqlite/0005_tokens.sql"),
+    include_str!("../migrations/sqlite/0006_secrets.sql"),
 ];
 /// Most writes one transaction takes; beyond it the next batch starts.
 const MAX_BATCH: usize = 2048;

@@ -237,3 +237,14 @@ pub enum FireOutcome {
     /// The same delivery or due time fired before: the first fire.
     Duplicate(FireRow),
 }
+
+/// What is known of a secret besides its value: all the API ever shows.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SecretMeta {
+    pub name: String,
+    pub description: String,
+    /// 1 when created, one more each time the value or description is replaced.
+    pub version: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}

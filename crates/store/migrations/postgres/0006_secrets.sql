@@ -1,0 +1,10 @@
+-- Named secrets, read by templates as {{ secret.NAME }} when a step runs. `value` holds the
+-- value as the store seals it; the API never returns it.
+CREATE TABLE secrets (
+    name        TEXT COLLATE "C" PRIMARY KEY,
+    value       TEXT NOT NULL,
+    description TEXT NOT NULL DEFAULT '',
+    version     BIGINT NOT NULL,
+    created_at  BIGINT NOT NULL,
+    updated_at  BIGINT NOT NULL
+);

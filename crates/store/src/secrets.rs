@@ -1,0 +1,17 @@
+//! How a secret's value is kept in the `secrets` table. Every value goes in through
+//! [`seal_secret`] and comes out through [`open_secret`], on both backends, and nowhere else.
+//! Today a sealed value is the value itself; encryption at rest replaces these two functions.
+
+use crate::Result;
+
+/// The form of `value` (of secret `name`) stored in the database.
+pub(crate) fn seal_secret(name: &str, value: &str) -> Result<String> {
+    let _ = name;
+    Ok(value.to_string())
+}
+
+/// The value of secret `name` from its stored form.
+pub(crate) fn open_secret(name: &str, sealed: &str) -> Result<String> {
+    let _ = name;
+    Ok(sealed.to_string())
+}
