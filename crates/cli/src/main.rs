@@ -1,6 +1,7 @@
 //! The `taskhook` binary: `serve` runs the server; the other subcommands are
 //! clients of its HTTP API (plus offline template validation and the benchmark).
 
+mod audit_cli;
 mod bench;
 mod client;
 mod hooks_cli;
@@ -40,6 +41,8 @@ enum Command {
     /// Turn maintenance mode (a read-only API) on or off, or show it.
     #[command(subcommand)]
     Maintenance(client::MaintenanceCommand),
+    /// Read the audit log: API calls that changed (or tried to change) something, and task state changes.
+    Audit(audit_cli::AuditArgs),
     /// Measure the engine on this machine (in-process; SQLite in a temporary directory, or PostgreSQL).
     Bench(bench::BenchArgs),
 }
@@ -66,6 +69,7 @@ fn main() -> std::process::ExitCode {
             Command::Hook(cmd) => hooks_cli::hook(cmd).await,
             Command::Maintenance(cmd) => client::maintenance(cmd).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Audit(args) => audit_cli::audit(args).await,
         }
     });
     match result {

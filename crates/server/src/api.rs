@@ -30,9 +30,10 @@ use crate::{AppState, Problem};
         crate::hooks_api::reset_token, crate::hooks_api::trigger, crate::hooks_api::trigger_with_token, crate::hooks_api::webhook,
         crate::hooks_api::test_hook,
         crate::maintenance::get_maintenance, crate::maintenance::put_maintenance,
-        create_task, get_task, list_tasks, task_events, resolve_task, cancel_task, retry_task, pause_task
+        create_task, get_task, list_tasks, task_events, resolve_task, cancel_task, retry_task, pause_task,
+        crate::audit::list_audit
     ),
-    components(schemas(crate::maintenance::MaintenanceRequest, crate::maintenance::MaintenanceOut, crate::hooks_api::HookOut, crate::hooks_api::FireOut, crate::hooks_api::Fired, crate::hooks_api::TestEvent, Problem, CreateTaskRequest, ResolveRequest, TaskCreated, TemplateOut, TemplateSummary, TaskOut, StepOut, TaskPage, EventOut)),
+    components(schemas(crate::maintenance::MaintenanceRequest, crate::maintenance::MaintenanceOut, crate::hooks_api::HookOut, crate::hooks_api::FireOut, crate::hooks_api::Fired, crate::hooks_api::TestEvent, Problem, CreateTaskRequest, ResolveRequest, TaskCreated, TemplateOut, TemplateSummary, TaskOut, StepOut, TaskPage, EventOut, crate::audit::AuditEntryOut, crate::audit::AuditPage)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;

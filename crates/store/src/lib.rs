@@ -13,6 +13,7 @@
 //!
 //! [`Store`] is the handle the rest of the program uses; it dispatches to the backend.
 
+mod audit;
 mod postgres;
 mod sqlite;
 #[doc(hidden)]
@@ -25,6 +26,7 @@ use serde_json::Value;
 use taskhook_model::TaskState;
 use tokio::sync::Notify;
 
+pub use audit::{AuditCursor, AuditEntry, AuditFilter, AuditKind, AuditOutcome, NewCall};
 pub use postgres::{DEFAULT_POOL_SIZE, PgStore};
 pub use sqlite::SqliteStore;
 pub use types::*;

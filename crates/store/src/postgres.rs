@@ -19,6 +19,7 @@
 //!
 //! Times are unix ms computed by the program ([`now_ms`]), as with SQLite.
 
+mod audit;
 mod listener;
 
 use std::collections::HashMap;
@@ -47,6 +48,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (2, include_str!("../migrations/postgres/0002_functions.sql")),
     (3, include_str!("../migrations/postgres/0003_hooks.sql")),
     (4, include_str!("../migrations/postgres/0004_slots.sql")),
+    (9, include_str!("../migrations/postgres/0009_audit.sql")),
 ];
 
 type Param<'a> = &'a (dyn ToSql + Sync);

@@ -14,6 +14,8 @@ use tokio::sync::oneshot;
 use crate::types::*;
 use crate::{Result, Signal, Signals, StoreError, now_ms, stop_applies, stop_event};
 
+mod audit;
+
 /// Why `recover_running` made a task READY (its audit entry).
 pub(crate) const RECOVERED_REASON: &str = "the server stopped while the task ran";
 
@@ -22,6 +24,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0002_functions.sql"),
     include_str!("../migrations/sqlite/0003_hooks.sql"),
     include_str!("../migrations/sqlite/0004_slots.sql"),
+    include_str!("../migrations/sqlite/0009_audit.sql"),
 ];
 /// Most writes one transaction takes; beyond it the next batch starts.
 const MAX_BATCH: usize = 2048;
