@@ -427,7 +427,9 @@ async fn bench_webhooks(engines: &[Engine], total: usize) -> anyhow::Result<()> 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         addrs.push(listener.local_addr()?);
         servers.push(tokio::spawn(async move {
-            axum::serve(listener, taskhook_server::router(state)).await
+            let app = taskhook_server::router(state)
+                .into_make_service_with_connect_info::<std::net::SocketAddr>();
+            axum::serve(listener, app).await
         }));
     }
     let body =

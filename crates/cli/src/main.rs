@@ -1,6 +1,7 @@
 //! The `taskhook` binary: `serve` runs the server; the other subcommands are
 //! clients of its HTTP API (plus offline template validation and the benchmark).
 
+mod audit_cli;
 mod bench;
 mod client;
 mod hooks_cli;
@@ -52,6 +53,8 @@ enum Command {
     /// Manage named secrets (values are never shown back).
     #[command(subcommand)]
     Secret(secret_cli::SecretCommand),
+    /// Read the audit log: API calls that changed (or tried to change) something, and task state changes.
+    Audit(audit_cli::AuditArgs),
     /// Measure the engine on this machine (in-process; SQLite in a temporary directory, or PostgreSQL).
     Bench(bench::BenchArgs),
 }
@@ -81,6 +84,7 @@ fn main() -> std::process::ExitCode {
             Command::Keys(cmd) => keys_cli::keys(cmd).await,
             Command::Token(cmd) => token_cli::token(cmd).await,
             Command::Secret(cmd) => secret_cli::secret(cmd).await,
+            Command::Audit(args) => audit_cli::audit(args).await,
         }
     });
     match result {

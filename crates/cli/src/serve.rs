@@ -92,6 +92,26 @@ pub struct ServeArgs {
     /// How long the fire ledger keeps fires, e.g. `30d`, `12h`.
     #[arg(long, env = "TASKHOOK_FIRE_RETENTION", default_value = "30d", value_parser = parse_retention)]
     fire_retention: std::time::Duration,
+    /// How long the audit log keeps recorded API calls (task events go with their tasks).
+    #[arg(long, env = "TASKHOOK_AUDIT_RETENTION", default_value = "365d", value_parser = parse_retention)]
+    audit_retention: std::time::Duration,
+    /// Requests per token other than the admin token: N/s, N/m or N/h, or `off`. Excess gets
+    /// 429 with Retry-After.
+    #[arg(long, env = "TASKHOOK_RATE_LIMIT", default_value = "50/s", value_parser = parse_rate)]
+    rate_limit: RateFlag,
+    /// Requests a caller may make at once on top of the rate (the bucket size), for every limit.
+    #[arg(long, env = "TASKHOOK_RATE_LIMIT_BURST", default_value = "100", value_parser = clap::value_parser!(u32).range(1..))]
+    rate_limit_burst: u32,
+    /// Requests per client address without a valid token (IPv6: per /64), or `off`.
+    #[arg(long, env = "TASKHOOK_ANONYMOUS_RATE_LIMIT", default_value = "10/s", value_parser = parse_rate)]
+    anonymous_rate_limit: RateFlag,
+    /// Provider webhooks and secret-token triggers per client address (IPv6: per /64), or
+    /// `off` (the default: providers send bursts and rarely redeliver a refused delivery).
+    #[arg(long, env = "TASKHOOK_WEBHOOK_RATE_LIMIT", default_value = "off", value_parser = parse_rate)]
+    webhook_rate_limit: RateFlag,
+    /// Requests with the admin token, or `off` (the default).
+    #[arg(long, env = "TASKHOOK_ADMIN_RATE_LIMIT", default_value = "off", value_parser = parse_rate)]
+    admin_rate_limit: RateFlag,
     /// Largest accepted request body (bytes; or with a KiB, MiB or GiB suffix); larger gets 413.
     #[arg(long, env = "TASKHOOK_MAX_BODY_BYTES", default_value = "1MiB", value_parser = parse_bytes)]
     max_body_bytes: usize,
@@ -199,21 +219,25 @@ fn parse_retention(s: &str) -> Result<std::time::Duration, String> {
     Ok(d)
 }
 
-/// Once an hour, deletes fires and finished tasks past their retention, in small batches.
+/// Once an hour, deletes fires, finished tasks and recorded API calls past their retention,
+/// in small batches.
 async fn prune_history(
     store: Store,
     fires: std::time::Duration,
     tasks: std::time::Duration,
+    calls: std::time::Duration,
     stop: tokio_util::sync::CancellationToken,
 ) {
     loop {
         let now = taskhook_store::now_ms();
         let fires_before = now - fires.as_millis() as i64;
         let tasks_before = now - tasks.as_millis() as i64;
-        for what in ["fires", "tasks"] {
+        let calls_before = now - calls.as_millis() as i64;
+        for what in ["fires", "tasks", "audit calls"] {
             loop {
                 let pruned = match what {
                     "fires" => store.prune_fires(fires_before, 1000).await,
+                    "audit calls" => store.prune_calls(calls_before, 1000).await,
                     _ => store.prune_tasks(tasks_before, 1000).await,
                 };
                 match pruned {
@@ -235,6 +259,14 @@ async fn prune_history(
             _ = stop.cancelled() => return,
         }
     }
+}
+
+/// A rate limit flag: a rate, or `off`.
+#[derive(Debug, Clone, Copy)]
+struct RateFlag(Option<taskhook_server::Rate>);
+
+fn parse_rate(s: &str) -> Result<RateFlag, String> {
+    taskhook_server::Rate::parse_optional(s).map(RateFlag)
 }
 
 fn parse_resource_limit(s: &str) -> Result<(String, usize), String> {
@@ -600,6 +632,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         store.clone(),
         args.fire_retention,
         args.task_retention,
+        args.audit_retention,
         stop_sources.clone(),
     ));
     let names: Vec<&str> = roles
@@ -618,6 +651,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             admin: Arc::new(admin),
             limits: Limits {
                 max_body_bytes: args.max_body_bytes,
+                rate: taskhook_server::RateLimits {
+                    token: args.rate_limit.0,
+                    admin: args.admin_rate_limit.0,
+                    anonymous: args.anonymous_rate_limit.0,
+                    webhook: args.webhook_rate_limit.0,
+                    burst: args.rate_limit_burst,
+                },
             },
             identity: Arc::new(taskhook_server::Identity::new(proxy)),
         };
@@ -634,13 +674,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             args.data_dir.join("admin-token").display()
         );
         let stop = first_signal.clone();
-        axum::serve(
-            listener,
-            taskhook_server::router(state)
-                .into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await?;
+        let app =
+            taskhook_server::router(state).into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await?;
     } else {
         println!("taskhook is running without an API");
         println!("data: {}", db.display());

@@ -31,7 +31,8 @@ use crate::{AppState, Problem};
         crate::maintenance::get_maintenance, crate::maintenance::put_maintenance,
         crate::tokens_api::create_token, crate::tokens_api::list_tokens, crate::tokens_api::revoke_token,
         create_task, get_task, list_tasks, task_events, resolve_task, cancel_task, retry_task, pause_task,
-        crate::secrets_api::put_secret, crate::secrets_api::get_secret, crate::secrets_api::list_secrets, crate::secrets_api::delete_secret
+        crate::secrets_api::put_secret, crate::secrets_api::get_secret, crate::secrets_api::list_secrets, crate::secrets_api::delete_secret,
+        crate::audit::list_audit
     ),
     components(schemas(crate::maintenance::MaintenanceRequest, crate::maintenance::MaintenanceOut, crate::hooks_api::HookOut, crate::hooks_api::FireOut, crate::hooks_api::Fired, crate::hooks_api::TestEvent, Problem, CreateTaskRequest, ResolveRequest, TaskCreated, TemplateOut, TemplateSummary, TaskOut, StepOut, TaskPage, EventOut, crate::secrets_api::SecretRequest, crate::secrets_api::SecretOut)),
     modifiers(&BearerAuth)
@@ -87,6 +88,7 @@ pub fn routes(state: AppState) -> Router {
         .merge(crate::keys::routes())
         .merge(crate::tokens_api::routes())
         .merge(crate::secrets_api::routes())
+        .merge(crate::audit::routes())
         // After routing, so that the gate sees which route a request is for.
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -192,7 +194,7 @@ async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     responses((status = 201, body = TemplateOut), (status = 200, body = TemplateOut), (status = 400, body = Problem),
     (status = 413, body = Problem, description = "Larger than max_template_bytes or max_body_bytes")))]
 async fn put_template(
-    _c: Caller,
+    c: Caller,
     State(s): State<AppState>,
     Path(name): Path<String>,
     b: Result<Bytes, BytesRejection>,
@@ -214,8 +216,7 @@ async fn put_template(
             ),
         ));
     }
-    crate::secrets_api::check_template_secrets(&s, &template, &crate::secrets_api::admin_scopes())
-        .await?;
+    crate::secrets_api::check_template_secrets(&s, &template, &c.scopes).await?;
     let (row, created) = s.engine.put_template(template).await?;
     let status = if created {
         StatusCode::CREATED
@@ -229,7 +230,7 @@ async fn put_template(
     responses((status = 200, description = "Valid"), (status = 400, body = Problem),
     (status = 413, body = Problem, description = "Larger than max_template_bytes or max_body_bytes")))]
 async fn validate_template(
-    _c: Caller,
+    c: Caller,
     State(s): State<AppState>,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, Problem> {
@@ -240,7 +241,7 @@ async fn validate_template(
         .parse_template(text)
         .await
         .map_err(|e| Problem::from(taskhook_engine::EngineError::Template(e)))?;
-    crate::secrets_api::check_template_secrets(&s, &t, &crate::secrets_api::admin_scopes()).await?;
+    crate::secrets_api::check_template_secrets(&s, &t, &c.scopes).await?;
     Ok(Json(serde_json::json!({"valid": true, "name": t.name})))
 }
 

@@ -357,8 +357,24 @@ pub(crate) async fn authorize(State(s): State<AppState>, request: Request, next:
             Err(p) => return p.into_response(),
         }
     }
+    let actor = crate::audit::Actor(caller.name.clone());
     parts.extensions.insert(caller);
-    next.run(Request::from_parts(parts, body)).await
+    let mut response = next.run(Request::from_parts(parts, body)).await;
+    response.extensions_mut().insert(actor);
+    response
+}
+
+/// The bearer token of a request's `Authorization` header, if it has one.
+pub(crate) fn bearer_of(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
 }
 
 /// Checks the route's scope for this request; gives the body back (read when the scope

@@ -3,16 +3,18 @@
 //! they never run steps themselves.
 
 mod api;
+mod audit;
 mod auth;
 mod dto;
 mod hooks_api;
-mod keys;
 pub mod identity;
+mod keys;
 mod maintenance;
 mod problem;
+mod ratelimit;
 pub mod scopes;
-mod tokens_api;
 mod secrets_api;
+mod tokens_api;
 
 use std::sync::Arc;
 
@@ -22,6 +24,7 @@ use taskhook_engine::Engine;
 pub use auth::AdminToken;
 pub use identity::{Caller, Identity, ProxyAuth, ProxyScopes};
 pub use problem::Problem;
+pub use ratelimit::{Rate, RateLimits};
 
 /// Request-size limits, each configurable. Template limits (document size, steps) belong to
 /// the engine (`EngineConfig`), so that every way in applies them.
@@ -29,12 +32,15 @@ pub use problem::Problem;
 pub struct Limits {
     /// Largest request body, in bytes.
     pub max_body_bytes: usize,
+    /// Request-rate limits (see `ratelimit`).
+    pub rate: RateLimits,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_body_bytes: 1024 * 1024,
+            rate: RateLimits::default(),
         }
     }
 }
@@ -49,6 +55,20 @@ pub struct AppState {
 }
 
 /// The whole HTTP application.
+///
+/// Around every route, outermost first: the rate limit (which also finds the caller, see
+/// `audit::actor_of`), the audit record of write calls, maintenance mode, then the handler
+/// (which authenticates with `Caller`). Serve it with
+/// `into_make_service_with_connect_info::<SocketAddr>()` so that client addresses are known.
 pub fn router(state: AppState) -> Router {
-    api::routes(state)
+    let limiters = ratelimit::Limiters::new(&state.limits.rate);
+    api::routes(state.clone())
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            audit::record,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            (state, limiters),
+            ratelimit::limit,
+        ))
 }

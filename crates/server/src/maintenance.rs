@@ -136,7 +136,7 @@ async fn read(store: &Store) -> Result<Stored, taskhook_store::StoreError> {
 
 /// Whether a request may change something: any method but GET, HEAD and OPTIONS, and every
 /// trigger (a token trigger answers any method the hook allows, GET included).
-fn may_write(method: &Method, route: Option<&str>) -> bool {
+pub(crate) fn may_write(method: &Method, route: Option<&str>) -> bool {
     if !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
         return true;
     }

@@ -59,12 +59,17 @@ impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = serde_json::to_vec(&self).unwrap_or_default();
+        let note = crate::audit::ProblemNote(match &self.field {
+            Some(f) => format!("{}: {} (field: {f})", self.title, self.detail),
+            None => format!("{}: {}", self.title, self.detail),
+        });
         let mut response = (
             status,
             [(header::CONTENT_TYPE, "application/problem+json")],
             body,
         )
             .into_response();
+        response.extensions_mut().insert(note);
         if status == StatusCode::SERVICE_UNAVAILABLE {
             // The database is restarting or unreachable: nothing was changed; ask for a retry.
             response

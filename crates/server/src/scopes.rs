@@ -35,8 +35,6 @@ pub struct RouteScope {
     /// The scope pattern (see the module documentation); empty for `Public` and
     /// `OwnCredential` rows.
     pub scope: &'static str,
-    /// A route served only by builds that include it: absent from the router is not an error.
-    pub optional: bool,
 }
 
 const fn row(method: &'static str, path: &'static str, scope: &'static str) -> RouteScope {
@@ -45,7 +43,6 @@ const fn row(method: &'static str, path: &'static str, scope: &'static str) -> R
         path,
         access: Access::Scope,
         scope,
-        optional: false,
     }
 }
 
@@ -67,13 +64,6 @@ const fn own(method: &'static str, path: &'static str, credential: &'static str)
     RouteScope {
         access: Access::OwnCredential(credential),
         ..row(method, path, "")
-    }
-}
-
-const fn optional(r: RouteScope) -> RouteScope {
-    RouteScope {
-        optional: true,
-        ..r
     }
 }
 
@@ -190,15 +180,14 @@ pub const ROUTES: &[RouteScope] = &[
     // maintenance
     row("GET", "/api/v1/maintenance", "maintenance"),
     row("PUT", "/api/v1/maintenance", "maintenance"),
-    // secrets and the audit log
-    optional(row("GET", "/api/v1/secrets/{name}", "secrets:write:{name}")),
-    optional(row("PUT", "/api/v1/secrets/{name}", "secrets:write:{name}")),
-    optional(row(
-        "DELETE",
-        "/api/v1/secrets/{name}",
-        "secrets:write:{name}",
-    )),
-    optional(row("GET", "/api/v1/audit", "audit:read")),
+    // secrets, the audit log, encryption keys
+    row("GET", "/api/v1/secrets", "secrets:read:*"),
+    row("GET", "/api/v1/secrets/{name}", "secrets:read:{name}"),
+    row("PUT", "/api/v1/secrets/{name}", "secrets:write:{name}"),
+    row("DELETE", "/api/v1/secrets/{name}", "secrets:write:{name}"),
+    row("GET", "/api/v1/audit", "audit:read"),
+    row("GET", "/api/v1/keys", "admin"),
+    row("POST", "/api/v1/keys/rotate", "admin"),
 ];
 
 /// The row for a matched route pattern and method.
@@ -238,15 +227,7 @@ pub fn markdown() -> String {
             Access::Scope => format!("`{}`", r.scope),
             Access::Filtered => format!("any caller; lists only items with `{}`", r.scope),
         };
-        let note = if r.optional {
-            " (when the build serves it)"
-        } else {
-            ""
-        };
-        out.push_str(&format!(
-            "| {} | `{}`{} | {} |\n",
-            r.method, r.path, note, required
-        ));
+        out.push_str(&format!("| {} | `{}` | {} |\n", r.method, r.path, required));
     }
     out
 }

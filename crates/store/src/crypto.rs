@@ -432,6 +432,11 @@ pub(crate) const SEALED_TABLES: &[SealedTable] = &[
         key: &[("id", false)],
         columns: &[("error", Kind::Text), ("payload", Kind::Json)],
     },
+    SealedTable {
+        name: "secrets",
+        key: &[("name", false)],
+        columns: &[("value", Kind::Text)],
+    },
 ];
 
 /// One primary key value.

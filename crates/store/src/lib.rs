@@ -13,6 +13,7 @@
 //!
 //! [`Store`] is the handle the rest of the program uses; it dispatches to the backend.
 
+mod audit;
 pub mod crypto;
 mod postgres;
 mod sealing;
@@ -28,6 +29,7 @@ use serde_json::Value;
 use taskhook_model::TaskState;
 use tokio::sync::Notify;
 
+pub use audit::{AuditCursor, AuditEntry, AuditFilter, AuditKind, AuditOutcome, NewCall};
 pub use crypto::{KeyError, KeyRing, KeyStatus, RotationReport};
 pub use postgres::{DEFAULT_POOL_SIZE, PgStore};
 pub use sqlite::SqliteStore;
@@ -396,10 +398,6 @@ delegate! {
 
     // ---- secrets ----
 
-    /// Creates or replaces a named secret (its value sealed as the store keeps it); returns
-    /// its metadata and whether it is new.
-    pub async fn put_secret(&self, name: &str, value: &str, description: &str) -> Result<(SecretMeta, bool)>;
-
     /// A secret's metadata; never its value.
     pub async fn get_secret(&self, name: &str) -> Result<Option<SecretMeta>>;
 
@@ -407,9 +405,6 @@ delegate! {
     pub async fn list_secrets(&self) -> Result<Vec<SecretMeta>>;
 
     pub async fn delete_secret(&self, name: &str) -> Result<bool>;
-
-    /// The current values of those of `names` that exist: `(name, value)`, for a run.
-    pub async fn secret_values(&self, names: Vec<String>) -> Result<Vec<(String, String)>>;
 
     // ---- settings ----
 
@@ -425,3 +420,34 @@ mod tests;
 mod crypto_tests;
 mod tokens;
 pub use tokens::{NewToken, TokenRow};
+
+/// Secret values are sealed with the key ring here, above the backends, like every other
+/// sealed field (see `sealing.rs`).
+impl Store {
+    /// Creates or replaces a named secret, its value sealed; returns its metadata and whether
+    /// it is new.
+    pub async fn put_secret(
+        &self,
+        name: &str,
+        value: &str,
+        description: &str,
+    ) -> Result<(SecretMeta, bool)> {
+        let sealed = self.seal_text(value)?;
+        match self {
+            Store::Sqlite(s) => s.put_secret(name, &sealed, description).await,
+            Store::Postgres(s) => s.put_secret(name, &sealed, description).await,
+        }
+    }
+
+    /// The current values of those of `names` that exist: `(name, value)`, for a run.
+    pub async fn secret_values(&self, names: Vec<String>) -> Result<Vec<(String, String)>> {
+        let stored = match self {
+            Store::Sqlite(s) => s.secret_values(names).await?,
+            Store::Postgres(s) => s.secret_values(names).await?,
+        };
+        stored
+            .into_iter()
+            .map(|(name, v)| Ok((name, self.open_text(&v)?)))
+            .collect()
+    }
+}

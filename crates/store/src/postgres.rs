@@ -23,13 +23,14 @@
 //!
 //! Times are unix ms computed by the program ([`now_ms`]), as with SQLite.
 
+mod audit;
 mod batch;
 mod keys;
 mod listener;
 mod notify;
 mod ops;
-mod tokens;
 mod secrets;
+mod tokens;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -59,6 +60,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (4, include_str!("../migrations/postgres/0004_slots.sql")),
     (5, include_str!("../migrations/postgres/0005_tokens.sql")),
     (6, include_str!("../migrations/postgres/0006_secrets.sql")),
+    (9, include_str!("../migrations/postgres/0009_audit.sql")),
 ];
 
 type Param<'a> = &'a (dyn ToSql + Sync);

@@ -1,6 +1,7 @@
 //! How a secret's value is kept in the `secrets` table. Every value goes in through
 //! [`seal_secret`] and comes out through [`open_secret`], on both backends, and nowhere else.
-//! Today a sealed value is the value itself; encryption at rest replaces these two functions.
+//! The value reaching them is already sealed with the key ring by `Store::put_secret` and is
+//! opened by `Store::secret_values`; these two keep the backends' one path for it.
 
 use crate::Result;
 

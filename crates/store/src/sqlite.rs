@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 use crate::types::*;
 use crate::{Result, Signal, Signals, StoreError, now_ms, stop_applies, stop_event};
 
+mod audit;
 mod tokens;
 
 /// Why `recover_running` made a task READY (its audit entry).
@@ -29,6 +30,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0004_slots.sql"),
     include_str!("../migrations/sqlite/0005_tokens.sql"),
     include_str!("../migrations/sqlite/0006_secrets.sql"),
+    include_str!("../migrations/sqlite/0009_audit.sql"),
 ];
 /// Most writes one transaction takes; beyond it the next batch starts.
 const MAX_BATCH: usize = 2048;
