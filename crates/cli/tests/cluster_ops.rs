@@ -159,6 +159,34 @@ impl Sink {
     }
 }
 
+/// The key ring every instance of these tests shares, as the instances of a cluster must.
+fn ring() -> &'static str {
+    static RING: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    RING.get_or_init(|| {
+        let path = support::fresh_dir().join("keys");
+        std::fs::write(
+            &path,
+            "cluster-test:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n",
+        )
+        .unwrap();
+        path.to_str().unwrap().to_string()
+    })
+}
+
+fn with_ring<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut flags = extra.to_vec();
+    flags.extend(["--key-file", ring()]);
+    flags
+}
+
+fn start_in(dir: std::path::PathBuf, extra: &[&str]) -> Server {
+    Server::start_in(dir, &with_ring(extra))
+}
+
+fn start_without_api(dir: std::path::PathBuf, extra: &[&str]) -> Server {
+    Server::start_without_api(dir, &with_ring(extra))
+}
+
 /// Starts instances on `db`, named by `names`, each with `extra` flags.
 fn start_named(db: &str, names: &[&str], extra: &[&str]) -> Vec<Server> {
     names
@@ -173,7 +201,7 @@ fn start_named(db: &str, names: &[&str], extra: &[&str]) -> Vec<Server> {
                 name,
             ];
             flags.extend_from_slice(extra);
-            Server::start_in(support::fresh_dir(), &flags)
+            start_in(support::fresh_dir(), &flags)
         })
         .collect()
 }
@@ -622,7 +650,7 @@ async fn an_api_node_creates_and_a_worker_node_runs() {
     let common = ["--database-url", db.as_str(), "--database-pool", "6"];
     let mut flags = common.to_vec();
     flags.extend(["--instance", "front", "--roles", "api"]);
-    let api = Server::start_in(support::fresh_dir(), &flags);
+    let api = start_in(support::fresh_dir(), &flags);
     put_template(
         &api,
         "job",
@@ -653,7 +681,7 @@ async fn an_api_node_creates_and_a_worker_node_runs() {
         "--listen",
         listen.as_str(),
     ]);
-    let _worker = Server::start_without_api(support::fresh_dir(), &flags);
+    let _worker = start_without_api(support::fresh_dir(), &flags);
     api.wait_state_within(&early, &["DONE"], Duration::from_secs(10))
         .await;
     let mut ids = vec![early];
@@ -899,7 +927,7 @@ async fn a_worker_is_woken_at_once_for_a_task_created_elsewhere() {
         "--roles",
         "worker",
     ]);
-    let _worker = Server::start_without_api(support::fresh_dir(), &worker_flags);
+    let _worker = start_without_api(support::fresh_dir(), &worker_flags);
     put_template(
         &api,
         "ping",

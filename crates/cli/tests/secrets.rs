@@ -354,6 +354,11 @@ steps:
     let mut s = s;
     s.kill9();
     let store = taskhook_store::Store::open(s.data_dir.join("taskhook.db")).unwrap();
+    let ring = std::fs::read_to_string(s.data_dir.join("keys")).unwrap();
+    store
+        .install_keys(taskhook_store::KeyRing::parse(&ring).unwrap())
+        .await
+        .unwrap();
     let (row, stored) = store.get_task(&id).await.unwrap().unwrap();
     let stored_text = serde_json::to_string(&stored).unwrap();
     assert_no_leak("the stored steps", &stored_text);

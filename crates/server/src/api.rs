@@ -30,6 +30,7 @@ use crate::{AppState, Problem};
         crate::hooks_api::test_hook,
         crate::maintenance::get_maintenance, crate::maintenance::put_maintenance,
         crate::tokens_api::create_token, crate::tokens_api::list_tokens, crate::tokens_api::revoke_token,
+        crate::keys::key_status, crate::keys::rotate_keys,
         create_task, get_task, list_tasks, task_events, resolve_task, cancel_task, retry_task, pause_task,
         crate::secrets_api::put_secret, crate::secrets_api::get_secret, crate::secrets_api::list_secrets, crate::secrets_api::delete_secret,
         crate::audit::list_audit

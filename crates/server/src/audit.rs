@@ -39,14 +39,14 @@ pub(crate) struct Actor(pub String);
 #[derive(Debug, Clone)]
 pub(crate) struct ProblemNote(pub String);
 
-/// Who is calling:
+/// Who is calling, before authorization has run:
 /// - provider webhooks and secret-token triggers: `hook:<group>/<id>` (the hook's sender; a
 ///   bad signature or token shows as the call's 401);
-/// - a valid bearer token: its name (`admin` for the admin token);
-/// - anything else (no token, or one that does not match): `anonymous`.
+/// - the caller `caller` authenticated (`admin`, a token's user or `token:<id>`, a proxy user);
+/// - anything else (no token, or one that does not authenticate): `anonymous`.
 ///
-/// This is the only place that decides it: the rate limits key on it too.
-pub(crate) fn actor_of(req: &Request, state: &AppState) -> String {
+/// The rate limits key on it; the audit record takes the caller authorization found.
+pub(crate) fn actor_of(req: &Request, caller: Option<&Caller>) -> String {
     if let Some(route) = req.extensions().get::<MatchedPath>()
         && is_hook_sender(route.as_str())
     {
@@ -56,11 +56,8 @@ pub(crate) fn actor_of(req: &Request, state: &AppState) -> String {
             return format!("hook:{g}/{i}");
         }
     }
-    match crate::identity::bearer_of(req.headers()) {
-        Some(token) if state.admin.matches(token) => "admin".to_string(),
-        // Which token this is, without a database read: the authorization middleware
-        // (inside this one) checks it, and the audit record takes the caller it found.
-        Some(token) => format!("bearer:{}", &crate::identity::token_hash(token)[..16]),
+    match caller {
+        Some(c) => c.name.clone(),
         None => "anonymous".to_string(),
     }
 }
@@ -147,7 +144,7 @@ pub(crate) async fn record(State(s): State<AppState>, req: Request, next: Next) 
     }
     let guess = match req.extensions().get::<Actor>() {
         Some(a) => a.0.clone(),
-        None => actor_of(&req, &s),
+        None => actor_of(&req, req.extensions().get::<Caller>()),
     };
     let action = format!("{} {route}", req.method());
     let path = req.uri().path().to_string();
@@ -157,10 +154,9 @@ pub(crate) async fn record(State(s): State<AppState>, req: Request, next: Next) 
     let done = tokio::spawn(async move {
         let response = next.run(req).await;
         let status = response.status();
-        // The caller authorization found; a bearer token it refused counts as anonymous.
+        // The caller authorization found, when it found one.
         let actor = match response.extensions().get::<Actor>() {
             Some(a) => a.0.clone(),
-            None if guess.starts_with("bearer:") => "anonymous".to_string(),
             None => guess,
         };
         let error = (status.as_u16() >= 400).then(|| {

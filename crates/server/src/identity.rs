@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, RawPathParams, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderName, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use ipnet::IpNet;
@@ -77,6 +77,19 @@ impl Caller {
     }
 
     /// 403 unless the caller holds `admin`.
+    /// Whether this is the admin token itself.
+    pub fn is_admin_token(&self) -> bool {
+        self.token_id.is_none() && self.user.is_none() && self.name == "admin"
+    }
+
+    /// The bucket of this caller's request-rate limit: its token, or its proxy user.
+    pub fn limit_key(&self) -> String {
+        match &self.token_id {
+            Some(id) => format!("token:{id}"),
+            None => format!("user:{}", self.name),
+        }
+    }
+
     pub fn require_admin(&self) -> Result<(), Problem> {
         self.require(scope::ADMIN)
     }
@@ -204,8 +217,8 @@ pub(crate) fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-fn bearer(parts: &Parts) -> Result<Option<&str>, Problem> {
-    let Some(v) = parts.headers.get(header::AUTHORIZATION) else {
+fn bearer(headers: &HeaderMap) -> Result<Option<&str>, Problem> {
+    let Some(v) = headers.get(header::AUTHORIZATION) else {
         return Ok(None);
     };
     v.to_str()
@@ -221,8 +234,12 @@ fn bearer(parts: &Parts) -> Result<Option<&str>, Problem> {
 }
 
 /// The caller of a request, or 401.
-async fn authenticate(s: &AppState, parts: &Parts) -> Result<Caller, Problem> {
-    if let Some(token) = bearer(parts)? {
+async fn authenticate(
+    s: &AppState,
+    headers: &HeaderMap,
+    peer: Option<SocketAddr>,
+) -> Result<Caller, Problem> {
+    if let Some(token) = bearer(headers)? {
         if s.admin.matches(token) {
             return Ok(Caller::admin());
         }
@@ -265,10 +282,9 @@ async fn authenticate(s: &AppState, parts: &Parts) -> Result<Caller, Problem> {
         });
     }
     if let Some(proxy) = &s.identity.proxy
-        && let Some(ConnectInfo(peer)) = parts.extensions.get::<ConnectInfo<SocketAddr>>()
+        && let Some(peer) = peer
         && proxy.trusts(peer.ip())
-        && let Some(user) = parts
-            .headers
+        && let Some(user) = headers
             .get(&proxy.user_header)
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
@@ -277,7 +293,7 @@ async fn authenticate(s: &AppState, parts: &Parts) -> Result<Caller, Problem> {
         let groups: Vec<&str> = proxy
             .groups_header
             .as_ref()
-            .and_then(|h| parts.headers.get(h))
+            .and_then(|h| headers.get(h))
             .and_then(|v| v.to_str().ok())
             .map(|v| {
                 v.split([',', ' '])
@@ -346,9 +362,12 @@ pub(crate) async fn authorize(State(s): State<AppState>, request: Request, next:
         Access::Scope | Access::Filtered => {}
     }
     let (mut parts, body) = request.into_parts();
-    let caller = match authenticate(&s, &parts).await {
-        Ok(c) => c,
-        Err(p) => return p.into_response(),
+    let caller = match parts.extensions.remove::<Authenticated>() {
+        Some(Authenticated(c)) => c,
+        None => match authenticate(&s, &parts.headers, peer_of(&parts.extensions)).await {
+            Ok(c) => c,
+            Err(p) => return p.into_response(),
+        },
     };
     let mut body = axum::body::Body::new(body);
     if route.access == Access::Scope {
@@ -364,17 +383,25 @@ pub(crate) async fn authorize(State(s): State<AppState>, request: Request, next:
     response
 }
 
-/// The bearer token of a request's `Authorization` header, if it has one.
-pub(crate) fn bearer_of(headers: &axum::http::HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
+/// A caller already authenticated by an outer layer (the rate limits), so that a request's
+/// credentials are checked once.
+#[derive(Clone)]
+pub(crate) struct Authenticated(pub(crate) Caller);
+
+/// The caller of a request, when its credentials authenticate one.
+pub(crate) async fn authenticate_request(
+    s: &AppState,
+    headers: &HeaderMap,
+    peer: Option<SocketAddr>,
+) -> Option<Caller> {
+    if !headers.contains_key(header::AUTHORIZATION) && s.identity.proxy.is_none() {
+        return None;
+    }
+    authenticate(s, headers, peer).await.ok()
+}
+
+fn peer_of(extensions: &axum::http::Extensions) -> Option<SocketAddr> {
+    extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0)
 }
 
 /// Checks the route's scope for this request; gives the body back (read when the scope

@@ -17,7 +17,11 @@ pub fn routes() -> Router<AppState> {
 
 /// `GET /api/v1/keys`: the ring's key ids (never the keys), the key the canary is sealed
 /// with, and how many stored values each key seals (a full scan of the sealed columns).
-async fn key_status(c: Caller, State(s): State<AppState>) -> Result<Json<Value>, Problem> {
+#[utoipa::path(get, path = "/api/v1/keys", responses((status = 200, description = "Key ids, the canary's key and values per key"), (status = 403, body = Problem)))]
+pub(crate) async fn key_status(
+    c: Caller,
+    State(s): State<AppState>,
+) -> Result<Json<Value>, Problem> {
     c.require_admin()?;
     let status = s.engine.store().key_status().await?;
     Ok(Json(json!(status)))
@@ -26,7 +30,11 @@ async fn key_status(c: Caller, State(s): State<AppState>) -> Result<Json<Value>,
 /// `POST /api/v1/keys/rotate`: reseals every value held under an older key (or stored before
 /// sealing) with the newest key, in short batches while the server keeps serving; answers
 /// with the counts and the status after.
-async fn rotate_keys(c: Caller, State(s): State<AppState>) -> Result<Json<Value>, Problem> {
+#[utoipa::path(post, path = "/api/v1/keys/rotate", responses((status = 200, description = "Rotation counts and the status after"), (status = 403, body = Problem)))]
+pub(crate) async fn rotate_keys(
+    c: Caller,
+    State(s): State<AppState>,
+) -> Result<Json<Value>, Problem> {
     c.require_admin()?;
     let store = s.engine.store();
     tracing::warn!(by = %c.name, "key rotation started");

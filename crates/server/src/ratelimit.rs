@@ -4,7 +4,7 @@
 //!   default: a provider's burst of deliveries must not be dropped, and most providers do not
 //!   redeliver a refused one);
 //! - the admin token: `admin` (off by default: the operator must not be locked out);
-//! - another valid token: per token (the actor [`actor_of`] names), `token`;
+//! - another valid token (or a trusted proxy's user): per token or user, `token`;
 //! - no valid token: per client address, `anonymous` (slows down token guessing and bounds
 //!   the audit records refused calls cost).
 //!
@@ -280,18 +280,27 @@ pub(crate) async fn limit(
     if route.as_deref() == Some("/healthz") {
         return next.run(req).await;
     }
-    let actor = actor_of(&req, &s);
-    let ip = client_of(&req).map(|a| a.ip());
-    let (limiter, key, name) = if route.as_deref().is_some_and(is_hook_sender) {
-        (&limiters.webhook, address_key(ip), "webhook")
-    } else if actor == "admin" {
-        (&limiters.admin, actor.clone(), "admin")
-    } else if actor == "anonymous" {
-        (&limiters.anonymous, address_key(ip), "anonymous")
+    let hook_sender = route.as_deref().is_some_and(is_hook_sender);
+    // Authenticated once, here: authorization (inside) takes the caller found.
+    let caller = if hook_sender {
+        None
     } else {
-        (&limiters.token, actor.clone(), "token")
+        let headers = req.headers().clone();
+        crate::identity::authenticate_request(&s, &headers, client_of(&req)).await
+    };
+    let actor = actor_of(&req, caller.as_ref());
+    let ip = client_of(&req).map(|a| a.ip());
+    let (limiter, key, name) = match &caller {
+        _ if hook_sender => (&limiters.webhook, address_key(ip), "webhook"),
+        None => (&limiters.anonymous, address_key(ip), "anonymous"),
+        Some(c) if c.is_admin_token() => (&limiters.admin, actor.clone(), "admin"),
+        Some(c) => (&limiters.token, c.limit_key(), "token"),
     };
     req.extensions_mut().insert(Actor(actor.clone()));
+    if let Some(c) = caller {
+        req.extensions_mut()
+            .insert(crate::identity::Authenticated(c));
+    }
     let Some(limiter) = limiter else {
         return next.run(req).await;
     };
