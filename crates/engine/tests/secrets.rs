@@ -12,25 +12,7 @@ use taskhook_store::{StepRow, TaskRow};
 
 const MASK: &str = taskhook_model::secret::MASK;
 
-macro_rules! on_both {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$name(super::Backend::Sqlite).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                if taskhook_store::testing::postgres_available().await {
-                    super::$name(super::Backend::Postgres).await
-                }
-            }
-        }
-    )*};
-}
-
-on_both!(
+taskhook_store::on_both_backends!(
     a_rotated_secret_reaches_later_steps_and_stored_results_are_masked,
     a_deleted_secret_fails_its_step_with_a_clear_error,
 );

@@ -8,25 +8,7 @@ use crate::testing::{TestDb, test_key_ring};
 use crate::types::*;
 use crate::{Store, StoreError};
 
-macro_rules! on_both {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$name(crate::testing::TestDb::sqlite()).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                if let Some(db) = crate::testing::TestDb::postgres().await {
-                    super::$name(db).await
-                }
-            }
-        }
-    )*};
-}
-
-on_both!(
+crate::on_both_stores!(
     a_ring_that_cannot_open_the_canary_is_refused,
     backends_hold_only_sealed_values,
     rotation_reseals_everything_and_never_overwrites_a_newer_write,

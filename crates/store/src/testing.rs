@@ -16,6 +16,49 @@ use tokio_postgres::NoTls;
 
 use crate::{Store, postgres};
 
+/// For each test `async fn <name>(db: TestDb)`, generates `mod <name>` with the tests `sqlite`
+/// and `postgres` (skipped with a visible message when PostgreSQL is not reachable; failing
+/// instead with TASKHOOK_TEST_REQUIRE_SERVICES=1).
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name($crate::testing::TestDb::sqlite()).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if let Some(db) = $crate::testing::TestDb::postgres().await {
+                    super::$name(db).await
+                }
+            }
+        }
+    )*};
+}
+
+/// For each test `async fn <name>(b: Backend)`, generates `mod <name>` with the tests `sqlite`
+/// and `postgres`, skipped or failing as [`on_both_stores`] says.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name($crate::testing::Backend::Sqlite).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if $crate::testing::postgres_available().await {
+                    super::$name($crate::testing::Backend::Postgres).await
+                }
+            }
+        }
+    )*};
+}
+
 /// The default test database.
 pub const DEFAULT_TEST_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 

@@ -11,26 +11,7 @@ use taskhook_model::{StepState, TaskState};
 use crate::testing::{Backend, TestDb};
 use crate::*;
 
-/// Generates `mod <test> { sqlite, postgres }` running `async fn <test>(db: TestDb)`.
-macro_rules! on_both {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$name(crate::testing::TestDb::sqlite()).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                if let Some(db) = crate::testing::TestDb::postgres().await {
-                    super::$name(db).await
-                }
-            }
-        }
-    )*};
-}
-
-on_both!(
+crate::on_both_stores!(
     create_claim_and_end_a_task,
     illegal_transitions_are_refused_and_change_nothing,
     many_concurrent_writes_all_commit,

@@ -3,25 +3,7 @@
 use crate::testing::TestDb;
 use crate::*;
 
-macro_rules! on_both {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$name(crate::testing::TestDb::sqlite()).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                if let Some(db) = crate::testing::TestDb::postgres().await {
-                    super::$name(db).await
-                }
-            }
-        }
-    )*};
-}
-
-on_both!(tokens_are_found_by_hash_listed_touched_and_revoked);
+crate::on_both_stores!(tokens_are_found_by_hash_listed_touched_and_revoked);
 
 fn token(id: &str, hash: &str) -> NewToken {
     NewToken {

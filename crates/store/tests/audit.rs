@@ -8,25 +8,7 @@ use taskhook_model::TaskState;
 use taskhook_store::testing::TestDb;
 use taskhook_store::*;
 
-macro_rules! on_both {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$name(taskhook_store::testing::TestDb::sqlite()).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                if let Some(db) = taskhook_store::testing::TestDb::postgres().await {
-                    super::$name(db).await
-                }
-            }
-        }
-    )*};
-}
-
-on_both!(
+taskhook_store::on_both_stores!(
     calls_and_task_events_read_as_one_view,
     pages_cover_everything_once_in_order,
     pruning_removes_only_old_calls,

@@ -2,25 +2,7 @@
 
 use taskhook_store::testing::TestDb;
 
-macro_rules! on_both {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$name(taskhook_store::testing::TestDb::sqlite()).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                if let Some(db) = taskhook_store::testing::TestDb::postgres().await {
-                    super::$name(db).await
-                }
-            }
-        }
-    )*};
-}
-
-on_both!(
+taskhook_store::on_both_stores!(
     secrets_are_created_replaced_read_and_deleted,
     values_survive_reopening_and_are_read_by_name
 );
