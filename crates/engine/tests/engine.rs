@@ -1458,7 +1458,7 @@ name: sleeper
 auto_runnable: true
 steps:
   nap:
-    action: {type: sleep, configuration: {duration: 300ms}}
+    action: {type: sleep, configuration: {duration: 1s}}
   after:
     dependencies: [nap]
     action: {type: echo, configuration: {output: "woke at {{ step.nap.output.slept_until }}"}}
@@ -1479,9 +1479,9 @@ steps:
         "a waiting task holds no run"
     );
     let (_, steps) = fx.wait_done(&id).await;
-    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert!(started.elapsed() >= Duration::from_secs(1));
     assert!(
-        started.elapsed() < Duration::from_secs(3),
+        started.elapsed() < Duration::from_secs(6),
         "took {:?}",
         started.elapsed()
     );
