@@ -16,7 +16,7 @@
 
 use std::sync::Arc;
 
-use deadpool_postgres::{Object, Pool, Transaction};
+use deadpool_postgres::{GenericClient, Object, Pool, Transaction};
 use serde_json::Value;
 use taskhook_model::TaskState;
 use tokio::sync::{Mutex, mpsc, oneshot};
@@ -109,9 +109,14 @@ impl Op {
         }
     }
 
-    /// Alone, without `BEGIN` and `COMMIT` (two round trips fewer), when the write is one
-    /// statement that commits itself; `None` when it needs a transaction.
-    async fn run_autocommit(&self, c: &Object, fx: &mut Effects) -> Option<Result<Reply>> {
+    /// The writes that are one statement each: alone, without `BEGIN` and `COMMIT` (two round
+    /// trips fewer), or inside a batch's transaction. `None` for a write that needs a
+    /// transaction.
+    async fn run_autocommit(
+        &self,
+        c: &impl GenericClient,
+        fx: &mut Effects,
+    ) -> Option<Result<Reply>> {
         Some(match self {
             Op::CreateTask { task, event } => ops::create_task(c, task, event, fx)
                 .await
@@ -136,11 +141,10 @@ impl Op {
     }
 
     async fn run(&self, tx: &Transaction<'_>, fx: &mut Effects) -> Result<Reply> {
+        if let Some(r) = self.run_autocommit(tx, fx).await {
+            return r;
+        }
         match self {
-            Op::CreateTask { task, event } => {
-                let (row, created) = ops::create_task(tx, task, event, fx).await?;
-                Ok(Reply::Created(row, created))
-            }
             Op::RecordFire {
                 fire,
                 task,
@@ -157,21 +161,6 @@ impl Op {
             } => ops::claim_due(tx, owner, *now, *limit, *lease_ms)
                 .await
                 .map(Reply::Claimed),
-            Op::SaveSteps {
-                task_id,
-                epoch,
-                steps,
-            } => ops::save_steps(tx, task_id, *epoch, steps)
-                .await
-                .map(|()| Reply::Saved),
-            Op::EndRun {
-                task_id,
-                epoch,
-                steps,
-                end,
-            } => ops::end_run(tx, task_id, *epoch, steps, end, fx)
-                .await
-                .map(Reply::Ended),
             Op::Transition {
                 task_id,
                 allowed_from,
@@ -191,6 +180,9 @@ impl Op {
             )
             .await
             .map(Reply::Moved),
+            Op::CreateTask { .. } | Op::SaveSteps { .. } | Op::EndRun { .. } => {
+                unreachable!("run_autocommit runs these")
+            }
         }
     }
 }
