@@ -170,6 +170,12 @@ pub enum TaskCommand {
         /// Start no earlier than this RFC 3339 time.
         #[arg(long)]
         run_at: Option<String>,
+        /// A user who may read, resolve and retry this task (repeatable).
+        #[arg(long = "resolver")]
+        resolvers: Vec<String>,
+        /// A user who may read this task (repeatable).
+        #[arg(long = "watcher")]
+        watchers: Vec<String>,
         /// Watch the task until it stops.
         #[arg(long)]
         watch: bool,
@@ -608,6 +614,8 @@ pub async fn task(cmd: TaskCommand) -> anyhow::Result<ExitCode> {
             inputs_json,
             idempotency_key,
             run_at,
+            resolvers,
+            watchers,
             watch: follow,
             conn,
         } => {
@@ -623,6 +631,12 @@ pub async fn task(cmd: TaskCommand) -> anyhow::Result<ExitCode> {
             }
             if let Some(r) = run_at {
                 body["run_at"] = json!(r);
+            }
+            if !resolvers.is_empty() {
+                body["resolver_usernames"] = json!(resolvers);
+            }
+            if !watchers.is_empty() {
+                body["watcher_usernames"] = json!(watchers);
             }
             let out = c.post("/api/v1/tasks", body).await?;
             let id = out["id"].as_str().unwrap_or_default().to_string();

@@ -478,6 +478,113 @@ async fn requesters_and_resolvers_act_on_their_tasks() {
     assert_eq!(v["state"], "CANCELLED");
 }
 
+/// The status of a call made with `token`.
+async fn code(s: &Server, token: &str, method: Method, path: &str) -> u16 {
+    as_token(s, token, method, path, None).await.0
+}
+
+#[tokio::test]
+async fn a_tasks_own_resolvers_and_watchers_act_on_that_task_only() {
+    let s = Server::start();
+    let tpl = "name: gate\nsteps:\n  a: {action: {type: echo, configuration: {output: {x: 1}}}}\n";
+    assert_eq!(s.put_template("gate", tpl).await.0, 201);
+    let (_, ann) = mint(&s, json!({"scopes": ["tasks:create:gate"], "user": "ann"})).await;
+    let (_, vic) = mint(&s, json!({"scopes": ["nothing"], "user": "vic"})).await;
+    let (_, wes) = mint(&s, json!({"scopes": ["nothing"], "user": "wes"})).await;
+    let create = |body: Value| as_token(&s, &ann, Method::POST, "/api/v1/tasks", Some(body));
+    let (st, t) = create(
+        json!({"template": "gate", "resolver_usernames": ["vic", "vic"],
+        "watcher_usernames": ["wes"]}),
+    )
+    .await;
+    assert_eq!(st, 201, "{t}");
+    let named = format!("/api/v1/tasks/{}", t["id"].as_str().unwrap());
+    let (st, t) = create(json!({"template": "gate"})).await;
+    assert_eq!(st, 201, "{t}");
+    let other = format!("/api/v1/tasks/{}", t["id"].as_str().unwrap());
+
+    // Both read the task that names them, and it is the only one they see listed.
+    let (st, v) = as_token(&s, &wes, Method::GET, &named, None).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["resolver_usernames"], json!(["vic"]));
+    assert_eq!(v["watcher_usernames"], json!(["wes"]));
+    assert_eq!(code(&s, &vic, Method::GET, &named).await, 200);
+    assert_eq!(
+        code(&s, &vic, Method::GET, &format!("{named}/events")).await,
+        200
+    );
+    for who in [&vic, &wes] {
+        assert_eq!(code(&s, who, Method::GET, &other).await, 403);
+        let (_, list) = as_token(&s, who, Method::GET, "/api/v1/tasks", None).await;
+        let ids: Vec<&str> = list["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, [named.rsplit('/').next().unwrap()], "{list}");
+    }
+    // A watcher only reads; a resolver resolves this task and no other.
+    assert_eq!(
+        code(&s, &wes, Method::POST, &format!("{named}/resolve")).await,
+        403
+    );
+    assert_eq!(
+        code(&s, &wes, Method::POST, &format!("{named}/cancel")).await,
+        403
+    );
+    assert_eq!(
+        code(&s, &vic, Method::POST, &format!("{other}/resolve")).await,
+        403
+    );
+    assert_eq!(
+        code(&s, &vic, Method::POST, &format!("{named}/cancel")).await,
+        403
+    );
+    assert_eq!(
+        code(&s, &vic, Method::POST, &format!("{named}/resolve")).await,
+        200
+    );
+    s.wait_state(named.rsplit('/').next().unwrap(), &["DONE"])
+        .await;
+
+    // Bad lists are refused with the failing field, and nothing is created.
+    let (st, v) = create(json!({"template": "gate", "watcher_usernames": [""]})).await;
+    assert_eq!(
+        (st, v["field"].as_str()),
+        (400, Some("watcher_usernames")),
+        "{v}"
+    );
+    let (st, v) = create(json!({"template": "gate", "resolver_usernames": "vic"})).await;
+    assert_eq!(st, 400, "{v}");
+    let (_, list) = s.get("/api/v1/tasks").await;
+    assert_eq!(list["tasks"].as_array().unwrap().len(), 2, "{list}");
+
+    // The CLI names them too.
+    let (c, out, err) = taskhook(
+        Some(&s),
+        &[
+            "task",
+            "create",
+            "gate",
+            "--resolver",
+            "vic",
+            "--watcher",
+            "wes",
+            "--json",
+        ],
+    );
+    assert_eq!(c, 0, "{out}{err}");
+    let id = serde_json::from_str::<Value>(&out).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        code(&s, &wes, Method::GET, &format!("/api/v1/tasks/{id}")).await,
+        200
+    );
+}
+
 #[tokio::test]
 async fn a_proxy_user_is_trusted_only_from_the_proxy() {
     let dir = support::fresh_dir();

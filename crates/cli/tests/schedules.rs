@@ -206,6 +206,68 @@ async fn overlap_skip_and_queue() {
     );
 }
 
+/// A queued fire starts its task with the hook's permissions as they are when it starts: once
+/// the hook no longer holds `tasks:create:<template>`, the fires waiting in line end as
+/// `error` with the reason, and no task is created for them.
+#[tokio::test]
+async fn a_queued_fire_is_checked_again_against_the_hooks_scopes() {
+    let s = Server::start();
+    s.put_template("slow", "name: slow\nauto_runnable: true\nsteps:\n  a: {action: {type: sleep, configuration: {duration: 2500ms}}}\n").await;
+    let doc = "template: slow\nschedule: ['* * * * * *']\noverlap: queue\n";
+    put_hook(&s, "cron", "line", doc).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !fires(&s, "cron", "line")
+        .await
+        .iter()
+        .any(|f| f["result"] == "queued")
+    {
+        assert!(std::time::Instant::now() < deadline, "no fire was queued");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The hook loses the right to create its template's tasks while fires wait.
+    put_hook(
+        &s,
+        "cron",
+        "line",
+        &format!("{doc}scopes: ['tasks:create:other']\n"),
+    )
+    .await;
+    let first = fires(&s, "cron", "line").await[0]["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    s.wait_state(&first, &["DONE"]).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let all = loop {
+        let f = fires(&s, "cron", "line").await;
+        if !f.iter().any(|f| f["result"] == "queued") {
+            break f;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "fires stay queued: {f:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    put_hook(&s, "cron", "line", &format!("{doc}enabled: false\n")).await;
+    let created: Vec<&Value> = all.iter().filter(|f| !f["task_id"].is_null()).collect();
+    assert_eq!(
+        created.len(),
+        1,
+        "only the first fire made a task: {all:#?}"
+    );
+    assert!(all.len() >= 2, "{all:#?}");
+    for f in &all[1..] {
+        assert_eq!(f["result"], "error", "{all:#?}");
+        assert!(
+            f["error"].as_str().unwrap().contains("tasks:create:slow"),
+            "{f:#}"
+        );
+    }
+    let (_, tasks) = s.get("/api/v1/tasks").await;
+    assert_eq!(tasks["tasks"].as_array().unwrap().len(), 1, "{tasks:#}");
+}
+
 /// The issue's own words: a hook scheduled every minute in Europe/Paris fires once per minute
 /// across a restart. The server is killed just after a due time and restarted at once: the
 /// due time it already fired is not fired again, and the next minute fires once.

@@ -195,49 +195,82 @@ impl Engine {
 
     /// For a hook with `overlap: queue`: once its previous task has ended, starts the task of
     /// its oldest queued fire. Returns the task started, if any.
+    ///
+    /// The fire is checked again against the hook as it is now: its filter and mapping, its
+    /// scopes (the hook role) and the template's inputs. A fire the hook now refuses ends as
+    /// `error` with the reason, and the next queued fire is tried.
     pub async fn start_queued_fire(
         &self,
         row: &HookRow,
         hook: &Hook,
     ) -> Result<Option<TaskRow>, EngineError> {
-        let Some(fire) = self
-            .inner
-            .store
-            .oldest_queued_fire(&row.group, &row.id)
-            .await?
-        else {
-            return Ok(None);
-        };
-        let event = Event {
-            fired_by: fire.fired_by.clone(),
-            payload: fire.payload.clone().unwrap_or(Value::Null),
-            scheduled_for: fire
-                .scheduled_for
-                .and_then(|t| jiff::Timestamp::from_millisecond(t).ok())
-                .map(|t| t.to_string()),
-            source: "schedule".into(),
-            method: "SCHEDULE".into(),
-            ..Default::default()
-        };
-        let Ok(Decision::Create(inputs)) = decide(hook, &event) else {
-            return Ok(None);
-        };
-        let req = CreateTask {
-            template: hook.template.clone(),
-            inputs,
-            requester: format!("hook:{}/{}", row.group, row.id),
-            ..Default::default()
-        };
-        let prepared = self.inner.prepare_task(req).await?;
-        let started = self
-            .inner
-            .store
-            .start_queued_fire(&fire.id, prepared.task.clone(), prepared.event.clone())
-            .await?;
-        if let Some(t) = &started {
-            self.inner.start_created(prepared, t, true);
+        loop {
+            let Some(fire) = self
+                .inner
+                .store
+                .oldest_queued_fire(&row.group, &row.id)
+                .await?
+            else {
+                return Ok(None);
+            };
+            let event = Event {
+                fired_by: fire.fired_by.clone(),
+                payload: fire.payload.clone().unwrap_or(Value::Null),
+                scheduled_for: fire
+                    .scheduled_for
+                    .and_then(|t| jiff::Timestamp::from_millisecond(t).ok())
+                    .map(|t| t.to_string()),
+                source: "schedule".into(),
+                method: "SCHEDULE".into(),
+                ..Default::default()
+            };
+            let inputs = match decide(hook, &event) {
+                Ok(Decision::Create(_)) if hook.scope_error().is_some() => {
+                    Err(hook.scope_error().unwrap_or_default())
+                }
+                Ok(Decision::Create(inputs)) => Ok(inputs),
+                Ok(Decision::Filtered | Decision::Declined) => Err(
+                    "the hook, as changed since this fire was queued, no longer accepts it".into(),
+                ),
+                Err(e) => Err(e),
+            };
+            let prepared = match inputs {
+                Ok(inputs) => {
+                    let req = CreateTask {
+                        template: hook.template.clone(),
+                        inputs,
+                        requester: format!("hook:{}/{}", row.group, row.id),
+                        ..Default::default()
+                    };
+                    match self.inner.prepare_task(req).await {
+                        Ok(p) => Ok(p),
+                        Err(
+                            e @ (EngineError::Invalid { .. }
+                            | EngineError::NotFound { .. }
+                            | EngineError::Conflict(_)),
+                        ) => Err(e.to_string()),
+                        Err(e) => return Err(e),
+                    }
+                }
+                Err(reason) => Err(reason),
+            };
+            let prepared = match prepared {
+                Ok(p) => p,
+                Err(reason) => {
+                    self.inner.store.fail_queued_fire(&fire.id, &reason).await?;
+                    continue;
+                }
+            };
+            let started = self
+                .inner
+                .store
+                .start_queued_fire(&fire.id, prepared.task.clone(), prepared.event.clone())
+                .await?;
+            if let Some(t) = &started {
+                self.inner.start_created(prepared, t, true);
+            }
+            return Ok(started);
         }
-        Ok(started)
     }
 
     /// Evaluates filter, mapping and the template's input checks for a sample event.

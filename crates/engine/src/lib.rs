@@ -160,6 +160,8 @@ pub struct CreateTask {
     /// Unix ms; the task waits until then.
     pub run_at: Option<i64>,
     pub parent_id: Option<String>,
+    /// Resolvers and watchers named on this task.
+    pub people: taskhook_store::TaskPeople,
 }
 
 pub(crate) struct Inner {
@@ -697,6 +699,7 @@ impl Inner {
             run_max: t.retry_max(),
             due_at,
             steps: t.steps.keys().cloned().collect(),
+            people: req.people,
             claim,
         };
         let event = NewEvent {

@@ -413,6 +413,10 @@ async fn create_task(
             "must be 1-256 characters",
         ));
     }
+    let people = taskhook_store::TaskPeople {
+        resolvers: usernames("resolver_usernames", req.resolver_usernames)?,
+        watchers: usernames("watcher_usernames", req.watcher_usernames)?,
+    };
     let create = CreateTask {
         template: req.template,
         inputs: req.inputs,
@@ -425,6 +429,7 @@ async fn create_task(
         idempotency_key: req.idempotency_key,
         run_at,
         parent_id: None,
+        people,
     };
     let (task, created) = s.engine.create_task(create).await?;
     let status = if created {
@@ -514,6 +519,35 @@ async fn list_tasks(
         tasks.push(TaskOut::new(t, None, templates[&key].as_ref()));
     }
     Ok(Json(TaskPage { tasks, next_cursor }))
+}
+
+/// Most users one list of a task's people may name.
+const MAX_PEOPLE: usize = 100;
+
+/// A task's list of resolvers or watchers, checked: 1-256 characters each, at most
+/// [`MAX_PEOPLE`], duplicates dropped.
+fn usernames(field: &str, names: Vec<String>) -> Result<Vec<String>, Problem> {
+    if names.len() > MAX_PEOPLE {
+        return Err(Problem::field(
+            StatusCode::BAD_REQUEST,
+            field,
+            format!("at most {MAX_PEOPLE} users"),
+        ));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(names.len());
+    for n in names {
+        if n.is_empty() || n.len() > 256 || n.chars().any(char::is_control) {
+            return Err(Problem::field(
+                StatusCode::BAD_REQUEST,
+                field,
+                format!("{n:?} is not a user name: 1-256 characters, no control characters"),
+            ));
+        }
+        if !out.contains(&n) {
+            out.push(n);
+        }
+    }
+    Ok(out)
 }
 
 #[utoipa::path(get, path = "/api/v1/tasks/{id}/events", responses((status = 200, body = Vec<EventOut>), (status = 404, body = Problem)))]

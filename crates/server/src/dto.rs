@@ -30,6 +30,12 @@ pub struct CreateTaskRequest {
     /// Start no earlier than this time (RFC 3339).
     #[serde(default)]
     pub run_at: Option<String>,
+    /// Users who may read, resolve and retry this task, besides the template's resolvers.
+    #[serde(default)]
+    pub resolver_usernames: Vec<String>,
+    /// Users who may read this task.
+    #[serde(default)]
+    pub watcher_usernames: Vec<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema, Default)]
@@ -140,6 +146,12 @@ pub struct TaskOut {
     #[schema(value_type = Object)]
     pub tags: Value,
     pub requester: String,
+    /// Users named on this task who may read, resolve and retry it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub resolver_usernames: Vec<String>,
+    /// Users named on this task who may read it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub watcher_usernames: Vec<String>,
     pub parent_id: Option<String>,
     pub run_count: u32,
     pub run_max: u32,
@@ -170,6 +182,8 @@ impl TaskOut {
             result: t.result,
             tags: t.tags,
             requester: t.requester,
+            resolver_usernames: t.people.resolvers,
+            watcher_usernames: t.people.watchers,
             parent_id: t.parent_id,
             run_count: t.run_count,
             run_max: t.run_max,

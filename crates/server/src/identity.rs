@@ -11,8 +11,9 @@
 //! 3. otherwise nobody: 401.
 //!
 //! On top of scopes, people named on a task may act on it (µTask's model): its requester may
-//! read and cancel it, and its template's resolvers (`allowed_resolver_usernames`,
-//! `allow_all_resolver_usernames`) may read, resolve and retry it.
+//! read and cancel it; its resolvers (the task's `resolver_usernames` and its template's
+//! `allowed_resolver_usernames` / `allow_all_resolver_usernames`) may read, resolve and retry
+//! it; its watchers (`watcher_usernames`) may read it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -99,9 +100,14 @@ impl Caller {
         self.user.as_deref() == Some(name)
     }
 
-    /// Whether the caller may read `task`: `tasks:read:<template>`, or its requester.
+    /// Whether the caller may read `task`: `tasks:read:<template>`, or a person named on the
+    /// task itself (its requester, resolvers or watchers). A template's resolvers are checked
+    /// by [`people_grant`], which reads the template.
     pub fn may_read_task(&self, task: &TaskRow) -> bool {
-        self.may(&format!("tasks:read:{}", task.template)) || self.is_user(&task.requester)
+        self.may(&format!("tasks:read:{}", task.template))
+            || self.user.as_deref().is_some_and(|u| {
+                task.requester == u || task.people.is_resolver(u) || task.people.is_watcher(u)
+            })
     }
 }
 
@@ -331,12 +337,14 @@ async fn people_grant(s: &AppState, caller: &Caller, task: &TaskRow, route: &Rou
     let verb = route.scope.split(':').nth(1).unwrap_or("");
     let requester = task.requester == user;
     let resolver = || async {
-        template_of_task(s, task).await.is_some_and(|t| {
-            t.allow_all_resolver_usernames || t.allowed_resolver_usernames.iter().any(|u| u == user)
-        })
+        task.people.is_resolver(user)
+            || template_of_task(s, task).await.is_some_and(|t| {
+                t.allow_all_resolver_usernames
+                    || t.allowed_resolver_usernames.iter().any(|u| u == user)
+            })
     };
     match verb {
-        "read" => requester || resolver().await,
+        "read" => requester || task.people.is_watcher(user) || resolver().await,
         "cancel" => requester && route.path.ends_with("/cancel"),
         "resolve" => resolver().await,
         _ => false,

@@ -41,6 +41,7 @@ fn task(id: &str) -> NewTask {
         run_max: 100,
         due_at: Some(0),
         steps: vec!["a".into()],
+        people: Default::default(),
         claim: None,
     }
 }

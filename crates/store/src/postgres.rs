@@ -61,6 +61,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (5, include_str!("../migrations/postgres/0005_tokens.sql")),
     (6, include_str!("../migrations/postgres/0006_secrets.sql")),
     (9, include_str!("../migrations/postgres/0009_audit.sql")),
+    (10, include_str!("../migrations/postgres/0010_people.sql")),
 ];
 
 type Param<'a> = &'a (dyn ToSql + Sync);
@@ -236,8 +237,8 @@ fn count_u32(v: i64) -> u32 {
 }
 
 const TASK_COLUMNS: &str = "id, template, template_version, title, state, inputs, resolver_inputs, result, tags, \
-     requester, parent_id, idempotency_key, run_count, run_max, due_at, lease_epoch, created_at, updated_at";
-const TASK_COLUMN_COUNT: usize = 18;
+     requester, parent_id, idempotency_key, run_count, run_max, due_at, lease_epoch, created_at, updated_at, people";
+const TASK_COLUMN_COUNT: usize = 19;
 
 /// [`TASK_COLUMNS`] qualified with a table alias.
 fn task_columns(alias: &str) -> String {
@@ -269,6 +270,7 @@ fn task_from(r: &Row, at: usize) -> Result<TaskRow> {
         lease_epoch: r.try_get(at + 15)?,
         created_at: r.try_get(at + 16)?,
         updated_at: r.try_get(at + 17)?,
+        people: serde_json::from_str(r.try_get::<_, &str>(at + 18)?)?,
     })
 }
 
@@ -648,8 +650,8 @@ fn insert_task_sql(on_conflict: bool) -> String {
     format!(
         "WITH ins AS ( \
            INSERT INTO tasks (id, template, template_version, title, state, inputs, tags, requester, parent_id, \
-             idempotency_key, run_count, run_max, due_at, lease_owner, lease_epoch, lease_until, created_at, updated_at) \
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $17) \
+             idempotency_key, run_count, run_max, due_at, lease_owner, lease_epoch, lease_until, created_at, updated_at, people) \
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $17, $24) \
            {conflict} RETURNING id), \
          st AS ( \
            INSERT INTO steps (task_id, name, state, updated_at) \
@@ -704,7 +706,7 @@ async fn insert_task(
     let froms: Vec<Option<&str>> = events.iter().map(|e| e.from_state.as_deref()).collect();
     let tos: Vec<Option<&str>> = events.iter().map(|e| e.to_state.as_deref()).collect();
     let details: Vec<String> = events.iter().map(|e| json(&e.detail)).collect();
-    let (inputs, tags) = (json(&t.inputs), json(&t.tags));
+    let (inputs, tags, people) = (json(&t.inputs), json(&t.tags), t.people.to_json());
     let run_max = i64::from(t.run_max);
     let owner = claimed.map(|(o, _)| o.as_str());
     let until = claimed.map(|(_, u)| *u);
@@ -735,6 +737,7 @@ async fn insert_task(
             &froms,
             &tos,
             &details,
+            &people,
         ],
     )
     .await?;
@@ -764,6 +767,7 @@ async fn insert_task(
         lease_epoch,
         created_at: now,
         updated_at: now,
+        people: t.people.clone(),
     }))
 }
 
@@ -1197,6 +1201,19 @@ impl PgStore {
             .await?
             .map(|r| fire_from(&r))
             .transpose()
+    }
+
+    /// Ends a queued fire as `error` with `reason` (already sealed); false when it was no
+    /// longer queued.
+    pub async fn fail_queued_fire(&self, fire_id: &str, reason: &str) -> Result<bool> {
+        let c = self.client().await?;
+        let n = execute(
+            &c,
+            "UPDATE fires SET result = 'error', error = $2 WHERE id = $1 AND result = 'queued'",
+            &[&fire_id, &reason],
+        )
+        .await?;
+        Ok(n == 1)
     }
 
     pub async fn start_queued_fire(

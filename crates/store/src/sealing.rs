@@ -231,6 +231,15 @@ impl Store {
         Ok(row)
     }
 
+    /// Ends a queued fire that can no longer start a task (its hook now refuses it) as
+    /// `error` with `reason`; false when it was no longer queued.
+    pub async fn fail_queued_fire(&self, fire_id: &str, reason: &str) -> Result<bool> {
+        let mut reason = Some(reason.to_string());
+        self.sealer().opt_text(&mut reason)?;
+        let reason = reason.unwrap_or_default();
+        backend!(self, fail_queued_fire(fire_id, &reason))
+    }
+
     /// Fires of a hook, newest first, with the current state of each created task.
     pub async fn list_fires(
         &self,

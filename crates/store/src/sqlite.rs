@@ -31,6 +31,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0005_tokens.sql"),
     include_str!("../migrations/sqlite/0006_secrets.sql"),
     include_str!("../migrations/sqlite/0009_audit.sql"),
+    include_str!("../migrations/sqlite/0010_people.sql"),
 ];
 /// Most writes one transaction takes; beyond it the next batch starts.
 const MAX_BATCH: usize = 2048;
@@ -164,7 +165,7 @@ fn parse_state(s: String) -> rusqlite::Result<TaskState> {
 }
 
 const TASK_COLUMNS: &str = "id, template, template_version, title, state, inputs, resolver_inputs, result, tags, \
-     requester, parent_id, idempotency_key, run_count, run_max, due_at, lease_epoch, created_at, updated_at";
+     requester, parent_id, idempotency_key, run_count, run_max, due_at, lease_epoch, created_at, updated_at, people";
 
 fn task_from_row(r: &Row<'_>) -> rusqlite::Result<TaskRow> {
     Ok(TaskRow {
@@ -186,6 +187,13 @@ fn task_from_row(r: &Row<'_>) -> rusqlite::Result<TaskRow> {
         lease_epoch: r.get(15)?,
         created_at: r.get(16)?,
         updated_at: r.get(17)?,
+        people: parse_people(r.get(18)?)?,
+    })
+}
+
+fn parse_people(s: String) -> rusqlite::Result<TaskPeople> {
+    serde_json::from_str(&s).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(18, rusqlite::types::Type::Text, e.into())
     })
 }
 
@@ -743,6 +751,20 @@ impl SqliteStore {
             c.prepare_cached("UPDATE fires SET result = 'created', task_id = ?2 WHERE id = ?1")?
                 .execute(params![fire_id, row.id])?;
             Ok(Some(row))
+        })
+        .await
+    }
+
+    /// Ends a queued fire as `error` with `reason` (already sealed); false when it was no
+    /// longer queued.
+    pub async fn fail_queued_fire(&self, fire_id: &str, reason: &str) -> Result<bool> {
+        let (fire_id, reason) = (fire_id.to_string(), reason.to_string());
+        self.write(move |c| {
+            Ok(c.prepare_cached(
+                "UPDATE fires SET result = 'error', error = ?2 WHERE id = ?1 AND result = 'queued'",
+            )?
+            .execute(params![fire_id, reason])?
+                == 1)
         })
         .await
     }
@@ -1400,8 +1422,8 @@ fn insert_task(c: &Connection, t: &NewTask, event: &NewEvent) -> Result<TaskRow>
     let run_count = u32::from(claimed.is_some());
     c.prepare_cached(
         "INSERT INTO tasks (id, template, template_version, title, state, inputs, tags, requester, parent_id, \
-         idempotency_key, run_count, run_max, due_at, lease_owner, lease_epoch, lease_until, created_at, updated_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?17)",
+         idempotency_key, run_count, run_max, due_at, lease_owner, lease_epoch, lease_until, created_at, updated_at, people) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?17, ?18)",
     )?
     .execute(params![
         t.id,
@@ -1420,7 +1442,8 @@ fn insert_task(c: &Connection, t: &NewTask, event: &NewEvent) -> Result<TaskRow>
         claimed.map(|(owner, _)| owner),
         lease_epoch,
         claimed.map(|(_, until)| until),
-        now
+        now,
+        t.people.to_json(),
     ])?;
     let steps: Vec<StepRow> = t.steps.iter().map(StepRow::new).collect();
     upsert_steps(c, &t.id, &steps, now)?;
@@ -1461,6 +1484,7 @@ fn insert_task(c: &Connection, t: &NewTask, event: &NewEvent) -> Result<TaskRow>
         lease_epoch,
         created_at: now,
         updated_at: now,
+        people: t.people.clone(),
     })
 }
 

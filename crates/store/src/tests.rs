@@ -29,6 +29,8 @@ crate::on_both_stores!(
     writes_signal_other_handles,
     a_child_ending_wakes_its_parent,
     reopening_runs_no_migration_twice,
+    a_queued_fire_waits_for_its_predecessor_or_ends_as_error,
+    a_tasks_people_are_kept,
 );
 
 fn new_task(id: &str, key: Option<&str>) -> NewTask {
@@ -46,6 +48,7 @@ fn new_task(id: &str, key: Option<&str>) -> NewTask {
         run_max: 100,
         due_at: Some(0),
         steps: vec!["a".into(), "b".into()],
+        people: Default::default(),
         claim: None,
     }
 }
@@ -381,6 +384,77 @@ async fn a_due_time_fires_once_even_when_two_schedulers_race(db: TestDb) {
         .len(),
         1
     );
+}
+
+async fn a_queued_fire_waits_for_its_predecessor_or_ends_as_error(db: TestDb) {
+    let s = db.open().await;
+    s.put_hook("g", "h", json!({"template": "t"}), "tok")
+        .await
+        .unwrap();
+    for (i, due) in [1_000, 2_000, 3_000].into_iter().enumerate() {
+        let task = Some((new_task(&format!("t{i}"), None), created()));
+        s.record_fire(
+            scheduled_fire(&format!("f{i}"), due),
+            task,
+            None,
+            Some("queued"),
+        )
+        .await
+        .unwrap();
+    }
+    let oldest = s.oldest_queued_fire("g", "h").await.unwrap().unwrap();
+    assert_eq!(oldest.id, "f1");
+    // t0 has not ended, so f1 waits.
+    let started = s
+        .start_queued_fire("f1", new_task("t1", None), created())
+        .await
+        .unwrap();
+    assert!(started.is_none());
+    assert!(
+        s.fail_queued_fire("f1", "the hook refuses it")
+            .await
+            .unwrap()
+    );
+    assert!(!s.fail_queued_fire("f1", "twice").await.unwrap());
+    assert!(
+        s.start_queued_fire("f1", new_task("t1", None), created())
+            .await
+            .unwrap()
+            .is_none(),
+        "an ended fire starts nothing"
+    );
+    assert_eq!(
+        s.oldest_queued_fire("g", "h").await.unwrap().unwrap().id,
+        "f2"
+    );
+    let fires = s.list_fires("g", "h", None, 10).await.unwrap();
+    let f1 = fires.iter().find(|f| f.id == "f1").unwrap();
+    assert_eq!(f1.result, "error");
+    assert_eq!(f1.error.as_deref(), Some("the hook refuses it"));
+    assert!(f1.task_id.is_none());
+}
+
+async fn a_tasks_people_are_kept(db: TestDb) {
+    let s = db.open().await;
+    let mut t = new_task("p", None);
+    t.people = TaskPeople {
+        resolvers: vec!["ana".into()],
+        watchers: vec!["bo".into(), "cy".into()],
+    };
+    let row = s.create_task(t.clone(), created()).await.unwrap().0;
+    assert_eq!(row.people, t.people);
+    let (read, _) = s.get_task("p").await.unwrap().unwrap();
+    assert_eq!(read.people, t.people);
+    assert!(read.people.is_resolver("ana") && !read.people.is_resolver("bo"));
+    assert!(read.people.is_watcher("cy"));
+    let listed = s
+        .list_tasks(TaskFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed[0].people, t.people);
 }
 
 async fn a_repeated_delivery_is_recorded_once_under_concurrency(db: TestDb) {

@@ -28,6 +28,8 @@ pub struct NewTask {
     pub run_max: u32,
     pub due_at: Option<i64>,
     pub steps: Vec<String>,
+    /// People named on this task beyond its template's.
+    pub people: TaskPeople,
     /// Claim the task in the same write, for a runner that starts it at once:
     /// `(lease owner, lease expiry in unix ms)`. Only for a READY task due now.
     pub claim: Option<(String, i64)>,
@@ -53,6 +55,34 @@ pub struct TaskRow {
     pub lease_epoch: i64,
     pub created_at: i64,
     pub updated_at: i64,
+    pub people: TaskPeople,
+}
+
+/// People named on one task (µTask's task-level resolvers and watchers), on top of its
+/// requester and its template's resolvers. Resolvers may read, resolve and retry the task;
+/// watchers may read it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskPeople {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resolvers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub watchers: Vec<String>,
+}
+
+impl TaskPeople {
+    pub fn is_resolver(&self, user: &str) -> bool {
+        self.resolvers.iter().any(|u| u == user)
+    }
+
+    pub fn is_watcher(&self, user: &str) -> bool {
+        self.watchers.iter().any(|u| u == user)
+    }
+
+    /// The stored form.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| "{}".into())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

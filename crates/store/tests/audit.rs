@@ -42,6 +42,7 @@ fn new_task(id: &str) -> NewTask {
         run_max: 10,
         due_at: None,
         steps: vec!["a".into()],
+        people: Default::default(),
         claim: None,
     }
 }

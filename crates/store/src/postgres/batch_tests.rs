@@ -25,6 +25,7 @@ fn task(id: &str, key: Option<&str>) -> NewTask {
         run_max: 1,
         due_at: Some(i64::MAX),
         steps: vec!["a".into()],
+        people: Default::default(),
         claim: None,
     }
 }
