@@ -216,6 +216,10 @@ impl Run {
                 self.load_secrets().await?;
             }
             let to_start = if stopping { Vec::new() } else { self.advance() };
+            if to_start.is_empty() && inflight.is_empty() && (stopping || !self.has_eligible()) {
+                // The run ends: its last step results ride in the end's write.
+                break;
+            }
             if !self.dirty.is_empty() {
                 let rows = self.take_dirty();
                 let (store, id, epoch) = (&self.inner.store, &self.task.id, self.task.lease_epoch);

@@ -32,7 +32,7 @@ use tokio::sync::Notify;
 pub use audit::{AuditCursor, AuditEntry, AuditFilter, AuditKind, AuditOutcome, NewCall};
 pub use crypto::{KeyError, KeyRing, KeyStatus, RotationReport};
 pub use postgres::{DEFAULT_POOL_SIZE, PgStore};
-pub use sqlite::SqliteStore;
+pub use sqlite::{SqliteStore, WriteStats};
 pub use types::*;
 
 /// Current time in unix milliseconds.

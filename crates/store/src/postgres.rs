@@ -62,6 +62,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (6, include_str!("../migrations/postgres/0006_secrets.sql")),
     (9, include_str!("../migrations/postgres/0009_audit.sql")),
     (10, include_str!("../migrations/postgres/0010_people.sql")),
+    (
+        11,
+        include_str!("../migrations/postgres/0011_fires_delivery.sql"),
+    ),
 ];
 
 type Param<'a> = &'a (dyn ToSql + Sync);
@@ -431,6 +435,31 @@ impl StepArrays {
 /// Key of the advisory lock that serialises the fires of one hook.
 fn hook_lock_key(group: &str, id: &str) -> String {
     format!("taskhook-hook:{}:{group}/{id}", group.len())
+}
+
+/// The lock a fire must hold while it decides, if any: the whole hook when the overlap policy
+/// or a due time makes it look at the hook's other fires and tasks; only its delivery id when
+/// it just dedupes deliveries (so the fires of one busy webhook do not wait for each other);
+/// none otherwise.
+fn fire_lock_key(
+    fire: &NewFire,
+    dedupe_since: Option<i64>,
+    overlap: Option<&str>,
+) -> Option<String> {
+    if overlap.is_some() || fire.scheduled_for.is_some() {
+        return Some(hook_lock_key(&fire.hook_group, &fire.hook_id));
+    }
+    let delivery = fire
+        .delivery_id
+        .as_ref()
+        .filter(|_| dedupe_since.is_some())?;
+    Some(format!(
+        "taskhook-delivery:{}:{}/{}:{}:{delivery}",
+        fire.hook_group.len(),
+        fire.hook_group,
+        fire.hook_id.len(),
+        fire.hook_id
+    ))
 }
 
 const LOCK_SQL: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))";
@@ -905,8 +934,9 @@ fn end_run_sql() -> String {
            WHERE e.ord = 1 OR f.stop_state IS NOT NULL \
            ORDER BY e.ord), \
          p AS ( \
-           UPDATE tasks SET due_at = $6, updated_at = $6 FROM up \
-           WHERE up.state = ANY($14::text[]) AND tasks.id = up.parent_id AND tasks.state IN ('WAITING', 'RUNNING') \
+           UPDATE tasks SET due_at = $6, updated_at = $6 \
+           WHERE tasks.id = (SELECT up.parent_id FROM up WHERE up.state = ANY($14::text[])) \
+             AND tasks.state IN ('WAITING', 'RUNNING') \
            RETURNING tasks.id), \
          sl AS (DELETE FROM resource_slots WHERE task_id IN (SELECT id FROM f) RETURNING 1) \
          SELECT (SELECT count(*) FROM t), (SELECT id FROM p), \
@@ -1531,10 +1561,14 @@ impl PgStore {
         let detail = json(&serde_json::json!({"reason": reason}));
         let row = query_one(
             &c,
-            "WITH r AS ( \
+            // Locked in id order, skipping rows being written (a later sweep sees them).
+            "WITH l AS ( \
+               SELECT t.id FROM tasks t JOIN unnest($1::text[], $2::bigint[]) AS u(id, epoch) \
+                 ON t.id = u.id AND t.lease_epoch = u.epoch \
+               WHERE t.state = 'RUNNING' ORDER BY t.id FOR UPDATE OF t SKIP LOCKED), \
+             r AS ( \
                UPDATE tasks t SET state = 'READY', due_at = $3, lease_owner = NULL, lease_until = NULL, updated_at = $3 \
-               FROM unnest($1::text[], $2::bigint[]) AS u(id, epoch) \
-               WHERE t.id = u.id AND t.state = 'RUNNING' AND t.lease_epoch = u.epoch RETURNING t.id), \
+               FROM l WHERE t.id = l.id RETURNING t.id), \
              e AS ( \
                INSERT INTO task_events (task_id, at, actor, kind, from_state, to_state, detail) \
                SELECT id, $3, 'engine', 'recovered', 'RUNNING', 'READY', $4 FROM r ORDER BY id) \
@@ -1563,15 +1597,24 @@ impl PgStore {
         let epochs: Vec<i64> = held.iter().map(|(_, e)| *e).collect();
         let rows = query(
             &c,
+            // Rows are locked in id order and a row another transaction holds is skipped (its
+            // writer is this instance's own run write, or a takeover that the next renewal
+            // sees), so a renewal never waits in a lock cycle with a write batch. A task is
+            // lost when it is no longer RUNNING under this owner and epoch.
             "WITH u AS (SELECT * FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS u(id, epoch, ord)), \
+             l AS ( \
+               SELECT t.id FROM tasks t JOIN u ON t.id = u.id AND t.lease_epoch = u.epoch \
+               WHERE t.state = 'RUNNING' AND t.lease_owner = $3 \
+               ORDER BY t.id FOR UPDATE OF t SKIP LOCKED), \
              r AS ( \
-               UPDATE tasks t SET lease_until = $4 FROM u \
-               WHERE t.id = u.id AND t.state = 'RUNNING' AND t.lease_epoch = u.epoch AND t.lease_owner = $3 \
+               UPDATE tasks t SET lease_until = $4 FROM l WHERE t.id = l.id \
                RETURNING t.id, t.lease_epoch), \
              s AS ( \
                UPDATE resource_slots rs SET until = $4 FROM r \
                WHERE rs.task_id = r.id AND rs.epoch = r.lease_epoch) \
-             SELECT u.id FROM u WHERE NOT EXISTS (SELECT 1 FROM r WHERE r.id = u.id AND r.lease_epoch = u.epoch) \
+             SELECT u.id FROM u WHERE NOT EXISTS ( \
+               SELECT 1 FROM tasks t WHERE t.id = u.id AND t.state = 'RUNNING' \
+               AND t.lease_epoch = u.epoch AND t.lease_owner = $3) \
              ORDER BY u.ord",
             &[&ids, &epochs, &owner, &until],
         )

@@ -24,7 +24,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::notify::Notifier;
-use super::{hook_lock_key, ops};
+use super::{fire_lock_key, ops};
 use crate::types::*;
 use crate::{Result, Signals, StoreError};
 
@@ -75,7 +75,8 @@ pub(super) enum Op {
     },
 }
 
-/// What a write answers.
+/// What a write answers. (Short-lived too.)
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Reply {
     Created(TaskRow, bool),
     Fire(FireOutcome),
@@ -102,7 +103,13 @@ impl Op {
                 Some(k) => format!("k:{}:{}:{k}", task.template.len(), task.template),
                 None => format!("t:{}", task.id),
             },
-            Op::RecordFire { fire, .. } => hook_lock_key(&fire.hook_group, &fire.hook_id),
+            Op::RecordFire {
+                fire,
+                dedupe_since,
+                overlap,
+                ..
+            } => fire_lock_key(fire, *dedupe_since, *overlap)
+                .unwrap_or_else(|| format!("f:{}", fire.id)),
             Op::ClaimDue { .. } => String::new(),
             Op::SaveSteps { task_id, .. }
             | Op::EndRun { task_id, .. }

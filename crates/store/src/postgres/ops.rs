@@ -53,10 +53,11 @@ pub(super) async fn record_fire(
     overlap: Option<&'static str>,
     fx: &mut Effects,
 ) -> Result<FireOutcome> {
-    // The fires of one hook are serialised across instances, as SQLite's one writer does:
-    // delivery dedupe, due-time dedupe and the overlap policy then see every earlier fire.
-    // (Within one transaction the lock is taken again at no cost.)
-    let key = hook_lock_key(&fire.hook_group, &fire.hook_id);
+    // Fires that decide by looking at other fires are serialised across instances, as
+    // SQLite's one writer does: delivery dedupe, due-time dedupe and the overlap policy then
+    // see every earlier fire they depend on. (Within one transaction the lock is taken again
+    // at no cost.)
+    let key = fire_lock_key(fire, dedupe_since, overlap);
     let (lock, by_delivery, by_schedule) = (
         tx.prepare_cached(LOCK_SQL).await?,
         tx.prepare_cached(&first_delivery_sql()).await?,
@@ -65,7 +66,12 @@ pub(super) async fn record_fire(
     let delivery = fire.delivery_id.as_ref().zip(dedupe_since);
     let (l, first_delivery, first_schedule) = tokio::join!(
         biased;
-        async { tx.execute(&lock, &[&key]).await },
+        async {
+            match &key {
+                Some(key) => tx.execute(&lock, &[key]).await.map(|_| ()),
+                None => Ok(()),
+            }
+        },
         async {
             match delivery {
                 Some((d, since)) => {
