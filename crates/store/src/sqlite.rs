@@ -684,13 +684,9 @@ impl SqliteStore {
         overlap: Option<&'static str>,
     ) -> Result<FireOutcome> {
         self.write(move |c| {
-            if let (Some(delivery), Some(since)) = (&fire.delivery_id, dedupe_since) {
-                let sql = first_delivery_sql();
-                if let Some(first) = c
-                    .prepare_cached(&sql)?
-                    .query_row(params![fire.hook_group, fire.hook_id, delivery, since], fire_from_row)
-                    .optional()?
-                {
+            if let (Some(delivery), Some(since)) = (&fire.delivery_id, dedupe_since)
+                && let Some(first) = first_delivery(c, &fire.hook_group, &fire.hook_id, delivery, since)?
+            {
                     // The repeat is in the ledger too, pointing at the first fire's task.
                     insert_fire(
                         c,
@@ -703,16 +699,17 @@ impl SqliteStore {
                         },
                     )?;
                     return Ok(FireOutcome::Duplicate(first));
-                }
             }
             if let Some(due) = fire.scheduled_for {
-                let sql = format!(
-                    "SELECT {FIRE_COLUMNS} FROM fires f LEFT JOIN tasks t ON t.id = f.task_id \
-                     WHERE f.hook_group = ?1 AND f.hook_id = ?2 AND f.scheduled_for IS NOT NULL AND f.scheduled_for = ?3"
-                );
-                if let Some(first) =
-                    c.prepare_cached(&sql)?.query_row(params![fire.hook_group, fire.hook_id, due], fire_from_row).optional()?
-                {
+                // No join in the lookup, as in `first_delivery`.
+                let found: Option<String> = c
+                    .prepare_cached(
+                        "SELECT id FROM fires \
+                         WHERE hook_group = ?1 AND hook_id = ?2 AND scheduled_for IS NOT NULL AND scheduled_for = ?3",
+                    )?
+                    .query_row(params![fire.hook_group, fire.hook_id, due], |r| r.get(0))
+                    .optional()?;
+                if let Some(first) = found.map(|id| fire_by_id(c, &id)).transpose()?.flatten() {
                     return Ok(FireOutcome::Duplicate(first));
                 }
             }
@@ -1416,12 +1413,41 @@ fn hook_has_unfinished_task(c: &Connection, group: &str, id: &str) -> Result<boo
 }
 
 /// The first fire of a delivery id within the dedupe window (a seek on `fires_delivery`).
-fn first_delivery_sql() -> String {
-    format!(
-        "SELECT {FIRE_COLUMNS} FROM fires f LEFT JOIN tasks t ON t.id = f.task_id \
-         WHERE f.hook_group = ?1 AND f.hook_id = ?2 AND f.delivery_id IS NOT NULL AND f.delivery_id = ?3 \
-         AND f.received_at >= ?4 AND f.result NOT IN ('rejected', 'duplicate') ORDER BY f.id LIMIT 1"
-    )
+///
+/// Within one window there is at most one such fire (a repeat inside it is recorded as
+/// `duplicate`, and a delivery is new again only once its first fire has left the window),
+/// so the seek needs no `ORDER BY`. The lookup has neither `ORDER BY` nor a join: with
+/// either, SQLite's planner marks the bound values as plan inputs and prepares the cached
+/// statement again on every call, on the writer thread. The fire's row, with its task's
+/// state, is read only when a repeat is found.
+fn first_delivery(
+    c: &Connection,
+    group: &str,
+    id: &str,
+    delivery: &str,
+    since: i64,
+) -> Result<Option<FireRow>> {
+    let found: Option<String> = c
+        .prepare_cached(
+            "SELECT id FROM fires WHERE hook_group = ?1 AND hook_id = ?2 AND delivery_id IS NOT NULL \
+             AND delivery_id = ?3 AND received_at >= ?4 AND result NOT IN ('rejected', 'duplicate') LIMIT 1",
+        )?
+        .query_row(params![group, id, delivery, since], |r| r.get(0))
+        .optional()?;
+    match found {
+        Some(fire_id) => fire_by_id(c, &fire_id),
+        None => Ok(None),
+    }
+}
+
+/// A fire with its task's current state.
+fn fire_by_id(c: &Connection, fire_id: &str) -> Result<Option<FireRow>> {
+    let sql = format!(
+        "SELECT {FIRE_COLUMNS} FROM fires f LEFT JOIN tasks t ON t.id = f.task_id WHERE f.id = ?1"
+    );
+    Ok(c.prepare_cached(&sql)?
+        .query_row([fire_id], fire_from_row)
+        .optional()?)
 }
 
 /// The task an idempotency key already created for this template, if any.
