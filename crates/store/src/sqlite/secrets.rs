@@ -78,7 +78,7 @@ impl SqliteStore {
         let name = name.to_string();
         self.write(move |c| {
             Ok(c.prepare_cached("DELETE FROM secrets WHERE name = ?1")?
-                .execute([name])?
+                .execute([&name])?
                 > 0)
         })
         .await
