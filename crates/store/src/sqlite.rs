@@ -1613,3 +1613,91 @@ fn wake_parent_if_ended(
     }
     Ok((woke > 0).then_some(parent))
 }
+
+#[cfg(test)]
+mod writer_tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    fn put(c: &Connection, key: &str) -> Result<()> {
+        c.execute("INSERT INTO settings (key, value) VALUES (?1, 'v')", [key])?;
+        Ok(())
+    }
+
+    fn has(c: &Connection, key: &str) -> bool {
+        c.query_row("SELECT 1 FROM settings WHERE key = ?1", [key], |_| Ok(()))
+            .optional()
+            .unwrap()
+            .is_some()
+    }
+
+    /// Writes queued together share a transaction that first runs without savepoints. A
+    /// write that fails after changing something sends the batch round again with a
+    /// savepoint per write: its own change is undone, its neighbours' stay, and each caller
+    /// gets the answer of its write's last run.
+    #[tokio::test]
+    async fn a_write_failing_halfway_is_undone_alone_in_its_batch() {
+        let dir = std::env::temp_dir().join(format!("taskhook-writer-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let s = SqliteStore::open(dir.join("db")).unwrap();
+        // Hold the writer (alone in its batch) so the next writes queue and are taken as one.
+        let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+        let (held_tx, held_rx) = std::sync::mpsc::channel::<()>();
+        let hold = tokio::spawn({
+            let s = s.clone();
+            async move {
+                s.write(move |_| {
+                    let _ = started_tx.send(());
+                    let _ = held_rx.recv_timeout(std::time::Duration::from_secs(5));
+                    Ok(())
+                })
+                .await
+            }
+        });
+        tokio::task::spawn_blocking(move || started_rx.recv().unwrap())
+            .await
+            .unwrap();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let good = |key: &'static str| {
+            let (s, runs) = (s.clone(), runs.clone());
+            tokio::spawn(async move {
+                s.write(move |c| {
+                    put(c, key)?;
+                    Ok(runs.fetch_add(1, Ordering::SeqCst))
+                })
+                .await
+            })
+        };
+        let (a, b) = (good("a"), good("b"));
+        let bad = tokio::spawn({
+            let s = s.clone();
+            async move {
+                s.write(|c| {
+                    put(c, "half")?;
+                    Err::<(), _>(StoreError::Conflict("fails after a change".into()))
+                })
+                .await
+            }
+        });
+        // Let the three queue behind the held writer, then let it go.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        held_tx.send(()).unwrap();
+        hold.await.unwrap().unwrap();
+        let (a, b, bad) = (a.await.unwrap(), b.await.unwrap(), bad.await.unwrap());
+        assert!(matches!(bad, Err(StoreError::Conflict(_))), "{bad:?}");
+        // Both good writes ran twice (the optimistic pass, then the savepoint pass); each
+        // answer is its second run's.
+        assert_eq!(runs.load(Ordering::SeqCst), 4);
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert!(a >= 2 && b >= 2, "answers come from the last run: {a} {b}");
+        let (ha, hb, hh) = s
+            .read(|c| Ok((has(c, "a"), has(c, "b"), has(c, "half"))))
+            .await
+            .unwrap();
+        assert!(ha && hb, "neighbours of a failed write are kept");
+        assert!(!hh, "the failed write's own change is undone");
+        s.close();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
