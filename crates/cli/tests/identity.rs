@@ -33,6 +33,11 @@ async fn as_token(
     )
 }
 
+/// The status of a call made with `token`.
+async fn code(s: &Server, token: &str, method: Method, path: &str) -> u16 {
+    as_token(s, token, method, path, None).await.0
+}
+
 async fn put_yaml(s: &Server, token: &str, path: &str, yaml: &str) -> (u16, Value) {
     let resp = s
         .http
@@ -245,12 +250,7 @@ async fn tokens_mint_only_what_they_hold_and_stop_when_revoked_or_expired() {
     );
 
     // Used: last_used_at is recorded.
-    assert_eq!(
-        as_token(&s, &manager, Method::GET, "/api/v1/tokens", None)
-            .await
-            .0,
-        200
-    );
+    assert_eq!(code(&s, &manager, Method::GET, "/api/v1/tokens").await, 200);
     let mut used = Value::Null;
     for _ in 0..100 {
         let (_, list) = s.get("/api/v1/tokens").await;
@@ -270,12 +270,7 @@ async fn tokens_mint_only_what_they_hold_and_stop_when_revoked_or_expired() {
 
     // Expired: 401.
     let (_, short) = mint(&s, json!({"scopes": ["tasks:read:*"], "expires_in": "1s"})).await;
-    assert_eq!(
-        as_token(&s, &short, Method::GET, "/api/v1/tasks", None)
-            .await
-            .0,
-        200
-    );
+    assert_eq!(code(&s, &short, Method::GET, "/api/v1/tasks").await, 200);
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let (st, v) = as_token(&s, &short, Method::GET, "/api/v1/tasks", None).await;
     assert_eq!(st, 401, "{v}");
@@ -385,40 +380,32 @@ async fn requesters_and_resolvers_act_on_their_tasks() {
     let (_, list) = as_token(&s, &ann, Method::GET, "/api/v1/tasks", None).await;
     assert_eq!(list["tasks"].as_array().unwrap().len(), 1);
     assert_eq!(
-        as_token(&s, &bob, Method::GET, &format!("/api/v1/tasks/{id}"), None)
-            .await
-            .0,
+        code(&s, &bob, Method::GET, &format!("/api/v1/tasks/{id}")).await,
         403
     );
     // A resolver named by the template reads and resolves; the requester may not resolve.
     assert_eq!(
-        as_token(&s, &rita, Method::GET, &format!("/api/v1/tasks/{id}"), None)
-            .await
-            .0,
+        code(&s, &rita, Method::GET, &format!("/api/v1/tasks/{id}")).await,
         200
     );
     assert_eq!(
-        as_token(
+        code(
             &s,
             &ann,
             Method::POST,
-            &format!("/api/v1/tasks/{id}/resolve"),
-            None
+            &format!("/api/v1/tasks/{id}/resolve")
         )
-        .await
-        .0,
+        .await,
         403
     );
     assert_eq!(
-        as_token(
+        code(
             &s,
             &bob,
             Method::POST,
-            &format!("/api/v1/tasks/{id}/resolve"),
-            None
+            &format!("/api/v1/tasks/{id}/resolve")
         )
-        .await
-        .0,
+        .await,
         403
     );
     let (st, v) = as_token(
@@ -443,27 +430,17 @@ async fn requesters_and_resolvers_act_on_their_tasks() {
     .await;
     let id = t["id"].as_str().unwrap().to_string();
     assert_eq!(
-        as_token(
+        code(
             &s,
             &bob,
             Method::POST,
-            &format!("/api/v1/tasks/{id}/cancel"),
-            None
+            &format!("/api/v1/tasks/{id}/cancel")
         )
-        .await
-        .0,
+        .await,
         403
     );
     assert_eq!(
-        as_token(
-            &s,
-            &ann,
-            Method::POST,
-            &format!("/api/v1/tasks/{id}/pause"),
-            None
-        )
-        .await
-        .0,
+        code(&s, &ann, Method::POST, &format!("/api/v1/tasks/{id}/pause")).await,
         403
     );
     let (st, v) = as_token(
@@ -476,11 +453,6 @@ async fn requesters_and_resolvers_act_on_their_tasks() {
     .await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["state"], "CANCELLED");
-}
-
-/// The status of a call made with `token`.
-async fn code(s: &Server, token: &str, method: Method, path: &str) -> u16 {
-    as_token(s, token, method, path, None).await.0
 }
 
 #[tokio::test]

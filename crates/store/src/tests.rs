@@ -19,6 +19,7 @@ crate::on_both_stores!(
     recovery_makes_orphaned_running_tasks_ready,
     a_due_time_fires_once_even_when_two_schedulers_race,
     a_repeated_delivery_is_recorded_once_under_concurrency,
+    a_repeated_delivery_without_overlap_policy_is_recorded_once,
     pruning_removes_only_old_finished_tasks_with_their_rows,
     concurrent_claimers_never_claim_the_same_task,
     a_stale_lease_epoch_writes_nothing,
@@ -457,36 +458,35 @@ async fn a_tasks_people_are_kept(db: TestDb) {
     assert_eq!(listed[0].people, t.people);
 }
 
-async fn a_repeated_delivery_is_recorded_once_under_concurrency(db: TestDb) {
-    let s = db.open().await;
-    let other = second_handle(&db, &s).await;
-    s.put_hook("g", "h", json!({"template": "t"}), "tok")
-        .await
-        .unwrap();
+/// Eight copies of delivery `delivery` to hook `g/<hook>`, recorded at once through two
+/// handles with `overlap`; returns the one recorded and how many were duplicates.
+async fn race_one_delivery(
+    s: &Store,
+    other: &Store,
+    hook: &str,
+    delivery: &str,
+    overlap: Option<&'static str>,
+) -> (Option<FireRow>, usize) {
     let mut racers = Vec::new();
     for i in 0..8 {
         let st = if i % 2 == 0 { s.clone() } else { other.clone() };
+        let fire = NewFire {
+            id: format!("{hook}-f{i}"),
+            hook_group: "g".into(),
+            hook_id: hook.into(),
+            fired_by: "webhook".into(),
+            received_at: now_ms(),
+            scheduled_for: None,
+            result: "created".into(),
+            task_id: None,
+            error: None,
+            delivery_id: Some(delivery.into()),
+            payload: Some(json!({"n": i})),
+        };
+        let task = new_task(&format!("{hook}-t{i}"), None);
         racers.push(tokio::spawn(async move {
-            let fire = NewFire {
-                id: format!("f{i}"),
-                hook_group: "g".into(),
-                hook_id: "h".into(),
-                fired_by: "webhook".into(),
-                received_at: now_ms(),
-                scheduled_for: None,
-                result: "created".into(),
-                task_id: None,
-                error: None,
-                delivery_id: Some("d-1".into()),
-                payload: Some(json!({"n": i})),
-            };
-            st.record_fire(
-                fire,
-                Some((new_task(&format!("t{i}"), None), created())),
-                Some(0),
-                Some("skipped"),
-            )
-            .await
+            st.record_fire(fire, Some((task, created())), Some(0), overlap)
+                .await
         }));
     }
     let mut first = None;
@@ -501,6 +501,30 @@ async fn a_repeated_delivery_is_recorded_once_under_concurrency(db: TestDb) {
             FireOutcome::Duplicate(_) => dups += 1,
         }
     }
+    (first, dups)
+}
+
+/// Without an overlap policy a fire locks only its delivery id (PostgreSQL), not its hook:
+/// repeats of one delivery still see each other.
+async fn a_repeated_delivery_without_overlap_policy_is_recorded_once(db: TestDb) {
+    let s = db.open().await;
+    let other = second_handle(&db, &s).await;
+    s.put_hook("g", "free", json!({"template": "t"}), "tok")
+        .await
+        .unwrap();
+    let (first, dups) = race_one_delivery(&s, &other, "free", "d-9", None).await;
+    assert!(first.is_some(), "one delivery recorded");
+    assert_eq!(dups, 7);
+    assert_eq!(s.count_tasks(TaskState::Ready).await.unwrap(), 1);
+}
+
+async fn a_repeated_delivery_is_recorded_once_under_concurrency(db: TestDb) {
+    let s = db.open().await;
+    let other = second_handle(&db, &s).await;
+    s.put_hook("g", "h", json!({"template": "t"}), "tok")
+        .await
+        .unwrap();
+    let (first, dups) = race_one_delivery(&s, &other, "h", "d-1", Some("skipped")).await;
     let first = first.expect("one delivery recorded");
     assert_eq!(dups, 7);
     let fires = s.list_fires("g", "h", None, 100).await.unwrap();
