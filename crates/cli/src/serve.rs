@@ -131,6 +131,10 @@ pub struct ServeArgs {
     /// retries, without the output).
     #[arg(long, env = "TASKHOOK_MAX_STEP_OUTPUT_BYTES", default_value = "1MiB", value_parser = parse_bytes)]
     max_step_output_bytes: usize,
+    /// Runs in a row a task may have cut off by the process stopping (crash, kill, out of
+    /// memory) before it goes BLOCKED instead of running again.
+    #[arg(long, env = "TASKHOOK_MAX_TASK_CRASHES", default_value = "3", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    max_task_crashes: u32,
     /// The key ring sealing stored data (`ID:BASE64KEY` per line, newest last). Default:
     /// TASKHOOK_KEYS, else `<data-dir>/keys`, generated on first start.
     #[arg(long, env = "TASKHOOK_KEY_FILE")]
@@ -580,6 +584,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         max_steps: args.max_steps,
         max_foreach_items: args.max_foreach_items,
         max_step_output_bytes: args.max_step_output_bytes,
+        max_task_crashes: args.max_task_crashes,
     };
     let engine = Engine::new(store.clone(), Registry::builtin(&settings), config);
     if let Some(dir) = &args.functions {

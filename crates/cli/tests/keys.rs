@@ -246,7 +246,20 @@ async fn rotation_under_load(extra: &[&str]) {
     assert_eq!(code, 0, "{err}");
     let status: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(status["under_old_keys"], 0, "{status}");
+    assert_eq!(
+        status["clear"], 0,
+        "every sealed value is sealed from its first write: {status}"
+    );
     assert_eq!(status["canary"], "new", "{status}");
+    // The audit view opens what it reads: after rotations, no sealed text shows.
+    let (st, audit) = s.get("/api/v1/audit?kind=task&limit=1000").await;
+    assert_eq!(st, 200, "{audit}");
+    let text = audit.to_string();
+    assert!(!text.contains("thk1:"), "{text}");
+    assert!(
+        text.contains("\"instance\""),
+        "claimed entries name the instance: {text}"
+    );
     assert!(status["sealed"]["new"].as_u64().unwrap() > 100, "{status}");
     let (_, human, _) = taskhook(Some(&s), &["keys", "status"]);
     assert!(human.contains("no data under old keys"), "{human}");

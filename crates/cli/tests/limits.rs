@@ -324,3 +324,97 @@ fn offline_validate_applies_the_default_limits() {
     );
     assert!(out.contains("ok.yaml: ok (ok, 500 steps)"), "{out}");
 }
+
+/// The template that used to grow to tens of gigabytes (and, being idempotent, crash the
+/// server again at every restart) now fails its step with a clear error; the server stays up.
+#[tokio::test]
+async fn a_template_growing_its_input_without_bound_fails_its_step_not_the_server() {
+    let s = Server::start();
+    let grow = "name: grow\nauto_runnable: true\ninputs: [{name: s}]\nsteps:\n  big:\n    idempotent: true\n    action: {type: echo, configuration: {output: \"{{ input.s | regex_replace('x', input.s) | length }}\"}}\n";
+    let (st, v) = s.put_template("grow", grow).await;
+    assert_eq!(st, 201, "{v}");
+    let (st, v) = s
+        .post(
+            "/api/v1/tasks",
+            json!({"template": "grow", "inputs": {"s": "x".repeat(100_000)}}),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let t = s
+        .wait_state(v["id"].as_str().unwrap(), &["BLOCKED", "DONE"])
+        .await;
+    assert_eq!(t["state"], "BLOCKED", "{t:#}");
+    let error = t["steps"]["big"]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("rendering stopped"), "{t:#}");
+    let (st, _) = s.get("/api/v1/tasks").await;
+    assert_eq!(st, 200, "the server is still up");
+}
+
+/// A task whose runs keep taking the process down (here a step kills the server) runs at most
+/// `--max-task-crashes` times; then it is BLOCKED with the reason and the server stays up.
+#[tokio::test]
+async fn a_task_that_keeps_crashing_the_server_is_blocked_after_the_limit() {
+    let dir = fresh_dir();
+    let scripts = dir.join("scripts");
+    std::fs::create_dir_all(&scripts).unwrap();
+    let script = scripts.join("crash.sh");
+    // Gives the API time to answer the creation, then kills the server running it.
+    std::fs::write(&script, "#!/bin/sh\nsleep 1\nkill -9 $PPID\nsleep 5\n").unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let flags = [
+        "--scripts-dir",
+        scripts.to_str().unwrap(),
+        "--max-task-crashes",
+        "2",
+    ];
+    let poison = "name: poison\nauto_runnable: true\nsteps:\n  crash:\n    idempotent: true\n    action: {type: script, configuration: {file: crash.sh}}\n";
+    let mut s = Server::start_in(dir.clone(), &flags);
+    assert_eq!(s.put_template("poison", poison).await.0, 201);
+    let (st, v) = s.post("/api/v1/tasks", json!({"template": "poison"})).await;
+    assert_eq!(st, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    assert!(
+        s.wait_exit(Duration::from_secs(20)).await.is_some(),
+        "the step killed the server"
+    );
+    // Each start recovers the task and runs it again, until it has crashed the server twice.
+    let mut crashes = 1;
+    loop {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_taskhook"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&dir)
+            .args(flags)
+            .env("TASKHOOK_ADMIN_TOKEN", support::TOKEN)
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(6);
+        while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if child.try_wait().unwrap().is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+            break;
+        }
+        crashes += 1;
+        assert!(crashes <= 2, "the task crashed the server {crashes} times");
+    }
+    assert_eq!(crashes, 2);
+    let s = Server::start_in(dir, &flags);
+    let t = s.wait_state(&id, &["BLOCKED"]).await;
+    let step = &t["steps"]["crash"];
+    assert_eq!(step["state"], "CRASHED", "{t:#}");
+    let error = step["error"].as_str().unwrap();
+    assert!(error.contains("stopped 2 times in a row"), "{error}");
+    let (st, ev) = s.get(&format!("/api/v1/tasks/{id}/events")).await;
+    assert_eq!(st, 200);
+    let blocked = ev
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["kind"] == "blocked"))
+        .cloned()
+        .unwrap_or_else(|| panic!("no blocked entry: {ev:#}"));
+    assert_eq!(blocked["detail"]["crashes"], 2, "{blocked}");
+}

@@ -64,6 +64,10 @@ pub struct EngineConfig {
     /// Largest result of one attempt, its output and metadata serialised as JSON, in bytes. A
     /// larger result is not stored; see `run.rs` for the state the step ends in.
     pub max_step_output_bytes: usize,
+    /// Runs in a row a task may have cut off by the process stopping (a crash, a kill, an
+    /// out-of-memory kill, a panic) before it is not run again: it goes BLOCKED for a person,
+    /// so a task that takes the process down cannot do so forever.
+    pub max_task_crashes: u32,
 }
 
 impl Default for EngineConfig {
@@ -80,6 +84,7 @@ impl Default for EngineConfig {
             max_steps: TemplateLimits::DEFAULT_MAX_STEPS,
             max_foreach_items: 10_000,
             max_step_output_bytes: 1024 * 1024,
+            max_task_crashes: 3,
         }
     }
 }
@@ -526,7 +531,7 @@ impl Engine {
             match self
                 .inner
                 .store
-                .release_orphans(held, "the instance running the task shut down")
+                .release_orphans(held, "the instance running the task shut down", false)
                 .await
             {
                 Ok(n) => tracing::info!(tasks = n, "released the leases of unfinished runs"),
@@ -680,8 +685,8 @@ impl Inner {
         .then(|| self.task_slots.clone().try_acquire_owned().ok())
         .flatten();
         let claim = permit.as_ref().map(|_| {
-            (
-                self.config.owner.clone(),
+            taskhook_store::Claim::new(
+                &self.config.owner,
                 now + self.config.lease.as_millis() as i64,
             )
         });
@@ -974,6 +979,7 @@ impl Inner {
                 .release_orphans(
                     orphans,
                     "the run holding the task ended without recording it",
+                    true,
                 )
                 .await
             {

@@ -48,6 +48,15 @@ struct Attempt {
     result: Result<ActionOutput, ActionError>,
 }
 
+/// The text a panic was raised with, when it has one.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
+}
+
 pub(crate) async fn run_task(inner: Arc<Inner>, claimed: ClaimedTask) {
     let id = claimed.task.id.clone();
     let compiled = match inner
@@ -200,8 +209,24 @@ impl Run {
     }
 
     async fn drive(&mut self) -> Result<(), StoreError> {
+        // A task whose runs keep being cut off by the process stopping may be what stops it
+        // (a template exhausting memory, an action crashing): it is not run again until a
+        // person has looked. Its steps left RUNNING become CRASHED, idempotent or not.
+        let crashes = self.task.crashes;
+        if crashes >= self.inner.config.max_task_crashes {
+            let reason = format!(
+                "the process stopped {crashes} times in a row while this task ran; it may be \
+                 what stops it, so it is not run again automatically"
+            );
+            let steps = self.settle_interrupted(&reason, true);
+            tracing::error!(task = %self.task.id, crashes, "blocked: {reason}");
+            let detail = json!({"reason": reason, "crashes": crashes, "steps": steps});
+            return self
+                .end(TaskState::Blocked, None, None, "blocked", detail)
+                .await;
+        }
         // Steps left RUNNING by a process that died: re-run if idempotent, else a human decides.
-        let crashed = self.settle_interrupted("the server stopped while this step ran");
+        let crashed = self.settle_interrupted("the server stopped while this step ran", false);
         if !crashed.is_empty() {
             let detail = json!({"reason": "non-idempotent steps were interrupted by a crash", "steps": crashed});
             return self
@@ -285,7 +310,8 @@ impl Run {
     /// Steps still RUNNING whose attempt was cut off (a crash, or shutdown's grace running
     /// out): an idempotent one goes back to TODO, any other becomes CRASHED for a human to check.
     /// Returns the crashed ones.
-    fn settle_interrupted(&mut self, why: &str) -> Vec<String> {
+    /// With `all`, idempotent steps become CRASHED too (the task is not to run again).
+    fn settle_interrupted(&mut self, why: &str, all: bool) -> Vec<String> {
         let interrupted: Vec<String> = self
             .steps
             .values()
@@ -295,13 +321,17 @@ impl Run {
         let mut crashed = Vec::new();
         for name in interrupted {
             let idempotent = self.def(&name).is_some_and(|d| d.idempotent);
-            if idempotent {
+            if idempotent && !all {
                 self.set(&name, |s| s.state = StepState::Todo);
             } else {
                 crashed.push(name.clone());
-                let message = format!(
-                    "{why}, and it is not idempotent: check its effect, then retry the task"
-                );
+                let message = if all {
+                    format!("{why}: check its effect, then retry the task")
+                } else {
+                    format!(
+                        "{why}, and it is not idempotent: check its effect, then retry the task"
+                    )
+                };
                 self.set(&name, |s| {
                     s.state = StepState::Crashed;
                     s.error = Some(message);
@@ -817,7 +847,23 @@ impl Run {
                     taken.push(r.clone());
                 }
             }
-            let work = attempt(&inner, &def, base, pre_base, ctx, action_ctx);
+            // A panicking action is a failed attempt, not a dead run: the step ends
+            // FATAL_ERROR with the panic's message and the task waits for a person.
+            let work = async {
+                use futures_util::FutureExt as _;
+                let caught = std::panic::AssertUnwindSafe(attempt(
+                    &inner, &def, base, pre_base, ctx, action_ctx,
+                ))
+                .catch_unwind()
+                .await;
+                match caught {
+                    Ok(result) => result,
+                    Err(panic) => Err(ActionError::fatal(format!(
+                        "the action failed unexpectedly (panic: {})",
+                        panic_message(panic.as_ref())
+                    ))),
+                }
+            };
             let result = match timeout {
                 Some(d) => match tokio::time::timeout(d, work).await {
                     Ok(r) => r,
@@ -1015,7 +1061,7 @@ impl Run {
             self.stop_honored = Some(stop.clone());
             if stop.to == TaskState::Paused {
                 // Pause cuts no attempt; one still RUNNING was cut by shutdown's grace running out.
-                self.settle_interrupted("the server shut down while this step ran");
+                self.settle_interrupted("the server shut down while this step ran", false);
             }
             // Attempts interrupted by a cancel go back to TODO.
             let interrupted: Vec<String> = self
@@ -1044,7 +1090,7 @@ impl Run {
         }
         let shutting_down = self.inner.shutdown.is_cancelled();
         if shutting_down {
-            self.settle_interrupted("the server shut down while this step ran");
+            self.settle_interrupted("the server shut down while this step ran", false);
         }
         let steps: Vec<&StepRow> = self.steps.values().collect();
         if steps.iter().all(|s| s.state.is_final()) {

@@ -288,6 +288,50 @@ async fn slow(State(srv): State<Srv>, UrlPath(ms): UrlPath<u64>, headers: Header
 
 // ---------------------------------------------------------------- graph, outputs, dependencies
 
+/// An action with a bug: it panics.
+struct Panics;
+
+#[async_trait::async_trait]
+impl taskhook_actions::Action for Panics {
+    fn name(&self) -> &'static str {
+        "panics"
+    }
+    fn validate(&self, _: &Value) -> Result<(), taskhook_actions::ConfigError> {
+        Ok(())
+    }
+    async fn run(
+        &self,
+        _: Value,
+        _: taskhook_actions::ActionContext,
+    ) -> Result<taskhook_actions::ActionOutput, taskhook_actions::ActionError> {
+        panic!("index out of bounds in a buggy action")
+    }
+}
+
+/// A panic in an action is a failed attempt: the step ends FATAL_ERROR with the panic's text,
+/// the task is BLOCKED for a person, the engine keeps running other tasks.
+async fn a_panicking_action_fails_its_step_and_the_run_goes_on(b: Backend) {
+    let db = fresh_db(b).await;
+    let mut actions = Registry::builtin(&ActionSettings::default());
+    actions.register(Arc::new(Panics));
+    let engine = Engine::new(db.open().await, actions, EngineConfig::default());
+    engine.start().await.unwrap();
+    let fx = Fx { engine, db };
+    fx.put("name: buggy\nauto_runnable: true\nsteps:\n  bug: {idempotent: true, action: {type: panics}}\n  other: {action: {type: echo, configuration: {output: fine}}}\n").await;
+    let id = fx.create("buggy", json!({})).await;
+    let (task, steps) = fx.wait_final(&id, &[TaskState::Blocked]).await;
+    assert_eq!(task.state, TaskState::Blocked);
+    let bug = steps.iter().find(|s| s.name == "bug").unwrap();
+    assert_eq!(bug.state, StepState::FatalError);
+    let error = bug.error.as_deref().unwrap_or_default();
+    assert!(error.contains("index out of bounds in a buggy action"), "{error}");
+    let other = steps.iter().find(|s| s.name == "other").unwrap();
+    assert_eq!(other.state, StepState::Done);
+    fx.put("name: fine\nauto_runnable: true\nsteps:\n  a: {action: {type: echo}}\n").await;
+    let id = fx.create("fine", json!({})).await;
+    fx.wait_done(&id).await;
+}
+
 async fn linear_chain_passes_outputs_along(b: Backend) {
     let fx = Fx::new(b).await;
     fx.put(
@@ -2507,6 +2551,7 @@ on_both!(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] =>
 );
 
 on_both!(#[tokio::test] =>
+    a_panicking_action_fails_its_step_and_the_run_goes_on,
     functions_inline_and_from_the_library_run_with_their_arguments,
     a_task_left_running_by_a_failed_run_is_picked_up_again,
 );

@@ -333,12 +333,17 @@ impl Store {
         }
     }
 
-    /// The audit view: API calls and task events, newest first.
+    /// The audit view: API calls and task events (their details opened), newest first.
     pub async fn list_audit(&self, f: AuditFilter) -> Result<Vec<AuditEntry>> {
-        match self {
+        let mut entries = match self {
             Store::Sqlite(s) => s.list_audit(f).await,
             Store::Postgres(s) => s.list_audit(f).await,
+        }?;
+        let s = self.sealer();
+        for e in &mut entries {
+            s.open_value(&mut e.detail)?;
         }
+        Ok(entries)
     }
 
     /// Deletes recorded API calls older than `before` (unix ms), at most `limit` at a time;

@@ -465,7 +465,8 @@ pub(crate) struct CellSwap {
 /// Where a stored cell's value stands.
 #[derive(Debug, PartialEq, Eq)]
 enum CellState<'a> {
-    /// NULL or JSON null: nothing to seal.
+    /// NULL, JSON null or an empty object (a task's resolver inputs before anyone resolved
+    /// it): nothing to seal.
     Empty,
     Clear,
     Sealed(&'a str),
@@ -478,7 +479,7 @@ fn cell_state<'a>(raw: &'a str, kind: Kind) -> CellState<'a> {
             None => CellState::Clear,
         },
         Kind::Json => {
-            if raw == "null" {
+            if raw == "null" || raw == "{}" {
                 return CellState::Empty;
             }
             // A sealed JSON value is a JSON string of base64url text: no escapes.

@@ -148,9 +148,40 @@ async fn backends_hold_only_sealed_values(db: TestDb) {
         matches!(err, StoreError::Database(ref m) if m.contains("no key ring")),
         "{err}"
     );
+    // Entries the store writes on its own are sealed from their first write, and every
+    // reader opens them: a claim in the creation write, a lease given back.
+    let mut t2 = task("t2");
+    t2.claim = Some(Claim::new("me", crate::now_ms() + 60_000));
+    let (row, _) = store.create_task(t2, event(Value::Null)).await.unwrap();
+    assert_eq!(row.state, TaskState::Running);
+    let moved = store
+        .release_orphans(vec![("t2".into(), row.lease_epoch)], "gone", true)
+        .await
+        .unwrap();
+    assert_eq!(moved, 1);
     let status = store.key_status().await.unwrap();
     assert_eq!(status.under_old_keys, 0);
+    assert_eq!(status.clear, 0, "{status:?}");
     assert!(status.sealed["test"] >= 8, "{status:?}");
+    let audit = store
+        .list_audit(crate::AuditFilter {
+            kinds: vec![crate::AuditKind::Task],
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let detail = |task: &str, kind: &str| {
+        audit
+            .iter()
+            .find(|e| e.target.as_deref() == Some(task) && e.action == kind)
+            .map(|e| e.detail.clone())
+            .unwrap_or_else(|| panic!("no {kind} entry for {task}: {audit:?}"))
+    };
+    assert_eq!(detail("t1", "claimed"), json!({"instance": "me"}));
+    assert_eq!(detail("t2", "claimed"), json!({"instance": "me"}));
+    assert_eq!(detail("t2", "recovered"), json!({"reason": "gone"}));
+    assert_eq!(detail("t1", "created"), json!({"why": "pw-t1"}));
     raw.close();
     store.close();
 }

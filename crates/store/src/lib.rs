@@ -357,18 +357,8 @@ delegate! {
     /// When the next READY or timer-WAITING task becomes due, if any.
     pub async fn next_due_at(&self) -> Result<Option<i64>>;
 
-    /// At start: tasks left RUNNING by a process that is gone become READY now (audit
-    /// `recovered`); the engine then sorts out their RUNNING steps. SQLite: every RUNNING task
-    /// (one process owns the file). PostgreSQL: only those whose lease has expired, since live
-    /// instances hold the others.
-    pub async fn recover_running(&self) -> Result<usize>;
-
     /// RUNNING tasks whose lease ran out before `now`, with the epoch they were claimed at.
     pub async fn expired_leases(&self, now: i64) -> Result<Vec<(String, i64)>>;
-
-    /// Makes READY the given RUNNING tasks that are still held at the given epoch (a task
-    /// claimed again since is left alone), recording `reason`. Returns how many moved.
-    pub async fn release_orphans(&self, tasks: Vec<(String, i64)>, reason: &str) -> Result<usize>;
 
     /// Extends to `until` the leases `owner` holds on the given `(task, epoch)`s, and the
     /// resource slots those runs hold, in one write. Returns the ids whose lease is lost (the

@@ -45,7 +45,6 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Config, NoTls, Row};
 use tokio_util::sync::CancellationToken;
 
-use crate::sqlite::RECOVERED_REASON;
 use crate::types::*;
 use crate::{Result, Signal, Signals, StoreError, now_ms, stop_applies};
 
@@ -66,6 +65,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
         11,
         include_str!("../migrations/postgres/0011_fires_delivery.sql"),
     ),
+    (12, include_str!("../migrations/postgres/0012_crashes.sql")),
 ];
 
 type Param<'a> = &'a (dyn ToSql + Sync);
@@ -241,8 +241,8 @@ fn count_u32(v: i64) -> u32 {
 }
 
 const TASK_COLUMNS: &str = "id, template, template_version, title, state, inputs, resolver_inputs, result, tags, \
-     requester, parent_id, idempotency_key, run_count, run_max, due_at, lease_epoch, created_at, updated_at, people";
-const TASK_COLUMN_COUNT: usize = 19;
+     requester, parent_id, idempotency_key, run_count, run_max, due_at, lease_epoch, created_at, updated_at, people, crashes";
+const TASK_COLUMN_COUNT: usize = 20;
 
 /// [`TASK_COLUMNS`] qualified with a table alias.
 fn task_columns(alias: &str) -> String {
@@ -275,6 +275,7 @@ fn task_from(r: &Row, at: usize) -> Result<TaskRow> {
         created_at: r.try_get(at + 16)?,
         updated_at: r.try_get(at + 17)?,
         people: serde_json::from_str(r.try_get::<_, &str>(at + 18)?)?,
+        crashes: count_u32(i64::from(r.try_get::<_, i32>(at + 19)?)),
     })
 }
 
@@ -721,13 +722,13 @@ async fn insert_task(
     let lease_epoch = i64::from(claimed.is_some());
     let run_count = i64::from(claimed.is_some());
     let mut events = vec![event.clone()];
-    if let Some((owner, _)) = claimed {
+    if let Some(claim) = claimed {
         events.push(NewEvent::transition(
             "engine",
             "claimed",
             t.state,
             TaskState::Running,
-            serde_json::json!({"instance": owner}),
+            claim.detail.clone(),
         ));
     }
     let actors: Vec<&str> = events.iter().map(|e| e.actor.as_str()).collect();
@@ -737,8 +738,8 @@ async fn insert_task(
     let details: Vec<String> = events.iter().map(|e| json(&e.detail)).collect();
     let (inputs, tags, people) = (json(&t.inputs), json(&t.tags), t.people.to_json());
     let run_max = i64::from(t.run_max);
-    let owner = claimed.map(|(o, _)| o.as_str());
-    let until = claimed.map(|(_, u)| *u);
+    let owner = claimed.map(|c| c.owner.as_str());
+    let until = claimed.map(|c| c.until);
     let row = query_one(
         c,
         &insert_task_sql(on_conflict),
@@ -797,6 +798,7 @@ async fn insert_task(
         created_at: now,
         updated_at: now,
         people: t.people.clone(),
+        crashes: 0,
     }))
 }
 
@@ -921,7 +923,7 @@ fn end_run_sql() -> String {
            UPDATE tasks SET state = COALESCE(f.stop_state, $3::text), \
              due_at = CASE WHEN f.stop_state IS NULL THEN f.due_at END, \
              result = COALESCE($5::text, tasks.result), lease_owner = NULL, lease_until = NULL, \
-             stop_to = NULL, stop_actor = NULL, updated_at = $6 \
+             stop_to = NULL, stop_actor = NULL, crashes = 0, updated_at = $6 \
            FROM f WHERE tasks.id = f.id \
            RETURNING tasks.state, tasks.due_at, f.parent_id), \
          ev AS ( \
@@ -1431,12 +1433,14 @@ impl PgStore {
     pub async fn claim_due(
         &self,
         owner: &str,
+        detail: Value,
         now: i64,
         limit: usize,
         lease_ms: i64,
     ) -> Result<Vec<ClaimedTask>> {
         let op = batch::Op::ClaimDue {
             owner: owner.to_string(),
+            detail: json(&detail),
             now,
             limit,
             lease_ms,
@@ -1514,14 +1518,15 @@ impl PgStore {
 
     /// At start: RUNNING tasks whose lease has expired (their instance is gone) become READY.
     /// Tasks under a live lease belong to running instances and are left alone.
-    pub async fn recover_running(&self) -> Result<usize> {
+    pub async fn recover_running(&self, detail: Value) -> Result<usize> {
         let c = self.client().await?;
         let now = now_ms();
-        let detail = json(&serde_json::json!({"reason": RECOVERED_REASON}));
+        let detail = json(&detail);
         let row = query_one(
             &c,
             "WITH r AS ( \
-               UPDATE tasks SET state = 'READY', due_at = $1, lease_owner = NULL, lease_until = NULL, updated_at = $1 \
+               UPDATE tasks SET state = 'READY', due_at = $1, lease_owner = NULL, lease_until = NULL, updated_at = $1, \
+                 crashes = crashes + 1 \
                WHERE state = 'RUNNING' AND (lease_until IS NULL OR lease_until < $1) RETURNING id), \
              e AS ( \
                INSERT INTO task_events (task_id, at, actor, kind, from_state, to_state, detail) \
@@ -1550,7 +1555,12 @@ impl PgStore {
         .collect()
     }
 
-    pub async fn release_orphans(&self, tasks: Vec<(String, i64)>, reason: &str) -> Result<usize> {
+    pub async fn release_orphans(
+        &self,
+        tasks: Vec<(String, i64)>,
+        detail: Value,
+        crashed: bool,
+    ) -> Result<usize> {
         if tasks.is_empty() {
             return Ok(0);
         }
@@ -1558,7 +1568,8 @@ impl PgStore {
         let now = now_ms();
         let ids: Vec<&str> = tasks.iter().map(|(id, _)| id.as_str()).collect();
         let epochs: Vec<i64> = tasks.iter().map(|(_, e)| *e).collect();
-        let detail = json(&serde_json::json!({"reason": reason}));
+        let detail = json(&detail);
+        let crashes = i32::from(crashed);
         let row = query_one(
             &c,
             // Locked in id order, skipping rows being written (a later sweep sees them).
@@ -1567,13 +1578,14 @@ impl PgStore {
                  ON t.id = u.id AND t.lease_epoch = u.epoch \
                WHERE t.state = 'RUNNING' ORDER BY t.id FOR UPDATE OF t SKIP LOCKED), \
              r AS ( \
-               UPDATE tasks t SET state = 'READY', due_at = $3, lease_owner = NULL, lease_until = NULL, updated_at = $3 \
+               UPDATE tasks t SET state = 'READY', due_at = $3, lease_owner = NULL, lease_until = NULL, updated_at = $3, \
+                 crashes = t.crashes + $5 \
                FROM l WHERE t.id = l.id RETURNING t.id), \
              e AS ( \
                INSERT INTO task_events (task_id, at, actor, kind, from_state, to_state, detail) \
                SELECT id, $3, 'engine', 'recovered', 'RUNNING', 'READY', $4 FROM r ORDER BY id) \
              SELECT count(*) FROM r",
-            &[&ids, &epochs, &now, &detail],
+            &[&ids, &epochs, &now, &detail, &crashes],
         )
         .await?;
         let n = row.try_get::<_, i64>(0)? as usize;

@@ -80,6 +80,9 @@ impl Sealer {
 
     /// Seals a new task in place; returns its plaintext `(title, inputs, tags)`.
     fn new_task(&self, t: &mut NewTask) -> Result<(String, Value, Value), KeyError> {
+        if let Some(claim) = &mut t.claim {
+            self.value(&mut claim.detail)?;
+        }
         let sealed = (
             self.sealed_text(&t.title)?,
             self.sealed(&t.inputs)?,
@@ -312,6 +315,33 @@ impl Store {
 
     // ---- the engine's side ----
 
+    /// At start: tasks left RUNNING by a process that is gone become READY now (audit
+    /// `recovered`), each counting one more crash; the engine then sorts out their RUNNING
+    /// steps. SQLite: every RUNNING task (one process owns the file). PostgreSQL: only those
+    /// whose lease has expired, since live instances hold the others.
+    pub async fn recover_running(&self) -> Result<usize> {
+        let detail = self
+            .sealer()
+            .sealed(&serde_json::json!({"reason": crate::sqlite::RECOVERED_REASON}))?;
+        backend!(self, recover_running(detail))
+    }
+
+    /// Makes READY the given RUNNING tasks that are still held at the given epoch (a task
+    /// claimed again since is left alone), recording `reason`. `crashed`: the holder is
+    /// presumed dead (an expired lease), which counts toward the task's crash limit; a holder
+    /// shutting down cleanly does not. Returns how many moved.
+    pub async fn release_orphans(
+        &self,
+        tasks: Vec<(String, i64)>,
+        reason: &str,
+        crashed: bool,
+    ) -> Result<usize> {
+        let detail = self
+            .sealer()
+            .sealed(&serde_json::json!({ "reason": reason }))?;
+        backend!(self, release_orphans(tasks, detail, crashed))
+    }
+
     /// Claims up to `limit` tasks due at `now` (READY, or WAITING on a timer that fired):
     /// sets them RUNNING under a new lease epoch (one more than the last: the fencing token)
     /// and returns them with their steps. Concurrent claimers never claim the same task.
@@ -322,8 +352,9 @@ impl Store {
         limit: usize,
         lease_ms: i64,
     ) -> Result<Vec<ClaimedTask>> {
-        let mut claimed = backend!(self, claim_due(owner, now, limit, lease_ms))?;
         let s = self.sealer();
+        let detail = s.sealed(&claim_detail(owner))?;
+        let mut claimed = backend!(self, claim_due(owner, detail, now, limit, lease_ms))?;
         for c in &mut claimed {
             s.open_task(&mut c.task)?;
             for step in &mut c.steps {

@@ -34,6 +34,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0009_audit.sql"),
     include_str!("../migrations/sqlite/0010_people.sql"),
     include_str!("../migrations/sqlite/0011_fires_delivery.sql"),
+    include_str!("../migrations/sqlite/0012_crashes.sql"),
 ];
 /// Most writes one transaction takes; beyond it the next batch starts.
 const MAX_BATCH: usize = 2048;
@@ -220,7 +221,7 @@ fn parse_state(s: String) -> rusqlite::Result<TaskState> {
 }
 
 const TASK_COLUMNS: &str = "id, template, template_version, title, state, inputs, resolver_inputs, result, tags, \
-     requester, parent_id, idempotency_key, run_count, run_max, due_at, lease_epoch, created_at, updated_at, people";
+     requester, parent_id, idempotency_key, run_count, run_max, due_at, lease_epoch, created_at, updated_at, people, crashes";
 
 fn task_from_row(r: &Row<'_>) -> rusqlite::Result<TaskRow> {
     Ok(TaskRow {
@@ -243,6 +244,7 @@ fn task_from_row(r: &Row<'_>) -> rusqlite::Result<TaskRow> {
         created_at: r.get(16)?,
         updated_at: r.get(17)?,
         people: parse_people(r.get(18)?)?,
+        crashes: r.get(19)?,
     })
 }
 
@@ -975,6 +977,7 @@ impl SqliteStore {
     pub async fn claim_due(
         &self,
         owner: &str,
+        detail: Value,
         now: i64,
         limit: usize,
         lease_ms: i64,
@@ -997,7 +1000,7 @@ impl SqliteStore {
             )?;
             for (id, from) in picked {
                 update.execute(params![id, owner, now + lease_ms, now])?;
-                insert_event(c, &id, now, &NewEvent::transition("engine", "claimed", from, TaskState::Running, serde_json::json!({"instance": owner})))?;
+                insert_event(c, &id, now, &NewEvent::transition("engine", "claimed", from, TaskState::Running, detail.clone()))?;
                 let task = load_task(c, &id)?.ok_or_else(|| StoreError::NotFound { what: format!("task {id}") })?;
                 let steps = load_steps(c, &id)?;
                 claimed.push(ClaimedTask { task, claimed_from: from, steps });
@@ -1054,7 +1057,7 @@ impl SqliteStore {
                 "UPDATE tasks SET state = ?2, \
                  due_at = CASE WHEN ?2 = 'WAITING' AND due_at IS NOT NULL THEN MIN(due_at, COALESCE(?3, due_at)) ELSE ?3 END, \
                  result = COALESCE(?4, result), lease_owner = NULL, lease_until = NULL, stop_to = NULL, stop_actor = NULL, \
-                 updated_at = ?5 WHERE id = ?1",
+                 crashes = 0, updated_at = ?5 WHERE id = ?1",
             )?
             .execute(params![task_id, end.state.as_str(), end.due_at, end.result.as_ref().map(json), now])?;
             insert_event(c, &task_id, now, &end.event)?;
@@ -1117,7 +1120,7 @@ impl SqliteStore {
             let now = now_ms();
             c.prepare_cached(
                 "UPDATE tasks SET state = ?2, due_at = ?3, resolver_inputs = COALESCE(?4, resolver_inputs), \
-                 stop_to = NULL, stop_actor = NULL, updated_at = ?5 WHERE id = ?1",
+                 stop_to = NULL, stop_actor = NULL, crashes = 0, updated_at = ?5 WHERE id = ?1",
             )?
             .execute(params![task_id, to.as_str(), due_at, resolver_inputs.as_ref().map(json), now])?;
             let mut event = event.clone();
@@ -1138,8 +1141,8 @@ impl SqliteStore {
     /// After a restart: tasks left RUNNING by a process that is gone become READY now.
     /// The engine then sorts out their RUNNING steps (re-run if idempotent, else block).
     /// One process owns the file, so every RUNNING task is an orphan at start.
-    pub async fn recover_running(&self) -> Result<usize> {
-        self.write(|c| {
+    pub async fn recover_running(&self, detail: Value) -> Result<usize> {
+        self.write(move |c| {
             let now = now_ms();
             let ids = c
                 .prepare_cached("SELECT id FROM tasks WHERE state = 'RUNNING'")?
@@ -1147,14 +1150,15 @@ impl SqliteStore {
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             for id in &ids {
                 c.prepare_cached(
-                    "UPDATE tasks SET state = 'READY', due_at = ?2, lease_owner = NULL, lease_until = NULL, updated_at = ?2 WHERE id = ?1",
+                    "UPDATE tasks SET state = 'READY', due_at = ?2, lease_owner = NULL, lease_until = NULL, updated_at = ?2, \
+                     crashes = crashes + 1 WHERE id = ?1",
                 )?
                 .execute(params![id, now])?;
                 insert_event(
                     c,
                     id,
                     now,
-                    &NewEvent::transition("engine", "recovered", TaskState::Running, TaskState::Ready, serde_json::json!({"reason": RECOVERED_REASON})),
+                    &NewEvent::transition("engine", "recovered", TaskState::Running, TaskState::Ready, detail.clone()),
                 )?;
             }
             if !ids.is_empty() {
@@ -1179,21 +1183,25 @@ impl SqliteStore {
 
     /// Makes READY the given RUNNING tasks that are still held at the given epoch (a task
     /// claimed again since is left alone), recording `reason`. Returns how many moved.
-    pub async fn release_orphans(&self, tasks: Vec<(String, i64)>, reason: &str) -> Result<usize> {
-        let reason = reason.to_string();
+    pub async fn release_orphans(
+        &self,
+        tasks: Vec<(String, i64)>,
+        detail: Value,
+        crashed: bool,
+    ) -> Result<usize> {
         self.write(move |c| {
             let now = now_ms();
             let mut moved = 0;
             for (id, epoch) in &tasks {
                 let n = c
                     .prepare_cached(
-                        "UPDATE tasks SET state = 'READY', due_at = ?3, lease_owner = NULL, lease_until = NULL, updated_at = ?3 \
-                         WHERE id = ?1 AND state = 'RUNNING' AND lease_epoch = ?2",
+                        "UPDATE tasks SET state = 'READY', due_at = ?3, lease_owner = NULL, lease_until = NULL, updated_at = ?3, \
+                         crashes = crashes + ?4 WHERE id = ?1 AND state = 'RUNNING' AND lease_epoch = ?2",
                     )?
-                    .execute(params![id, epoch, now])?;
+                    .execute(params![id, epoch, now, i64::from(crashed)])?;
                 if n > 0 {
                     moved += 1;
-                    let ev = NewEvent::transition("engine", "recovered", TaskState::Running, TaskState::Ready, serde_json::json!({"reason": reason}));
+                    let ev = NewEvent::transition("engine", "recovered", TaskState::Running, TaskState::Ready, detail.clone());
                     insert_event(c, id, now, &ev)?;
                 }
             }
@@ -1538,9 +1546,9 @@ fn insert_task(c: &Connection, t: &NewTask, event: &NewEvent) -> Result<TaskRow>
         run_count,
         t.run_max,
         due_at,
-        claimed.map(|(owner, _)| owner),
+        claimed.map(|c| &c.owner),
         lease_epoch,
-        claimed.map(|(_, until)| until),
+        claimed.map(|c| c.until),
         now,
         t.people.to_json(),
     ])?;
@@ -1550,7 +1558,7 @@ fn insert_task(c: &Connection, t: &NewTask, event: &NewEvent) -> Result<TaskRow>
         signal(Signal::Due);
     }
     insert_event(c, &t.id, now, event)?;
-    if let Some((owner, _)) = claimed {
+    if let Some(claim) = claimed {
         insert_event(
             c,
             &t.id,
@@ -1560,7 +1568,7 @@ fn insert_task(c: &Connection, t: &NewTask, event: &NewEvent) -> Result<TaskRow>
                 "claimed",
                 t.state,
                 TaskState::Running,
-                serde_json::json!({"instance": owner}),
+                claim.detail.clone(),
             ),
         )?;
     }
@@ -1584,6 +1592,7 @@ fn insert_task(c: &Connection, t: &NewTask, event: &NewEvent) -> Result<TaskRow>
         created_at: now,
         updated_at: now,
         people: t.people.clone(),
+        crashes: 0,
     })
 }
 

@@ -32,6 +32,7 @@ crate::on_both_stores!(
     reopening_runs_no_migration_twice,
     a_queued_fire_waits_for_its_predecessor_or_ends_as_error,
     a_tasks_people_are_kept,
+    crashes_are_counted_at_recovery_and_cleared_by_a_run_end_or_a_person,
 );
 
 fn new_task(id: &str, key: Option<&str>) -> NewTask {
@@ -458,6 +459,48 @@ async fn a_tasks_people_are_kept(db: TestDb) {
     assert_eq!(listed[0].people, t.people);
 }
 
+/// A lease recovered from a dead holder counts a crash; one given back at shutdown does not;
+/// a run that ends, or a person moving the task, clears the count.
+async fn crashes_are_counted_at_recovery_and_cleared_by_a_run_end_or_a_person(db: TestDb) {
+    let s = db.open().await;
+    s.create_task(new_task("c", None), created()).await.unwrap();
+    let crashes = |s: Store| async move { s.get_task("c").await.unwrap().unwrap().0.crashes };
+    let claim = |s: Store| async move {
+        let c = s.claim_due("me", now_ms(), 10, 60_000).await.unwrap();
+        assert_eq!(c.len(), 1);
+        c[0].task.lease_epoch
+    };
+    for n in 1..=3 {
+        let epoch = claim(s.clone()).await;
+        let moved = s
+            .release_orphans(vec![("c".into(), epoch)], "lease expired", true)
+            .await
+            .unwrap();
+        assert_eq!(moved, 1);
+        assert_eq!(crashes(s.clone()).await, n);
+    }
+    let epoch = claim(s.clone()).await;
+    s.release_orphans(vec![("c".into(), epoch)], "shut down", false)
+        .await
+        .unwrap();
+    assert_eq!(crashes(s.clone()).await, 3, "a clean shutdown is not a crash");
+    let epoch = claim(s.clone()).await;
+    let again = RunEnd {
+        due_at: Some(0),
+        ..ended(TaskState::Ready)
+    };
+    s.end_run("c", epoch, vec![], again).await.unwrap();
+    assert_eq!(crashes(s.clone()).await, 0, "a run that ended clears the count");
+    let epoch = claim(s.clone()).await;
+    s.release_orphans(vec![("c".into(), epoch)], "lease expired", true)
+        .await
+        .unwrap();
+    s.transition("c", &[TaskState::Ready], TaskState::Paused, None, None, human("paused"))
+        .await
+        .unwrap();
+    assert_eq!(crashes(s.clone()).await, 0, "a person moving the task clears it");
+}
+
 /// Eight copies of delivery `delivery` to hook `g/<hook>`, recorded at once through two
 /// handles with `overlap`; returns the one recorded and how many were duplicates.
 async fn race_one_delivery(
@@ -654,13 +697,16 @@ async fn a_stale_lease_epoch_writes_nothing(db: TestDb) {
     assert_eq!(expired, [("t1".to_string(), 1)]);
     assert_eq!(
         other
-            .release_orphans(expired.clone(), "lease expired")
+            .release_orphans(expired.clone(), "lease expired", true)
             .await
             .unwrap(),
         1
     );
     // Releasing again at the same epoch does nothing.
-    assert_eq!(other.release_orphans(expired, "again").await.unwrap(), 0);
+    assert_eq!(
+        other.release_orphans(expired, "again", true).await.unwrap(),
+        0
+    );
     let second = other.claim_due("b", now_ms(), 10, 30_000).await.unwrap();
     assert_eq!(second[0].task.lease_epoch, 2);
 
@@ -735,7 +781,7 @@ async fn renewing_leases_reports_the_lost_ones(db: TestDb) {
     assert_eq!(lost, ["t1"]);
     // t2 is taken over: its old holder's renewal reports it lost.
     other
-        .release_orphans(vec![("t2".into(), 1)], "taken over")
+        .release_orphans(vec![("t2".into(), 1)], "taken over", true)
         .await
         .unwrap();
     other.claim_due("b", now_ms(), 10, 30_000).await.unwrap();
@@ -854,7 +900,7 @@ async fn a_resource_limit_holds_across_handles(db: TestDb) {
             .unwrap()
     );
     // A slot of a task no longer running (released orphan) is freed.
-    s.release_orphans(vec![("t3".into(), 1)], "gone")
+    s.release_orphans(vec![("t3".into(), 1)], "gone", true)
         .await
         .unwrap();
     assert!(

@@ -30,9 +30,35 @@ pub struct NewTask {
     pub steps: Vec<String>,
     /// People named on this task beyond its template's.
     pub people: TaskPeople,
-    /// Claim the task in the same write, for a runner that starts it at once:
-    /// `(lease owner, lease expiry in unix ms)`. Only for a READY task due now.
-    pub claim: Option<(String, i64)>,
+    /// Claim the task in the same write, for a runner that starts it at once. Only for a
+    /// READY task due now.
+    pub claim: Option<Claim>,
+}
+
+/// A claim made in a task's creation write.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    /// The lease owner (the instance).
+    pub owner: String,
+    /// Lease expiry, unix ms.
+    pub until: i64,
+    /// The `claimed` audit entry's detail (sealed by the store like every event detail).
+    pub detail: Value,
+}
+
+impl Claim {
+    pub fn new(owner: &str, until: i64) -> Claim {
+        Claim {
+            owner: owner.to_string(),
+            until,
+            detail: claim_detail(owner),
+        }
+    }
+}
+
+/// What a `claimed` audit entry records: the instance that claimed.
+pub fn claim_detail(owner: &str) -> Value {
+    serde_json::json!({ "instance": owner })
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -56,6 +82,9 @@ pub struct TaskRow {
     pub created_at: i64,
     pub updated_at: i64,
     pub people: TaskPeople,
+    /// Runs in a row cut off by the process stopping (counted at recovery, cleared when a run
+    /// ends or a person moves the task).
+    pub crashes: u32,
 }
 
 /// People named on one task (µTask's task-level resolvers and watchers), on top of its

@@ -50,6 +50,8 @@ pub(super) enum Op {
     },
     ClaimDue {
         owner: String,
+        /// The `claimed` audit entries' detail, as stored (JSON text, sealed or not).
+        detail: String,
         now: i64,
         limit: usize,
         lease_ms: i64,
@@ -163,10 +165,11 @@ impl Op {
                 .map(Reply::Fire),
             Op::ClaimDue {
                 owner,
+                detail,
                 now,
                 limit,
                 lease_ms,
-            } => ops::claim_due(tx, owner, *now, *limit, *lease_ms)
+            } => ops::claim_due(tx, owner, detail, *now, *limit, *lease_ms)
                 .await
                 .map(Reply::Claimed),
             Op::Transition {

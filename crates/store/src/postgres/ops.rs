@@ -186,6 +186,7 @@ pub(super) async fn record_fire(
 pub(super) async fn claim_due(
     tx: &Transaction<'_>,
     owner: &str,
+    detail: &str,
     now: i64,
     limit: usize,
     lease_ms: i64,
@@ -202,14 +203,14 @@ pub(super) async fn claim_due(
            RETURNING {}, picked.state AS claimed_from, picked.due_at AS was_due), \
          ev AS ( \
            INSERT INTO task_events (task_id, at, actor, kind, from_state, to_state, detail) \
-           SELECT id, $1, 'engine', 'claimed', claimed_from, 'RUNNING', json_build_object('instance', $3::text)::text \
+           SELECT id, $1, 'engine', 'claimed', claimed_from, 'RUNNING', $5::text \
            FROM upd ORDER BY was_due, id) \
          SELECT * FROM upd ORDER BY was_due, id",
         task_columns("t")
     );
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let until = now + lease_ms;
-    let rows = query(tx, &sql, &[&now, &limit, &owner, &until]).await?;
+    let rows = query(tx, &sql, &[&now, &limit, &owner, &until, &detail]).await?;
     if rows.is_empty() {
         return Ok(Vec::new());
     }
@@ -361,7 +362,7 @@ pub(super) async fn transition(
     let (update, insert, wake) = (
         tx.prepare_cached(
             "UPDATE tasks SET state = $2, due_at = $3, resolver_inputs = COALESCE($4, resolver_inputs), \
-             stop_to = NULL, stop_actor = NULL, updated_at = $5 WHERE id = $1",
+             stop_to = NULL, stop_actor = NULL, crashes = 0, updated_at = $5 WHERE id = $1",
         )
         .await?,
         tx.prepare_cached(
