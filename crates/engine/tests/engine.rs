@@ -324,10 +324,14 @@ async fn a_panicking_action_fails_its_step_and_the_run_goes_on(b: Backend) {
     let bug = steps.iter().find(|s| s.name == "bug").unwrap();
     assert_eq!(bug.state, StepState::FatalError);
     let error = bug.error.as_deref().unwrap_or_default();
-    assert!(error.contains("index out of bounds in a buggy action"), "{error}");
+    assert!(
+        error.contains("index out of bounds in a buggy action"),
+        "{error}"
+    );
     let other = steps.iter().find(|s| s.name == "other").unwrap();
     assert_eq!(other.state, StepState::Done);
-    fx.put("name: fine\nauto_runnable: true\nsteps:\n  a: {action: {type: echo}}\n").await;
+    fx.put("name: fine\nauto_runnable: true\nsteps:\n  a: {action: {type: echo}}\n")
+        .await;
     let id = fx.create("fine", json!({})).await;
     fx.wait_done(&id).await;
 }

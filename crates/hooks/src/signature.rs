@@ -415,10 +415,14 @@ pub fn verify(
             if !bool::from(matches) {
                 return Err(SignatureError::Mismatch);
             }
+            // GitLab keeps `Idempotency-Key` across every retry of one delivery, automatic
+            // or from its "Resend request" button, while a resend gets a new
+            // `X-Gitlab-Event-UUID`: the key is the delivery id; the event UUID stands in
+            // only for GitLab versions that send no key.
             Ok(delivery(
                 headers,
                 &["X-Gitlab-Event"],
-                &["X-Gitlab-Event-UUID", "Idempotency-Key"],
+                &["Idempotency-Key", "X-Gitlab-Event-UUID"],
             ))
         }
         WebhookSettings::Bitbucket { secret } => {

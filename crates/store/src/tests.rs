@@ -483,22 +483,41 @@ async fn crashes_are_counted_at_recovery_and_cleared_by_a_run_end_or_a_person(db
     s.release_orphans(vec![("c".into(), epoch)], "shut down", false)
         .await
         .unwrap();
-    assert_eq!(crashes(s.clone()).await, 3, "a clean shutdown is not a crash");
+    assert_eq!(
+        crashes(s.clone()).await,
+        3,
+        "a clean shutdown is not a crash"
+    );
     let epoch = claim(s.clone()).await;
     let again = RunEnd {
         due_at: Some(0),
         ..ended(TaskState::Ready)
     };
     s.end_run("c", epoch, vec![], again).await.unwrap();
-    assert_eq!(crashes(s.clone()).await, 0, "a run that ended clears the count");
+    assert_eq!(
+        crashes(s.clone()).await,
+        0,
+        "a run that ended clears the count"
+    );
     let epoch = claim(s.clone()).await;
     s.release_orphans(vec![("c".into(), epoch)], "lease expired", true)
         .await
         .unwrap();
-    s.transition("c", &[TaskState::Ready], TaskState::Paused, None, None, human("paused"))
-        .await
-        .unwrap();
-    assert_eq!(crashes(s.clone()).await, 0, "a person moving the task clears it");
+    s.transition(
+        "c",
+        &[TaskState::Ready],
+        TaskState::Paused,
+        None,
+        None,
+        human("paused"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        crashes(s.clone()).await,
+        0,
+        "a person moving the task clears it"
+    );
 }
 
 /// Eight copies of delivery `delivery` to hook `g/<hook>`, recorded at once through two

@@ -177,15 +177,35 @@ fn gitlab_token() {
     assert_eq!(delivery.event.as_deref(), Some("Push Hook"));
     assert_eq!(
         delivery.delivery_id.as_deref(),
-        Some("13792a34-cac6-4fda-95a8-c58e00a3954e")
+        Some("f5e5f430-f57b-4e6e-9fac-d9128cd7232f"),
+        "the idempotency key names the delivery"
     );
 
-    // Without the event UUID, the idempotency key is the delivery id.
+    // A resend of the same delivery: GitLab keeps the key and sends a new event UUID. Both
+    // copies must carry one delivery id, or the resend would create a second task.
+    let resend = lookup(&[
+        ("X-Gitlab-Token", "glpat-webhook-token".to_owned()),
+        ("X-Gitlab-Event", "Push Hook".to_owned()),
+        (
+            "X-Gitlab-Event-UUID",
+            "5b0d7f3e-2f6b-4b8e-b1a1-0c9b1b0e1d22".to_owned(),
+        ),
+        (
+            "Idempotency-Key",
+            "f5e5f430-f57b-4e6e-9fac-d9128cd7232f".to_owned(),
+        ),
+    ]);
+    assert_eq!(
+        verify(&settings, &resend, body, NOW).unwrap().delivery_id,
+        delivery.delivery_id
+    );
+
+    // A GitLab sending no idempotency key: the event UUID is the delivery id.
     let headers = lookup(&[
         ("x-gitlab-token", "glpat-webhook-token".to_owned()),
         (
-            "idempotency-key",
-            "f5e5f430-f57b-4e6e-9fac-d9128cd7232f".to_owned(),
+            "x-gitlab-event-uuid",
+            "13792a34-cac6-4fda-95a8-c58e00a3954e".to_owned(),
         ),
     ]);
     assert_eq!(
@@ -193,7 +213,7 @@ fn gitlab_token() {
             .unwrap()
             .delivery_id
             .as_deref(),
-        Some("f5e5f430-f57b-4e6e-9fac-d9128cd7232f")
+        Some("13792a34-cac6-4fda-95a8-c58e00a3954e")
     );
 
     for token in ["glpat-webhook-toke", "glpat-webhook-tokeN", "x"] {
