@@ -114,4 +114,43 @@ mod tests {
         assert!(In.holds("b", "a, b ,c", None).unwrap());
         assert!(Notin.holds("d", "a|b", Some("|")).unwrap());
     }
+
+    /// Each numeric operator on both sides of its edge and on it: `holds` must tell `<` from
+    /// `<=` and `>` from `>=` (each line was a surviving mutant).
+    #[test]
+    fn numeric_operators_at_their_edges() {
+        use Operator::*;
+        let table = [
+            // (value, expected): below, equal, above
+            (Gt, [false, false, true]),
+            (Ge, [false, true, true]),
+            (Lt, [true, false, false]),
+            (Le, [true, true, false]),
+        ];
+        for (op, want) in table {
+            for ((value, expected), want) in [("1", "2"), (" 2 ", "2.0"), ("3", "2")]
+                .into_iter()
+                .zip(want)
+            {
+                assert_eq!(
+                    op.holds(value, expected, None),
+                    Ok(want),
+                    "{op:?} {value} {expected}"
+                );
+            }
+        }
+        assert_eq!(Lt.holds("-0.5", "0", None), Ok(true));
+        assert_eq!(
+            Le.holds("1", "one", None),
+            Err("expected \"one\" is not a number".into())
+        );
+        assert_eq!(
+            Lt.holds("", "1", None),
+            Err("value \"\" is not a number".into())
+        );
+        assert_eq!(Eq.holds("1", "1.0", None), Ok(false), "EQ compares text");
+        assert_eq!(In.holds("a", "b,c", None), Ok(false));
+        assert_eq!(Notin.holds("b", "b,c", None), Ok(false));
+        assert_eq!(Notregexp.holds("refs/x", "^refs/", None), Ok(false));
+    }
 }

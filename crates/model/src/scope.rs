@@ -91,4 +91,56 @@ mod tests {
         assert!(check("a*b").is_err());
         assert!(check("*").is_ok());
     }
+
+    /// The edges the spelling check must hold exactly (each was a surviving mutant).
+    #[test]
+    fn spelling_edges() {
+        let at_limit = format!("tasks:read:{}", "x".repeat(200 - "tasks:read:".len()));
+        assert_eq!(at_limit.len(), 200);
+        assert_eq!(check(&at_limit), Ok(()));
+        let wildcard_at_limit = format!("{}*", &at_limit[..199]);
+        assert_eq!(check(&wildcard_at_limit), Ok(()));
+        let over = format!("{at_limit}x");
+        assert_eq!(check(&over), Err("a scope has 1 to 200 characters".into()));
+        for two_stars in ["**", "a**", "*a*", "tasks:*:*", "*:read:x*"] {
+            assert_eq!(
+                check(two_stars),
+                Err("`*` may only end a scope".into()),
+                "{two_stars}"
+            );
+        }
+        for (bad, c) in [
+            ("tâches:*", 'â'),
+            ("tasks:créer:x", 'é'),
+            ("tasks\t:x", '\t'),
+            ("hooks:trigger:a/\u{200b}b", '\u{200b}'),
+            ("tasks:\u{7f}", '\u{7f}'),
+        ] {
+            assert_eq!(
+                check(bad),
+                Err(format!("{c:?} is not allowed in a scope")),
+                "{bad:?}"
+            );
+        }
+        // Every printable ASCII character but `*` is allowed anywhere.
+        assert_eq!(check("!\"#$%&'()+,-./0-9:;<=>?@A-Z[\\]^_`a-z{|}~"), Ok(()));
+    }
+
+    /// A wildcard grants by prefix only, whatever comes after it; matching is byte-exact.
+    #[test]
+    fn wildcard_edges() {
+        assert!(grants("tasks:*", "tasks:"));
+        assert!(!grants("tasks:*", "tasks"));
+        assert!(!grants("tasks:*", "Tasks:read:x"));
+        assert!(!grants("tâches:*", "taches:read"));
+        assert!(grants("tâches:*", "tâches:read"));
+        assert!(
+            !grants("admin*", "tokens:manage"),
+            "only `admin` itself is admin"
+        );
+        assert!(grants("admin*", "admin:x"));
+        assert!(!grants("", "tasks:read:x"));
+        assert!(!satisfies::<&str>(&[], "tasks:read:x"));
+        assert!(satisfies(&["x", "tasks:*"], "tasks:read:x"));
+    }
 }

@@ -397,6 +397,22 @@ fn standard_webhooks() {
         pairs[2].1
     );
     assert!(verify(&settings, &lookup(&rotated), body, NOW).is_ok());
+    // The valid signature first, then one made with the retired key: still valid (a later
+    // candidate that fails must not undo an earlier match).
+    let mut valid_first = pairs.clone();
+    valid_first[2].1 = format!("{} v1,{}", pairs[2].1, STANDARD.encode([7u8; 32]));
+    assert!(verify(&settings, &lookup(&valid_first), body, NOW).is_ok());
+    // Only wrong candidates: a mismatch, not a malformed header.
+    let mut all_wrong = pairs.clone();
+    all_wrong[2].1 = format!(
+        "v1,{} v1,{}",
+        STANDARD.encode([7u8; 32]),
+        STANDARD.encode([8u8; 32])
+    );
+    assert_eq!(
+        verify(&settings, &lookup(&all_wrong), body, NOW),
+        Err(SignatureError::Mismatch)
+    );
 
     // The secret without its prefix works too.
     let bare = WebhookSettings::Standard {
@@ -879,6 +895,22 @@ fn settings_validation() {
             .starts_with("`header` is not a valid header name"),
         "{error}"
     );
+
+    // Non-ASCII names are refused, including letters whose low byte is a token character
+    // (`Ł` is U+0141: its low byte is `A`).
+    for name in ["X-Signatur-Ł", "X-Sig-š", "X-Sigé", "X-\u{200b}Sig"] {
+        let error = validate_settings(&WebhookSettings::Hmac(HmacSettings {
+            timestamp_header: Some(name.to_owned()),
+            ..HmacSettings::new("k")
+        }))
+        .unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("`timestamp_header` is not a valid header name"),
+            "{name}: {error}"
+        );
+    }
 
     // Unvalidated settings with the same flaw are refused at verification.
     let incoherent = WebhookSettings::Hmac(HmacSettings {
