@@ -460,3 +460,98 @@ async fn the_openapi_document_lists_the_routes() {
     }
     let _: Value = doc;
 }
+
+#[tokio::test]
+async fn names_a_url_would_normalise_away_are_refused() {
+    let s = Server::start();
+    let template = |name: &str| {
+        format!(
+            "name: {name}\nsteps:\n  a: {{action: {{type: echo, configuration: {{output: {{}}}}}}}}\n"
+        )
+    };
+    let function = |name: &str| {
+        format!("name: {name}\naction: {{type: echo, configuration: {{output: {{}}}}}}\n")
+    };
+    let secret = r#"{"value": "v"}"#.to_string();
+    for dots in [".", ".."] {
+        let cases = [
+            (format!("/api/v1/templates/{dots}"), template(dots), "name"),
+            (format!("/api/v1/functions/{dots}"), function(dots), "name"),
+            (
+                format!("/api/v1/hooks/{dots}/h"),
+                "template: t\n".to_string(),
+                "group",
+            ),
+            (
+                format!("/api/v1/hooks/g/{dots}"),
+                "template: t\n".to_string(),
+                "id",
+            ),
+            (format!("/api/v1/secrets/{dots}"), secret.clone(), "name"),
+        ];
+        for (path, body, field) in cases {
+            let (st, v) = s.raw("PUT", &path, &body).await;
+            assert_eq!(
+                (st, v["field"].as_str()),
+                (400, Some(field)),
+                "PUT {path}: {v}"
+            );
+            let (st, v) = s.raw("GET", &path, "").await;
+            assert_eq!(st, 400, "GET {path}: {v}");
+        }
+    }
+    // Nothing was stored; names with dots that are not dot segments still work.
+    let (_, listed) = s.get("/api/v1/templates?hidden=true").await;
+    assert_eq!(listed, json!([]));
+    let (_, groups) = s.get("/api/v1/hooks").await;
+    assert_eq!(groups["groups"], json!([]));
+    assert_eq!(s.put_template("...", &template("...")).await.0, 201);
+    assert_eq!(s.put_template("v1.2", &template("v1.2")).await.0, 201);
+    // A function name's `::` parts follow the same rule.
+    let (st, v) = s
+        .raw("PUT", "/api/v1/functions/ns::..", &function("ns::.."))
+        .await;
+    assert_eq!((st, v["field"].as_str()), (400, Some("name")), "{v}");
+}
+
+#[tokio::test]
+async fn a_cursor_the_server_did_not_give_is_refused() {
+    let s = Server::start();
+    s.put_template(
+        "t",
+        "name: t\nsteps:\n  a: {action: {type: echo, configuration: {output: {}}}}\n",
+    )
+    .await;
+    let (st, _, _) = s
+        .req(
+            reqwest::Method::PUT,
+            "/api/v1/hooks/g/h",
+            Some(("template: t\n", "application/yaml")),
+        )
+        .await;
+    assert_eq!(st, 201);
+    for listing in ["/api/v1/tasks", "/api/v1/hooks/g/h/fires", "/api/v1/audit"] {
+        for cursor in [
+            "garbage",
+            "",
+            "0193A000-0000-7000-8000-000000000000",
+            "1%27%20OR%201=1",
+        ] {
+            let (st, v) = s.get(&format!("{listing}?cursor={cursor}")).await;
+            assert_eq!(
+                (st, v["field"].as_str()),
+                (400, Some("cursor")),
+                "{listing}?cursor={cursor}: {v}"
+            );
+        }
+        // A cursor of the right form is a page (empty: nothing is older).
+        let (st, v) = s
+            .get(&format!(
+                "{listing}?cursor=00000000-0000-7000-8000-000000000000"
+            ))
+            .await;
+        if listing != "/api/v1/audit" {
+            assert_eq!(st, 200, "{listing}: {v}");
+        }
+    }
+}

@@ -154,6 +154,41 @@ pub(crate) fn page_limit(limit: Option<u32>) -> Result<u32, Problem> {
     }
 }
 
+/// 400 naming `name` unless the path's `name` is a template name (see [`taskhook_model::name`]).
+fn check_template_name(name: &str) -> Result<(), Problem> {
+    taskhook_model::name::check(name, taskhook_model::validate::MAX_NAME_LEN)
+        .map_err(|e| Problem::field(StatusCode::BAD_REQUEST, "name", e))
+}
+
+/// 400 naming `name` unless the path's `name` is a library function name.
+fn check_function_name(name: &str) -> Result<(), Problem> {
+    if taskhook_model::name::is_valid_function(name, taskhook_model::validate::MAX_NAME_LEN) {
+        Ok(())
+    } else {
+        Err(Problem::field(
+            StatusCode::BAD_REQUEST,
+            "name",
+            "function names are names joined by '::', each of letters, digits, '_', '-' or '.', and neither '.' nor '..'",
+        ))
+    }
+}
+
+/// The `cursor` of a listing whose pages end at a row id (tasks, fires): the `next_cursor` a
+/// previous page gave, which is a UUID. Anything else is refused with 400 naming `cursor`,
+/// rather than compared with ids and answered with a silently empty page.
+pub(crate) fn id_cursor(cursor: Option<String>) -> Result<Option<String>, Problem> {
+    let Some(c) = cursor else { return Ok(None) };
+    match uuid::Uuid::try_parse(&c) {
+        // Ids are stored hyphenated and lower-case; a cursor is compared with them as text.
+        Ok(id) => Ok(Some(id.hyphenated().to_string())),
+        Err(_) => Err(Problem::field(
+            StatusCode::BAD_REQUEST,
+            "cursor",
+            "not a cursor this server gave (next_cursor of a previous page)",
+        )),
+    }
+}
+
 /// Parses a JSON body, naming the failing field.
 pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
@@ -200,6 +235,7 @@ async fn put_template(
     Path(name): Path<String>,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
+    check_template_name(&name)?;
     let bytes = body(b)?;
     let text = template_text(&s, &bytes)?;
     let template = s
@@ -252,6 +288,7 @@ async fn get_template(
     State(s): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<TemplateOut>, Problem> {
+    check_template_name(&name)?;
     let row = s
         .engine
         .store()
@@ -293,6 +330,7 @@ async fn delete_template(
     State(s): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, Problem> {
+    check_template_name(&name)?;
     if s.engine.delete_template(&name).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -310,6 +348,7 @@ async fn put_function(
     Path(name): Path<String>,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
+    check_function_name(&name)?;
     let bytes = body(b)?;
     let text = std::str::from_utf8(&bytes).map_err(|_| {
         Problem::field(
@@ -347,6 +386,7 @@ async fn get_function(
     State(s): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, Problem> {
+    check_function_name(&name)?;
     Ok(Json(
         s.engine
             .store()
@@ -372,6 +412,7 @@ async fn delete_function(
     State(s): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, Problem> {
+    check_function_name(&name)?;
     if s.engine.store().delete_function(&name).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -505,8 +546,9 @@ async fn list_tasks(
         None => None,
     };
     let limit = page_limit(q.limit)?;
+    let cursor = id_cursor(q.cursor)?;
     let (rows, next_cursor) =
-        crate::identity::readable_tasks(&s, &c, state, q.template, q.cursor, limit).await?;
+        crate::identity::readable_tasks(&s, &c, state, q.template, cursor, limit).await?;
     let mut templates: std::collections::HashMap<(String, i64), Option<Template>> =
         Default::default();
     let mut tasks = Vec::with_capacity(rows.len());

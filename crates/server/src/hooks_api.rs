@@ -101,19 +101,14 @@ pub struct Fired {
 }
 
 fn check_names(group: &str, id: &str) -> Result<(), Problem> {
-    if !valid_hook_part(group) {
-        return Err(Problem::field(
-            StatusCode::BAD_REQUEST,
-            "group",
-            "use 1-64 letters, digits, '_', '.' or '-'",
-        ));
-    }
-    if !valid_hook_part(id) {
-        return Err(Problem::field(
-            StatusCode::BAD_REQUEST,
-            "id",
-            "use 1-64 letters, digits, '_', '.' or '-'",
-        ));
+    for (field, part) in [("group", group), ("id", id)] {
+        if !valid_hook_part(part) {
+            return Err(Problem::field(
+                StatusCode::BAD_REQUEST,
+                field,
+                taskhook_model::name::rule(taskhook_hooks::MAX_HOOK_PART_LEN),
+            ));
+        }
     }
     Ok(())
 }
@@ -195,6 +190,13 @@ pub async fn list_group(
     State(s): State<AppState>,
     Path(group): Path<String>,
 ) -> Result<Json<Value>, Problem> {
+    if !valid_hook_part(&group) {
+        return Err(Problem::field(
+            StatusCode::BAD_REQUEST,
+            "group",
+            taskhook_model::name::rule(taskhook_hooks::MAX_HOOK_PART_LEN),
+        ));
+    }
     let rows = s.engine.store().list_hooks(Some(&group)).await?;
     let hooks: Vec<Value> = rows
         .into_iter()
@@ -294,10 +296,11 @@ pub async fn list_fires(
         q.map_err(|e| Problem::field(StatusCode::BAD_REQUEST, "query", e.body_text()))?;
     load(&s, &group, &id).await?;
     let limit = crate::api::page_limit(q.limit)?;
+    let cursor = crate::api::id_cursor(q.cursor)?;
     let rows = s
         .engine
         .store()
-        .list_fires(&group, &id, q.cursor, limit)
+        .list_fires(&group, &id, cursor, limit)
         .await?;
     let next_cursor = (rows.len() == limit as usize)
         .then(|| rows.last().map(|f| f.id.clone()))
