@@ -38,7 +38,7 @@ use crate::{AppState, Problem};
     components(schemas(crate::maintenance::MaintenanceRequest, crate::maintenance::MaintenanceOut, crate::hooks_api::HookOut, crate::hooks_api::FireOut, crate::hooks_api::Fired, crate::hooks_api::TestEvent, Problem, CreateTaskRequest, ResolveRequest, TaskCreated, TemplateOut, TemplateSummary, TaskOut, StepOut, TaskPage, EventOut, crate::secrets_api::SecretRequest, crate::secrets_api::SecretOut)),
     modifiers(&BearerAuth)
 )]
-pub struct ApiDoc;
+pub(crate) struct ApiDoc;
 
 struct BearerAuth;
 impl utoipa::Modify for BearerAuth {
@@ -140,10 +140,15 @@ fn template_text<'a>(s: &AppState, bytes: &'a Bytes) -> Result<&'a str, Problem>
     Ok(text)
 }
 
-/// The `limit` of a listing: 1 to 1000, default 100.
+/// The largest page a listing gives.
+pub(crate) const MAX_PAGE_LIMIT: u32 = 1000;
+/// The page size of a listing asked for none.
+pub(crate) const DEFAULT_PAGE_LIMIT: u32 = 100;
+
+/// The `limit` of a listing: 1 to [`MAX_PAGE_LIMIT`], default [`DEFAULT_PAGE_LIMIT`].
 pub(crate) fn page_limit(limit: Option<u32>) -> Result<u32, Problem> {
-    let limit = limit.unwrap_or(100);
-    if (1..=1000).contains(&limit) {
+    let limit = limit.unwrap_or(DEFAULT_PAGE_LIMIT);
+    if (1..=MAX_PAGE_LIMIT).contains(&limit) {
         Ok(limit)
     } else {
         Err(Problem::field(
@@ -220,8 +225,8 @@ async fn healthz() -> Json<Value> {
     Json(serde_json::json!({"status": "ok"}))
 }
 
-async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+async fn openapi() -> Json<&'static Value> {
+    Json(crate::openapi::document())
 }
 
 // ---- templates ----
@@ -445,8 +450,10 @@ async fn create_task(
         ),
         None => None,
     };
+    taskhook_model::name::check(&req.template, taskhook_model::validate::MAX_NAME_LEN)
+        .map_err(|e| Problem::field(StatusCode::BAD_REQUEST, "template", e))?;
     if let Some(k) = &req.idempotency_key
-        && (k.is_empty() || k.len() > 256)
+        && (k.is_empty() || k.chars().count() > MAX_IDEMPOTENCY_KEY_CHARS)
     {
         return Err(Problem::field(
             StatusCode::BAD_REQUEST,
@@ -545,6 +552,10 @@ async fn list_tasks(
         ),
         None => None,
     };
+    if let Some(t) = &q.template {
+        taskhook_model::name::check(t, taskhook_model::validate::MAX_NAME_LEN)
+            .map_err(|e| Problem::field(StatusCode::BAD_REQUEST, "template", e))?;
+    }
     let limit = page_limit(q.limit)?;
     let cursor = id_cursor(q.cursor)?;
     let (rows, next_cursor) =
@@ -564,7 +575,11 @@ async fn list_tasks(
 }
 
 /// Most users one list of a task's people may name.
-const MAX_PEOPLE: usize = 100;
+pub(crate) const MAX_PEOPLE: usize = 100;
+/// Longest user name on a task, in characters.
+pub(crate) const MAX_USERNAME_CHARS: usize = 256;
+/// Longest idempotency key, in characters.
+pub(crate) const MAX_IDEMPOTENCY_KEY_CHARS: usize = 256;
 
 /// A task's list of resolvers or watchers, checked: 1-256 characters each, at most
 /// [`MAX_PEOPLE`], duplicates dropped.
@@ -578,7 +593,8 @@ fn usernames(field: &str, names: Vec<String>) -> Result<Vec<String>, Problem> {
     }
     let mut out: Vec<String> = Vec::with_capacity(names.len());
     for n in names {
-        if n.is_empty() || n.len() > 256 || n.chars().any(char::is_control) {
+        if n.is_empty() || n.chars().count() > MAX_USERNAME_CHARS || n.chars().any(char::is_control)
+        {
             return Err(Problem::field(
                 StatusCode::BAD_REQUEST,
                 field,

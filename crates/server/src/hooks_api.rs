@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use subtle::ConstantTimeEq;
 use taskhook_hooks::{Event, Hook, check_payload, valid_hook_part};
 use taskhook_store::{FireRow, HookRow};
@@ -69,7 +69,7 @@ pub struct FireOut {
     pub task_state: Option<String>,
     pub error: Option<String>,
     pub delivery_id: Option<String>,
-    #[schema(value_type = Object)]
+    /// The event's payload (any JSON value), when it was kept.
     pub payload: Option<Value>,
 }
 
@@ -423,10 +423,11 @@ pub async fn trigger(
 ) -> Result<Response, Problem> {
     let bytes = body(b)?;
     let (row, hook) = load(&s, &group, &id).await?;
+    // An object, as documented: `null` or a bare value is no event (an empty body is `{}`).
     let payload: Value = if bytes.iter().all(u8::is_ascii_whitespace) {
         json!({})
     } else {
-        parse_json(&bytes)?
+        parse_json::<Map<String, Value>>(&bytes).map(Value::Object)?
     };
     let event = Event {
         fired_by: "api".into(),
@@ -439,8 +440,14 @@ pub async fn trigger(
     fire_and_answer(&s, &row, &hook, event).await
 }
 
-#[utoipa::path(post, path = "/api/v1/hooks/{group}/{id}/trigger/{token}", request_body(content = Object, description = "The event payload"),
-    responses((status = 202, body = Fired), (status = 401, body = Problem), (status = 405, body = Problem)), security(()))]
+/// The methods a secret-token trigger may accept (a hook's `methods` chooses among them).
+const TRIGGER_METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
+
+#[utoipa::path(method(get, post, put, patch, delete), path = "/api/v1/hooks/{group}/{id}/trigger/{token}",
+    request_body(content = Object, description = "The event payload: JSON, a form, or text"),
+    responses((status = 202, body = Fired), (status = 401, body = Problem),
+    (status = 405, body = Problem, description = "The hook does not accept this method; Allow lists those it does"),
+    (status = 409, body = Problem, description = "The hook is disabled")), security(()))]
 pub async fn trigger_with_token(
     State(s): State<AppState>,
     Path((group, id, token)): Path<(String, String, String)>,
@@ -449,6 +456,9 @@ pub async fn trigger_with_token(
     query: Result<Query<BTreeMap<String, String>>, axum::extract::rejection::QueryRejection>,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
+    if !TRIGGER_METHODS.contains(&method.as_str()) {
+        return Ok(crate::identity::method_not_allowed(&TRIGGER_METHODS));
+    }
     let Query(query) =
         query.map_err(|e| Problem::field(StatusCode::BAD_REQUEST, "query", e.body_text()))?;
     let bytes = body(b)?;
@@ -461,10 +471,8 @@ pub async fn trigger_with_token(
         ));
     }
     if !hook.methods.iter().any(|m| m == method.as_str()) {
-        return Err(Problem::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!("this hook accepts {}", hook.methods.join(", ")),
-        ));
+        let accepted: Vec<&str> = hook.methods.iter().map(String::as_str).collect();
+        return Ok(crate::identity::method_not_allowed(&accepted));
     }
     let event = Event {
         fired_by: "token".into(),
@@ -533,8 +541,8 @@ pub async fn webhook(
 #[derive(Debug, Deserialize, ToSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct TestEvent {
+    /// The sample event's payload: any JSON value.
     #[serde(default)]
-    #[schema(value_type = Object)]
     pub payload: Value,
     #[serde(default)]
     pub headers: BTreeMap<String, String>,

@@ -120,8 +120,17 @@ fn expiry(req: &CreateTokenRequest, now: i64) -> Result<Option<i64>, Problem> {
     }
 }
 
+/// Most scopes one token holds.
+pub(crate) const MAX_SCOPES: usize = 100;
+/// Longest token description, in characters.
+pub(crate) const MAX_DESCRIPTION_CHARS: usize = 500;
+/// Longest token user name (printable ASCII).
+pub(crate) const MAX_USER_LEN: usize = 128;
+
 fn valid_user(u: &str) -> bool {
-    (1..=128).contains(&u.len()) && u.chars().all(|c| c.is_ascii_graphic()) && !u.contains(':')
+    (1..=MAX_USER_LEN).contains(&u.len())
+        && u.chars().all(|c| c.is_ascii_graphic())
+        && !u.contains(':')
 }
 
 #[utoipa::path(post, path = "/api/v1/tokens", request_body = CreateTokenRequest,
@@ -136,8 +145,8 @@ pub async fn create_token(
     if req.scopes.is_empty() {
         return Err(bad("scopes", "a token needs at least one scope"));
     }
-    if req.scopes.len() > 100 {
-        return Err(bad("scopes", "at most 100 scopes"));
+    if req.scopes.len() > MAX_SCOPES {
+        return Err(bad("scopes", format!("at most {MAX_SCOPES} scopes")));
     }
     for (i, sc) in req.scopes.iter().enumerate() {
         scope::check(sc).map_err(|e| bad(&format!("scopes[{i}]"), format!("{sc:?}: {e}")))?;
@@ -149,8 +158,11 @@ pub async fn create_token(
             format!("the caller does not hold {missing:?}, so it cannot give it to a token"),
         ));
     }
-    if req.description.chars().count() > 500 {
-        return Err(bad("description", "at most 500 characters"));
+    if req.description.chars().count() > MAX_DESCRIPTION_CHARS {
+        return Err(bad(
+            "description",
+            format!("at most {MAX_DESCRIPTION_CHARS} characters"),
+        ));
     }
     let now = now_ms();
     let expires_at = expiry(&req, now)?;
