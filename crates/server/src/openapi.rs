@@ -9,7 +9,8 @@
 //! - the patterns of names in paths ([`taskhook_model::name`], secret names), the bounds of
 //!   `limit` ([`crate::api::MAX_PAGE_LIMIT`]) and the form of each listing's `cursor`.
 //!
-//! A schema-driven fuzzer checks the result against the running server (`.ci/openapi-fuzz`).
+//! A schema-driven fuzzer checks the result against the running server
+//! (`crates/cli/tests/openapi.rs`, see `docs/openapi.md`).
 
 use std::sync::OnceLock;
 
