@@ -62,6 +62,31 @@ fn client_commands_without_a_token_say_how_to_get_one() {
     assert!(err.contains("TASKHOOK_TOKEN"), "{err}");
 }
 
+#[test]
+fn retentions_past_a_century_are_refused_before_serving() {
+    // Wrapped into a cut-off in the future: pruning would have deleted everything.
+    let dir = support::fresh_dir();
+    for flag in ["--task-retention", "--fire-retention", "--audit-retention"] {
+        let (code, _, err) = taskhook(
+            None,
+            &[
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                dir.to_str().unwrap(),
+                flag,
+                "99999999999999d",
+            ],
+        );
+        assert_eq!(code, 2, "{flag}: {err}");
+        assert!(
+            err.contains(flag) && err.contains("36500d"),
+            "{flag}: {err}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn put_create_watch_and_inspect_from_the_cli() {
     let s = Server::start();

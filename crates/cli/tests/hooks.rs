@@ -284,6 +284,11 @@ async fn bad_hooks_are_refused_naming_the_field() {
         ),
         ("template: t\nfilter: 'event =='\n", "filter"),
         ("template: t\nbogus: 1\n", "hook"),
+        // Overflowed the dedupe cut-off in the fire path.
+        (
+            "template: t\ndedupe_window_seconds: 18446744073709551615\n",
+            "dedupe_window_seconds",
+        ),
     ];
     for (doc, field) in cases {
         let (st, ct, v) = s

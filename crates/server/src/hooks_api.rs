@@ -444,7 +444,7 @@ pub async fn trigger(
 const TRIGGER_METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
 
 #[utoipa::path(method(get, post, put, patch, delete), path = "/api/v1/hooks/{group}/{id}/trigger/{token}",
-    request_body(content = Object, description = "The event payload: JSON, a form, or text"),
+    request_body(content = Value, description = "The event payload: any JSON value, a form (with a JSON `payload` field, as GitHub sends), or text"),
     responses((status = 202, body = Fired), (status = 401, body = Problem),
     (status = 405, body = Problem, description = "The hook does not accept this method; Allow lists those it does"),
     (status = 409, body = Problem, description = "The hook is disabled")), security(()))]
@@ -486,7 +486,7 @@ pub async fn trigger_with_token(
     fire_and_answer(&s, &row, &hook, event).await
 }
 
-#[utoipa::path(post, path = "/api/v1/hooks/{group}/{id}/webhook", request_body(content = Object, description = "The provider's delivery"),
+#[utoipa::path(post, path = "/api/v1/hooks/{group}/{id}/webhook", request_body(content = Value, description = "The provider's delivery, as the provider signed it: JSON, a form or text"),
     responses((status = 202, body = Fired), (status = 401, body = Problem)), security(()))]
 pub async fn webhook(
     State(s): State<AppState>,
