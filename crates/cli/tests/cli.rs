@@ -67,19 +67,29 @@ fn retentions_past_a_century_are_refused_before_serving() {
     // Wrapped into a cut-off in the future: pruning would have deleted everything.
     let dir = support::fresh_dir();
     for flag in ["--task-retention", "--fire-retention", "--audit-retention"] {
-        let (code, _, err) = taskhook(
-            None,
-            &[
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--data-dir",
-                dir.to_str().unwrap(),
-                flag,
-                "99999999999999d",
-            ],
-        );
-        assert_eq!(code, 2, "{flag}: {err}");
+        let mut serve = std::process::Command::new(env!("CARGO_BIN_EXE_taskhook"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&dir)
+            .args([flag, "99999999999999d"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // A server that accepted the flag would serve until killed.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = serve.try_wait().unwrap() {
+                break Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = serve.kill();
+                break None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut serve.stderr.take().unwrap(), &mut err).unwrap();
+        assert_eq!(status.and_then(|s| s.code()), Some(2), "{flag}: {err}");
         assert!(
             err.contains(flag) && err.contains("36500d"),
             "{flag}: {err}"
