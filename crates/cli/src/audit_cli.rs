@@ -51,7 +51,7 @@ fn when(flag: &str, v: &str) -> anyhow::Result<String> {
     let d = taskhook_model::duration::parse_duration_str(v).map_err(|e| {
         anyhow::anyhow!("--{flag} {v:?}: not an RFC 3339 time nor a duration ago ({e})")
     })?;
-    let ms = taskhook_store::now_ms() - d.as_millis() as i64;
+    let ms = taskhook_store::now_ms().saturating_sub(taskhook_model::duration::as_millis_i64(d));
     Ok(jiff::Timestamp::from_millisecond(ms)
         .with_context(|| format!("--{flag} {v:?} is too far back"))?
         .to_string())

@@ -149,7 +149,9 @@ fn parse_pair(s: &str) -> Result<(String, String), String> {
     Ok((k.to_string(), v.to_string()))
 }
 
-const PART_RULE: &str = "use 1-64 letters, digits, '_', '.' or '-'";
+fn part_rule() -> String {
+    taskhook_model::name::rule(taskhook_hooks::MAX_HOOK_PART_LEN)
+}
 
 /// `GROUP/ID` split and checked, so it can go into a URL as it is.
 fn hook_ref(s: &str) -> anyhow::Result<(String, String)> {
@@ -157,10 +159,10 @@ fn hook_ref(s: &str) -> anyhow::Result<(String, String)> {
         bail!("{s:?} is not a hook: name it GROUP/ID (for example ci/deploy)");
     };
     if !taskhook_hooks::valid_hook_part(group) {
-        bail!("{s:?}: bad group {group:?}: {PART_RULE}");
+        bail!("{s:?}: bad group {group:?}: {}", part_rule());
     }
     if !taskhook_hooks::valid_hook_part(id) {
-        bail!("{s:?}: bad id {id:?}: {PART_RULE}");
+        bail!("{s:?}: bad id {id:?}: {}", part_rule());
     }
     Ok((group.to_string(), id.to_string()))
 }
@@ -386,7 +388,7 @@ async fn list(group: Option<String>, conn: Conn) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     };
     if !taskhook_hooks::valid_hook_part(&group) {
-        bail!("bad group {group:?}: {PART_RULE}");
+        bail!("bad group {group:?}: {}", part_rule());
     }
     let out = c.get(&format!("/api/v1/hooks/{group}")).await?;
     if json_out {

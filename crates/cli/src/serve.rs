@@ -215,8 +215,12 @@ fn parse_count(s: &str) -> Result<usize, String> {
     }
 }
 
+/// The longest retention: a century. Longer is keeping forever, and an unbounded one
+/// overflowed the cut-off time (pruning everything instead of nothing).
+const MAX_RETENTION: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 86_400);
+
 fn parse_retention(s: &str) -> Result<std::time::Duration, String> {
-    let d = taskhook_model::duration::parse_duration_str(s)?;
+    let d = taskhook_model::duration::parse_duration_at_most(s, MAX_RETENTION)?;
     if d < std::time::Duration::from_secs(60) {
         return Err("keep fires at least a minute".into());
     }
@@ -234,9 +238,9 @@ async fn prune_history(
 ) {
     loop {
         let now = taskhook_store::now_ms();
-        let fires_before = now - fires.as_millis() as i64;
-        let tasks_before = now - tasks.as_millis() as i64;
-        let calls_before = now - calls.as_millis() as i64;
+        let before = |keep| now.saturating_sub(taskhook_model::duration::as_millis_i64(keep));
+        let (fires_before, tasks_before, calls_before) =
+            (before(fires), before(tasks), before(calls));
         for what in ["fires", "tasks", "audit calls"] {
             loop {
                 let pruned = match what {
@@ -463,8 +467,9 @@ fn hook_files(dir: &Path) -> anyhow::Result<(Vec<HookFile>, Vec<String>)> {
             }
             if !taskhook_hooks::valid_hook_part(&group) {
                 problems.push(format!(
-                    "{}: group: {group:?} is not a valid group name: use 1-64 letters, digits, '_', '.' or '-'",
-                    f.display()
+                    "{}: group: {group:?} is not a valid group name: {}",
+                    f.display(),
+                    taskhook_model::name::rule(taskhook_hooks::MAX_HOOK_PART_LEN)
                 ));
                 continue;
             }
@@ -475,8 +480,9 @@ fn hook_files(dir: &Path) -> anyhow::Result<(Vec<HookFile>, Vec<String>)> {
                 .to_string();
             if !taskhook_hooks::valid_hook_part(&id) {
                 problems.push(format!(
-                    "{}: id: {id:?} (the file name) is not a valid hook id: use 1-64 letters, digits, '_', '.' or '-'",
-                    f.display()
+                    "{}: id: {id:?} (the file name) is not a valid hook id: {}",
+                    f.display(),
+                    taskhook_model::name::rule(taskhook_hooks::MAX_HOOK_PART_LEN)
                 ));
                 continue;
             }

@@ -458,5 +458,169 @@ async fn the_openapi_document_lists_the_routes() {
     ] {
         assert!(doc["paths"].get(path).is_some(), "{path} missing");
     }
-    let _: Value = doc;
+    // Fields that may be null say so (they were declared as objects).
+    let schemas = &doc["components"]["schemas"];
+    for (schema, field) in [
+        ("TaskOut", "result"),
+        ("StepOut", "metadata"),
+        ("StepOut", "output"),
+        ("EventOut", "detail"),
+    ] {
+        let declared = &schemas[schema]["properties"][field];
+        assert!(
+            declared.get("type").is_none() || declared["type"].to_string().contains("null"),
+            "{schema}.{field} must allow null: {declared}"
+        );
+    }
+    // Errors are problem+json, on every operation that can give them.
+    let get_task = &doc["paths"]["/api/v1/tasks/{id}"]["get"];
+    for status in ["401", "403", "404", "429"] {
+        assert!(
+            get_task["responses"][status]["content"]
+                .get("application/problem+json")
+                .is_some(),
+            "GET /api/v1/tasks/{{id}} {status}: {get_task}"
+        );
+    }
+    // Names and page sizes are declared as the server checks them.
+    let params = |path: &str, method: &str| doc["paths"][path][method]["parameters"].clone();
+    let param = |list: &Value, name: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .cloned()
+            .unwrap()
+    };
+    let limit = param(&params("/api/v1/tasks", "get"), "limit");
+    assert_eq!(
+        (
+            limit["schema"]["minimum"].clone(),
+            limit["schema"]["maximum"].clone()
+        ),
+        (json!(1), json!(1000))
+    );
+    let name = param(&params("/api/v1/templates/{name}", "get"), "name");
+    assert!(name["schema"]["pattern"].is_string(), "{name}");
+}
+
+#[tokio::test]
+async fn a_method_a_path_does_not_have_is_405_naming_those_it_has() {
+    let s = Server::start();
+    for (method, path, allowed) in [
+        ("TRACE", "/healthz", "GET, HEAD"),
+        ("POST", "/healthz", "GET, HEAD"),
+        ("PATCH", "/api/v1/templates/x", "GET, PUT, DELETE, HEAD"),
+        (
+            "TRACE",
+            "/api/v1/hooks/g/h/trigger/t",
+            "GET, POST, PUT, PATCH, DELETE",
+        ),
+    ] {
+        let resp = s
+            .http
+            .request(
+                reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                format!("{}{path}", s.url),
+            )
+            .bearer_auth(support::TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 405, "{method} {path}");
+        let allow = resp.headers()["allow"].to_str().unwrap().to_string();
+        assert_eq!(allow, allowed, "{method} {path}");
+        let ct = resp.headers()["content-type"].to_str().unwrap().to_string();
+        assert_eq!(ct, "application/problem+json", "{method} {path}");
+    }
+}
+
+#[tokio::test]
+async fn names_a_url_would_normalise_away_are_refused() {
+    let s = Server::start();
+    let template = |name: &str| {
+        format!(
+            "name: {name}\nsteps:\n  a: {{action: {{type: echo, configuration: {{output: {{}}}}}}}}\n"
+        )
+    };
+    let function = |name: &str| {
+        format!("name: {name}\naction: {{type: echo, configuration: {{output: {{}}}}}}\n")
+    };
+    let secret = r#"{"value": "v"}"#.to_string();
+    for dots in [".", ".."] {
+        let cases = [
+            (format!("/api/v1/templates/{dots}"), template(dots), "name"),
+            (format!("/api/v1/functions/{dots}"), function(dots), "name"),
+            (
+                format!("/api/v1/hooks/{dots}/h"),
+                "template: t\n".to_string(),
+                "group",
+            ),
+            (
+                format!("/api/v1/hooks/g/{dots}"),
+                "template: t\n".to_string(),
+                "id",
+            ),
+            (format!("/api/v1/secrets/{dots}"), secret.clone(), "name"),
+        ];
+        for (path, body, field) in cases {
+            let (st, v) = s.raw("PUT", &path, &body).await;
+            assert_eq!(
+                (st, v["field"].as_str()),
+                (400, Some(field)),
+                "PUT {path}: {v}"
+            );
+            let (st, v) = s.raw("GET", &path, "").await;
+            assert_eq!(st, 400, "GET {path}: {v}");
+        }
+    }
+    // Nothing was stored; names with dots that are not dot segments still work.
+    let (_, listed) = s.get("/api/v1/templates?hidden=true").await;
+    assert_eq!(listed, json!([]));
+    let (_, groups) = s.get("/api/v1/hooks").await;
+    assert_eq!(groups["groups"], json!([]));
+    assert_eq!(s.put_template("...", &template("...")).await.0, 201);
+    assert_eq!(s.put_template("v1.2", &template("v1.2")).await.0, 201);
+    // A function name's `::` parts follow the same rule.
+    let (st, v) = s
+        .raw("PUT", "/api/v1/functions/ns::..", &function("ns::.."))
+        .await;
+    assert_eq!((st, v["field"].as_str()), (400, Some("name")), "{v}");
+}
+
+#[tokio::test]
+async fn a_cursor_the_server_did_not_give_is_refused() {
+    let s = Server::start();
+    s.put_template(
+        "t",
+        "name: t\nsteps:\n  a: {action: {type: echo, configuration: {output: {}}}}\n",
+    )
+    .await;
+    let (st, _, _) = s
+        .req(
+            reqwest::Method::PUT,
+            "/api/v1/hooks/g/h",
+            Some(("template: t\n", "application/yaml")),
+        )
+        .await;
+    assert_eq!(st, 201);
+    for listing in ["/api/v1/tasks", "/api/v1/hooks/g/h/fires", "/api/v1/audit"] {
+        for cursor in ["garbage", "", "0193a000-0000-7000-8000", "1%27%20OR%201=1"] {
+            let (st, v) = s.get(&format!("{listing}?cursor={cursor}")).await;
+            assert_eq!(
+                (st, v["field"].as_str()),
+                (400, Some("cursor")),
+                "{listing}?cursor={cursor}: {v}"
+            );
+        }
+        // A cursor of the right form is a page (empty: nothing is older).
+        let (st, v) = s
+            .get(&format!(
+                "{listing}?cursor=00000000-0000-7000-8000-000000000000"
+            ))
+            .await;
+        if listing != "/api/v1/audit" {
+            assert_eq!(st, 200, "{listing}: {v}");
+        }
+    }
 }

@@ -62,6 +62,41 @@ fn client_commands_without_a_token_say_how_to_get_one() {
     assert!(err.contains("TASKHOOK_TOKEN"), "{err}");
 }
 
+#[test]
+fn retentions_past_a_century_are_refused_before_serving() {
+    // Wrapped into a cut-off in the future: pruning would have deleted everything.
+    let dir = support::fresh_dir();
+    for flag in ["--task-retention", "--fire-retention", "--audit-retention"] {
+        let mut serve = std::process::Command::new(env!("CARGO_BIN_EXE_taskhook"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&dir)
+            .args([flag, "99999999999999d"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // A server that accepted the flag would serve until killed.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = serve.try_wait().unwrap() {
+                break Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = serve.kill();
+                break None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut serve.stderr.take().unwrap(), &mut err).unwrap();
+        assert_eq!(status.and_then(|s| s.code()), Some(2), "{flag}: {err}");
+        assert!(
+            err.contains(flag) && err.contains("36500d"),
+            "{flag}: {err}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn put_create_watch_and_inspect_from_the_cli() {
     let s = Server::start();

@@ -284,6 +284,11 @@ async fn bad_hooks_are_refused_naming_the_field() {
         ),
         ("template: t\nfilter: 'event =='\n", "filter"),
         ("template: t\nbogus: 1\n", "hook"),
+        // Overflowed the dedupe cut-off in the fire path.
+        (
+            "template: t\ndedupe_window_seconds: 18446744073709551615\n",
+            "dedupe_window_seconds",
+        ),
     ];
     for (doc, field) in cases {
         let (st, ct, v) = s
@@ -347,4 +352,40 @@ async fn the_ledger_keeps_large_payloads_only_as_a_note_of_their_size() {
         "{}",
         f["fires"][1]["payload"]
     );
+}
+
+#[tokio::test]
+async fn a_trigger_payload_is_a_json_object() {
+    let s = Server::start();
+    s.put_template(
+        "t",
+        "name: t\nsteps:\n  a: {action: {type: echo, configuration: {output: {}}}}\n",
+    )
+    .await;
+    let (st, _, v) = s
+        .req(
+            reqwest::Method::PUT,
+            "/api/v1/hooks/g/h",
+            Some(("template: t\n", "application/yaml")),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    for body in ["null", "5", "\"x\"", "[1]"] {
+        let (st, _, v) = s
+            .req(
+                reqwest::Method::POST,
+                "/api/v1/hooks/g/h/trigger",
+                Some((body, "application/json")),
+            )
+            .await;
+        assert_eq!(
+            (st, v["field"].as_str()),
+            (400, Some("body")),
+            "{body}: {v}"
+        );
+    }
+    let (_, fires) = s.get("/api/v1/hooks/g/h/fires").await;
+    assert_eq!(fires["fires"], json!([]), "nothing was fired");
+    let (st, v) = s.post("/api/v1/hooks/g/h/trigger", json!({})).await;
+    assert_eq!(st, 202, "{v}");
 }

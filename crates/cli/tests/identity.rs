@@ -654,3 +654,58 @@ async fn a_proxy_user_is_trusted_only_from_the_proxy() {
     assert_ne!(code, 0);
     assert!(err.contains("users.ada[0]"), "{err}");
 }
+
+#[tokio::test]
+async fn a_token_lifetime_past_ten_years_is_refused() {
+    let s = Server::start();
+    for (body, field) in [
+        (
+            json!({"scopes": ["x"], "expires_in": "99999999999999d"}),
+            "expires_in",
+        ),
+        (
+            json!({"scopes": ["x"], "expires_in": "3651d"}),
+            "expires_in",
+        ),
+        (json!({"scopes": ["x"], "expires_in": "0s"}), "expires_in"),
+        (
+            json!({"scopes": ["x"], "expires_at": "9999-12-31T23:59:59Z"}),
+            "expires_at",
+        ),
+        (
+            json!({"scopes": ["x"], "expires_at": "99999-01-01T00:00:00Z"}),
+            "expires_at",
+        ),
+    ] {
+        let (st, v) = s.post("/api/v1/tokens", body.clone()).await;
+        assert_eq!((st, v["field"].as_str()), (400, Some(field)), "{body}: {v}");
+    }
+    let (_, list) = s.get("/api/v1/tokens").await;
+    assert_eq!(list, json!([]), "nothing was created");
+    // Up to ten years is fine, and says when.
+    let (st, v) = s
+        .post(
+            "/api/v1/tokens",
+            json!({"scopes": ["x"], "expires_in": "3650d"}),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    assert!(
+        v["expires_at"].as_str().is_some_and(|e| e.len() > 10),
+        "{v}"
+    );
+    // The CLI says the same.
+    let (code, _, err) = support::taskhook(
+        Some(&s),
+        &[
+            "token",
+            "create",
+            "--scope",
+            "x",
+            "--expires-in",
+            "99999999999999d",
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("expires_in"), "{err}");
+}

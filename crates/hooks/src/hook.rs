@@ -118,11 +118,16 @@ fn err(field: impl Into<String>, message: impl Into<String>) -> HookError {
     }
 }
 
-/// `group` and `id`: 1–64 characters among letters, digits, `_`, `.` and `-`.
+/// The longest delivery dedupe window: ten years, in seconds.
+pub const MAX_DEDUPE_WINDOW_SECONDS: u64 = taskhook_model::duration::TEN_YEARS.as_secs();
+
+/// Longest hook `group` or `id`.
+pub const MAX_HOOK_PART_LEN: usize = 64;
+
+/// `group` and `id`: names as URLs carry them ([`taskhook_model::name`]), of at most
+/// [`MAX_HOOK_PART_LEN`] characters.
 pub fn valid_hook_part(s: &str) -> bool {
-    (1..=64).contains(&s.len())
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+    taskhook_model::name::is_valid(s, MAX_HOOK_PART_LEN)
 }
 
 impl Hook {
@@ -161,6 +166,12 @@ impl Hook {
             // The time zone is only used by schedules, but a typo should still be caught.
             Schedule::parse("0 0 * * *", &self.timezone)
                 .map_err(|e| err("timezone", e.to_string()))?;
+        }
+        if self.dedupe_window_seconds > MAX_DEDUPE_WINDOW_SECONDS {
+            return Err(err(
+                "dedupe_window_seconds",
+                format!("at most {MAX_DEDUPE_WINDOW_SECONDS} (10 years)"),
+            ));
         }
         if self.catch_up_max == 0 || self.catch_up_max > 10_000 {
             return Err(err("catch_up_max", "must be between 1 and 10000"));

@@ -7,7 +7,8 @@ pub mod schedule;
 pub mod signature;
 
 pub use hook::{
-    Decision, Event, Hook, HookError, HookMetadata, Overlap, check_payload, decide, valid_hook_part,
+    Decision, Event, Hook, HookError, HookMetadata, MAX_HOOK_PART_LEN, Overlap, check_payload,
+    decide, valid_hook_part,
 };
 pub use schedule::{Misfire, Schedule};
 pub use signature::WebhookSettings;

@@ -88,6 +88,40 @@ pub fn parse_duration_str(input: &str) -> Result<Duration, String> {
     Ok(Duration::new(secs, nanos))
 }
 
+/// One day.
+pub const DAY: Duration = Duration::from_secs(86_400);
+
+/// Ten years (3650 days): the longest lifetime the API gives anything (a token's).
+pub const TEN_YEARS: Duration = Duration::from_secs(3650 * 86_400);
+
+/// [`parse_duration_str`], refusing durations longer than `max` (so that adding one to a time
+/// stays a time: an unbounded lifetime would overflow into no expiry at all).
+pub fn parse_duration_at_most(input: &str, max: Duration) -> Result<Duration, String> {
+    let d = parse_duration_str(input)?;
+    if d > max {
+        return Err(format!(
+            "{input:?} is longer than the longest allowed, {}",
+            describe_days(max)
+        ));
+    }
+    Ok(d)
+}
+
+/// `max` as a whole number of days when it is one (`3650d`), else in seconds.
+fn describe_days(max: Duration) -> String {
+    if max.as_secs().is_multiple_of(DAY.as_secs()) && max.subsec_nanos() == 0 {
+        format!("{}d", max.as_secs() / DAY.as_secs())
+    } else {
+        format!("{}s", max.as_secs_f64())
+    }
+}
+
+/// A duration in milliseconds as `i64`, saturating: for arithmetic on Unix-millisecond times
+/// that must never wrap.
+pub fn as_millis_i64(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
 /// `number` (digits with at most one '.') times `unit_nanos`, in nanoseconds, exactly.
 fn scaled(number: &str, unit_nanos: u128) -> Option<u128> {
     let (int, frac) = match number.split_once('.') {
@@ -165,6 +199,22 @@ mod tests {
         ] {
             assert!(d(bad.clone()).is_err(), "{bad} should be rejected");
         }
+    }
+}
+
+#[cfg(test)]
+mod bound_tests {
+    use super::*;
+
+    #[test]
+    fn bounded_durations_refuse_overflowing_ones() {
+        assert_eq!(parse_duration_at_most("3650d", TEN_YEARS), Ok(TEN_YEARS));
+        let e = parse_duration_at_most("3651d", TEN_YEARS).unwrap_err();
+        assert!(e.contains("3650d"), "{e}");
+        assert!(parse_duration_at_most("99999999999999d", TEN_YEARS).is_err());
+        assert!(parse_duration_at_most("x", TEN_YEARS).is_err());
+        assert_eq!(as_millis_i64(Duration::MAX), i64::MAX);
+        assert_eq!(as_millis_i64(Duration::from_secs(2)), 2000);
     }
 }
 

@@ -7,6 +7,7 @@
 pub mod condition;
 pub mod duration;
 pub mod input;
+pub mod name;
 pub mod scope;
 pub mod secret;
 pub mod state;

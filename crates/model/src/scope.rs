@@ -34,10 +34,13 @@ pub fn first_missing<'a, S: AsRef<str>>(held: &[S], wanted: &'a [String]) -> Opt
         .find(|w| !satisfies(held, w))
 }
 
+/// Longest scope.
+pub const MAX_LEN: usize = 200;
+
 /// Checks a scope's spelling: 1 to 200 printable ASCII characters without spaces, with `*`
 /// only as the last character.
 pub fn check(scope: &str) -> Result<(), String> {
-    if scope.is_empty() || scope.len() > 200 {
+    if scope.is_empty() || scope.len() > MAX_LEN {
         return Err("a scope has 1 to 200 characters".into());
     }
     if let Some(c) = scope.chars().find(|c| !c.is_ascii_graphic()) {

@@ -23,8 +23,12 @@ pub const MIN_SUBSTRING_CHARS: usize = 4;
 /// Longest secret name.
 pub const MAX_NAME_LEN: usize = 64;
 
+/// A secret's name as a regular expression, as the OpenAPI document declares it.
+pub const NAME_PATTERN: &str = "^[A-Za-z0-9_]+$";
+
 /// Checks a secret's name: 1 to 64 ASCII letters, digits and `_`, so that
-/// `{{ secret.NAME }}` reads it.
+/// `{{ secret.NAME }}` reads it. Stricter than [`crate::name::is_valid`] (no dots), so a
+/// secret's URL is never normalised either.
 pub fn check_name(name: &str) -> Result<(), String> {
     if name.is_empty()
         || name.len() > MAX_NAME_LEN

@@ -111,11 +111,11 @@ impl Ctx<'_> {
     }
 }
 
+/// Longest template or library function name.
+pub const MAX_NAME_LEN: usize = 128;
+
 fn valid_name(s: &str, max: usize) -> bool {
-    !s.is_empty()
-        && s.len() <= max
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    crate::name::is_valid(s, max)
 }
 
 /// Validates a template within the default [`TemplateLimits`]; returns every problem found,
@@ -148,11 +148,8 @@ pub fn validate_template_with(
         catalog,
         errors: Vec::new(),
     };
-    if !valid_name(&t.name, 128) {
-        cx.err(
-            "name",
-            "must be 1-128 characters among letters, digits, '_', '-' and '.'",
-        );
+    if let Err(e) = crate::name::check(&t.name, MAX_NAME_LEN) {
+        cx.err("name", e);
     }
     if t.steps.is_empty() {
         cx.err("steps", "a template needs at least one step");
@@ -420,6 +417,9 @@ pub fn validate_function(f: &Function, catalog: &dyn Catalog) -> Result<(), Temp
     };
     if f.name.is_empty() {
         cx.err("name", "a function needs a name");
+    } else if !crate::name::is_valid_function(&f.name, MAX_NAME_LEN) {
+        // Checked here too, under `name`: a library function is addressed by its name in URLs.
+        cx.err("name", function_name_rule());
     } else {
         check_function(&mut cx, &f.name.clone(), f);
     }
@@ -430,14 +430,18 @@ pub fn validate_function(f: &Function, catalog: &dyn Catalog) -> Result<(), Temp
     }
 }
 
+fn function_name_rule() -> String {
+    format!(
+        "function names are names joined by '::', each name: {}",
+        crate::name::rule(MAX_NAME_LEN)
+    )
+}
+
 /// A function body: a builtin action (functions do not call functions), its conditions and states.
 fn check_function(cx: &mut Ctx<'_>, name: &str, f: &Function) {
     let at = format!("functions.{name}");
-    if !valid_name(name, 128) && !name.contains("::") {
-        cx.err(
-            &at,
-            "function names use letters, digits, '_', '-', '.' and '::'",
-        );
+    if !crate::name::is_valid_function(name, MAX_NAME_LEN) {
+        cx.err(&at, function_name_rule());
     }
     if !f.name.is_empty() && f.name != name {
         cx.err(

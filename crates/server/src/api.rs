@@ -38,7 +38,7 @@ use crate::{AppState, Problem};
     components(schemas(crate::maintenance::MaintenanceRequest, crate::maintenance::MaintenanceOut, crate::hooks_api::HookOut, crate::hooks_api::FireOut, crate::hooks_api::Fired, crate::hooks_api::TestEvent, Problem, CreateTaskRequest, ResolveRequest, TaskCreated, TemplateOut, TemplateSummary, TaskOut, StepOut, TaskPage, EventOut, crate::secrets_api::SecretRequest, crate::secrets_api::SecretOut)),
     modifiers(&BearerAuth)
 )]
-pub struct ApiDoc;
+pub(crate) struct ApiDoc;
 
 struct BearerAuth;
 impl utoipa::Modify for BearerAuth {
@@ -140,10 +140,15 @@ fn template_text<'a>(s: &AppState, bytes: &'a Bytes) -> Result<&'a str, Problem>
     Ok(text)
 }
 
-/// The `limit` of a listing: 1 to 1000, default 100.
+/// The largest page a listing gives.
+pub(crate) const MAX_PAGE_LIMIT: u32 = 1000;
+/// The page size of a listing asked for none.
+pub(crate) const DEFAULT_PAGE_LIMIT: u32 = 100;
+
+/// The `limit` of a listing: 1 to [`MAX_PAGE_LIMIT`], default [`DEFAULT_PAGE_LIMIT`].
 pub(crate) fn page_limit(limit: Option<u32>) -> Result<u32, Problem> {
-    let limit = limit.unwrap_or(100);
-    if (1..=1000).contains(&limit) {
+    let limit = limit.unwrap_or(DEFAULT_PAGE_LIMIT);
+    if (1..=MAX_PAGE_LIMIT).contains(&limit) {
         Ok(limit)
     } else {
         Err(Problem::field(
@@ -151,6 +156,41 @@ pub(crate) fn page_limit(limit: Option<u32>) -> Result<u32, Problem> {
             "limit",
             "must be between 1 and 1000",
         ))
+    }
+}
+
+/// 400 naming `name` unless the path's `name` is a template name (see [`taskhook_model::name`]).
+fn check_template_name(name: &str) -> Result<(), Problem> {
+    taskhook_model::name::check(name, taskhook_model::validate::MAX_NAME_LEN)
+        .map_err(|e| Problem::field(StatusCode::BAD_REQUEST, "name", e))
+}
+
+/// 400 naming `name` unless the path's `name` is a library function name.
+fn check_function_name(name: &str) -> Result<(), Problem> {
+    if taskhook_model::name::is_valid_function(name, taskhook_model::validate::MAX_NAME_LEN) {
+        Ok(())
+    } else {
+        Err(Problem::field(
+            StatusCode::BAD_REQUEST,
+            "name",
+            "function names are names joined by '::', each of letters, digits, '_', '-' or '.', and neither '.' nor '..'",
+        ))
+    }
+}
+
+/// The `cursor` of a listing whose pages end at a row id (tasks, fires): the `next_cursor` a
+/// previous page gave, which is a UUID. Anything else is refused with 400 naming `cursor`,
+/// rather than compared with ids and answered with a silently empty page.
+pub(crate) fn id_cursor(cursor: Option<String>) -> Result<Option<String>, Problem> {
+    let Some(c) = cursor else { return Ok(None) };
+    match uuid::Uuid::try_parse(&c) {
+        // Ids are stored hyphenated and lower-case; a cursor is compared with them as text.
+        Ok(id) => Ok(Some(id.hyphenated().to_string())),
+        Err(_) => Err(Problem::field(
+            StatusCode::BAD_REQUEST,
+            "cursor",
+            "not a cursor this server gave (next_cursor of a previous page)",
+        )),
     }
 }
 
@@ -185,8 +225,8 @@ async fn healthz() -> Json<Value> {
     Json(serde_json::json!({"status": "ok"}))
 }
 
-async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+async fn openapi() -> Json<&'static Value> {
+    Json(crate::openapi::document())
 }
 
 // ---- templates ----
@@ -200,6 +240,7 @@ async fn put_template(
     Path(name): Path<String>,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
+    check_template_name(&name)?;
     let bytes = body(b)?;
     let text = template_text(&s, &bytes)?;
     let template = s
@@ -252,6 +293,7 @@ async fn get_template(
     State(s): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<TemplateOut>, Problem> {
+    check_template_name(&name)?;
     let row = s
         .engine
         .store()
@@ -293,6 +335,7 @@ async fn delete_template(
     State(s): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, Problem> {
+    check_template_name(&name)?;
     if s.engine.delete_template(&name).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -310,6 +353,7 @@ async fn put_function(
     Path(name): Path<String>,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
+    check_function_name(&name)?;
     let bytes = body(b)?;
     let text = std::str::from_utf8(&bytes).map_err(|_| {
         Problem::field(
@@ -347,6 +391,7 @@ async fn get_function(
     State(s): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, Problem> {
+    check_function_name(&name)?;
     Ok(Json(
         s.engine
             .store()
@@ -372,6 +417,7 @@ async fn delete_function(
     State(s): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, Problem> {
+    check_function_name(&name)?;
     if s.engine.store().delete_function(&name).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -404,8 +450,10 @@ async fn create_task(
         ),
         None => None,
     };
+    taskhook_model::name::check(&req.template, taskhook_model::validate::MAX_NAME_LEN)
+        .map_err(|e| Problem::field(StatusCode::BAD_REQUEST, "template", e))?;
     if let Some(k) = &req.idempotency_key
-        && (k.is_empty() || k.len() > 256)
+        && (k.is_empty() || k.chars().count() > MAX_IDEMPOTENCY_KEY_CHARS)
     {
         return Err(Problem::field(
             StatusCode::BAD_REQUEST,
@@ -504,9 +552,14 @@ async fn list_tasks(
         ),
         None => None,
     };
+    if let Some(t) = &q.template {
+        taskhook_model::name::check(t, taskhook_model::validate::MAX_NAME_LEN)
+            .map_err(|e| Problem::field(StatusCode::BAD_REQUEST, "template", e))?;
+    }
     let limit = page_limit(q.limit)?;
+    let cursor = id_cursor(q.cursor)?;
     let (rows, next_cursor) =
-        crate::identity::readable_tasks(&s, &c, state, q.template, q.cursor, limit).await?;
+        crate::identity::readable_tasks(&s, &c, state, q.template, cursor, limit).await?;
     let mut templates: std::collections::HashMap<(String, i64), Option<Template>> =
         Default::default();
     let mut tasks = Vec::with_capacity(rows.len());
@@ -522,7 +575,11 @@ async fn list_tasks(
 }
 
 /// Most users one list of a task's people may name.
-const MAX_PEOPLE: usize = 100;
+pub(crate) const MAX_PEOPLE: usize = 100;
+/// Longest user name on a task, in characters.
+pub(crate) const MAX_USERNAME_CHARS: usize = 256;
+/// Longest idempotency key, in characters.
+pub(crate) const MAX_IDEMPOTENCY_KEY_CHARS: usize = 256;
 
 /// A task's list of resolvers or watchers, checked: 1-256 characters each, at most
 /// [`MAX_PEOPLE`], duplicates dropped.
@@ -536,7 +593,8 @@ fn usernames(field: &str, names: Vec<String>) -> Result<Vec<String>, Problem> {
     }
     let mut out: Vec<String> = Vec::with_capacity(names.len());
     for n in names {
-        if n.is_empty() || n.len() > 256 || n.chars().any(char::is_control) {
+        if n.is_empty() || n.chars().count() > MAX_USERNAME_CHARS || n.chars().any(char::is_control)
+        {
             return Err(Problem::field(
                 StatusCode::BAD_REQUEST,
                 field,

@@ -246,8 +246,7 @@ pub struct AuditEntryOut {
     pub from_state: Option<String>,
     /// Task events: the state after.
     pub to_state: Option<String>,
-    /// Task events: what else was recorded.
-    #[schema(value_type = Object)]
+    /// Task events: what else was recorded (any JSON value).
     #[serde(skip_serializing_if = "Value::is_null")]
     pub detail: Value,
 }
@@ -294,9 +293,20 @@ fn parse_time(field: &str, v: &str) -> Result<i64, Problem> {
         .map_err(|e| bad(field, format!("not an RFC 3339 time: {e}")))
 }
 
+/// Longest `actor`, `action` or `target` filter, in characters.
+pub(crate) const MAX_FILTER_CHARS: usize = 1000;
+
+/// The form of `outcome`, as the OpenAPI document declares it.
+pub(crate) const OUTCOME_PATTERN: &str = "^(ok|error|[1-5][0-9][0-9])$";
+/// The form of `kind`, as the OpenAPI document declares it.
+pub(crate) const KIND_PATTERN: &str = "^(call|task)(,(call|task))*$";
+
 fn nonempty(field: &str, v: Option<String>) -> Result<Option<String>, Problem> {
     match v {
-        Some(v) if v.is_empty() || v.len() > 1000 => Err(bad(field, "must be 1-1000 characters")),
+        Some(v) if v.is_empty() || v.chars().count() > MAX_FILTER_CHARS => Err(bad(
+            field,
+            format!("must be 1-{MAX_FILTER_CHARS} characters"),
+        )),
         other => Ok(other),
     }
 }
@@ -307,8 +317,9 @@ fn filter_of(q: AuditQuery) -> Result<AuditFilter, Problem> {
         None => None,
         Some("ok") => Some(AuditOutcome::Ok),
         Some("error") => Some(AuditOutcome::Error),
+        // Three digits exactly (OUTCOME_PATTERN): no sign, no leading zero.
         Some(s) => match s.parse::<u16>() {
-            Ok(n) if (100..=599).contains(&n) => Some(AuditOutcome::Status(n)),
+            Ok(n) if s.len() == 3 && (100..=599).contains(&n) => Some(AuditOutcome::Status(n)),
             _ => return Err(bad("outcome", "use ok, error or an HTTP status (100-599)")),
         },
     };
@@ -316,9 +327,7 @@ fn filter_of(q: AuditQuery) -> Result<AuditFilter, Problem> {
         None => vec![],
         Some(k) => k
             .split(',')
-            .map(|k| {
-                AuditKind::parse(k.trim()).ok_or_else(|| bad("kind", "use call, task or call,task"))
-            })
+            .map(|k| AuditKind::parse(k).ok_or_else(|| bad("kind", "use call, task or call,task")))
             .collect::<Result<_, _>>()?,
     };
     let since = q

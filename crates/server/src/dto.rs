@@ -100,9 +100,9 @@ impl TemplateSummary {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct StepOut {
     pub state: String,
-    #[schema(value_type = Object)]
+    /// Any JSON value, `null` when there is none.
     pub output: Value,
-    #[schema(value_type = Object)]
+    /// Any JSON value, `null` when there is none.
     pub metadata: Value,
     pub error: Option<String>,
     pub attempts: u32,
@@ -111,7 +111,7 @@ pub struct StepOut {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub foreach_parent: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Object)]
+    /// Any JSON value, `null` when there is none.
     pub item: Option<Value>,
 }
 
@@ -141,7 +141,7 @@ pub struct TaskOut {
     pub inputs: Value,
     #[schema(value_type = Object)]
     pub resolver_inputs: Value,
-    #[schema(value_type = Object)]
+    /// Any JSON value, `null` when there is none.
     pub result: Value,
     #[schema(value_type = Object)]
     pub tags: Value,
@@ -214,7 +214,7 @@ pub struct EventOut {
     pub kind: String,
     pub from: Option<String>,
     pub to: Option<String>,
-    #[schema(value_type = Object)]
+    /// Any JSON value, `null` when there is none.
     pub detail: Value,
 }
 

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use subtle::ConstantTimeEq;
 use taskhook_hooks::{Event, Hook, check_payload, valid_hook_part};
 use taskhook_store::{FireRow, HookRow};
@@ -69,7 +69,7 @@ pub struct FireOut {
     pub task_state: Option<String>,
     pub error: Option<String>,
     pub delivery_id: Option<String>,
-    #[schema(value_type = Object)]
+    /// The event's payload (any JSON value), when it was kept.
     pub payload: Option<Value>,
 }
 
@@ -101,19 +101,14 @@ pub struct Fired {
 }
 
 fn check_names(group: &str, id: &str) -> Result<(), Problem> {
-    if !valid_hook_part(group) {
-        return Err(Problem::field(
-            StatusCode::BAD_REQUEST,
-            "group",
-            "use 1-64 letters, digits, '_', '.' or '-'",
-        ));
-    }
-    if !valid_hook_part(id) {
-        return Err(Problem::field(
-            StatusCode::BAD_REQUEST,
-            "id",
-            "use 1-64 letters, digits, '_', '.' or '-'",
-        ));
+    for (field, part) in [("group", group), ("id", id)] {
+        if !valid_hook_part(part) {
+            return Err(Problem::field(
+                StatusCode::BAD_REQUEST,
+                field,
+                taskhook_model::name::rule(taskhook_hooks::MAX_HOOK_PART_LEN),
+            ));
+        }
     }
     Ok(())
 }
@@ -195,6 +190,13 @@ pub async fn list_group(
     State(s): State<AppState>,
     Path(group): Path<String>,
 ) -> Result<Json<Value>, Problem> {
+    if !valid_hook_part(&group) {
+        return Err(Problem::field(
+            StatusCode::BAD_REQUEST,
+            "group",
+            taskhook_model::name::rule(taskhook_hooks::MAX_HOOK_PART_LEN),
+        ));
+    }
     let rows = s.engine.store().list_hooks(Some(&group)).await?;
     let hooks: Vec<Value> = rows
         .into_iter()
@@ -294,10 +296,11 @@ pub async fn list_fires(
         q.map_err(|e| Problem::field(StatusCode::BAD_REQUEST, "query", e.body_text()))?;
     load(&s, &group, &id).await?;
     let limit = crate::api::page_limit(q.limit)?;
+    let cursor = crate::api::id_cursor(q.cursor)?;
     let rows = s
         .engine
         .store()
-        .list_fires(&group, &id, q.cursor, limit)
+        .list_fires(&group, &id, cursor, limit)
         .await?;
     let next_cursor = (rows.len() == limit as usize)
         .then(|| rows.last().map(|f| f.id.clone()))
@@ -420,10 +423,11 @@ pub async fn trigger(
 ) -> Result<Response, Problem> {
     let bytes = body(b)?;
     let (row, hook) = load(&s, &group, &id).await?;
+    // An object, as documented: `null` or a bare value is no event (an empty body is `{}`).
     let payload: Value = if bytes.iter().all(u8::is_ascii_whitespace) {
         json!({})
     } else {
-        parse_json(&bytes)?
+        parse_json::<Map<String, Value>>(&bytes).map(Value::Object)?
     };
     let event = Event {
         fired_by: "api".into(),
@@ -436,8 +440,14 @@ pub async fn trigger(
     fire_and_answer(&s, &row, &hook, event).await
 }
 
-#[utoipa::path(post, path = "/api/v1/hooks/{group}/{id}/trigger/{token}", request_body(content = Object, description = "The event payload"),
-    responses((status = 202, body = Fired), (status = 401, body = Problem), (status = 405, body = Problem)), security(()))]
+/// The methods a secret-token trigger may accept (a hook's `methods` chooses among them).
+const TRIGGER_METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
+
+#[utoipa::path(method(get, post, put, patch, delete), path = "/api/v1/hooks/{group}/{id}/trigger/{token}",
+    request_body(content = Value, description = "The event payload: any JSON value, a form (with a JSON `payload` field, as GitHub sends), or text"),
+    responses((status = 202, body = Fired), (status = 401, body = Problem),
+    (status = 405, body = Problem, description = "The hook does not accept this method; Allow lists those it does"),
+    (status = 409, body = Problem, description = "The hook is disabled")), security(()))]
 pub async fn trigger_with_token(
     State(s): State<AppState>,
     Path((group, id, token)): Path<(String, String, String)>,
@@ -446,6 +456,9 @@ pub async fn trigger_with_token(
     query: Result<Query<BTreeMap<String, String>>, axum::extract::rejection::QueryRejection>,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
+    if !TRIGGER_METHODS.contains(&method.as_str()) {
+        return Ok(crate::identity::method_not_allowed(&TRIGGER_METHODS));
+    }
     let Query(query) =
         query.map_err(|e| Problem::field(StatusCode::BAD_REQUEST, "query", e.body_text()))?;
     let bytes = body(b)?;
@@ -458,10 +471,8 @@ pub async fn trigger_with_token(
         ));
     }
     if !hook.methods.iter().any(|m| m == method.as_str()) {
-        return Err(Problem::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!("this hook accepts {}", hook.methods.join(", ")),
-        ));
+        let accepted: Vec<&str> = hook.methods.iter().map(String::as_str).collect();
+        return Ok(crate::identity::method_not_allowed(&accepted));
     }
     let event = Event {
         fired_by: "token".into(),
@@ -475,7 +486,7 @@ pub async fn trigger_with_token(
     fire_and_answer(&s, &row, &hook, event).await
 }
 
-#[utoipa::path(post, path = "/api/v1/hooks/{group}/{id}/webhook", request_body(content = Object, description = "The provider's delivery"),
+#[utoipa::path(post, path = "/api/v1/hooks/{group}/{id}/webhook", request_body(content = Value, description = "The provider's delivery, as the provider signed it: JSON, a form or text"),
     responses((status = 202, body = Fired), (status = 401, body = Problem)), security(()))]
 pub async fn webhook(
     State(s): State<AppState>,
@@ -530,8 +541,8 @@ pub async fn webhook(
 #[derive(Debug, Deserialize, ToSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct TestEvent {
+    /// The sample event's payload: any JSON value.
     #[serde(default)]
-    #[schema(value_type = Object)]
     pub payload: Value,
     #[serde(default)]
     pub headers: BTreeMap<String, String>,

@@ -359,6 +359,11 @@ pub(crate) async fn authorize(State(s): State<AppState>, request: Request, next:
         return next.run(request).await;
     };
     let Some(route) = crate::scopes::lookup(request.method().as_str(), matched.as_str()) else {
+        let allowed = crate::scopes::methods_of(matched.as_str());
+        if !allowed.is_empty() {
+            // The path exists, this method does not: say which do, as the router would.
+            return method_not_allowed(&allowed).into_response();
+        }
         return Problem::new(
             StatusCode::FORBIDDEN,
             "no scope is defined for this route, so nobody may call it",
@@ -388,6 +393,20 @@ pub(crate) async fn authorize(State(s): State<AppState>, request: Request, next:
     parts.extensions.insert(caller);
     let mut response = next.run(Request::from_parts(parts, body)).await;
     response.extensions_mut().insert(actor);
+    response
+}
+
+/// 405 with the `Allow` header listing `allowed`.
+pub(crate) fn method_not_allowed(allowed: &[&str]) -> Response {
+    let list = allowed.join(", ");
+    let mut response = Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("this path accepts {list}"),
+    )
+    .into_response();
+    if let Ok(v) = header::HeaderValue::from_str(&list) {
+        response.headers_mut().insert(header::ALLOW, v);
+    }
     response
 }
 

@@ -10,6 +10,7 @@ mod hooks_api;
 pub mod identity;
 mod keys;
 mod maintenance;
+pub mod openapi;
 mod problem;
 mod ratelimit;
 pub mod scopes;

@@ -34,7 +34,7 @@ pub(crate) const CACHE_FOR: Duration = Duration::from_secs(1);
 pub(crate) const RETRY_AFTER_SECS: u32 = 60;
 /// The API path of the mode itself, never refused.
 pub(crate) const PATH: &str = "/api/v1/maintenance";
-const MAX_MESSAGE_CHARS: usize = 1000;
+pub(crate) const MAX_MESSAGE_CHARS: usize = 1000;
 
 /// The mode as stored.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -193,11 +193,9 @@ pub(crate) async fn put_maintenance(
 ) -> Result<Json<MaintenanceOut>, Problem> {
     c.require("maintenance")?;
     let req: MaintenanceRequest = parse_json(&body(b)?)?;
-    let message = req
+    // Counted as sent, before trimming: the limit the OpenAPI document declares.
+    if req
         .message
-        .map(|m| m.trim().to_string())
-        .filter(|m| !m.is_empty());
-    if message
         .as_ref()
         .is_some_and(|m| m.chars().count() > MAX_MESSAGE_CHARS)
     {
@@ -207,6 +205,10 @@ pub(crate) async fn put_maintenance(
             format!("at most {MAX_MESSAGE_CHARS} characters"),
         ));
     }
+    let message = req
+        .message
+        .map(|m| m.trim().to_string())
+        .filter(|m| !m.is_empty());
     let stored = Stored {
         enabled: req.enabled,
         message,

@@ -203,6 +203,20 @@ pub fn lookup(method: &str, path: &str) -> Option<&'static RouteScope> {
         })
 }
 
+/// The methods the table has for `path`, as an `Allow` header lists them (GET brings HEAD);
+/// empty when the path has no row.
+pub fn methods_of(path: &str) -> Vec<&'static str> {
+    let mut methods: Vec<&'static str> = ROUTES
+        .iter()
+        .filter(|r| r.path == path)
+        .map(|r| r.method)
+        .collect();
+    if methods.contains(&"GET") {
+        methods.push("HEAD");
+    }
+    methods
+}
+
 /// Fills a scope pattern's placeholders with `value(name)`; `None` when one has no value.
 pub fn fill(pattern: &str, value: impl Fn(&str) -> Option<String>) -> Option<String> {
     let mut out = String::with_capacity(pattern.len());

@@ -24,7 +24,7 @@ use crate::{AppState, Problem};
 /// Longest secret value, in bytes.
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 /// Longest description, in characters.
-const MAX_DESCRIPTION_CHARS: usize = 1000;
+pub(crate) const MAX_DESCRIPTION_CHARS: usize = 1000;
 
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()

@@ -84,8 +84,53 @@ fn bad(field: &str, detail: impl Into<String>) -> Problem {
     Problem::field(StatusCode::BAD_REQUEST, field, detail)
 }
 
+/// The longest a token may live: a longer lifetime is no expiry in practice, and an unbounded
+/// one overflowed into none at all.
+const MAX_TOKEN_LIFETIME: std::time::Duration = taskhook_model::duration::TEN_YEARS;
+
+/// When a token asked for now expires (Unix ms), or `None` for never: in the future, and at
+/// most [`MAX_TOKEN_LIFETIME`] away, whichever field gives it.
+fn expiry(req: &CreateTokenRequest, now: i64) -> Result<Option<i64>, Problem> {
+    let max_ms = taskhook_model::duration::as_millis_i64(MAX_TOKEN_LIFETIME);
+    let too_far = || "a token lives at most 3650 days (10 years)".to_string();
+    match (&req.expires_at, &req.expires_in) {
+        (Some(_), Some(_)) => Err(bad("expires_in", "give expires_at or expires_in, not both")),
+        (Some(at), None) => {
+            let at = at
+                .parse::<jiff::Timestamp>()
+                .map_err(|e| bad("expires_at", format!("not an RFC 3339 time: {e}")))?
+                .as_millisecond();
+            if at <= now {
+                return Err(bad("expires_at", "must be in the future"));
+            }
+            if at - now > max_ms {
+                return Err(bad("expires_at", too_far()));
+            }
+            Ok(Some(at))
+        }
+        (None, Some(d)) => {
+            let d = taskhook_model::duration::parse_duration_at_most(d, MAX_TOKEN_LIFETIME)
+                .map_err(|e| bad("expires_in", format!("{e}: {}", too_far())))?;
+            if d.is_zero() {
+                return Err(bad("expires_in", "must be more than zero"));
+            }
+            Ok(Some(now + taskhook_model::duration::as_millis_i64(d)))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// Most scopes one token holds.
+pub(crate) const MAX_SCOPES: usize = 100;
+/// Longest token description, in characters.
+pub(crate) const MAX_DESCRIPTION_CHARS: usize = 500;
+/// Longest token user name (printable ASCII).
+pub(crate) const MAX_USER_LEN: usize = 128;
+
 fn valid_user(u: &str) -> bool {
-    (1..=128).contains(&u.len()) && u.chars().all(|c| c.is_ascii_graphic()) && !u.contains(':')
+    (1..=MAX_USER_LEN).contains(&u.len())
+        && u.chars().all(|c| c.is_ascii_graphic())
+        && !u.contains(':')
 }
 
 #[utoipa::path(post, path = "/api/v1/tokens", request_body = CreateTokenRequest,
@@ -100,8 +145,8 @@ pub async fn create_token(
     if req.scopes.is_empty() {
         return Err(bad("scopes", "a token needs at least one scope"));
     }
-    if req.scopes.len() > 100 {
-        return Err(bad("scopes", "at most 100 scopes"));
+    if req.scopes.len() > MAX_SCOPES {
+        return Err(bad("scopes", format!("at most {MAX_SCOPES} scopes")));
     }
     for (i, sc) in req.scopes.iter().enumerate() {
         scope::check(sc).map_err(|e| bad(&format!("scopes[{i}]"), format!("{sc:?}: {e}")))?;
@@ -113,30 +158,14 @@ pub async fn create_token(
             format!("the caller does not hold {missing:?}, so it cannot give it to a token"),
         ));
     }
-    if req.description.chars().count() > 500 {
-        return Err(bad("description", "at most 500 characters"));
+    if req.description.chars().count() > MAX_DESCRIPTION_CHARS {
+        return Err(bad(
+            "description",
+            format!("at most {MAX_DESCRIPTION_CHARS} characters"),
+        ));
     }
     let now = now_ms();
-    let expires_at = match (&req.expires_at, &req.expires_in) {
-        (Some(_), Some(_)) => {
-            return Err(bad("expires_in", "give expires_at or expires_in, not both"));
-        }
-        (Some(at), None) => Some(
-            at.parse::<jiff::Timestamp>()
-                .map_err(|e| bad("expires_at", format!("not an RFC 3339 time: {e}")))?
-                .as_millisecond(),
-        ),
-        (None, Some(d)) => {
-            let d = taskhook_model::duration::parse_duration_str(d)
-                .map_err(|e| bad("expires_in", e))?;
-            let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
-            Some(now.saturating_add(ms))
-        }
-        (None, None) => None,
-    };
-    if expires_at.is_some_and(|e| e <= now) {
-        return Err(bad("expires_at", "must be in the future"));
-    }
+    let expires_at = expiry(&req, now)?;
     let user = match req.user {
         Some(u) => {
             if !valid_user(&u) {

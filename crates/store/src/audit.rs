@@ -82,14 +82,26 @@ impl fmt::Display for AuditCursor {
     }
 }
 
+impl AuditCursor {
+    /// The form of a cursor, as a regular expression (the OpenAPI document declares it):
+    /// exactly what [`AuditCursor::from_str`](std::str::FromStr) accepts.
+    pub const PATTERN: &'static str =
+        r"^-?[0-9]{1,18}\.(call\.[0-9A-Fa-f-]{1,64}|task\.[0-9]{20})$";
+}
+
 impl std::str::FromStr for AuditCursor {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
         let bad = || "not a cursor this server gave (next_cursor of a previous page)".to_string();
         let mut parts = s.splitn(3, '.');
+        // At most 18 digits and no '+': the form PATTERN declares (always an i64).
         let at = parts
             .next()
+            .filter(|p| {
+                let digits = p.strip_prefix('-').unwrap_or(p);
+                (1..=18).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit())
+            })
             .and_then(|p| p.parse::<i64>().ok())
             .ok_or_else(bad)?;
         let kind = parts.next().and_then(AuditKind::parse).ok_or_else(bad)?;
@@ -384,8 +396,12 @@ mod tests {
             "1.call.a'b",
             "1.task.42",
             "1.task.0000000000000000004x",
+            "+1.call.ab",
+            "1234567890123456789.call.ab",
         ] {
             assert!(bad.parse::<AuditCursor>().is_err(), "{bad}");
         }
+        // The declared pattern names the same task key length.
+        assert!(AuditCursor::PATTERN.contains(&format!("task\\.[0-9]{{{TASK_KEY_DIGITS}}}")));
     }
 }
