@@ -172,19 +172,24 @@ async fn run_time_limits_end_the_step_fatal_with_a_clear_error() {
     assert_eq!(t["steps"]["big"]["output"].as_str().unwrap().len(), 500);
 }
 
-/// Runs `taskhook serve` expecting it to stop by itself within 20 s; returns its exit code
-/// and stderr.
-fn serve_expecting_exit(args: &[&str]) -> (i32, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_taskhook"))
+/// `taskhook serve` on `dir` with `args`, its stdout dropped and its stderr as given.
+fn spawn_serve(dir: &std::path::Path, args: &[&str], stderr: Stdio) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_taskhook"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(fresh_dir())
+        .arg(dir)
         .args(args)
         .env("TASKHOOK_ADMIN_TOKEN", support::TOKEN)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(stderr)
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// Runs `taskhook serve` expecting it to stop by itself within 20 s; returns its exit code
+/// and stderr.
+fn serve_expecting_exit(args: &[&str]) -> (i32, String) {
+    let mut child = spawn_serve(&fresh_dir(), args, Stdio::piped());
     let deadline = Instant::now() + Duration::from_secs(20);
     while child.try_wait().unwrap().is_none() {
         if Instant::now() > deadline {
@@ -380,16 +385,7 @@ async fn a_task_that_keeps_crashing_the_server_is_blocked_after_the_limit() {
     // Each start recovers the task and runs it again, until it has crashed the server twice.
     let mut crashes = 1;
     loop {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_taskhook"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(&dir)
-            .args(flags)
-            .env("TASKHOOK_ADMIN_TOKEN", support::TOKEN)
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_serve(&dir, &flags, Stdio::null());
         let deadline = Instant::now() + Duration::from_secs(6);
         while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -26,7 +26,9 @@ use taskhook_store::{
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-pub use catalog::{ActionCatalog, CompiledTemplate, parse_and_validate};
+pub use catalog::{
+    ActionCatalog, CompiledTemplate, compile as compile_template, parse_and_validate,
+};
 pub use hooks::{DryRun, FireResult};
 pub use secrets::template_secrets;
 pub use taskhook_model::validate::{TemplateError, TemplateLimits};

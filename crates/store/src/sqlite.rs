@@ -1182,7 +1182,8 @@ impl SqliteStore {
     }
 
     /// Makes READY the given RUNNING tasks that are still held at the given epoch (a task
-    /// claimed again since is left alone), recording `reason`. Returns how many moved.
+    /// claimed again since is left alone), with `detail` in each audit entry; `crashed` counts
+    /// one more crash for each. Returns how many moved.
     pub async fn release_orphans(
         &self,
         tasks: Vec<(String, i64)>,
