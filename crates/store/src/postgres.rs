@@ -192,10 +192,14 @@ impl From<tokio_postgres::Error> for StoreError {
         if let Some(code) = e.code() {
             let code = code.code();
             // Class 08: connection exceptions; 57P01-03: admin or crash shutdown, cannot connect
-            // now; 53300: too many connections.
+            // now; 53300: too many connections; 55P03: `lock_timeout` ran out waiting for
+            // another session's lock; 25P03: this session's transaction sat idle too long (the
+            // process was frozen) and was ended. All pass: the write may be tried again.
             return if code.starts_with("08")
-                || matches!(code, "57P01" | "57P02" | "57P03" | "53300")
-            {
+                || matches!(
+                    code,
+                    "57P01" | "57P02" | "57P03" | "53300" | "55P03" | "25P03"
+                ) {
                 StoreError::Unavailable(text)
             } else {
                 StoreError::Database(text)
