@@ -48,11 +48,11 @@ use tokio_util::sync::CancellationToken;
 use crate::types::*;
 use crate::{Result, Signal, Signals, StoreError, now_ms, stop_applies};
 
-/// How long a statement waits for a lock another session holds before it fails (PostgreSQL
+/// How long a statement waits for a lock another connection holds before it fails (PostgreSQL
 /// `lock_timeout`, set on every connection; `options` in the database URL may override it),
 /// and how long a fire whose lock is busy is queued again before it fails.
 pub const LOCK_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long PostgreSQL lets a session sit idle inside a transaction before ending it and
+/// How long PostgreSQL lets a connection sit idle inside a transaction before ending it and
 /// freeing its locks (`idle_in_transaction_session_timeout`; the URL may override it too).
 pub const IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -193,7 +193,7 @@ impl From<tokio_postgres::Error> for StoreError {
             let code = code.code();
             // Class 08: connection exceptions; 57P01-03: admin or crash shutdown, cannot connect
             // now; 53300: too many connections; 55P03: `lock_timeout` ran out waiting for
-            // another session's lock; 25P03: this session's transaction sat idle too long (the
+            // another connection's lock; 25P03: this connection's transaction sat idle too long (the
             // process was frozen) and was ended. All pass: the write may be tried again.
             return if code.starts_with("08")
                 || matches!(
@@ -516,7 +516,7 @@ impl PgStore {
         // values, and re-planning the write CTEs on each call costs more than running them.
         // Options given in the URL come after, so they may override it.
         //
-        // No wait on another session is unbounded: a lock wait gives up after `lock_timeout`
+        // No wait on another connection is unbounded: a lock wait gives up after `lock_timeout`
         // (the write fails and its caller may try again), and a transaction left idle (an
         // instance frozen or cut off mid-write) is ended by PostgreSQL after
         // `idle_in_transaction_session_timeout`, which frees its locks. The store itself never

@@ -16,7 +16,7 @@
 //! and do not abort the batch.
 //!
 //! A fire whose lock another transaction holds (another writer's batch, or an instance frozen
-//! mid-write, which keeps its locks until PostgreSQL ends its session) does not wait in the
+//! mid-write, which keeps its locks until PostgreSQL ends its connection) does not wait in the
 //! batch: it only tries the lock, reports itself busy, the rest of the batch commits, and the
 //! fire goes back to the queue after a short pause ([`Writer::defer`]), for at most
 //! [`LOCK_TIMEOUT`]. So one locked hook never holds the writers every other write queues for,

@@ -119,7 +119,7 @@ fn scheduled_fire(id: &str, hook: &str, due: i64) -> NewFire {
     }
 }
 
-/// Regression: a hook lock held by another session (an instance frozen mid-write) held up
+/// Regression: a hook lock held by another connection (an instance frozen mid-write) held up
 /// every batch writer, so task creations and other hooks' fires waited as long as the lock.
 /// Now the locked fire waits on a connection of its own, the rest commits at once, and the
 /// fire's `committed_at` is its commit, not its write.
@@ -136,7 +136,7 @@ async fn a_hook_locked_elsewhere_holds_up_only_its_own_fire() {
             .await
             .unwrap();
     }
-    // Another session takes the hook's lock and keeps its transaction open.
+    // Another connection takes the hook's lock and keeps its transaction open.
     let (mut holder, connection) = url
         .parse::<tokio_postgres::Config>()
         .unwrap()
@@ -244,10 +244,10 @@ async fn a_hook_locked_elsewhere_holds_up_only_its_own_fire() {
     );
 }
 
-/// A lock held by another session is waited for at most `lock_timeout`; the write then fails
+/// A lock held by another connection is waited for at most `lock_timeout`; the write then fails
 /// as `Unavailable`, which callers retry, instead of waiting as long as the holder lives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wait_for_another_sessions_lock_is_bounded_and_retryable() {
+async fn a_wait_for_another_connections_lock_is_bounded_and_retryable() {
     let Some(db) = TestDb::postgres().await else {
         return;
     };
