@@ -48,6 +48,14 @@ use tokio_util::sync::CancellationToken;
 use crate::types::*;
 use crate::{Result, Signal, Signals, StoreError, now_ms, stop_applies};
 
+/// How long a statement waits for a lock another connection holds before it fails (PostgreSQL
+/// `lock_timeout`, set on every connection; `options` in the database URL may override it),
+/// and how long a fire whose lock is busy is queued again before it fails.
+pub const LOCK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long PostgreSQL lets a connection sit idle inside a transaction before ending it and
+/// freeing its locks (`idle_in_transaction_session_timeout`; the URL may override it too).
+pub const IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Connections in a store's pool unless told otherwise.
 pub const DEFAULT_POOL_SIZE: usize = 16;
 
@@ -66,6 +74,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         include_str!("../migrations/postgres/0011_fires_delivery.sql"),
     ),
     (12, include_str!("../migrations/postgres/0012_crashes.sql")),
+    (
+        13,
+        include_str!("../migrations/postgres/0013_fires_committed_at.sql"),
+    ),
 ];
 
 type Param<'a> = &'a (dyn ToSql + Sync);
@@ -180,10 +192,14 @@ impl From<tokio_postgres::Error> for StoreError {
         if let Some(code) = e.code() {
             let code = code.code();
             // Class 08: connection exceptions; 57P01-03: admin or crash shutdown, cannot connect
-            // now; 53300: too many connections.
+            // now; 53300: too many connections; 55P03: `lock_timeout` ran out waiting for
+            // another connection's lock; 25P03: this connection's transaction sat idle too long (the
+            // process was frozen) and was ended. All pass: the write may be tried again.
             return if code.starts_with("08")
-                || matches!(code, "57P01" | "57P02" | "57P03" | "53300")
-            {
+                || matches!(
+                    code,
+                    "57P01" | "57P02" | "57P03" | "53300" | "55P03" | "25P03"
+                ) {
                 StoreError::Unavailable(text)
             } else {
                 StoreError::Database(text)
@@ -322,7 +338,7 @@ fn hook_from(r: &Row) -> Result<HookRow> {
 }
 
 const FIRE_COLUMNS: &str = "f.id, f.hook_group, f.hook_id, f.fired_by, f.received_at, f.scheduled_for, f.result, f.task_id, \
-     f.error, f.delivery_id, f.payload, t.state";
+     f.error, f.delivery_id, f.payload, t.state, f.committed_at";
 
 fn fire_from(r: &Row) -> Result<FireRow> {
     let payload: Option<&str> = r.try_get(10)?;
@@ -340,6 +356,7 @@ fn fire_from(r: &Row) -> Result<FireRow> {
         delivery_id: r.try_get(9)?,
         payload: payload.map(parse_json).transpose()?,
         task_state: state.map(parse_state).transpose()?,
+        committed_at: r.try_get(12)?,
     })
 }
 
@@ -464,6 +481,8 @@ fn fire_lock_key(
 }
 
 const LOCK_SQL: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))";
+/// The same lock, taken only if no other transaction holds it (true when taken).
+const TRY_LOCK_SQL: &str = "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))";
 
 async fn query(c: &impl GenericClient, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>> {
     let st = c.prepare_cached(sql).await?;
@@ -496,7 +515,18 @@ impl PgStore {
         // statements are point reads and writes whose best plan does not depend on the
         // values, and re-planning the write CTEs on each call costs more than running them.
         // Options given in the URL come after, so they may override it.
-        let mut options = String::from("-c plan_cache_mode=force_generic_plan");
+        //
+        // No wait on another connection is unbounded: a lock wait gives up after `lock_timeout`
+        // (the write fails and its caller may try again), and a transaction left idle (an
+        // instance frozen or cut off mid-write) is ended by PostgreSQL after
+        // `idle_in_transaction_session_timeout`, which frees its locks. The store itself never
+        // leaves a transaction idle: its transactions run statement after statement.
+        let mut options = format!(
+            "-c plan_cache_mode=force_generic_plan -c lock_timeout={} \
+             -c idle_in_transaction_session_timeout={}",
+            LOCK_TIMEOUT.as_millis(),
+            IDLE_IN_TRANSACTION_TIMEOUT.as_millis()
+        );
         if let Some(o) = config.get_options().filter(|o| !o.trim().is_empty()) {
             options.push(' ');
             options.push_str(o);
@@ -831,6 +861,10 @@ async fn lease_error(c: &impl GenericClient, task_id: &str, epoch: i64) -> Resul
     }
 }
 
+/// The database's clock in unix ms. A fire's `committed_at` starts as the time of its write;
+/// for a scheduled fire the deferred trigger of migration 0013 moves it to the commit.
+const COMMITTED_NOW: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
+
 fn insert_fire_sql(on_schedule_conflict: bool) -> String {
     let conflict = if on_schedule_conflict {
         "ON CONFLICT (hook_group, hook_id, scheduled_for) WHERE scheduled_for IS NOT NULL DO NOTHING"
@@ -838,8 +872,8 @@ fn insert_fire_sql(on_schedule_conflict: bool) -> String {
         ""
     };
     format!(
-        "INSERT INTO fires (id, hook_group, hook_id, fired_by, received_at, scheduled_for, result, task_id, error, delivery_id, payload) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) {conflict} RETURNING 1"
+        "INSERT INTO fires (id, hook_group, hook_id, fired_by, received_at, scheduled_for, result, task_id, error, delivery_id, payload, committed_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, {COMMITTED_NOW}) {conflict} RETURNING 1"
     )
 }
 
@@ -1299,7 +1333,7 @@ impl PgStore {
         let c = self.client().await?;
         query(
             &c,
-            "SELECT scheduled_for, received_at FROM fires WHERE scheduled_for IS NOT NULL AND received_at >= $1",
+            "SELECT scheduled_for, COALESCE(committed_at, received_at) FROM fires WHERE scheduled_for IS NOT NULL AND received_at >= $1",
             &[&since],
         )
         .await?

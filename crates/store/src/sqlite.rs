@@ -35,6 +35,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0010_people.sql"),
     include_str!("../migrations/sqlite/0011_fires_delivery.sql"),
     include_str!("../migrations/sqlite/0012_crashes.sql"),
+    include_str!("../migrations/sqlite/0013_fires_committed_at.sql"),
 ];
 /// Most writes one transaction takes; beyond it the next batch starts.
 const MAX_BATCH: usize = 2048;
@@ -841,12 +842,12 @@ impl SqliteStore {
         .await
     }
 
-    /// `(scheduled_for, received_at)` of every scheduled fire received since `since` (unix ms):
-    /// how late schedules fire.
+    /// `(scheduled_for, committed_at)` of every scheduled fire received since `since` (unix
+    /// ms; `received_at` for fires older than `committed_at`): how late schedules fire.
     pub async fn schedule_lateness(&self, since: i64) -> Result<Vec<(i64, i64)>> {
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
-                "SELECT scheduled_for, received_at FROM fires WHERE scheduled_for IS NOT NULL AND received_at >= ?1",
+                "SELECT scheduled_for, COALESCE(committed_at, received_at) FROM fires WHERE scheduled_for IS NOT NULL AND received_at >= ?1",
             )?;
             let rows = stmt.query_map([since], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(rows)
@@ -1402,7 +1403,7 @@ fn load_hook(c: &Connection, group: &str, id: &str) -> Result<Option<HookRow>> {
 }
 
 const FIRE_COLUMNS: &str = "f.id, f.hook_group, f.hook_id, f.fired_by, f.received_at, f.scheduled_for, f.result, f.task_id, \
-     f.error, f.delivery_id, f.payload, t.state";
+     f.error, f.delivery_id, f.payload, t.state, f.committed_at";
 
 fn fire_from_row(r: &Row<'_>) -> rusqlite::Result<FireRow> {
     let payload: Option<String> = r.get(10)?;
@@ -1420,13 +1421,14 @@ fn fire_from_row(r: &Row<'_>) -> rusqlite::Result<FireRow> {
         delivery_id: r.get(9)?,
         payload: payload.map(parse_json).transpose()?,
         task_state: state.map(parse_state).transpose()?,
+        committed_at: r.get(12)?,
     })
 }
 
 fn insert_fire(c: &Connection, fire: &NewFire) -> Result<()> {
     c.prepare_cached(
-        "INSERT INTO fires (id, hook_group, hook_id, fired_by, received_at, scheduled_for, result, task_id, error, delivery_id, payload) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        "INSERT INTO fires (id, hook_group, hook_id, fired_by, received_at, scheduled_for, result, task_id, error, delivery_id, payload, committed_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
     )?
     .execute(params![
         fire.id,
@@ -1439,7 +1441,9 @@ fn insert_fire(c: &Connection, fire: &NewFire) -> Result<()> {
         fire.task_id,
         fire.error,
         fire.delivery_id,
-        fire.payload.as_ref().map(json)
+        fire.payload.as_ref().map(json),
+        // The writer commits its batch right after running it.
+        now_ms()
     ])?;
     Ok(())
 }

@@ -267,6 +267,9 @@ pub struct FireRow {
     pub delivery_id: Option<String>,
     pub payload: Option<Value>,
     pub task_state: Option<TaskState>,
+    /// When the fire's transaction committed (unix ms); `None` in the answer to the write
+    /// itself (given once it committed) and for fires recorded before it was kept.
+    pub committed_at: Option<i64>,
 }
 
 impl FireRow {
@@ -284,6 +287,7 @@ impl FireRow {
             delivery_id: f.delivery_id,
             payload: f.payload,
             task_state,
+            committed_at: None,
         }
     }
 }

@@ -32,12 +32,24 @@ impl Server {
 
     /// Starts `taskhook serve` on `data_dir` (reused across restarts) with extra flags.
     pub fn start_in(data_dir: PathBuf, extra: &[&str]) -> Server {
+        Server::start_with(data_dir, extra, &[], None)
+    }
+
+    /// [`Server::start_in`] with environment variables (test failpoints), and, when `lines`
+    /// is given, every line the server prints on stdout after it listens sent there.
+    pub fn start_with(
+        data_dir: PathBuf,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        lines_to: Option<std::sync::mpsc::Sender<String>>,
+    ) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_taskhook"))
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&data_dir)
             .args(extra)
             .env("TASKHOOK_ADMIN_TOKEN", TOKEN)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -54,7 +66,13 @@ impl Server {
             }
         };
         // Keep draining stdout so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                if let Some(to) = &lines_to {
+                    let _ = to.send(line);
+                }
+            }
+        });
         Server {
             child,
             url,
@@ -257,6 +275,15 @@ impl Server {
             data_dir,
             http: reqwest::Client::new(),
         }
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, `TERM`…) to the process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} failed");
     }
 
     /// Sends SIGTERM, as a service manager stopping the instance does.

@@ -14,8 +14,16 @@
 //! batch back and run each of its writes again in a transaction of its own: one failing write
 //! never fails the others. Refusals (lost lease, illegal transition, not found) write nothing
 //! and do not abort the batch.
+//!
+//! A fire whose lock another transaction holds (another writer's batch, or an instance frozen
+//! mid-write, which keeps its locks until PostgreSQL ends its connection) does not wait in the
+//! batch: it only tries the lock, reports itself busy, the rest of the batch commits, and the
+//! fire goes back to the queue after a short pause ([`Writer::defer`]), for at most
+//! [`LOCK_TIMEOUT`]. So one locked hook never holds the writers every other write queues for,
+//! and no batch waits on another's locks (no deadlock between batches over fires either).
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use deadpool_postgres::{GenericClient, Object, Pool, Transaction};
 use serde_json::Value;
@@ -24,7 +32,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::notify::Notifier;
-use super::{fire_lock_key, ops};
+use super::{LOCK_TIMEOUT, fire_lock_key, ops};
 use crate::types::*;
 use crate::{Result, Signals, StoreError};
 
@@ -34,6 +42,15 @@ pub(super) const WRITERS: usize = 4;
 const MAX_BATCH: usize = 512;
 /// Times a write that hit a deadlock or serialization failure on its own is tried.
 const TRIES: usize = 3;
+/// The first pause before a busy write is queued again; it grows up to [`MAX_BUSY_PAUSE`].
+const BUSY_PAUSE: Duration = Duration::from_millis(2);
+const MAX_BUSY_PAUSE: Duration = Duration::from_millis(100);
+/// Test failpoint: when set (milliseconds), a writer that has written a scheduled fire prints
+/// [`PAUSE_MARKER`] on stdout and sleeps this long before committing, so a test can freeze the
+/// process while its transaction holds the fire's locks. Read once, when the store starts.
+pub const FAILPOINT_PAUSE_IN_FIRE_WRITE: &str = "TASKHOOK_FAILPOINT_PAUSE_IN_FIRE_WRITE_MS";
+/// The line the failpoint prints before it sleeps.
+pub const PAUSE_MARKER: &str = "failpoint: scheduled fire written, commit paused";
 
 /// One queued write. (Short-lived in the queue: its size does not matter.)
 #[allow(clippy::large_enum_variant)]
@@ -95,6 +112,9 @@ pub(super) struct Effects {
     pub signals: u8,
     /// The write's changes must be rolled back (its answer stands).
     pub undo: bool,
+    /// The write found its lock held by another transaction and wrote nothing: it must run
+    /// again where it may wait (its answer does not stand).
+    pub busy: bool,
 }
 
 impl Op {
@@ -219,7 +239,8 @@ fn is_conflict(e: &StoreError) -> bool {
     }
 }
 
-type Job = (Op, oneshot::Sender<Result<Reply>>);
+/// A write, who waits for its answer, and since when it has found its lock busy.
+type Job = (Op, oneshot::Sender<Result<Reply>>, Option<Instant>);
 
 /// The queue the store's writes go to.
 pub(super) struct Batcher {
@@ -237,12 +258,19 @@ impl Batcher {
     ) -> Batcher {
         let (tx, rx) = mpsc::unbounded_channel();
         let rx = Arc::new(Mutex::new(rx));
+        let pause = std::env::var(FAILPOINT_PAUSE_IN_FIRE_WRITE)
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_millis);
         for _ in 0..writers.max(1) {
             let w = Writer {
                 pool: pool.clone(),
                 rx: rx.clone(),
                 signals: signals.clone(),
                 notifier: notifier.clone(),
+                queue: tx.downgrade(),
+                pause,
+                stop: stop.clone(),
             };
             let stop = stop.clone();
             tokio::spawn(async move {
@@ -258,16 +286,25 @@ impl Batcher {
     /// Queues a write and waits for its answer, given after its commit.
     pub(super) async fn submit(&self, op: Op) -> Result<Reply> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send((op, tx)).map_err(|_| StoreError::Closed)?;
+        self.tx
+            .send((op, tx, None))
+            .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 }
 
+#[derive(Clone)]
 struct Writer {
     pool: Pool,
     rx: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>,
     signals: Arc<Signals>,
     notifier: Arc<Notifier>,
+    /// The queue again, for busy writes ([`Writer::defer`]); weak, so that dropping the
+    /// batcher still closes it.
+    queue: mpsc::WeakUnboundedSender<Job>,
+    /// The test failpoint [`FAILPOINT_PAUSE_IN_FIRE_WRITE`], when set.
+    pause: Option<Duration>,
+    stop: CancellationToken,
 }
 
 impl Writer {
@@ -288,16 +325,16 @@ impl Writer {
                 jobs
             };
             // Callers that gave up (dropped their future) need no write.
-            jobs.retain(|(_, reply)| !reply.is_closed());
+            jobs.retain(|(_, reply, _)| !reply.is_closed());
             if jobs.is_empty() {
                 continue;
             }
-            jobs.sort_by_cached_key(|(op, _)| op.key());
+            jobs.sort_by_cached_key(|(op, _, _)| op.key());
             let mut client = match self.pool.get().await {
                 Ok(c) => c,
                 Err(e) => {
                     let e = StoreError::from(e);
-                    for (_, reply) in jobs {
+                    for (_, reply, _) in jobs {
                         let _ = reply.send(Err(copy_error(&e)));
                     }
                     continue;
@@ -307,13 +344,18 @@ impl Writer {
                 match self.together(&mut client, &jobs).await {
                     Together::Committed(results, signals) => {
                         self.announce(signals);
-                        for ((_, reply), r) in jobs.into_iter().zip(results) {
-                            let _ = reply.send(r);
+                        for (job, r) in jobs.into_iter().zip(results) {
+                            match r {
+                                Some(r) => {
+                                    let _ = job.1.send(r);
+                                }
+                                None => self.defer(job),
+                            }
                         }
                         continue;
                     }
                     Together::Failed(e) => {
-                        for (_, reply) in jobs {
+                        for (_, reply, _) in jobs {
                             let _ = reply.send(Err(copy_error(&e)));
                         }
                         continue;
@@ -321,7 +363,7 @@ impl Writer {
                     Together::OneByOne => {}
                 }
             }
-            for (op, reply) in jobs {
+            for (op, reply, busy_since) in jobs {
                 if client.is_closed() {
                     match self.pool.get().await {
                         Ok(c) => client = c,
@@ -331,9 +373,54 @@ impl Writer {
                         }
                     }
                 }
-                let r = self.alone(&mut client, &op).await;
-                let _ = reply.send(r);
+                match self.alone(&mut client, &op).await {
+                    Some(r) => {
+                        let _ = reply.send(r);
+                    }
+                    None => self.defer((op, reply, busy_since)),
+                }
             }
+        }
+    }
+
+    /// Queues again, after a pause, a write that found its lock held by another transaction
+    /// and wrote nothing; after [`LOCK_TIMEOUT`] of that, it fails (its caller may try again).
+    /// The lock is only ever tried, so no batch waits on another's locks.
+    fn defer(&self, (op, reply, busy_since): Job) {
+        let since = busy_since.unwrap_or_else(Instant::now);
+        let busy_for = since.elapsed();
+        if busy_for >= LOCK_TIMEOUT {
+            let _ = reply.send(Err(StoreError::Unavailable(format!(
+                "a lock this write needs stayed held by another transaction for {} ms",
+                busy_for.as_millis()
+            ))));
+            return;
+        }
+        let pause = (busy_for / 4).clamp(BUSY_PAUSE, MAX_BUSY_PAUSE);
+        let (queue, stop) = (self.queue.clone(), self.stop.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = tokio::time::sleep(pause) => {
+                    if let Some(queue) = queue.upgrade() {
+                        let _ = queue.send((op, reply, Some(since)));
+                    }
+                }
+            }
+        });
+    }
+
+    /// The test failpoint: after a scheduled fire was written (`wrote`), before its commit.
+    async fn pause_if_asked(&self, wrote: bool) {
+        let Some(pause) = self.pause else { return };
+        if wrote {
+            {
+                use std::io::Write;
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{PAUSE_MARKER}");
+                let _ = out.flush();
+            }
+            tokio::time::sleep(pause).await;
         }
     }
 
@@ -353,7 +440,7 @@ impl Writer {
             Ok(tx) => tx,
             Err(e) => return Together::Failed(e.into()),
         };
-        let keys: Vec<String> = jobs.iter().map(|(op, _)| op.key()).collect();
+        let keys: Vec<String> = jobs.iter().map(|(op, _, _)| op.key()).collect();
         let mut groups: Vec<&[Job]> = Vec::new();
         let mut start = 0;
         for i in 1..=jobs.len() {
@@ -362,13 +449,15 @@ impl Writer {
                 start = i;
             }
         }
+        let sizes: Vec<usize> = groups.iter().map(|g| g.len()).collect();
         let tx_ref = &tx;
         let outcomes = futures_util::future::join_all(groups.into_iter().map(|group| async move {
             let mut out = Vec::with_capacity(group.len());
-            for (op, _) in group {
+            for (op, _, _) in group {
                 let mut fx = Effects::default();
                 let r = op.run(tx_ref, &mut fx).await;
-                let stop = fx.undo || r.as_ref().is_err_and(aborts);
+                // A busy write leaves the rest of its key for later too, keeping their order.
+                let stop = fx.undo || fx.busy || r.as_ref().is_err_and(aborts);
                 out.push((r, fx));
                 if stop {
                     break;
@@ -377,24 +466,39 @@ impl Writer {
             out
         }))
         .await;
-        let mut results = Vec::with_capacity(jobs.len());
+        // `None`: not run (or busy) here, to run again where it may wait.
+        let mut results: Vec<Option<Result<Reply>>> = Vec::with_capacity(jobs.len());
         let mut signals = 0u8;
-        for (r, fx) in outcomes.into_iter().flatten() {
-            if fx.undo || r.as_ref().is_err_and(aborts) {
-                let _ = tx.rollback().await;
-                return Together::OneByOne;
+        for (group, outs) in sizes.into_iter().zip(outcomes) {
+            let ran = outs.len();
+            let mut busy = false;
+            for (r, fx) in outs {
+                if fx.busy {
+                    busy = true;
+                    break;
+                }
+                if fx.undo || r.as_ref().is_err_and(aborts) {
+                    let _ = tx.rollback().await;
+                    return Together::OneByOne;
+                }
+                signals |= fx.signals;
+                results.push(Some(r));
             }
-            signals |= fx.signals;
-            results.push(r);
+            if busy {
+                results.extend((ran - 1..group).map(|_| None));
+            }
         }
+        let wrote = results.iter().flatten().any(wrote_scheduled_fire);
+        self.pause_if_asked(wrote).await;
         match tx.commit().await {
             Ok(()) => Together::Committed(results, signals),
             Err(e) => Together::Failed(e.into()),
         }
     }
 
-    /// One write in a transaction of its own.
-    async fn alone(&self, client: &mut Object, op: &Op) -> Result<Reply> {
+    /// One write in a transaction of its own; `None` when it found its lock held elsewhere (it
+    /// wrote nothing).
+    async fn alone(&self, client: &mut Object, op: &Op) -> Option<Result<Reply>> {
         let mut tries = 0;
         loop {
             tries += 1;
@@ -403,19 +507,29 @@ impl Writer {
                 match r {
                     Ok(reply) => {
                         self.announce(fx.signals);
-                        return Ok(reply);
+                        return Some(Ok(reply));
                     }
                     Err(e) if is_conflict(&e) && tries < TRIES => continue,
-                    Err(e) => return Err(e),
+                    Err(e) => return Some(Err(e)),
                 }
             }
-            let tx = client.transaction().await?;
+            let tx = match client.transaction().await {
+                Ok(tx) => tx,
+                Err(e) => return Some(Err(e.into())),
+            };
             let r = op.run(&tx, &mut fx).await;
+            if fx.busy {
+                let _ = tx.rollback().await;
+                return None;
+            }
+            if !fx.undo {
+                self.pause_if_asked(wrote_scheduled_fire(&r)).await;
+            }
             let r = match r {
                 Ok(reply) if !fx.undo => match tx.commit().await {
                     Ok(()) => {
                         self.announce(fx.signals);
-                        return Ok(reply);
+                        return Some(Ok(reply));
                     }
                     Err(e) => Err(e.into()),
                 },
@@ -426,16 +540,21 @@ impl Writer {
             };
             match r {
                 Err(e) if is_conflict(&e) && tries < TRIES => continue,
-                r => return r,
+                r => return Some(r),
             }
         }
     }
 }
 
 enum Together {
-    Committed(Vec<Result<Reply>>, u8),
+    /// Each write's answer, `None` for those to run again where they may wait.
+    Committed(Vec<Option<Result<Reply>>>, u8),
     Failed(StoreError),
     OneByOne,
+}
+
+fn wrote_scheduled_fire(r: &Result<Reply>) -> bool {
+    matches!(r, Ok(Reply::Fire(FireOutcome::Recorded(f, _))) if f.scheduled_for.is_some())
 }
 
 /// The same error for every caller of a failed batch.

@@ -56,10 +56,12 @@ pub(super) async fn record_fire(
     // Fires that decide by looking at other fires are serialised across instances, as
     // SQLite's one writer does: delivery dedupe, due-time dedupe and the overlap policy then
     // see every earlier fire they depend on. (Within one transaction the lock is taken again
-    // at no cost.)
+    // at no cost.) The lock is only tried: a lock another transaction holds (another batch, or
+    // an instance that froze mid-write) must not stall a shared batch writer, so the fire
+    // reports itself busy, writes nothing, and the writer queues it again.
     let key = fire_lock_key(fire, dedupe_since, overlap);
     let (lock, by_delivery, by_schedule) = (
-        tx.prepare_cached(LOCK_SQL).await?,
+        tx.prepare_cached(TRY_LOCK_SQL).await?,
         tx.prepare_cached(&first_delivery_sql()).await?,
         tx.prepare_cached(&fire_by_schedule_sql()).await?,
     );
@@ -68,8 +70,12 @@ pub(super) async fn record_fire(
         biased;
         async {
             match &key {
-                Some(key) => tx.execute(&lock, &[key]).await.map(|_| ()),
-                None => Ok(()),
+                Some(key) => tx
+                    .query_one(&lock, &[key])
+                    .await
+                    .and_then(|r| r.try_get::<_, Option<bool>>(0))
+                    .map(|got| got.unwrap_or(true)),
+                None => Ok(true),
             }
         },
         async {
@@ -91,7 +97,13 @@ pub(super) async fn record_fire(
             }
         },
     );
-    l?;
+    if !l? {
+        fx.busy = true;
+        return Err(StoreError::Conflict(format!(
+            "the fires of hook {}/{} are locked by another transaction",
+            fire.hook_group, fire.hook_id
+        )));
+    }
     if let Some(first) = first_delivery? {
         let first = fire_from(&first)?;
         // The repeat is in the ledger too, pointing at the first fire's task.
