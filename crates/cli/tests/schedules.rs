@@ -63,6 +63,8 @@ async fn a_schedule_fires_each_due_time_once_with_its_due_time() {
             (0..1000).contains(&late),
             "fired {late} ms after its due time"
         );
+        let committed: jiff::Timestamp = fire["committed_at"].as_str().unwrap().parse().unwrap();
+        assert!(committed >= got, "committed after it was received: {fire}");
         let t = s
             .wait_state(fire["task_id"].as_str().unwrap(), &["DONE"])
             .await;

@@ -61,6 +61,9 @@ pub struct FireOut {
     pub id: String,
     pub fired_by: String,
     pub received_at: String,
+    /// When the fire was committed (a scheduled fire's lateness is this minus
+    /// `scheduled_for`); absent on fires recorded before it was kept.
+    pub committed_at: Option<String>,
     pub scheduled_for: Option<String>,
     /// created, filtered, declined, rejected, error, skipped or queued.
     pub result: String,
@@ -79,6 +82,7 @@ impl From<FireRow> for FireOut {
             id: f.id,
             fired_by: f.fired_by,
             received_at: time(f.received_at),
+            committed_at: f.committed_at.map(time),
             scheduled_for: f.scheduled_for.map(time),
             result: f.result,
             task_id: f.task_id,
