@@ -670,7 +670,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                     burst: args.rate_limit_burst,
                 },
             },
-            identity: Arc::new(taskhook_server::Identity::new(proxy)),
+            identity: Arc::new(taskhook_server::Identity::new(
+                proxy,
+                args.proxy.trusted_networks()?,
+            )),
         };
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await

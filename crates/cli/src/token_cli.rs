@@ -142,14 +142,10 @@ pub struct ProxyArgs {
         requires = "proxy_user_header"
     )]
     pub proxy_groups_header: Option<String>,
-    /// Networks the proxy connects from (comma-separated CIDRs or addresses); the headers
-    /// of any other peer are ignored.
-    #[arg(
-        long,
-        env = "TASKHOOK_TRUSTED_PROXIES",
-        value_delimiter = ',',
-        requires = "proxy_user_header"
-    )]
+    /// Networks reverse proxies connect from (comma-separated CIDRs or addresses). From these
+    /// peers only, the client address is taken from `Forwarded`/`X-Forwarded-For` (for rate
+    /// limits and the audit log), and the proxy user headers are honoured.
+    #[arg(long, env = "TASKHOOK_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Vec<String>,
     /// YAML file mapping `users:` and `groups:` to lists of scopes.
     #[arg(long, env = "TASKHOOK_PROXY_SCOPES", requires = "proxy_user_header")]
@@ -157,6 +153,18 @@ pub struct ProxyArgs {
 }
 
 impl ProxyArgs {
+    /// The networks of `--trusted-proxies`.
+    pub fn trusted_networks(&self) -> anyhow::Result<Vec<taskhook_actions::IpNet>> {
+        self.trusted_proxies
+            .iter()
+            .filter(|t| !t.trim().is_empty())
+            .map(|t| {
+                taskhook_actions::NetworkPolicy::parse_network(t)
+                    .map_err(|e| anyhow::anyhow!("--trusted-proxies: {e}"))
+            })
+            .collect()
+    }
+
     /// The proxy settings, or `None` when the mode is off.
     pub fn load(&self) -> anyhow::Result<Option<taskhook_server::ProxyAuth>> {
         let Some(user_header) = &self.proxy_user_header else {
@@ -166,13 +174,7 @@ impl ProxyArgs {
             axum::http::HeaderName::from_bytes(name.trim().as_bytes())
                 .with_context(|| format!("{flag}: {name:?} is not a header name"))
         };
-        let mut trusted = Vec::new();
-        for t in self.trusted_proxies.iter().filter(|t| !t.trim().is_empty()) {
-            trusted.push(
-                taskhook_actions::NetworkPolicy::parse_network(t)
-                    .map_err(|e| anyhow::anyhow!("--trusted-proxies: {e}"))?,
-            );
-        }
+        let trusted = self.trusted_networks()?;
         if trusted.is_empty() {
             bail!("--trusted-proxies: name at least one network the proxy connects from");
         }

@@ -402,3 +402,69 @@ async fn bad_rate_flags_stop_the_start() {
     assert_ne!(code, 0);
     assert!(err.contains("--rate-limit-burst"), "{err}");
 }
+
+/// Behind a trusted proxy, each client has its own rate-limit bucket and its own address in
+/// the audit log; from any other peer the forwarding headers change nothing.
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_forwarded_client_is_keyed_and_recorded() {
+    let limits = ["--anonymous-rate-limit", "1/m", "--rate-limit-burst", "1"];
+    let mut flags = limits.to_vec();
+    flags.extend(["--trusted-proxies", "127.0.0.1/32"]);
+    let s = Server::start_in(support::fresh_dir(), &flags);
+    let http = reqwest::Client::new();
+    let tasks = format!("{}/api/v1/tasks", s.url);
+    let call = |client: &'static str| {
+        http.post(&tasks)
+            .bearer_auth("guess")
+            .header("X-Forwarded-For", format!("{client}, 127.0.0.1"))
+            .json(&json!({}))
+            .send()
+    };
+    assert_eq!(call("203.0.113.1").await.unwrap().status(), 401);
+    assert_eq!(
+        call("203.0.113.1").await.unwrap().status(),
+        429,
+        "its bucket is spent"
+    );
+    assert_eq!(
+        call("203.0.113.2").await.unwrap().status(),
+        401,
+        "another client's is not"
+    );
+    let r = http
+        .post(&tasks)
+        .bearer_auth("guess")
+        .header("Forwarded", "for=\"[2001:db8::5]:4711\"")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, v) = s.get("/api/v1/audit?actor=anonymous").await;
+    let mut clients: Vec<&str> = v["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["client"].as_str().unwrap_or_default())
+        .collect();
+    clients.sort_unstable();
+    assert_eq!(
+        clients,
+        ["2001:db8::5", "203.0.113.1", "203.0.113.2"],
+        "{v}"
+    );
+
+    // Without --trusted-proxies the peer is the client, whatever the headers say.
+    let s = Server::start_in(support::fresh_dir(), &limits);
+    let tasks = format!("{}/api/v1/tasks", s.url);
+    let call = |client: &'static str| {
+        http.post(&tasks)
+            .bearer_auth("guess")
+            .header("X-Forwarded-For", client)
+            .json(&json!({}))
+            .send()
+    };
+    assert_eq!(call("203.0.113.1").await.unwrap().status(), 401);
+    assert_eq!(call("203.0.113.2").await.unwrap().status(), 429);
+}

@@ -69,7 +69,8 @@ pub(crate) fn is_hook_sender(route: &str) -> bool {
         && (route.ends_with("/webhook") || route.ends_with("/trigger/{token}"))
 }
 
-/// The client's address: the peer of the connection.
+/// The TCP peer of the connection (behind a trusted proxy, the client is
+/// [`crate::forwarded::client_ip`]).
 pub(crate) fn client_of(req: &Request) -> Option<SocketAddr> {
     req.extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -148,7 +149,7 @@ pub(crate) async fn record(State(s): State<AppState>, req: Request, next: Next) 
     };
     let action = format!("{} {route}", req.method());
     let path = req.uri().path().to_string();
-    let client = client_of(&req).map(|a| a.ip().to_string());
+    let client = crate::forwarded::client_ip(&s, &req).map(|ip| ip.to_string());
     let at = now_ms();
     // The handler and the record run to the end even when the client hangs up.
     let done = tokio::spawn(async move {

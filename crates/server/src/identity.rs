@@ -193,14 +193,18 @@ impl ProxyAuth {
 #[derive(Debug, Default)]
 pub struct Identity {
     pub proxy: Option<ProxyAuth>,
+    /// Peers whose forwarding headers name the client (`--trusted-proxies`): the address rate
+    /// limits and the audit log use (see `crate::forwarded`).
+    pub trusted_proxies: Vec<IpNet>,
     /// When each token's `last_used_at` was last written by this process.
     last_used: Mutex<HashMap<String, i64>>,
 }
 
 impl Identity {
-    pub fn new(proxy: Option<ProxyAuth>) -> Identity {
+    pub fn new(proxy: Option<ProxyAuth>, trusted_proxies: Vec<IpNet>) -> Identity {
         Identity {
             proxy,
+            trusted_proxies,
             last_used: Mutex::default(),
         }
     }

@@ -6,6 +6,7 @@ mod api;
 mod audit;
 mod auth;
 mod dto;
+mod forwarded;
 mod hooks_api;
 pub mod identity;
 mod keys;

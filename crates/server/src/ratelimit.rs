@@ -289,7 +289,7 @@ pub(crate) async fn limit(
         crate::identity::authenticate_request(&s, &headers, client_of(&req)).await
     };
     let actor = actor_of(&req, caller.as_ref());
-    let ip = client_of(&req).map(|a| a.ip());
+    let ip = crate::forwarded::client_ip(&s, &req);
     let (limiter, key, name) = match &caller {
         _ if hook_sender => (&limiters.webhook, address_key(ip), "webhook"),
         None => (&limiters.anonymous, address_key(ip), "anonymous"),
