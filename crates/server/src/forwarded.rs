@@ -44,7 +44,9 @@ pub(crate) fn client_address(
     Some(client)
 }
 
-fn is_trusted(trusted: &[IpNet], ip: IpAddr) -> bool {
+/// Whether `ip` (an IPv4-mapped address as its IPv4 address) is in one of `trusted`.
+pub(crate) fn is_trusted(trusted: &[IpNet], ip: IpAddr) -> bool {
+    let ip = unmapped(ip);
     trusted.iter().any(|n| n.contains(&ip))
 }
 

@@ -181,11 +181,7 @@ pub struct ProxyAuth {
 
 impl ProxyAuth {
     fn trusts(&self, peer: IpAddr) -> bool {
-        let peer = match peer {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(peer),
-            v4 => v4,
-        };
-        self.trusted.iter().any(|n| n.contains(&peer))
+        crate::forwarded::is_trusted(&self.trusted, peer)
     }
 }
 

@@ -119,9 +119,21 @@ fn scheduled_fire(id: &str, hook: &str, due: i64) -> NewFire {
     }
 }
 
+/// A connection of its own to the test database, standing for another instance.
+async fn other_connection(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = url
+        .parse::<tokio_postgres::Config>()
+        .unwrap()
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
 /// Regression: a hook lock held by another connection (an instance frozen mid-write) held up
 /// every batch writer, so task creations and other hooks' fires waited as long as the lock.
-/// Now the locked fire waits on a connection of its own, the rest commits at once, and the
+/// Now the locked fire is queued again while the rest of its batch commits at once, and the
 /// fire's `committed_at` is its commit, not its write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_hook_locked_elsewhere_holds_up_only_its_own_fire() {
@@ -137,13 +149,7 @@ async fn a_hook_locked_elsewhere_holds_up_only_its_own_fire() {
             .unwrap();
     }
     // Another connection takes the hook's lock and keeps its transaction open.
-    let (mut holder, connection) = url
-        .parse::<tokio_postgres::Config>()
-        .unwrap()
-        .connect(tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let mut holder = other_connection(url).await;
     let held = holder.transaction().await.unwrap();
     held.execute(
         "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
@@ -253,13 +259,7 @@ async fn a_wait_for_another_connections_lock_is_bounded_and_retryable() {
     };
     let (url, schema) = db.postgres_schema().unwrap();
     let store = db.open().await;
-    let (mut holder, connection) = url
-        .parse::<tokio_postgres::Config>()
-        .unwrap()
-        .connect(tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let mut holder = other_connection(url).await;
     let name = format!("bounded-{schema}");
     let held = holder.transaction().await.unwrap();
     held.execute(
