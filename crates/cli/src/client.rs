@@ -194,6 +194,10 @@ pub enum TaskCommand {
         state: Option<String>,
         #[arg(long)]
         template: Option<String>,
+        /// Only BLOCKED tasks blocked for this reason: crashed, crash_loop, failed_steps,
+        /// retry_max, deadlock, template.
+        #[arg(long)]
+        reason: Option<String>,
         #[arg(long, default_value_t = 50)]
         limit: u32,
         #[command(flatten)]
@@ -225,9 +229,34 @@ pub enum TaskCommand {
         #[command(flatten)]
         conn: Conn,
     },
-    /// Run a blocked or paused task again.
+    /// Run blocked or paused tasks again: the tasks named, or the BLOCKED tasks a filter
+    /// selects (--reason and/or --template).
     Retry {
+        #[arg(required_unless_present_any = ["reason", "template"], conflicts_with_all = ["reason", "template", "limit"])]
+        ids: Vec<String>,
+        /// Retry the BLOCKED tasks blocked for this reason (crashed, crash_loop,
+        /// failed_steps, retry_max, deadlock, template).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Retry the BLOCKED tasks of this template.
+        #[arg(long)]
+        template: Option<String>,
+        /// Most tasks a filter retries (1-1000, default 100), newest first.
+        #[arg(long)]
+        limit: Option<u32>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Set a step's state by hand on a BLOCKED or PAUSED task (e.g. mark a CRASHED step DONE
+    /// after checking its effect, or send it back to TODO); then `retry` runs the task on.
+    SetStep {
         id: String,
+        step: String,
+        /// TODO, DONE, PRUNE, CLIENT_ERROR, FATAL_ERROR or one of the step's custom states.
+        state: String,
+        /// The step's output as JSON (DONE and custom states).
+        #[arg(long)]
+        output: Option<String>,
         #[command(flatten)]
         conn: Conn,
     },
@@ -667,6 +696,7 @@ pub async fn task(cmd: TaskCommand) -> anyhow::Result<ExitCode> {
         TaskCommand::List {
             state,
             template,
+            reason,
             limit,
             conn,
         } => {
@@ -674,6 +704,9 @@ pub async fn task(cmd: TaskCommand) -> anyhow::Result<ExitCode> {
             let mut q = vec![format!("limit={limit}")];
             if let Some(s) = state {
                 q.push(format!("state={s}"));
+            }
+            if let Some(r) = reason {
+                q.push(format!("reason={r}"));
             }
             if let Some(t) = template {
                 q.push(format!("template={t}"));
@@ -735,7 +768,83 @@ pub async fn task(cmd: TaskCommand) -> anyhow::Result<ExitCode> {
             .await
         }
         TaskCommand::Cancel { id, conn } => action(conn, &id, "cancel", Value::Null).await,
-        TaskCommand::Retry { id, conn } => action(conn, &id, "retry", Value::Null).await,
+        TaskCommand::Retry {
+            ids,
+            reason,
+            template,
+            limit,
+            conn,
+        } => {
+            if let [id] = ids.as_slice() {
+                return action(conn, id, "retry", Value::Null).await;
+            }
+            let body = if ids.is_empty() {
+                json!({"reason": reason, "template": template, "limit": limit})
+            } else {
+                json!({ "ids": ids })
+            };
+            let body = Value::Object(
+                body.as_object()
+                    .into_iter()
+                    .flatten()
+                    .filter(|(_, v)| !v.is_null())
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            );
+            let json_out = conn.json;
+            let out = Client::new(conn)?.post("/api/v1/tasks/retry", body).await?;
+            if json_out {
+                print_json(&out);
+            } else {
+                for id in out["retried"].as_array().into_iter().flatten() {
+                    println!("{} READY", id.as_str().unwrap_or(""));
+                }
+                for f in out["failed"].as_array().into_iter().flatten() {
+                    eprintln!(
+                        "{} not retried: {}",
+                        f["id"].as_str().unwrap_or(""),
+                        f["detail"].as_str().unwrap_or("")
+                    );
+                }
+            }
+            Ok(if out["failed"].as_array().is_some_and(|f| !f.is_empty()) {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        TaskCommand::SetStep {
+            id,
+            step,
+            state,
+            output,
+            conn,
+        } => {
+            let mut body = json!({ "state": state });
+            if let Some(o) = output {
+                let v: Value = serde_json::from_str(&o)
+                    .map_err(|e| anyhow::anyhow!("--output is not JSON: {e}"))?;
+                body["output"] = v;
+            }
+            let json_out = conn.json;
+            let out = Client::new(conn)?
+                .call(
+                    reqwest::Method::PUT,
+                    &format!("/api/v1/tasks/{id}/steps/{step}/state"),
+                    Some((body.to_string(), "application/json")),
+                )
+                .await?;
+            if json_out {
+                print_json(&out);
+            } else {
+                println!(
+                    "{id} {step} {} (task {})",
+                    out["steps"][&step]["state"].as_str().unwrap_or(""),
+                    out["state"].as_str().unwrap_or("")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         TaskCommand::Pause { id, conn } => action(conn, &id, "pause", Value::Null).await,
     }
 }

@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use serde_json::{Value, json};
 use taskhook_actions::{Registry, TaskService, TaskSnapshot};
 use taskhook_model::input::resolve_inputs;
-use taskhook_model::{Function, TaskState, Template};
+use taskhook_model::{Function, StepState, TaskState, Template};
 use taskhook_store::{
     ClaimedTask, NewEvent, NewTask, StepRow, Store, StoreError, TaskRow, TemplateRow,
     TransitionOutcome, now_ms,
@@ -123,6 +123,7 @@ impl From<StoreError> for EngineError {
         match e {
             StoreError::NotFound { what } => EngineError::NotFound { what },
             StoreError::Transition(t) => EngineError::Conflict(t.to_string()),
+            StoreError::Conflict(c) => EngineError::Conflict(c),
             other => EngineError::Store(other),
         }
     }
@@ -419,6 +420,109 @@ impl Engine {
             )
             .await?;
         self.inner.wake.notify_one();
+        Ok(())
+    }
+
+    /// Sets one step's state by hand on a task that is not running (BLOCKED or PAUSED), e.g.
+    /// a CRASHED step marked DONE after a person checked its effect, or sent back to TODO to
+    /// run again. `output` replaces the step's output (DONE and custom states only). The
+    /// task keeps its state: [`Engine::retry`] runs it on. Recorded as a `step_set` event.
+    pub async fn set_step_state(
+        &self,
+        id: &str,
+        step: &str,
+        state: &str,
+        output: Option<Value>,
+        actor: &str,
+    ) -> Result<(), EngineError> {
+        let (task, steps) =
+            self.inner
+                .store
+                .get_task(id)
+                .await?
+                .ok_or_else(|| EngineError::NotFound {
+                    what: format!("task {id}"),
+                })?;
+        let Some(mut row) = steps.into_iter().find(|s| s.name == step) else {
+            return Err(EngineError::NotFound {
+                what: format!("step {step:?} of task {id}"),
+            });
+        };
+        let compiled = self
+            .inner
+            .template(&task.template, task.template_version)
+            .await?;
+        let tpl = &compiled.template;
+        let declared = row.foreach_parent.as_deref().unwrap_or(&row.name);
+        let custom: Vec<&String> = tpl
+            .steps
+            .get(declared)
+            .map(|s| tpl.custom_states_of(s).collect())
+            .unwrap_or_default();
+        let to: StepState = match state {
+            "TODO" => StepState::Todo,
+            "DONE" => StepState::Done,
+            "PRUNE" => StepState::Prune,
+            "CLIENT_ERROR" => StepState::ClientError,
+            "FATAL_ERROR" => StepState::FatalError,
+            s if custom.iter().any(|c| *c == s) => StepState::Custom(s.to_string()),
+            s => {
+                let mut allowed = vec!["TODO", "DONE", "PRUNE", "CLIENT_ERROR", "FATAL_ERROR"];
+                allowed.extend(custom.iter().map(|c| c.as_str()));
+                return Err(EngineError::Invalid {
+                    field: "state".into(),
+                    message: format!(
+                        "{s:?} cannot be set by hand: use one of {}",
+                        allowed.join(", ")
+                    ),
+                });
+            }
+        };
+        if output.is_some() && !matches!(to, StepState::Done | StepState::Custom(_)) {
+            return Err(EngineError::Invalid {
+                field: "output".into(),
+                message: format!(
+                    "only a DONE or custom state takes an output, not {}",
+                    to.as_str()
+                ),
+            });
+        }
+        let from = row.state.as_str().to_string();
+        row.state = to.clone();
+        row.next_retry_at = None;
+        match &to {
+            StepState::Todo => {
+                // Runs again from scratch, with its retries back.
+                row.output = Value::Null;
+                row.metadata = Value::Null;
+                row.error = None;
+                row.attempts = 0;
+            }
+            StepState::Done | StepState::Custom(_) | StepState::Prune => {
+                row.error = None;
+                if let Some(o) = output {
+                    row.output = o;
+                }
+            }
+            _ => {}
+        }
+        let ev = NewEvent {
+            actor: actor.into(),
+            kind: "step_set".into(),
+            from_state: None,
+            to_state: None,
+            detail: json!({"step": step, "from": from, "to": to.as_str()}),
+        };
+        self.inner
+            .store
+            .put_step(
+                id,
+                task.updated_at,
+                &[TaskState::Blocked, TaskState::Paused],
+                row,
+                ev,
+            )
+            .await?;
         Ok(())
     }
 

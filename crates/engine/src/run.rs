@@ -69,12 +69,13 @@ pub(crate) async fn run_task(inner: Arc<Inner>, claimed: ClaimedTask) {
                 state: TaskState::Blocked,
                 due_at: None,
                 result: None,
+                blocked_reason: Some("template"),
                 event: NewEvent::transition(
                     "engine",
                     "blocked",
                     TaskState::Running,
                     TaskState::Blocked,
-                    json!({"reason": format!("template unusable: {e}")}),
+                    json!({"reason": format!("template unusable: {e}"), "code": "template"}),
                 ),
             };
             if let Err(e) = inner
@@ -221,17 +222,13 @@ impl Run {
             let steps = self.settle_interrupted(&reason, true);
             tracing::error!(task = %self.task.id, crashes, "blocked: {reason}");
             let detail = json!({"reason": reason, "crashes": crashes, "steps": steps});
-            return self
-                .end(TaskState::Blocked, None, None, "blocked", detail)
-                .await;
+            return self.block("crash_loop", detail).await;
         }
         // Steps left RUNNING by a process that died: re-run if idempotent, else a human decides.
         let crashed = self.settle_interrupted("the server stopped while this step ran", false);
         if !crashed.is_empty() {
             let detail = json!({"reason": "non-idempotent steps were interrupted by a crash", "steps": crashed});
-            return self
-                .end(TaskState::Blocked, None, None, "blocked", detail)
-                .await;
+            return self.block("crashed", detail).await;
         }
 
         let mut inflight: JoinSet<Attempt> = JoinSet::new();
@@ -1086,7 +1083,7 @@ impl Run {
             };
             let mut end = self.end_event(stop.to, kind, Value::Null);
             end.actor = stop.actor;
-            return self.end_with(stop.to, None, None, end).await;
+            return self.end_with(stop.to, None, None, end, None).await;
         }
         let shutting_down = self.inner.shutdown.is_cancelled();
         if shutting_down {
@@ -1106,11 +1103,8 @@ impl Run {
             .collect();
         if !blocking.is_empty() {
             return self
-                .end(
-                    TaskState::Blocked,
-                    None,
-                    None,
-                    "blocked",
+                .block(
+                    "failed_steps",
                     json!({"reason": "steps failed and need a human", "steps": blocking}),
                 )
                 .await;
@@ -1145,9 +1139,7 @@ impl Run {
         if let Some(at) = retry_at {
             if self.task.run_count >= self.task.run_max {
                 let detail = json!({"reason": format!("retry_max reached: the task ran {} times", self.task.run_count)});
-                return self
-                    .end(TaskState::Blocked, None, None, "blocked", detail)
-                    .await;
+                return self.block("retry_max", detail).await;
             }
             let due = wake_at.map_or(at, |w| w.min(at));
             return self
@@ -1176,11 +1168,8 @@ impl Run {
             .filter(|s| s.state == StepState::Todo)
             .map(|s| s.name.clone())
             .collect();
-        self.end(
-            TaskState::Blocked,
-            None,
-            None,
-            "blocked",
+        self.block(
+            "deadlock",
             json!({"reason": "deadlock: steps can never run", "steps": stuck}),
         )
         .await
@@ -1200,6 +1189,17 @@ impl Run {
         NewEvent::transition("engine", kind, TaskState::Running, to, detail)
     }
 
+    /// Ends the run BLOCKED for `code` (one of the store's `BLOCKED_REASONS`), which the
+    /// event's detail repeats beside the reason.
+    async fn block(&mut self, code: &'static str, mut detail: Value) -> Result<(), StoreError> {
+        if let Some(d) = detail.as_object_mut() {
+            d.insert("code".into(), code.into());
+        }
+        let event = self.end_event(TaskState::Blocked, "blocked", detail);
+        self.end_with(TaskState::Blocked, None, None, event, Some(code))
+            .await
+    }
+
     async fn end(
         &mut self,
         to: TaskState,
@@ -1209,7 +1209,7 @@ impl Run {
         detail: Value,
     ) -> Result<(), StoreError> {
         let event = self.end_event(to, kind, detail);
-        self.end_with(to, due_at, result, event).await
+        self.end_with(to, due_at, result, event, None).await
     }
 
     async fn end_with(
@@ -1218,6 +1218,7 @@ impl Run {
         due_at: Option<i64>,
         result: Option<Value>,
         event: NewEvent,
+        blocked_reason: Option<&'static str>,
     ) -> Result<(), StoreError> {
         let rows = self.take_dirty();
         let (mut result, mut event) = (result, event);
@@ -1230,6 +1231,7 @@ impl Run {
             due_at,
             result,
             event,
+            blocked_reason,
         };
         let (store, id, epoch) = (&self.inner.store, &self.task.id, self.task.lease_epoch);
         let woke = persist(&self.inner, || {

@@ -33,9 +33,9 @@ use crate::{AppState, Problem};
         crate::keys::key_status, crate::keys::rotate_keys,
         create_task, get_task, list_tasks, task_events, resolve_task, cancel_task, retry_task, pause_task,
         crate::secrets_api::put_secret, crate::secrets_api::get_secret, crate::secrets_api::list_secrets, crate::secrets_api::delete_secret,
-        crate::audit::list_audit
+        crate::audit::list_audit, crate::task_ops::retry_tasks, crate::task_ops::set_step_state
     ),
-    components(schemas(crate::maintenance::MaintenanceRequest, crate::maintenance::MaintenanceOut, crate::hooks_api::HookOut, crate::hooks_api::FireOut, crate::hooks_api::Fired, crate::hooks_api::TestEvent, Problem, CreateTaskRequest, ResolveRequest, TaskCreated, TemplateOut, TemplateSummary, TaskOut, StepOut, TaskPage, EventOut, crate::secrets_api::SecretRequest, crate::secrets_api::SecretOut)),
+    components(schemas(crate::maintenance::MaintenanceRequest, crate::maintenance::MaintenanceOut, crate::hooks_api::HookOut, crate::hooks_api::FireOut, crate::hooks_api::Fired, crate::hooks_api::TestEvent, Problem, CreateTaskRequest, ResolveRequest, TaskCreated, TemplateOut, TemplateSummary, TaskOut, StepOut, TaskPage, EventOut, crate::secrets_api::SecretRequest, crate::secrets_api::SecretOut, crate::task_ops::StepStateRequest, crate::task_ops::RetryRequest, crate::task_ops::RetryOut, crate::task_ops::RetryFailure)),
     modifiers(&BearerAuth)
 )]
 pub(crate) struct ApiDoc;
@@ -90,6 +90,7 @@ pub fn routes(state: AppState) -> Router {
         .merge(crate::tokens_api::routes())
         .merge(crate::secrets_api::routes())
         .merge(crate::audit::routes())
+        .merge(crate::task_ops::routes())
         // After routing, so that the gate sees which route a request is for.
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -181,6 +182,21 @@ fn check_function_name(name: &str) -> Result<(), Problem> {
 /// The `cursor` of a listing whose pages end at a row id (tasks, fires): the `next_cursor` a
 /// previous page gave, which is a UUID. Anything else is refused with 400 naming `cursor`,
 /// rather than compared with ids and answered with a silently empty page.
+/// A `reason` filter: one of the store's blocked reasons, or 400 naming `reason`.
+pub(crate) fn blocked_reason(reason: Option<String>) -> Result<Option<String>, Problem> {
+    match reason {
+        Some(r) if !taskhook_store::BLOCKED_REASONS.contains(&r.as_str()) => Err(Problem::field(
+            StatusCode::BAD_REQUEST,
+            "reason",
+            format!(
+                "{r:?} is not a blocked reason: use one of {}",
+                taskhook_store::BLOCKED_REASONS.join(", ")
+            ),
+        )),
+        r => Ok(r),
+    }
+}
+
 pub(crate) fn id_cursor(cursor: Option<String>) -> Result<Option<String>, Problem> {
     let Some(c) = cursor else { return Ok(None) };
     match uuid::Uuid::try_parse(&c) {
@@ -497,7 +513,7 @@ async fn create_task(
         .into_response())
 }
 
-async fn template_of(s: &AppState, name: &str, version: i64) -> Option<Template> {
+pub(crate) async fn template_of(s: &AppState, name: &str, version: i64) -> Option<Template> {
     let row = s
         .engine
         .store()
@@ -528,6 +544,7 @@ async fn get_task(
 struct TaskListQuery {
     state: Option<String>,
     template: Option<String>,
+    reason: Option<String>,
     limit: Option<u32>,
     cursor: Option<String>,
 }
@@ -535,6 +552,7 @@ struct TaskListQuery {
 #[utoipa::path(get, path = "/api/v1/tasks", params(
         ("state" = Option<String>, Query, description = "Only tasks in this state"),
         ("template" = Option<String>, Query, description = "Only tasks of this template"),
+        ("reason" = Option<String>, Query, description = "Only BLOCKED tasks blocked for this reason: crashed, crash_loop, failed_steps, retry_max, deadlock, template"),
         ("limit" = Option<u32>, Query, description = "Page size, 1-1000 (default 100)"),
         ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
     responses((status = 200, body = TaskPage), (status = 400, body = Problem)))]
@@ -556,10 +574,17 @@ async fn list_tasks(
         taskhook_model::name::check(t, taskhook_model::validate::MAX_NAME_LEN)
             .map_err(|e| Problem::field(StatusCode::BAD_REQUEST, "template", e))?;
     }
+    let reason = blocked_reason(q.reason)?;
     let limit = page_limit(q.limit)?;
     let cursor = id_cursor(q.cursor)?;
-    let (rows, next_cursor) =
-        crate::identity::readable_tasks(&s, &c, state, q.template, cursor, limit).await?;
+    let filter = taskhook_store::TaskFilter {
+        state,
+        template: q.template,
+        blocked_reason: reason,
+        before: cursor,
+        limit,
+    };
+    let (rows, next_cursor) = crate::identity::readable_tasks(&s, &c, filter).await?;
     let mut templates: std::collections::HashMap<(String, i64), Option<Template>> =
         Default::default();
     let mut tasks = Vec::with_capacity(rows.len());

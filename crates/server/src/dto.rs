@@ -137,6 +137,10 @@ pub struct TaskOut {
     pub template_version: i64,
     pub title: String,
     pub state: String,
+    /// Why a BLOCKED task is blocked: `crashed`, `crash_loop`, `failed_steps`, `retry_max`,
+    /// `deadlock` or `template` (the full reason is in its events).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blocked_reason: Option<String>,
     #[schema(value_type = Object)]
     pub inputs: Value,
     #[schema(value_type = Object)]
@@ -177,6 +181,7 @@ impl TaskOut {
             template_version: t.template_version,
             title: t.title,
             state: t.state.as_str().to_string(),
+            blocked_reason: t.blocked_reason,
             inputs,
             resolver_inputs,
             result: t.result,

@@ -329,6 +329,16 @@ async fn template_of_task(s: &AppState, task: &TaskRow) -> Option<Template> {
     serde_json::from_value(row.body).ok()
 }
 
+/// Whether the caller may retry `task` (`POST /api/v1/tasks/{id}/retry`): its scope, or a
+/// resolver of the task or its template.
+pub(crate) async fn may_retry(s: &AppState, caller: &Caller, task: &TaskRow) -> bool {
+    let Some(route) = crate::scopes::lookup("POST", "/api/v1/tasks/{id}/retry") else {
+        return false;
+    };
+    let required = format!("tasks:resolve:{}", task.template);
+    caller.may(&required) || people_grant(s, caller, task, route).await
+}
+
 /// What people named on a task may do on top of scopes, for the route `route`.
 async fn people_grant(s: &AppState, caller: &Caller, task: &TaskRow, route: &RouteScope) -> bool {
     let Some(user) = caller.user.as_deref() else {
@@ -501,11 +511,10 @@ const MAX_SCANNED: usize = 10_000;
 pub(crate) async fn readable_tasks(
     s: &AppState,
     caller: &Caller,
-    state: Option<taskhook_model::TaskState>,
-    template: Option<String>,
-    mut cursor: Option<String>,
-    limit: u32,
+    mut filter: taskhook_store::TaskFilter,
 ) -> Result<(Vec<TaskRow>, Option<String>), Problem> {
+    let limit = filter.limit;
+    let mut cursor = filter.before.take();
     let mut out = Vec::new();
     let mut scanned = 0usize;
     loop {
@@ -513,10 +522,8 @@ pub(crate) async fn readable_tasks(
             .engine
             .store()
             .list_tasks(taskhook_store::TaskFilter {
-                state,
-                template: template.clone(),
                 before: cursor.clone(),
-                limit,
+                ..filter.clone()
             })
             .await?;
         let full_page = rows.len() == limit as usize;

@@ -16,6 +16,7 @@ mod problem;
 mod ratelimit;
 pub mod scopes;
 mod secrets_api;
+mod task_ops;
 mod tokens_api;
 
 use std::sync::Arc;

@@ -105,6 +105,13 @@ pub const ROUTES: &[RouteScope] = &[
         "/api/v1/tasks/{id}/retry",
         "tasks:resolve:{template}",
     ),
+    // each task is authorized as its own retry is
+    filtered("POST", "/api/v1/tasks/retry", "tasks:resolve:{template}"),
+    row(
+        "PUT",
+        "/api/v1/tasks/{id}/steps/{step}/state",
+        "tasks:resolve:{template}",
+    ),
     row(
         "POST",
         "/api/v1/tasks/{id}/cancel",

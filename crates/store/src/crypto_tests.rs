@@ -107,6 +107,7 @@ async fn backends_hold_only_sealed_values(db: TestDb) {
             claimed[0].task.lease_epoch,
             vec![step],
             RunEnd {
+                blocked_reason: None,
                 state: TaskState::Done,
                 due_at: None,
                 result: Some(json!({"final": "pw-t1"})),

@@ -441,3 +441,27 @@ impl Store {
             .collect()
     }
 }
+
+/// Whether a person may write a step of a task now in `state`, last changed at `updated_at`,
+/// which they read at `seen`.
+pub(crate) fn check_step_edit(
+    state: &taskhook_model::TaskState,
+    updated_at: i64,
+    seen: i64,
+    allowed: &[taskhook_model::TaskState],
+) -> Result<()> {
+    if !allowed.contains(state) {
+        let allowed: Vec<&str> = allowed.iter().map(|s| s.as_str()).collect();
+        return Err(StoreError::Conflict(format!(
+            "the task is {}: its steps can be changed only when it is {}",
+            state.as_str(),
+            allowed.join(" or ")
+        )));
+    }
+    if updated_at != seen {
+        return Err(StoreError::Conflict(
+            "the task changed since it was read: read it again".into(),
+        ));
+    }
+    Ok(())
+}

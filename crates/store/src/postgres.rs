@@ -30,6 +30,9 @@ mod listener;
 mod notify;
 mod ops;
 mod secrets;
+mod tls;
+#[cfg(test)]
+mod tls_tests;
 mod tokens;
 
 use std::collections::HashMap;
@@ -43,6 +46,8 @@ use serde_json::Value;
 use taskhook_model::{StepState, TaskState};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Config, NoTls, Row};
+
+use self::tls::PgTls;
 use tokio_util::sync::CancellationToken;
 
 use crate::types::*;
@@ -77,6 +82,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (
         13,
         include_str!("../migrations/postgres/0013_fires_committed_at.sql"),
+    ),
+    (
+        14,
+        include_str!("../migrations/postgres/0014_blocked_reason.sql"),
     ),
 ];
 
@@ -168,17 +177,42 @@ fn check_schema_name(schema: &str) -> Result<()> {
     }
 }
 
-fn parse_config(url: &str) -> Result<Config> {
-    let mut config: Config = url
-        .parse()
-        .map_err(|e| StoreError::Database(format!("invalid PostgreSQL URL: {e}")))?;
+fn parse_config(url: &str) -> Result<(Config, PgTls)> {
+    let (mut config, tls) = tls::parse(url)?;
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(5));
     }
     if config.get_application_name().is_none() {
         config.application_name("taskhook");
     }
-    Ok(config)
+    Ok((config, tls))
+}
+
+/// Opens one connection outside the pool and drives it in a task of its own.
+async fn connect_one(
+    config: &Config,
+    tls: &PgTls,
+) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>)> {
+    Ok(match tls {
+        PgTls::Plain => {
+            let (client, connection) = config.connect(NoTls).await?;
+            (
+                client,
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                }),
+            )
+        }
+        PgTls::Rustls(t) => {
+            let (client, connection) = config.connect(t.clone()).await?;
+            (
+                client,
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                }),
+            )
+        }
+    })
 }
 
 // ---------------------------------------------------------------- errors
@@ -257,8 +291,8 @@ fn count_u32(v: i64) -> u32 {
 }
 
 const TASK_COLUMNS: &str = "id, template, template_version, title, state, inputs, resolver_inputs, result, tags, \
-     requester, parent_id, idempotency_key, run_count, run_max, due_at, lease_epoch, created_at, updated_at, people, crashes";
-const TASK_COLUMN_COUNT: usize = 20;
+     requester, parent_id, idempotency_key, run_count, run_max, due_at, lease_epoch, created_at, updated_at, people, crashes, blocked_reason";
+const TASK_COLUMN_COUNT: usize = 21;
 
 /// [`TASK_COLUMNS`] qualified with a table alias.
 fn task_columns(alias: &str) -> String {
@@ -292,6 +326,7 @@ fn task_from(r: &Row, at: usize) -> Result<TaskRow> {
         updated_at: r.try_get(at + 17)?,
         people: serde_json::from_str(r.try_get::<_, &str>(at + 18)?)?,
         crashes: count_u32(i64::from(r.try_get::<_, i32>(at + 19)?)),
+        blocked_reason: r.try_get(at + 20)?,
     })
 }
 
@@ -510,7 +545,7 @@ impl PgStore {
     /// Connects, creates `schema` when given (and works in it), runs migrations and starts
     /// listening for notifications.
     pub async fn connect(url: &str, schema: Option<&str>, pool_size: usize) -> Result<PgStore> {
-        let mut config = parse_config(url)?;
+        let (mut config, tls) = parse_config(url)?;
         // Every statement is prepared once per connection and planned once: the store's
         // statements are point reads and writes whose best plan does not depend on the
         // values, and re-planning the write CTEs on each call costs more than running them.
@@ -536,13 +571,13 @@ impl PgStore {
             options.push_str(&format!(" -c search_path={}", quote_ident(schema)));
         }
         config.options(options);
-        let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match &tls {
+            PgTls::Plain => Manager::from_config(config.clone(), NoTls, manager_config),
+            PgTls::Rustls(t) => Manager::from_config(config.clone(), t.clone(), manager_config),
+        };
         let pool = Pool::builder(manager)
             .max_size(pool_size.max(1))
             .runtime(Runtime::Tokio1)
@@ -561,7 +596,7 @@ impl PgStore {
         let ch = Channels::for_schema(&current);
         let signals = Arc::new(Signals::default());
         let stop = CancellationToken::new();
-        let ready = listener::spawn(config, ch.clone(), signals.clone(), stop.clone());
+        let ready = listener::spawn(config, tls, ch.clone(), signals.clone(), stop.clone());
         match ready.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
@@ -682,9 +717,8 @@ async fn migrate(client: &mut Object, schema: Option<&str>) -> Result<()> {
 /// Drops a schema with everything in it.
 pub(crate) async fn drop_schema(url: &str, schema: &str) -> Result<()> {
     check_schema_name(schema)?;
-    let config = parse_config(url)?;
-    let (client, connection) = config.connect(NoTls).await?;
-    let driver = tokio::spawn(connection);
+    let (config, tls) = parse_config(url)?;
+    let (client, driver) = connect_one(&config, &tls).await?;
     let out = client
         .batch_execute(&format!(
             "SET lock_timeout = '5s'; DROP SCHEMA IF EXISTS {} CASCADE",
@@ -809,6 +843,7 @@ async fn insert_task(
         fx.signals |= Signal::Due as u8;
     }
     Ok(Some(TaskRow {
+        blocked_reason: None,
         id: t.id.clone(),
         template: t.template.clone(),
         template_version: t.template_version,
@@ -938,7 +973,7 @@ fn save_steps_sql() -> String {
 /// Ends a run in one statement. $1 id, $2 epoch, $3 end state, $4 end due_at, $5 result,
 /// $6 now, $7-$11 end event (actor, kind, from, to, detail), $12 whether a recorded cancel
 /// applies to the end state, $13 whether a recorded pause does, $14 final states, $15-$23
-/// steps. Returns whether the lease held, the parent woken, and whether to signal `due` and
+/// steps, $24 why the task is blocked (for a BLOCKED end). Returns whether the lease held, the parent woken, and whether to signal `due` and
 /// `slots`.
 fn end_run_sql() -> String {
     format!(
@@ -957,7 +992,8 @@ fn end_run_sql() -> String {
            UPDATE tasks SET state = COALESCE(f.stop_state, $3::text), \
              due_at = CASE WHEN f.stop_state IS NULL THEN f.due_at END, \
              result = COALESCE($5::text, tasks.result), lease_owner = NULL, lease_until = NULL, \
-             stop_to = NULL, stop_actor = NULL, crashes = 0, updated_at = $6 \
+             stop_to = NULL, stop_actor = NULL, crashes = 0, updated_at = $6, \
+             blocked_reason = CASE WHEN COALESCE(f.stop_state, $3::text) = 'BLOCKED' THEN $24::text END \
            FROM f WHERE tasks.id = f.id \
            RETURNING tasks.state, tasks.due_at, f.parent_id), \
          ev AS ( \
@@ -990,6 +1026,67 @@ fn unexpected_reply() -> StoreError {
 // ---------------------------------------------------------------- the store's calls
 
 impl PgStore {
+    pub async fn put_step(
+        &self,
+        task_id: &str,
+        seen_updated_at: i64,
+        allowed: &'static [TaskState],
+        step: StepRow,
+        event: NewEvent,
+    ) -> Result<()> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        let row = query_opt(
+            &tx,
+            "SELECT state, updated_at FROM tasks WHERE id = $1 FOR UPDATE",
+            &[&task_id],
+        )
+        .await?
+        .ok_or_else(|| StoreError::NotFound {
+            what: format!("task {task_id}"),
+        })?;
+        let state = parse_state(row.try_get(0)?)?;
+        let updated_at: i64 = row.try_get(1)?;
+        crate::check_step_edit(&state, updated_at, seen_updated_at, allowed)?;
+        let now = now_ms().max(updated_at + 1);
+        let a = StepArrays::new(std::slice::from_ref(&step));
+        let mut params: Vec<Param<'_>> = vec![&task_id, &now];
+        params.extend(a.params());
+        execute(
+            &tx,
+            &format!(
+                "WITH t AS (SELECT $1::text AS id) {}",
+                upsert_steps_cte("t", 3, 2)
+            ),
+            &params,
+        )
+        .await?;
+        execute(
+            &tx,
+            "UPDATE tasks SET updated_at = $2 WHERE id = $1",
+            &[&task_id, &now],
+        )
+        .await?;
+        let detail = json(&event.detail);
+        execute(
+            &tx,
+            "INSERT INTO task_events (task_id, at, actor, kind, from_state, to_state, detail) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[
+                &task_id,
+                &now,
+                &event.actor,
+                &event.kind,
+                &event.from_state,
+                &event.to_state,
+                &detail,
+            ],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     // ---- templates ----
 
     pub async fn put_template(&self, name: &str, body: Value) -> Result<(TemplateRow, bool)> {
@@ -1422,6 +1519,13 @@ impl PgStore {
         if let Some(t) = &f.template {
             params.push(t);
             sql.push_str(&format!(" AND template = ${}", params.len()));
+        }
+        if let Some(r) = &f.blocked_reason {
+            params.push(r);
+            sql.push_str(&format!(
+                " AND state = 'BLOCKED' AND blocked_reason = ${}",
+                params.len()
+            ));
         }
         if let Some(b) = &f.before {
             params.push(b);

@@ -422,4 +422,24 @@ impl Store {
             transition(task_id, allowed_from, to, due_at, resolver_inputs, event)
         )
     }
+
+    /// A person writes one step of a task that is not running (its state is one of
+    /// `allowed`), as they saw it: the write fails with [`StoreError::Conflict`] when the task
+    /// changed after `seen_updated_at`. The task keeps its state; `event` records the edit.
+    pub async fn put_step(
+        &self,
+        task_id: &str,
+        seen_updated_at: i64,
+        allowed: &'static [TaskState],
+        mut step: StepRow,
+        mut event: NewEvent,
+    ) -> Result<()> {
+        let s = self.sealer();
+        s.step(&mut step)?;
+        s.event(&mut event)?;
+        backend!(
+            self,
+            put_step(task_id, seen_updated_at, allowed, step, event)
+        )
+    }
 }

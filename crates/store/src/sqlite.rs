@@ -36,6 +36,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0011_fires_delivery.sql"),
     include_str!("../migrations/sqlite/0012_crashes.sql"),
     include_str!("../migrations/sqlite/0013_fires_committed_at.sql"),
+    include_str!("../migrations/sqlite/0014_blocked_reason.sql"),
 ];
 /// Most writes one transaction takes; beyond it the next batch starts.
 const MAX_BATCH: usize = 2048;
@@ -222,7 +223,7 @@ fn parse_state(s: String) -> rusqlite::Result<TaskState> {
 }
 
 const TASK_COLUMNS: &str = "id, template, template_version, title, state, inputs, resolver_inputs, result, tags, \
-     requester, parent_id, idempotency_key, run_count, run_max, due_at, lease_epoch, created_at, updated_at, people, crashes";
+     requester, parent_id, idempotency_key, run_count, run_max, due_at, lease_epoch, created_at, updated_at, people, crashes, blocked_reason";
 
 fn task_from_row(r: &Row<'_>) -> rusqlite::Result<TaskRow> {
     Ok(TaskRow {
@@ -246,6 +247,7 @@ fn task_from_row(r: &Row<'_>) -> rusqlite::Result<TaskRow> {
         updated_at: r.get(17)?,
         people: parse_people(r.get(18)?)?,
         crashes: r.get(19)?,
+        blocked_reason: r.get(20)?,
     })
 }
 
@@ -928,6 +930,13 @@ impl SqliteStore {
                 args.push(Box::new(t));
                 sql.push_str(&format!(" AND template = ?{}", args.len()));
             }
+            if let Some(r) = f.blocked_reason {
+                args.push(Box::new(r));
+                sql.push_str(&format!(
+                    " AND state = 'BLOCKED' AND blocked_reason = ?{}",
+                    args.len()
+                ));
+            }
             if let Some(b) = f.before {
                 args.push(Box::new(b));
                 sql.push_str(&format!(" AND id < ?{}", args.len()));
@@ -1058,13 +1067,13 @@ impl SqliteStore {
                 "UPDATE tasks SET state = ?2, \
                  due_at = CASE WHEN ?2 = 'WAITING' AND due_at IS NOT NULL THEN MIN(due_at, COALESCE(?3, due_at)) ELSE ?3 END, \
                  result = COALESCE(?4, result), lease_owner = NULL, lease_until = NULL, stop_to = NULL, stop_actor = NULL, \
-                 crashes = 0, updated_at = ?5 WHERE id = ?1",
+                 crashes = 0, blocked_reason = CASE WHEN ?2 = 'BLOCKED' THEN ?6 END, updated_at = ?5 WHERE id = ?1",
             )?
-            .execute(params![task_id, end.state.as_str(), end.due_at, end.result.as_ref().map(json), now])?;
+            .execute(params![task_id, end.state.as_str(), end.due_at, end.result.as_ref().map(json), now, end.blocked_reason])?;
             insert_event(c, &task_id, now, &end.event)?;
             let state = match stop {
                 Some(to) => {
-                    c.prepare_cached("UPDATE tasks SET state = ?2, due_at = NULL WHERE id = ?1")?
+                    c.prepare_cached("UPDATE tasks SET state = ?2, due_at = NULL, blocked_reason = NULL WHERE id = ?1")?
                         .execute(params![task_id, to.as_str()])?;
                     let actor = stop_actor.unwrap_or_default();
                     insert_event(c, &task_id, now, &stop_event(&actor, end.state, to))?;
@@ -1121,7 +1130,7 @@ impl SqliteStore {
             let now = now_ms();
             c.prepare_cached(
                 "UPDATE tasks SET state = ?2, due_at = ?3, resolver_inputs = COALESCE(?4, resolver_inputs), \
-                 stop_to = NULL, stop_actor = NULL, crashes = 0, updated_at = ?5 WHERE id = ?1",
+                 stop_to = NULL, stop_actor = NULL, crashes = 0, blocked_reason = NULL, updated_at = ?5 WHERE id = ?1",
             )?
             .execute(params![task_id, to.as_str(), due_at, resolver_inputs.as_ref().map(json), now])?;
             let mut event = event.clone();
@@ -1135,6 +1144,29 @@ impl SqliteStore {
                 wake_parent_if_ended(c, &task_id, to, now)?;
             }
             Ok(TransitionOutcome::Applied(task.state, to))
+        })
+        .await
+    }
+
+    pub async fn put_step(
+        &self,
+        task_id: &str,
+        seen_updated_at: i64,
+        allowed: &'static [TaskState],
+        step: StepRow,
+        event: NewEvent,
+    ) -> Result<()> {
+        let task_id = task_id.to_string();
+        self.write(move |c| {
+            let task = load_task(c, &task_id)?.ok_or_else(|| StoreError::NotFound {
+                what: format!("task {task_id}"),
+            })?;
+            crate::check_step_edit(&task.state, task.updated_at, seen_updated_at, allowed)?;
+            let now = now_ms().max(task.updated_at + 1);
+            upsert_steps(c, &task_id, std::slice::from_ref(&step), now)?;
+            c.prepare_cached("UPDATE tasks SET updated_at = ?2 WHERE id = ?1")?
+                .execute(params![task_id, now])?;
+            insert_event(c, &task_id, now, &event)
         })
         .await
     }
@@ -1578,6 +1610,7 @@ fn insert_task(c: &Connection, t: &NewTask, event: &NewEvent) -> Result<TaskRow>
         )?;
     }
     Ok(TaskRow {
+        blocked_reason: None,
         id: t.id.clone(),
         template: t.template.clone(),
         template_version: t.template_version,

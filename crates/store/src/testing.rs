@@ -16,6 +16,8 @@ use tokio_postgres::NoTls;
 
 use crate::{Store, postgres};
 
+pub mod tls_cluster;
+
 /// For each test `async fn <name>(db: TestDb)`, generates `mod <name>` with the tests `sqlite`
 /// and `postgres` (skipped with a visible message when PostgreSQL is not reachable; failing
 /// instead with TASKHOOK_TEST_REQUIRE_SERVICES=1).
@@ -89,6 +91,17 @@ pub fn database_url() -> String {
 
 fn services_required() -> bool {
     std::env::var("TASKHOOK_TEST_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
+}
+
+/// `None` after a visible skip message saying `why`; a panic instead when services are
+/// required.
+fn skip_or_fail<T>(why: &str) -> Option<T> {
+    assert!(
+        !services_required(),
+        "required by TASKHOOK_TEST_REQUIRE_SERVICES=1: {why}"
+    );
+    eprintln!("skipping: {why}");
+    None
 }
 
 /// The URL without its password, for messages.

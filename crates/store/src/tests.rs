@@ -67,6 +67,7 @@ fn created() -> NewEvent {
 
 fn ended(to: TaskState) -> RunEnd {
     RunEnd {
+        blocked_reason: None,
         state: to,
         due_at: None,
         result: Some(json!({"ok": true})),
@@ -225,6 +226,7 @@ async fn many_concurrent_writes_all_commit(db: TestDb) {
     // Keyset pages, newest first.
     let page = s
         .list_tasks(TaskFilter {
+            blocked_reason: None,
             limit: 10,
             before: Some("t0100".into()),
             state: Some(TaskState::Ready),
@@ -1018,6 +1020,7 @@ async fn a_stop_asked_while_running_is_recorded_and_applied_at_the_end(db: TestD
     );
     // The run ends READY without having seen the stop: the store applies it.
     let release = RunEnd {
+        blocked_reason: None,
         state: Ready,
         due_at: Some(now_ms()),
         result: None,
@@ -1043,6 +1046,7 @@ async fn a_stop_asked_while_running_is_recorded_and_applied_at_the_end(db: TestD
     // A run that honoured the stop itself ends in its state; nothing more is applied.
     assert_eq!(pause("t2").await, TransitionOutcome::Running);
     let paused = RunEnd {
+        blocked_reason: None,
         state: Paused,
         due_at: None,
         result: None,
@@ -1117,6 +1121,7 @@ async fn writes_signal_other_handles(db: TestDb) {
     tokio::pin!(due);
     due.as_mut().enable();
     let retry = RunEnd {
+        blocked_reason: None,
         state: TaskState::Ready,
         due_at: Some(now_ms() + 60_000),
         result: None,
@@ -1162,6 +1167,7 @@ async fn a_child_ending_wakes_its_parent(db: TestDb) {
     s.create_task(child, created()).await.unwrap();
     // The parent waits for its child (no due time of its own).
     let wait = RunEnd {
+        blocked_reason: None,
         state: TaskState::Waiting,
         due_at: None,
         result: None,
@@ -1207,6 +1213,7 @@ async fn a_child_ending_wakes_its_parent(db: TestDb) {
     assert_eq!(woke.as_deref(), Some("parent"));
     let later = now_ms() + 3_600_000;
     let wait = RunEnd {
+        blocked_reason: None,
         state: TaskState::Waiting,
         due_at: Some(later),
         result: None,

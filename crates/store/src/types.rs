@@ -85,6 +85,8 @@ pub struct TaskRow {
     /// Runs in a row cut off by the process stopping (counted at recovery, cleared when a run
     /// ends or a person moves the task).
     pub crashes: u32,
+    /// Why a BLOCKED task is blocked: one of [`BLOCKED_REASONS`]; `None` in other states.
+    pub blocked_reason: Option<String>,
 }
 
 /// People named on one task (µTask's task-level resolvers and watchers), on top of its
@@ -195,6 +197,20 @@ pub struct ClaimedTask {
     pub steps: Vec<StepRow>,
 }
 
+/// Why a task went BLOCKED, as stored and listed: `crashed` (non-idempotent steps were cut
+/// off by a crash), `crash_loop` (the process stopped too many times in a row while the task
+/// ran), `failed_steps` (steps failed and need a person), `retry_max` (the task ran as many
+/// times as it may), `deadlock` (steps can never run), `template` (its template cannot be
+/// used).
+pub const BLOCKED_REASONS: &[&str] = &[
+    "crashed",
+    "crash_loop",
+    "failed_steps",
+    "retry_max",
+    "deadlock",
+    "template",
+];
+
 /// How a run ends: the task's next state and what changed.
 #[derive(Debug, Clone)]
 pub struct RunEnd {
@@ -202,6 +218,8 @@ pub struct RunEnd {
     pub due_at: Option<i64>,
     pub result: Option<Value>,
     pub event: NewEvent,
+    /// For a BLOCKED end: why, one of [`BLOCKED_REASONS`].
+    pub blocked_reason: Option<&'static str>,
 }
 
 /// Filters for listing tasks, newest first.
@@ -209,6 +227,8 @@ pub struct RunEnd {
 pub struct TaskFilter {
     pub state: Option<TaskState>,
     pub template: Option<String>,
+    /// Only BLOCKED tasks blocked for this reason.
+    pub blocked_reason: Option<String>,
     /// Only tasks older than this id (keyset pagination).
     pub before: Option<String>,
     pub limit: u32,

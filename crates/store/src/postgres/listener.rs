@@ -10,9 +10,11 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::sync::oneshot;
-use tokio_postgres::{AsyncMessage, Config, NoTls};
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+use tokio_postgres::{AsyncMessage, Config, NoTls, Socket};
 use tokio_util::sync::CancellationToken;
 
+use super::tls::PgTls;
 use super::{Channels, quote_ident};
 use crate::{Result, Signal, Signals, StoreError};
 
@@ -22,17 +24,19 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Starts the listener; the receiver answers once it listens (or could not connect at first).
 pub(super) fn spawn(
     config: Config,
+    tls: PgTls,
     channels: Channels,
     signals: Arc<Signals>,
     stop: CancellationToken,
 ) -> oneshot::Receiver<Result<()>> {
     let (ready_tx, ready_rx) = oneshot::channel();
-    tokio::spawn(run(config, channels, signals, stop, ready_tx));
+    tokio::spawn(run(config, tls, channels, signals, stop, ready_tx));
     ready_rx
 }
 
 async fn run(
     mut config: Config,
+    tls: PgTls,
     channels: Channels,
     signals: Arc<Signals>,
     stop: CancellationToken,
@@ -55,7 +59,14 @@ async fn run(
     loop {
         let (error, listened) = tokio::select! {
             _ = stop.cancelled() => return,
-            r = session(&config, &channels, &signals, &mut ready) => r,
+            r = async {
+                match &tls {
+                    PgTls::Plain => session(&config, NoTls, &channels, &signals, &mut ready).await,
+                    PgTls::Rustls(t) => {
+                        session(&config, t.clone(), &channels, &signals, &mut ready).await
+                    }
+                }
+            } => r,
         };
         if let Some(tx) = ready.take() {
             // The first connection failed: the store is not opened.
@@ -76,13 +87,20 @@ async fn run(
 
 /// One connection's life: connect, LISTEN, then dispatch notifications until it fails.
 /// Returns why it ended and whether it got to listen.
-async fn session(
+async fn session<T>(
     config: &Config,
+    tls: T,
     channels: &Channels,
     signals: &Signals,
     ready: &mut Option<oneshot::Sender<Result<()>>>,
-) -> (StoreError, bool) {
-    let (client, mut connection) = match config.connect(NoTls).await {
+) -> (StoreError, bool)
+where
+    T: MakeTlsConnect<Socket>,
+    T::Stream: Send,
+    T::TlsConnect: Send,
+    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+{
+    let (client, mut connection) = match config.connect(tls).await {
         Ok(c) => c,
         Err(e) => return (e.into(), false),
     };

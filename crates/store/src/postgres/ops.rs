@@ -315,6 +315,7 @@ pub(super) async fn end_run(
         &finals,
     ];
     params.extend(a.params());
+    params.push(&end.blocked_reason);
     let row = query_one(tx, &end_run_sql(), &params).await?;
     if row.try_get::<_, i64>(0)? == 0 {
         return Err(StoreError::LeaseLost {
@@ -374,7 +375,7 @@ pub(super) async fn transition(
     let (update, insert, wake) = (
         tx.prepare_cached(
             "UPDATE tasks SET state = $2, due_at = $3, resolver_inputs = COALESCE($4, resolver_inputs), \
-             stop_to = NULL, stop_actor = NULL, crashes = 0, updated_at = $5 WHERE id = $1",
+             stop_to = NULL, stop_actor = NULL, crashes = 0, blocked_reason = NULL, updated_at = $5 WHERE id = $1",
         )
         .await?,
         tx.prepare_cached(

@@ -1,0 +1,280 @@
+//! An operator's tools for tasks that stopped for a person: BLOCKED tasks listed by reason,
+//! a step's state set by hand, and retries in bulk; over the API and the CLI.
+
+mod support;
+
+use serde_json::{Value, json};
+use support::{Server, target, taskhook};
+
+async fn put_state(s: &Server, id: &str, step: &str, body: Value) -> (u16, Value) {
+    let (st, _, v) = s
+        .req(
+            reqwest::Method::PUT,
+            &format!("/api/v1/tasks/{id}/steps/{step}/state"),
+            Some((&body.to_string(), "application/json")),
+        )
+        .await;
+    (st, v)
+}
+
+fn ids(v: &Value, key: &str) -> Vec<String> {
+    let mut out: Vec<String> = v[key]
+        .as_array()
+        .unwrap_or_else(|| panic!("no {key} in {v:#}"))
+        .iter()
+        .map(|t| t.as_str().map_or_else(|| t["id"].to_string(), String::from))
+        .collect();
+    out.sort();
+    out
+}
+
+fn listed(page: &Value) -> Vec<String> {
+    let mut out: Vec<String> = page["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().to_string())
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn blocked_tasks_are_listed_by_reason_fixed_by_hand_and_retried_in_bulk() {
+    let target = target().await;
+    let dir = support::fresh_dir();
+    let mut s = Server::start_in(dir.clone(), &[]);
+    // `pay` is not idempotent: a crash while it runs blocks the task. `after` reads its output.
+    let tpl = format!(
+        "name: once\nauto_runnable: true\nsteps:\n  pay:\n    action: {{type: http, configuration: {{url: '{target}/slow'}}}}\n  \
+         after:\n    dependencies: [pay]\n    action: {{type: echo, configuration: {{output: '{{{{ step.pay.output }}}}'}}}}\n"
+    );
+    assert_eq!(s.put_template("once", &tpl).await.0, 201);
+    let failing = "name: failing\nauto_runnable: true\nsteps:\n  check:\n    action: {type: echo, configuration: {error_type: client, error_message: nope}}\n  \
+                   next:\n    dependencies: [check]\n    action: {type: echo, configuration: {output: '{{ step.check.output.verdict }}'}}\n";
+    assert_eq!(s.put_template("failing", failing).await.0, 201);
+    let mut crashed = Vec::new();
+    for _ in 0..2 {
+        let (_, c) = s.post("/api/v1/tasks", json!({"template": "once"})).await;
+        crashed.push(c["id"].as_str().unwrap().to_string());
+    }
+    crashed.sort();
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    s.kill9();
+    let s = Server::start_in(dir, &[]);
+    for id in &crashed {
+        let t = s.wait_state(id, &["BLOCKED", "DONE"]).await;
+        assert_eq!(t["state"], "BLOCKED", "{t:#}");
+        assert_eq!(t["blocked_reason"], "crashed", "{t:#}");
+        assert_eq!(t["steps"]["pay"]["state"], "CRASHED");
+    }
+    let (_, c) = s
+        .post("/api/v1/tasks", json!({"template": "failing"}))
+        .await;
+    let failed = c["id"].as_str().unwrap().to_string();
+    let t = s.wait_state(&failed, &["BLOCKED", "DONE"]).await;
+    assert_eq!(t["blocked_reason"], "failed_steps", "{t:#}");
+
+    // Listed by reason; a reason that does not exist is refused by name.
+    let (st, page) = s.get("/api/v1/tasks?reason=crashed").await;
+    assert_eq!((st, listed(&page)), (200, crashed.clone()), "{page:#}");
+    let (_, page) = s
+        .get("/api/v1/tasks?state=BLOCKED&reason=failed_steps")
+        .await;
+    assert_eq!(listed(&page), vec![failed.clone()]);
+    let (st, p) = s.get("/api/v1/tasks?reason=tired").await;
+    assert_eq!((st, p["field"].clone()), (400, json!("reason")), "{p:#}");
+
+    // The operator checked that the first payment went through: its step is marked DONE with
+    // the output it should have had; the task stays BLOCKED until retried.
+    let (a, b) = (&crashed[0], &crashed[1]);
+    let (st, t) = put_state(
+        &s,
+        a,
+        "pay",
+        json!({"state": "DONE", "output": {"paid": "by hand"}}),
+    )
+    .await;
+    assert_eq!(st, 200, "{t:#}");
+    assert_eq!(t["steps"]["pay"]["state"], "DONE");
+    assert_eq!(t["state"], "BLOCKED");
+    // Bad edits change nothing.
+    for (step, body, status, field) in [
+        ("pay", json!({"state": "RUNNING"}), 400, json!("state")),
+        (
+            "pay",
+            json!({"state": "TODO", "output": 1}),
+            400,
+            json!("output"),
+        ),
+        (
+            "pay",
+            json!({"state": "DONE", "extra": 1}),
+            400,
+            Value::Null,
+        ),
+        ("nope", json!({"state": "DONE"}), 404, Value::Null),
+    ] {
+        let (st, p) = put_state(&s, b, step, body.clone()).await;
+        assert_eq!(st, status, "{body}: {p:#}");
+        if !field.is_null() {
+            assert_eq!(p["field"], field, "{p:#}");
+        }
+    }
+    let (_, t) = s.get(&format!("/api/v1/tasks/{b}")).await;
+    assert_eq!(t["steps"]["pay"]["state"], "CRASHED", "{t:#}");
+
+    // A filter needs a reason, ids or a template; a bulk retry reports each task.
+    let (st, p) = s.post("/api/v1/tasks/retry", json!({})).await;
+    assert_eq!((st, p["field"].clone()), (400, json!("reason")), "{p:#}");
+    let (st, out) = s
+        .post("/api/v1/tasks/retry", json!({"reason": "crashed"}))
+        .await;
+    assert_eq!(st, 200, "{out:#}");
+    assert_eq!(ids(&out, "retried"), crashed);
+    let t = s.wait_state(a, &["DONE"]).await;
+    assert_eq!(t["steps"]["pay"]["output"], json!({"paid": "by hand"}));
+    assert_eq!(
+        t["steps"]["pay"]["attempts"], 1,
+        "the step marked DONE did not run again"
+    );
+    assert_eq!(t["steps"]["after"]["output"], json!({"paid": "by hand"}));
+    let t = s.wait_state(b, &["DONE"]).await;
+    assert_eq!(t["steps"]["pay"]["output"], json!({"slow": true}));
+    assert!(t.get("blocked_reason").is_none(), "{t:#}");
+
+    // The edit is in the task's audit trail, by whom; a task that is not stopped cannot be
+    // edited.
+    let (_, events) = s.get(&format!("/api/v1/tasks/{a}/events")).await;
+    let set = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "step_set")
+        .unwrap_or_else(|| panic!("{events:#}"));
+    assert_eq!(set["actor"], "admin", "{set:#}");
+    assert_eq!(
+        set["detail"],
+        json!({"step": "pay", "from": "CRASHED", "to": "DONE"})
+    );
+    let (st, p) = put_state(&s, a, "pay", json!({"state": "TODO"})).await;
+    assert_eq!(st, 409, "{p:#}");
+
+    // Named ids: each reported apart.
+    let (st, out) = s
+        .post(
+            "/api/v1/tasks/retry",
+            json!({"ids": [a, "0190aaaa-0000-7000-8000-000000000000"]}),
+        )
+        .await;
+    assert_eq!(st, 200);
+    assert!(out["retried"].as_array().unwrap().is_empty(), "{out:#}");
+    let statuses: Vec<u64> = out["failed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, vec![409, 404], "{out:#}");
+
+    // The same from the CLI: list by reason, set the failed step DONE, retry by reason.
+    let (code, out, err) = taskhook(
+        Some(&s),
+        &[
+            "task",
+            "list",
+            "--state",
+            "BLOCKED",
+            "--reason",
+            "failed_steps",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&failed), "{out}");
+    let (code, out, err) = taskhook(
+        Some(&s),
+        &[
+            "task",
+            "set-step",
+            &failed,
+            "check",
+            "DONE",
+            "--output",
+            r#"{"verdict": "fine"}"#,
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("check DONE (task BLOCKED)"), "{out}");
+    let (code, _, err) = taskhook(
+        Some(&s),
+        &[
+            "task", "set-step", &failed, "check", "DONE", "--output", "{",
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("--output is not JSON"), "{err}");
+    let (code, out, err) = taskhook(Some(&s), &["task", "retry", "--reason", "failed_steps"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), format!("{failed} READY"));
+    let t = s.wait_state(&failed, &["DONE"]).await;
+    assert_eq!(t["steps"]["next"]["output"], "fine");
+}
+
+#[tokio::test]
+async fn bulk_retry_retries_only_what_the_caller_may_retry() {
+    let s = Server::start();
+    let failing = "name: failing\nauto_runnable: true\nsteps:\n  check:\n    action: {type: echo, configuration: {error_type: client}}\n";
+    assert_eq!(s.put_template("failing", failing).await.0, 201);
+    let (_, c) = s
+        .post("/api/v1/tasks", json!({"template": "failing"}))
+        .await;
+    let id = c["id"].as_str().unwrap().to_string();
+    s.wait_state(&id, &["BLOCKED"]).await;
+    let (st, tok) = s
+        .post(
+            "/api/v1/tokens",
+            json!({"scopes": ["tasks:read:*"], "description": "reader"}),
+        )
+        .await;
+    assert_eq!(st, 201, "{tok:#}");
+    let reader = tok["token"].as_str().unwrap();
+    let http = reqwest::Client::new();
+    let send = |body: Value| {
+        http.post(format!("{}/api/v1/tasks/retry", s.url))
+            .bearer_auth(reader)
+            .json(&body)
+            .send()
+    };
+    let out: Value = send(json!({"reason": "failed_steps"}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(out, json!({"retried": [], "failed": []}));
+    let out: Value = send(json!({"ids": [id]}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(out["failed"][0]["status"], 403, "{out:#}");
+    let (_, t) = s.get(&format!("/api/v1/tasks/{id}")).await;
+    assert_eq!(t["state"], "BLOCKED");
+    let (st, _, p) = s
+        .req(
+            reqwest::Method::PUT,
+            &format!("/api/v1/tasks/{id}/steps/check/state"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 400, "{p:#}");
+    let resp = http
+        .put(format!("{}/api/v1/tasks/{id}/steps/check/state", s.url))
+        .bearer_auth(reader)
+        .json(&json!({"state": "DONE"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 403);
+}
