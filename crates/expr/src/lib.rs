@@ -8,6 +8,8 @@
 //! before creating it, and the JSON a rendering returns is measured before it is built
 //! ([`MAX_RENDERED_BYTES`]).
 
+pub mod go;
+
 use std::sync::LazyLock;
 
 use base64::Engine as _;
