@@ -574,7 +574,7 @@ pub(crate) fn json_float(f: f64) -> String {
     }
     let (digits, exp) = shortest_digits(f);
     let neg = f < 0.0;
-    if !(-7..21).contains(&exp) {
+    if !(-6..21).contains(&exp) {
         let mut s = e_form(neg, &digits, exp, false);
         // Go trims the exponent's leading zero: 1e-07 → 1e-7.
         if let Some(i) = s.find("e-0") {

@@ -363,6 +363,7 @@ pub(crate) fn parse_layout(layout: &str, value: &str) -> Result<jiff::Zoned, Str
     let mut rest = value;
     let (mut year, mut month, mut day, mut hour, mut min, mut sec, mut nanos) = (1i16, 1i8, 1i8, 0i8, 0i8, 0i8, 0i32);
     let mut pm: Option<bool> = None;
+    let mut frac_taken = false;
     let mut offset: Option<i32> = None;
     let take_num = |rest: &mut &str, min_len: usize, max_len: usize| -> Result<i64, String> {
         let t = rest.trim_start_matches(' ');
@@ -414,6 +415,7 @@ pub(crate) fn parse_layout(layout: &str, value: &str) -> Result<jiff::Zoned, Str
                         let n = f.bytes().take_while(u8::is_ascii_digit).count();
                         nanos = frac_nanos(&f[..n]);
                         rest = &f[n..];
+                        frac_taken = true;
                     }
                 }
                 Chunk::LongYear => year = take_num(&mut rest, 4, 4)? as i16,
@@ -476,7 +478,7 @@ pub(crate) fn parse_layout(layout: &str, value: &str) -> Result<jiff::Zoned, Str
                         }
                         nanos = frac_nanos(&f[..k]);
                         rest = &f[k..];
-                    } else if !trim {
+                    } else if !trim && !frac_taken {
                         return Err(bad());
                     }
                 }
