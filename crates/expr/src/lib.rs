@@ -1,5 +1,6 @@
 //! Templating and expressions over JSON: one language (MiniJinja) for values,
-//! conditions and `foreach` lists.
+//! conditions and `foreach` lists; and, in [`go`], Go's `text/template` with µTask's
+//! functions, for µTask templates.
 //!
 //! Rendering is pure: it reads a JSON context and returns JSON or text. It knows
 //! nothing of storage or of the engine. It is bounded in time and memory whatever a

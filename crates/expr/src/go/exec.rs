@@ -128,7 +128,7 @@ impl<'t> Exec<'t> {
                 let Some(body) = self.tree.defines.get(name) else {
                     return Err(Fail::Error {
                         pos: Some(*pos),
-                        message: format!("no such template {name:?}"),
+                        message: format!("template {name:?} not defined"),
                     });
                 };
                 let data = match pipe {
@@ -136,7 +136,8 @@ impl<'t> Exec<'t> {
                     None => Val::Missing,
                 };
                 self.enter()?;
-                let saved = std::mem::replace(&mut self.vars, vec![("$".to_string(), data.clone())]);
+                let saved =
+                    std::mem::replace(&mut self.vars, vec![("$".to_string(), data.clone())]);
                 let result = self.walk_list(&data, body);
                 self.vars = saved;
                 self.depth -= 1;
@@ -197,18 +198,22 @@ impl<'t> Exec<'t> {
 
     fn range(&mut self, dot: &Val, b: &Branch) -> R<Flow> {
         let mark = self.vars.len();
-        let value = self
-            .commands(dot, &b.pipe)
-            .map_err(|e| e.at(b.pipe.pos))?;
+        let value = self.commands(dot, &b.pipe).map_err(|e| e.at(b.pipe.pos))?;
         let items: Vec<(Val, Val)> = match &value {
             Val::List(items) => {
                 self.budget.take(items.len() * 16)?;
-                items.iter().enumerate().map(|(i, v)| (Val::int(i as i64), v.clone())).collect()
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| (Val::int(i as i64), v.clone()))
+                    .collect()
             }
             Val::Map(m) => {
                 let m = m.borrow();
                 self.budget.take(m.len() * 16)?;
-                m.iter().map(|(k, v)| (Val::str(k.as_str()), v.clone())).collect()
+                m.iter()
+                    .map(|(k, v)| (Val::str(k.as_str()), v.clone()))
+                    .collect()
             }
             Val::Int(n, _) => {
                 if b.pipe.decl.len() > 1 {
@@ -324,7 +329,9 @@ impl<'t> Exec<'t> {
     fn commands(&mut self, dot: &Val, pipe: &Pipe) -> R<Val> {
         let mut value: Option<Val> = None;
         for cmd in &pipe.cmds {
-            let v = self.command(dot, cmd, value.take()).map_err(|e| e.at(cmd.pos))?;
+            let v = self
+                .command(dot, cmd, value.take())
+                .map_err(|e| e.at(cmd.pos))?;
             value = Some(v.unwrapped());
         }
         Ok(value.unwrap_or(Val::Missing))
@@ -396,24 +403,36 @@ impl<'t> Exec<'t> {
                     return funcs::time_method(self, t, name, vals);
                 }
                 if matches!(v, Val::Map(_)) {
-                    return Err(Fail::msg(format!("{name} is not a method but has arguments")));
+                    return Err(Fail::msg(format!(
+                        "{name} is not a method but has arguments"
+                    )));
                 }
             }
-            v = self.field(v, name)?;
+            v = self.field(v, name, i > 0)?;
         }
         Ok(v)
     }
 
-    fn field(&mut self, receiver: Val, name: &str) -> R<Val> {
+    /// One field of `receiver`. A key the map lacks is no value (Go's default
+    /// `missingkey`), so reading on through it gives no value too; a key holding null is
+    /// a nil interface, which Go refuses to read through. `in_chain`: the receiver was
+    /// read from a map, so Go names its type `interface {}` in errors.
+    fn field(&mut self, receiver: Val, name: &str, in_chain: bool) -> R<Val> {
         self.budget.step()?;
         match receiver {
             Val::Missing => Ok(Val::Missing),
-            Val::Nil => Err(Fail::msg(format!("nil pointer evaluating interface {{}}.{name}"))),
-            Val::Map(m) => Ok(m.borrow().get(name).cloned().unwrap_or(Val::Nil)),
+            Val::Nil => Err(Fail::msg(format!(
+                "nil pointer evaluating interface {{}}.{name}"
+            ))),
+            Val::Map(m) => Ok(m.borrow().get(name).cloned().unwrap_or(Val::Missing)),
             Val::Time(t) => funcs::time_method(self, &t, name, Vec::new()),
             other => Err(Fail::msg(format!(
                 "can't evaluate field {name} in type {}",
-                other.type_name()
+                if in_chain {
+                    "interface {}"
+                } else {
+                    other.type_name()
+                }
             ))),
         }
     }
@@ -501,7 +520,13 @@ impl<'t> Exec<'t> {
             }
             _ => {}
         }
-        let param = |i: usize| def.params.get(i).copied().or(def.variadic).unwrap_or(P::Any);
+        let param = |i: usize| {
+            def.params
+                .get(i)
+                .copied()
+                .or(def.variadic)
+                .unwrap_or(P::Any)
+        };
         let mut vals = Vec::with_capacity(argc);
         for (i, a) in args.iter().enumerate() {
             vals.push(self.arg(dot, a, param(i))?);
@@ -522,7 +547,9 @@ impl<'t> Exec<'t> {
 
 fn not_a_function(name: &str, args: &[Arg], last: &Option<Val>) -> R<()> {
     if !args.is_empty() || last.is_some() {
-        return Err(Fail::msg(format!("can't give argument to non-function {name}")));
+        return Err(Fail::msg(format!(
+            "can't give argument to non-function {name}"
+        )));
     }
     Ok(())
 }
@@ -551,6 +578,10 @@ fn number_for(n: &Number, p: P) -> R<Val> {
             None => Err(Fail::msg(format!("expected float; found {}", n.text))),
         },
         P::Any => Ok(ideal(n)),
-        _ => Err(Fail::msg(format!("expected {}; found {}", p.go_name(), n.text))),
+        _ => Err(Fail::msg(format!(
+            "expected {}; found {}",
+            p.go_name(),
+            n.text
+        ))),
     }
 }

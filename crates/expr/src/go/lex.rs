@@ -272,13 +272,21 @@ impl Lexer<'_> {
                     }
                 }
                 other => {
-                    return Err(self.err(start, format!("unrecognized character in action: {other:?}")));
+                    return Err(self.err(
+                        start,
+                        format!("unrecognized character in action: {other:?}"),
+                    ));
                 }
             };
             // A word must end at a delimiter: `.a-b` is not a field followed by `-b`.
             if matches!(
                 tok,
-                Tok::Ident(_) | Tok::Field(_) | Tok::Variable(_) | Tok::Bool(_) | Tok::Nil | Tok::Keyword(_)
+                Tok::Ident(_)
+                    | Tok::Field(_)
+                    | Tok::Variable(_)
+                    | Tok::Bool(_)
+                    | Tok::Nil
+                    | Tok::Keyword(_)
             ) && let Some(n) = self.peek()
                 && !(is_space(n) || matches!(n, '.' | ',' | '|' | ':' | '=' | ')' | '(' | '}'))
             {
@@ -291,7 +299,10 @@ impl Lexer<'_> {
 
     fn word(&mut self) -> &str {
         let start = self.pos;
-        let len = self.rest().find(|c: char| !is_alnum(c)).unwrap_or(self.rest().len());
+        let len = self
+            .rest()
+            .find(|c: char| !is_alnum(c))
+            .unwrap_or(self.rest().len());
         self.pos += len;
         &self.src[start..start + len]
     }
@@ -348,8 +359,17 @@ impl Lexer<'_> {
             i += 1;
         }
         let next = self.src[i..].chars().next();
-        if next.is_some_and(is_alnum) || i == start || (i == start + 1 && matches!(at(start), b'+' | b'-')) {
-            return Err(self.err(start, format!("bad number syntax: {:?}", &self.src[start..i + next.map_or(0, char::len_utf8)])));
+        if next.is_some_and(is_alnum)
+            || i == start
+            || (i == start + 1 && matches!(at(start), b'+' | b'-'))
+        {
+            return Err(self.err(
+                start,
+                format!(
+                    "bad number syntax: {:?}",
+                    &self.src[start..i + next.map_or(0, char::len_utf8)]
+                ),
+            ));
         }
         self.pos = i;
         Ok(Tok::Number(self.src[start..i].to_string()))
@@ -361,11 +381,8 @@ impl Lexer<'_> {
         let mut end = None;
         while let Some((i, c)) = chars.next() {
             match c {
-                '\\' => {
-                    if chars.next().is_none() {
-                        break;
-                    }
-                }
+                '\\' if chars.next().is_none() => break,
+                '\\' => {}
                 '\n' => break,
                 '"' => {
                     end = Some(i);

@@ -338,10 +338,7 @@ impl Variables {
     /// fails with an error naming it.
     pub fn new(variables: impl IntoIterator<Item = Variable>) -> Variables {
         Variables {
-            by_name: variables
-                .into_iter()
-                .map(|v| (v.name.clone(), v))
-                .collect(),
+            by_name: variables.into_iter().map(|v| (v.name.clone(), v)).collect(),
             evaluator: None,
             cache: Mutex::new(HashMap::new()),
         }
@@ -402,7 +399,13 @@ pub(crate) fn render_nested(parent: &mut Exec<'_>, text: &str) -> Result<String,
     })?;
     parent.enter()?;
     let budget = std::mem::take(&mut parent.budget);
-    let exec = Exec::new(&tree, parent.root.clone(), budget, parent.variables, parent.depth);
+    let exec = Exec::new(
+        &tree,
+        parent.root.clone(),
+        budget,
+        parent.variables,
+        parent.depth,
+    );
     let (result, budget) = exec.run();
     parent.budget = budget;
     parent.depth -= 1;

@@ -82,9 +82,7 @@ pub(crate) struct Number {
 impl Number {
     /// The value of an untyped constant: a float when written as one, an int otherwise.
     pub(crate) fn looks_float(&self) -> bool {
-        !self.is_char
-            && !is_hex_int(&self.text)
-            && self.text.contains(['.', 'e', 'E', 'p', 'P'])
+        !self.is_char && !is_hex_int(&self.text) && self.text.contains(['.', 'e', 'E', 'p', 'P'])
     }
 }
 
@@ -104,7 +102,10 @@ pub(crate) struct Tree {
 /// evaluator recurse once per level).
 const MAX_NESTING: usize = 100;
 
-pub(crate) fn parse(src: &str, check_function: &dyn Fn(&str) -> Result<(), String>) -> Result<Tree, SyntaxError> {
+pub(crate) fn parse(
+    src: &str,
+    check_function: &dyn Fn(&str) -> Result<(), String>,
+) -> Result<Tree, SyntaxError> {
     let tokens = lex(src)?;
     let mut p = Parser {
         src,
@@ -166,7 +167,10 @@ impl Parser<'_> {
     fn expect_close(&mut self, context: &str) -> Result<(), SyntaxError> {
         let t = self.next();
         if t.tok != Tok::Close {
-            return Err(self.err(t.pos, format!("unexpected {} in {context}", describe(&t.tok))));
+            return Err(self.err(
+                t.pos,
+                format!("unexpected {} in {context}", describe(&t.tok)),
+            ));
         }
         Ok(())
     }
@@ -185,7 +189,9 @@ impl Parser<'_> {
             }
             match self.item(&mut root)? {
                 Some(Ending::Eof) => return Ok(root),
-                Some(Ending::End) => return Err(self.err(self.tokens[self.at - 2].pos, "unexpected {{end}}")),
+                Some(Ending::End) => {
+                    return Err(self.err(self.tokens[self.at - 2].pos, "unexpected {{end}}"));
+                }
                 Some(Ending::Else(pos)) => return Err(self.err(pos, "unexpected {{else}}")),
                 None => {}
             }
@@ -216,9 +222,16 @@ impl Parser<'_> {
             && !is_empty_list(old)
             && !is_empty_list(&body)
         {
-            return Err(self.err(pos, format!("template: multiple definition of template {name:?}")));
+            return Err(self.err(
+                pos,
+                format!("template: multiple definition of template {name:?}"),
+            ));
         }
-        if !self.defines.get(&name).is_some_and(|old| is_empty_list(&body) && !is_empty_list(old)) {
+        if !self
+            .defines
+            .get(&name)
+            .is_some_and(|old| is_empty_list(&body) && !is_empty_list(old))
+        {
             self.defines.insert(name, body);
         }
         Ok(())
@@ -290,10 +303,18 @@ impl Parser<'_> {
             Keyword::Range => list.push(Node::Range(self.branch(open, "range")?)),
             Keyword::Break | Keyword::Continue => {
                 if self.range_depth == 0 {
-                    let word = if k == Keyword::Break { "break" } else { "continue" };
+                    let word = if k == Keyword::Break {
+                        "break"
+                    } else {
+                        "continue"
+                    };
                     return Err(self.err(open, format!("{{{{{word}}}}} outside {{{{range}}}}")));
                 }
-                self.expect_close(if k == Keyword::Break { "break" } else { "continue" })?;
+                self.expect_close(if k == Keyword::Break {
+                    "break"
+                } else {
+                    "continue"
+                })?;
                 list.push(if k == Keyword::Break {
                     Node::Break
                 } else {
@@ -303,7 +324,9 @@ impl Parser<'_> {
             Keyword::Template => {
                 let t = self.next();
                 let Tok::Str(name) = t.tok else {
-                    return Err(self.err(t.pos, "expected a quoted template name in template clause"));
+                    return Err(
+                        self.err(t.pos, "expected a quoted template name in template clause")
+                    );
                 };
                 let pipe = if self.peek().tok == Tok::Close {
                     self.next();
@@ -311,7 +334,11 @@ impl Parser<'_> {
                 } else {
                     Some(self.pipeline("template clause", false)?)
                 };
-                list.push(Node::Template { pos: open, name, pipe });
+                list.push(Node::Template {
+                    pos: open,
+                    name,
+                    pipe,
+                });
             }
             Keyword::Block => {
                 let t = self.next();
@@ -330,7 +357,11 @@ impl Parser<'_> {
                     return Err(self.err(open, format!("unexpected end in block {name:?}")));
                 }
                 self.add_define(open, name.clone(), body)?;
-                list.push(Node::Template { pos: open, name, pipe: Some(pipe) });
+                list.push(Node::Template {
+                    pos: open,
+                    name,
+                    pipe: Some(pipe),
+                });
             }
             Keyword::Define => {
                 return Err(self.err(open, "{{define}} is only allowed at the top level"));
@@ -343,7 +374,10 @@ impl Parser<'_> {
     fn enter(&mut self, pos: usize) -> Result<(), SyntaxError> {
         self.depth += 1;
         if self.depth > MAX_NESTING {
-            return Err(self.err(pos, format!("control structures nested deeper than {MAX_NESTING}")));
+            return Err(self.err(
+                pos,
+                format!("control structures nested deeper than {MAX_NESTING}"),
+            ));
         }
         Ok(())
     }
@@ -362,13 +396,26 @@ impl Parser<'_> {
         }
         let otherwise = match ending {
             Ending::End => None,
-            Ending::Eof => return Err(self.err(open, format!("unexpected EOF: {{{{{word}}}}} has no {{{{end}}}}"))),
+            Ending::Eof => {
+                return Err(self.err(
+                    open,
+                    format!("unexpected EOF: {{{{{word}}}}} has no {{{{end}}}}"),
+                ));
+            }
             Ending::Else(else_pos) => {
                 let chained = match self.peek().tok {
                     Tok::Keyword(Keyword::If) if word == "if" => Some("if"),
                     Tok::Keyword(Keyword::With) if word == "with" => Some("with"),
-                    Tok::Keyword(_) if matches!(self.peek().tok, Tok::Keyword(Keyword::If | Keyword::With)) => {
-                        return Err(self.err(else_pos, format!("{{{{else {}}}}} in a {{{{{word}}}}}", describe(&self.peek().tok))));
+                    Tok::Keyword(_)
+                        if matches!(self.peek().tok, Tok::Keyword(Keyword::If | Keyword::With)) =>
+                    {
+                        return Err(self.err(
+                            else_pos,
+                            format!(
+                                "{{{{else {}}}}} in a {{{{{word}}}}}",
+                                describe(&self.peek().tok)
+                            ),
+                        ));
                     }
                     _ => None,
                 };
@@ -377,13 +424,27 @@ impl Parser<'_> {
                     // nested branch consumes the single `{{end}}`.
                     self.next();
                     let nested = self.branch(else_pos, inner)?;
-                    Some(vec![if inner == "if" { Node::If(nested) } else { Node::With(nested) }])
+                    Some(vec![if inner == "if" {
+                        Node::If(nested)
+                    } else {
+                        Node::With(nested)
+                    }])
                 } else {
                     let (list, ending) = self.list()?;
                     match ending {
                         Ending::End => {}
-                        Ending::Else(pos) => return Err(self.err(pos, format!("expected end; found {{{{else}}}} in {{{{{word}}}}}"))),
-                        Ending::Eof => return Err(self.err(open, format!("unexpected EOF: {{{{{word}}}}} has no {{{{end}}}}"))),
+                        Ending::Else(pos) => {
+                            return Err(self.err(
+                                pos,
+                                format!("expected end; found {{{{else}}}} in {{{{{word}}}}}"),
+                            ));
+                        }
+                        Ending::Eof => {
+                            return Err(self.err(
+                                open,
+                                format!("unexpected EOF: {{{{{word}}}}} has no {{{{end}}}}"),
+                            ));
+                        }
                     }
                     Some(list)
                 }
@@ -429,14 +490,20 @@ impl Parser<'_> {
                 Tok::Pipe => {
                     self.next();
                     if matches!(self.peek().tok, Tok::Close | Tok::RParen) {
-                        return Err(self.err(self.peek().pos, format!("missing command after | in {context}")));
+                        return Err(self.err(
+                            self.peek().pos,
+                            format!("missing command after | in {context}"),
+                        ));
                     }
                 }
                 Tok::Close => {}
                 Tok::RParen if context == "parenthesized pipeline" => {}
                 _ => {
                     let t = self.peek().clone();
-                    return Err(self.err(t.pos, format!("unexpected {} in {context}", describe(&t.tok))));
+                    return Err(self.err(
+                        t.pos,
+                        format!("unexpected {} in {context}", describe(&t.tok)),
+                    ));
                 }
             }
         }
@@ -444,8 +511,14 @@ impl Parser<'_> {
             return Err(self.err(pos, format!("missing value for {context}")));
         }
         for (i, cmd) in pipe.cmds.iter().enumerate().skip(1) {
-            if !matches!(cmd.args[0], Arg::Func(_) | Arg::Field(_) | Arg::Variable(_, _) | Arg::Chain(_, _)) {
-                return Err(self.err(cmd.pos, format!("non executable command in pipeline stage {}", i + 1)));
+            if !matches!(
+                cmd.args[0],
+                Arg::Func(_) | Arg::Field(_) | Arg::Variable(_, _) | Arg::Chain(_, _)
+            ) {
+                return Err(self.err(
+                    cmd.pos,
+                    format!("non executable command in pipeline stage {}", i + 1),
+                ));
             }
         }
         // Declared variables are visible from here on (Go declares them after the
@@ -475,11 +548,16 @@ impl Parser<'_> {
             }
             Tok::Comma if context == "range" => {
                 let Tok::Variable(second) = second_is(self, 2) else {
-                    return Err(self.err(self.peek_at(2).pos, "range can only initialize variables"));
+                    return Err(
+                        self.err(self.peek_at(2).pos, "range can only initialize variables")
+                    );
                 };
                 let op = second_is(self, 3);
                 if !matches!(op, Tok::Declare | Tok::Assign) {
-                    return Err(self.err(self.peek_at(3).pos, "expected := or = after range variables"));
+                    return Err(self.err(
+                        self.peek_at(3).pos,
+                        "expected := or = after range variables",
+                    ));
                 }
                 let pos = self.peek().pos;
                 self.at += 4;
@@ -495,7 +573,10 @@ impl Parser<'_> {
                 pipe.is_assign = op == Tok::Assign;
             }
             Tok::Comma => {
-                return Err(self.err(self.peek_at(1).pos, format!("too many declarations in {context}")));
+                return Err(self.err(
+                    self.peek_at(1).pos,
+                    format!("too many declarations in {context}"),
+                ));
             }
             _ => {}
         }
@@ -557,7 +638,9 @@ impl Parser<'_> {
                 self.depth -= 1;
                 Arg::Pipe(Box::new(pipe))
             }
-            other => return Err(self.err(t.pos, format!("unexpected {} in operand", describe(&other)))),
+            other => {
+                return Err(self.err(t.pos, format!("unexpected {} in operand", describe(&other))));
+            }
         };
         let mut fields = Vec::new();
         while let Tok::Field(name) = &self.peek().tok {
@@ -577,7 +660,13 @@ impl Parser<'_> {
             }
             Arg::Variable(name, _) => Ok(Arg::Variable(name, fields)),
             Arg::Pipe(_) | Arg::Func(_) => Ok(Arg::Chain(Box::new(term), fields)),
-            _ => Err(self.err(t.pos, format!("unexpected . after term {:?}", &self.src[t.pos..self.peek().pos]))),
+            _ => Err(self.err(
+                t.pos,
+                format!(
+                    "unexpected . after term {:?}",
+                    &self.src[t.pos..self.peek().pos]
+                ),
+            )),
         }
     }
 
@@ -603,7 +692,10 @@ impl Parser<'_> {
             (8, d.to_string())
         } else if let Some(d) = lower.strip_prefix("0b") {
             (2, d.to_string())
-        } else if lower.len() > 1 && lower.starts_with('0') && lower.bytes().all(|b| b.is_ascii_digit()) {
+        } else if lower.len() > 1
+            && lower.starts_with('0')
+            && lower.bytes().all(|b| b.is_ascii_digit())
+        {
             (8, lower[1..].to_string())
         } else {
             (10, lower.clone())
@@ -646,7 +738,8 @@ impl Parser<'_> {
 }
 
 fn is_empty_list(list: &List) -> bool {
-    list.iter().all(|n| matches!(n, Node::Text(t) if t.trim().is_empty()))
+    list.iter()
+        .all(|n| matches!(n, Node::Text(t) if t.trim().is_empty()))
 }
 
 fn describe(t: &Tok) -> String {

@@ -212,7 +212,9 @@ impl Walker {
     fn path_of(&self, a: &Arg, dot: &Known) -> Known {
         match a {
             Arg::Dot => dot.clone(),
-            Arg::Field(path) => dot.as_ref().map(|d| d.iter().chain(path).cloned().collect()),
+            Arg::Field(path) => dot
+                .as_ref()
+                .map(|d| d.iter().chain(path).cloned().collect()),
             Arg::Variable(name, path) => self
                 .var(name)
                 .map(|base| base.iter().chain(path).cloned().collect()),

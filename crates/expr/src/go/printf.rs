@@ -108,7 +108,8 @@ pub(crate) fn sprintf(e: &mut Exec<'_>, format: &str, args: &[Val]) -> R<String>
             continue;
         }
         let Some(arg) = args.get(next_arg) else {
-            out.push_str(&format!("%!{verb}(MISSING)")).map_err(|_| stop(e))?;
+            out.push_str(&format!("%!{verb}(MISSING)"))
+                .map_err(|_| stop(e))?;
             continue;
         };
         next_arg += 1;
@@ -123,7 +124,8 @@ pub(crate) fn sprintf(e: &mut Exec<'_>, format: &str, args: &[Val]) -> R<String>
                 out.push_str(", ").map_err(|_| stop(e))?;
             }
             let mut room = out.cap.saturating_sub(out.text.len());
-            let shown = format_one('v', Spec::default(), a, &mut room).ok_or_else(|| e.budget.stop())?;
+            let shown =
+                format_one('v', Spec::default(), a, &mut room).ok_or_else(|| e.budget.stop())?;
             out.push_str(&format!("{}={}", a.type_name(), shown))
                 .map_err(|_| stop(e))?;
         }
@@ -155,7 +157,15 @@ fn format_one(verb: char, spec: Spec, v: &Val, room: &mut usize) -> Option<Strin
                 if i > 0 {
                     s.push(' ');
                 }
-                let inner = format_one(verb, Spec { width: spec.width, ..spec }, item, room)?;
+                let inner = format_one(
+                    verb,
+                    Spec {
+                        width: spec.width,
+                        ..spec
+                    },
+                    item,
+                    room,
+                )?;
                 if s.len() + inner.len() > *room {
                     return None;
                 }
@@ -185,7 +195,9 @@ fn format_one(verb: char, spec: Spec, v: &Val, room: &mut usize) -> Option<Strin
         ('v', Val::Missing | Val::Nil) => "<nil>".to_string(),
         (_, Val::Missing | Val::Nil) => format!("%!{verb}(<nil>)"),
         ('v' | 's', Val::Str(s) | Val::Number(s)) => truncate(s, spec.prec),
-        ('q', Val::Str(s) | Val::Number(s)) => go_quote(&truncate(s, spec.prec), spec.sharp, spec.plus),
+        ('q', Val::Str(s) | Val::Number(s)) => {
+            go_quote(&truncate(s, spec.prec), spec.sharp, spec.plus)
+        }
         ('x' | 'X', Val::Str(s) | Val::Number(s)) => {
             let t = truncate(s, spec.prec);
             let mut h = String::new();
@@ -196,7 +208,11 @@ fn format_one(verb: char, spec: Spec, v: &Val, room: &mut usize) -> Option<Strin
                 if spec.sharp && (spec.space || i == 0) {
                     h.push_str(if verb == 'x' { "0x" } else { "0X" });
                 }
-                h.push_str(&if verb == 'x' { format!("{b:02x}") } else { format!("{b:02X}") });
+                h.push_str(&if verb == 'x' {
+                    format!("{b:02x}")
+                } else {
+                    format!("{b:02X}")
+                });
             }
             h
         }
@@ -251,7 +267,18 @@ fn format_one(verb: char, spec: Spec, v: &Val, room: &mut usize) -> Option<Strin
             let neg = text.starts_with('-');
             let digits = text.trim_start_matches('-').to_string();
             if f.is_nan() || f.is_infinite() {
-                return pad(if spec.plus && !neg && !f.is_nan() { format!("+{digits}") } else { text }, Spec { zero: false, ..spec }, false);
+                return pad(
+                    if spec.plus && !neg && !f.is_nan() {
+                        format!("+{digits}")
+                    } else {
+                        text
+                    },
+                    Spec {
+                        zero: false,
+                        ..spec
+                    },
+                    false,
+                );
             }
             sign(neg, digits, spec)
         }

@@ -197,9 +197,7 @@ impl Val {
     pub(crate) fn reaches(&self, map: &MapRef, steps: &mut u64) -> bool {
         *steps = steps.saturating_add(1);
         match self {
-            Val::Map(m) => {
-                Rc::ptr_eq(m, map) || m.borrow().values().any(|v| v.reaches(map, steps))
-            }
+            Val::Map(m) => Rc::ptr_eq(m, map) || m.borrow().values().any(|v| v.reaches(map, steps)),
             Val::List(l) => l.iter().any(|v| v.reaches(map, steps)),
             _ => false,
         }
@@ -530,15 +528,26 @@ pub(crate) fn format_float_g(f: f64, prec: i32) -> String {
         let p = if prec == 0 { 1 } else { prec as usize };
         let (d, e) = rounded_digits(f, p);
         let trimmed = d.trim_end_matches('0');
-        (if trimmed.is_empty() { "0".to_string() } else { trimmed.to_string() }, e)
+        (
+            if trimmed.is_empty() {
+                "0".to_string()
+            } else {
+                trimmed.to_string()
+            },
+            e,
+        )
     };
-    let digits = if digits.is_empty() { "0".into() } else { digits };
+    let digits = if digits.is_empty() {
+        "0".into()
+    } else {
+        digits
+    };
     let eprec = if shortest {
         6
     } else {
         let p = if prec == 0 { 1 } else { prec };
         let nd = digits.len() as i32;
-        if p > nd && nd >= exp + 1 { nd } else { p }
+        if p > nd && nd > exp { nd } else { p }
     };
     if exp < -4 || exp >= eprec {
         e_form(neg, &digits, exp, false)
@@ -607,7 +616,11 @@ pub(crate) fn go_time_string(t: &jiff::Zoned) -> String {
 
 /// The zone's abbreviation (`UTC`, `CET`), or Go's numeric stand-in (`+0200`).
 pub(crate) fn zone_abbreviation(t: &jiff::Zoned) -> String {
-    let abbr = t.time_zone().to_offset_info(t.timestamp()).abbreviation().to_string();
+    let abbr = t
+        .time_zone()
+        .to_offset_info(t.timestamp())
+        .abbreviation()
+        .to_string();
     if abbr.is_empty() {
         t.strftime("%z").to_string()
     } else {

@@ -3,35 +3,49 @@
 //! `.Format`). Go's "Local" zone is UTC here: rendering reads no machine settings.
 
 use super::super::exec::{Exec, Fail, R};
-use super::super::value::{Val, go_time_string, zone_abbreviation};
+use super::super::value::{IntType, Val, go_time_string, zone_abbreviation};
 use super::P::*;
-use super::{FuncDef, alloc, def, s, text, to_i64};
+use super::{FuncDef, alloc, def, s, text};
 
 pub(super) fn defs() -> Vec<FuncDef> {
     vec![
         def("now", &[], None, |_, _| Ok(Val::Time(now()))),
-        def("date", &[Str, Any], None, |e, a| format_date(e, &a[1], text(&a[0]), "UTC")),
+        def("date", &[Str, Any], None, |e, a| {
+            format_date(e, &a[1], text(&a[0]), "UTC")
+        }),
         def("dateInZone", &[Str, Any, Str], None, |e, a| {
             format_date(e, &a[1], text(&a[0]), text(&a[2]))
         }),
         def("date_in_zone", &[Str, Any, Str], None, |e, a| {
             format_date(e, &a[1], text(&a[0]), text(&a[2]))
         }),
-        def("htmlDate", &[Any], None, |e, a| format_date(e, &a[0], "2006-01-02", "UTC")),
+        def("htmlDate", &[Any], None, |e, a| {
+            format_date(e, &a[0], "2006-01-02", "UTC")
+        }),
         def("htmlDateInZone", &[Any, Str], None, |e, a| {
             format_date(e, &a[0], "2006-01-02", text(&a[1]))
         }),
-        def("dateModify", &[Str, Time], None, |_, a| date_modify(&a, false)),
-        def("date_modify", &[Str, Time], None, |_, a| date_modify(&a, false)),
-        def("mustDateModify", &[Str, Time], None, |_, a| date_modify(&a, true)),
-        def("must_date_modify", &[Str, Time], None, |_, a| date_modify(&a, true)),
+        def("dateModify", &[Str, Time], None, |_, a| {
+            date_modify(&a, false)
+        }),
+        def("date_modify", &[Str, Time], None, |_, a| {
+            date_modify(&a, false)
+        }),
+        def("mustDateModify", &[Str, Time], None, |_, a| {
+            date_modify(&a, true)
+        }),
+        def("must_date_modify", &[Str, Time], None, |_, a| {
+            date_modify(&a, true)
+        }),
         def("toDate", &[Str, Str], None, |_, a| {
             Ok(Val::Time(
                 parse_layout(text(&a[0]), text(&a[1])).unwrap_or_else(|_| zero_time()),
             ))
         }),
         def("mustToDate", &[Str, Str], None, |_, a| {
-            parse_layout(text(&a[0]), text(&a[1])).map(Val::Time).map_err(Fail::msg)
+            parse_layout(text(&a[0]), text(&a[1]))
+                .map(Val::Time)
+                .map_err(Fail::msg)
         }),
         def("unixEpoch", &[Time], None, |_, a| match &a[0] {
             Val::Time(t) => Ok(s(t.timestamp().as_second().to_string())),
@@ -42,16 +56,25 @@ pub(super) fn defs() -> Vec<FuncDef> {
             let secs = now().timestamp().as_second() - t.timestamp().as_second();
             Ok(s(go_duration(i128::from(secs) * 1_000_000_000)))
         }),
+        // Sprig reads a string or an int64 of seconds; any other value (an int constant
+        // among them) is zero.
         def("duration", &[Any], None, |_, a| {
-            Ok(s(go_duration(i128::from(to_i64(&a[0])) * 1_000_000_000)))
-        }),
-        def("durationRound", &[Any], None, |_, a| {
             let secs = match &a[0] {
-                Val::Str(t) => parse_duration(t).map(|ns| ns / 1_000_000_000).unwrap_or(0),
-                Val::Time(t) => i128::from(now().timestamp().as_second() - t.timestamp().as_second()),
-                other => i128::from(to_i64(other)),
+                Val::Str(t) => t.parse::<i64>().unwrap_or(0),
+                Val::Int(i, IntType::Int64) => *i,
+                _ => 0,
             };
-            Ok(s(duration_round(secs)))
+            Ok(s(go_duration(i128::from(secs) * 1_000_000_000)))
+        }),
+        // A duration text, an int64 of nanoseconds, or the time since a time.
+        def("durationRound", &[Any], None, |_, a| {
+            let nanos = match &a[0] {
+                Val::Str(t) => parse_duration(t).unwrap_or(0),
+                Val::Int(i, IntType::Int64) => i128::from(*i),
+                Val::Time(t) => now().timestamp().as_nanosecond() - t.timestamp().as_nanosecond(),
+                _ => 0,
+            };
+            Ok(s(duration_round(nanos)))
         }),
     ]
 }
@@ -107,17 +130,15 @@ fn date_modify(a: &[Val], must: bool) -> R<Val> {
 }
 
 /// Methods of Go's `time.Time` that templates use.
-pub(crate) fn time_method(
-    e: &mut Exec<'_>,
-    t: &jiff::Zoned,
-    name: &str,
-    args: Vec<Val>,
-) -> R<Val> {
+pub(crate) fn time_method(e: &mut Exec<'_>, t: &jiff::Zoned, name: &str, args: Vec<Val>) -> R<Val> {
     let no_args = |v: Val| -> R<Val> {
         if args.is_empty() {
             Ok(v)
         } else {
-            Err(Fail::msg(format!("wrong number of args for {name}: want 0 got {}", args.len())))
+            Err(Fail::msg(format!(
+                "wrong number of args for {name}: want 0 got {}",
+                args.len()
+            )))
         }
     };
     match name {
@@ -152,11 +173,27 @@ pub(crate) fn time_method(
 }
 
 const MONTHS: [&str; 12] = [
-    "January", "February", "March", "April", "May", "June", "July", "August", "September",
-    "October", "November", "December",
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
 ];
 const DAYS: [&str; 7] = [
-    "Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday",
+    "Sunday",
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
 ];
 
 /// One element of a Go layout.
@@ -304,8 +341,12 @@ pub(crate) fn format_layout(t: &jiff::Zoned, layout: &str) -> String {
                 Chunk::Month => MONTHS[t.month() as usize - 1][..3].to_string(),
                 Chunk::NumMonth => t.month().to_string(),
                 Chunk::ZeroMonth => format!("{:02}", t.month()),
-                Chunk::LongWeekDay => DAYS[t.weekday().to_sunday_zero_offset() as usize].to_string(),
-                Chunk::WeekDay => DAYS[t.weekday().to_sunday_zero_offset() as usize][..3].to_string(),
+                Chunk::LongWeekDay => {
+                    DAYS[t.weekday().to_sunday_zero_offset() as usize].to_string()
+                }
+                Chunk::WeekDay => {
+                    DAYS[t.weekday().to_sunday_zero_offset() as usize][..3].to_string()
+                }
                 Chunk::Day => t.day().to_string(),
                 Chunk::UnderDay => format!("{:>2}", t.day()),
                 Chunk::ZeroDay => format!("{:02}", t.day()),
@@ -348,7 +389,11 @@ pub(crate) fn format_layout(t: &jiff::Zoned, layout: &str) -> String {
                     if trim {
                         d = d.trim_end_matches('0').to_string();
                     }
-                    if d.is_empty() { String::new() } else { format!("{sep}{d}") }
+                    if d.is_empty() {
+                        String::new()
+                    } else {
+                        format!("{sep}{d}")
+                    }
                 }
             }),
         }
@@ -361,13 +406,18 @@ pub(crate) fn format_layout(t: &jiff::Zoned, layout: &str) -> String {
 pub(crate) fn parse_layout(layout: &str, value: &str) -> Result<jiff::Zoned, String> {
     let bad = || format!("parsing time {value:?} as {layout:?}: cannot parse");
     let mut rest = value;
-    let (mut year, mut month, mut day, mut hour, mut min, mut sec, mut nanos) = (1i16, 1i8, 1i8, 0i8, 0i8, 0i8, 0i32);
+    let (mut year, mut month, mut day, mut hour, mut min, mut sec, mut nanos) =
+        (1i16, 1i8, 1i8, 0i8, 0i8, 0i8, 0i32);
     let mut pm: Option<bool> = None;
     let mut frac_taken = false;
     let mut offset: Option<i32> = None;
     let take_num = |rest: &mut &str, min_len: usize, max_len: usize| -> Result<i64, String> {
         let t = rest.trim_start_matches(' ');
-        let n = t.bytes().take(max_len).take_while(u8::is_ascii_digit).count();
+        let n = t
+            .bytes()
+            .take(max_len)
+            .take_while(u8::is_ascii_digit)
+            .count();
         if n < min_len {
             return Err(bad());
         }
@@ -400,11 +450,15 @@ pub(crate) fn parse_layout(layout: &str, value: &str) -> Result<jiff::Zoned, Str
                     take_name(&mut rest, &DAYS, true)?;
                 }
                 Chunk::NumMonth | Chunk::ZeroMonth => month = take_num(&mut rest, 1, 2)? as i8,
-                Chunk::Day | Chunk::UnderDay | Chunk::ZeroDay => day = take_num(&mut rest, 1, 2)? as i8,
+                Chunk::Day | Chunk::UnderDay | Chunk::ZeroDay => {
+                    day = take_num(&mut rest, 1, 2)? as i8
+                }
                 Chunk::YearDay | Chunk::ZeroYearDay => {
                     take_num(&mut rest, 1, 3)?;
                 }
-                Chunk::Hour | Chunk::Hour12 | Chunk::ZeroHour12 => hour = take_num(&mut rest, 1, 2)? as i8,
+                Chunk::Hour | Chunk::Hour12 | Chunk::ZeroHour12 => {
+                    hour = take_num(&mut rest, 1, 2)? as i8
+                }
                 Chunk::Minute | Chunk::ZeroMinute => min = take_num(&mut rest, 1, 2)? as i8,
                 Chunk::Second | Chunk::ZeroSecond => {
                     sec = take_num(&mut rest, 1, 2)? as i8;
@@ -501,9 +555,9 @@ pub(crate) fn parse_layout(layout: &str, value: &str) -> Result<jiff::Zoned, Str
     let dt = jiff::civil::DateTime::new(year, month, day, hour, min, sec, nanos)
         .map_err(|e| format!("parsing time {value:?}: {e}"))?;
     let tz = match offset {
-        Some(o) => jiff::tz::TimeZone::fixed(
-            jiff::tz::Offset::from_seconds(o).map_err(|e| e.to_string())?,
-        ),
+        Some(o) => {
+            jiff::tz::TimeZone::fixed(jiff::tz::Offset::from_seconds(o).map_err(|e| e.to_string())?)
+        }
         None => jiff::tz::TimeZone::UTC,
     };
     dt.to_zoned(tz).map_err(|e| e.to_string())
@@ -611,21 +665,22 @@ fn trim_float(v: f64) -> String {
     t.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
-/// Sprig's `durationRound`: the largest whole unit (`2h`, `3d`, `1y`).
-fn duration_round(secs: i128) -> String {
-    let u = secs.unsigned_abs();
-    let (minute, hour, day, month, year) = (60, 3600, 86_400, 2_592_000, 31_536_000);
-    if u >= year {
-        format!("{}y", u / year)
-    } else if u >= month {
-        format!("{}mo", u / month)
-    } else if u >= day {
-        format!("{}d", u / day)
-    } else if u >= hour {
-        format!("{}h", u / hour)
-    } else if u >= minute {
-        format!("{}m", u / minute)
-    } else {
-        format!("{u}s")
+/// Sprig's `durationRound`: the largest unit the duration is more than (`2h`, `3d`).
+fn duration_round(nanos: i128) -> String {
+    let u = nanos.unsigned_abs();
+    let second = 1_000_000_000u128;
+    let units = [
+        (second * 3600 * 24 * 365, "y"),
+        (second * 3600 * 24 * 30, "mo"),
+        (second * 3600 * 24, "d"),
+        (second * 3600, "h"),
+        (second * 60, "m"),
+        (second, "s"),
+    ];
+    for (size, name) in units {
+        if u > size {
+            return format!("{}{name}", u / size);
+        }
     }
+    "0s".to_string()
 }

@@ -21,10 +21,12 @@ pub(super) fn defs() -> Vec<FuncDef> {
             let t = text(&a[0]);
             alloc(e, t.len())?;
             // Sprig gives the error's text as the result.
-            Ok(s(match base64::engine::general_purpose::STANDARD.decode(t) {
-                Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
-                Err(err) => go_base64_error(&err),
-            }))
+            Ok(s(
+                match base64::engine::general_purpose::STANDARD.decode(t) {
+                    Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+                    Err(err) => go_base64_error(&err),
+                },
+            ))
         }),
         def("b32enc", &[Str], None, |e, a| {
             let t = text(&a[0]);
@@ -39,12 +41,24 @@ pub(super) fn defs() -> Vec<FuncDef> {
                 None => "illegal base32 data".to_string(),
             }))
         }),
-        def("toJson", &[Any], None, |e, a| json(e, &a[0], true, None, false)),
-        def("mustToJson", &[Any], None, |e, a| json(e, &a[0], true, None, true)),
-        def("toPrettyJson", &[Any], None, |e, a| json(e, &a[0], true, Some("  "), false)),
-        def("mustToPrettyJson", &[Any], None, |e, a| json(e, &a[0], true, Some("  "), true)),
-        def("toRawJson", &[Any], None, |e, a| json(e, &a[0], false, None, true)),
-        def("mustToRawJson", &[Any], None, |e, a| json(e, &a[0], false, None, true)),
+        def("toJson", &[Any], None, |e, a| {
+            json(e, &a[0], true, None, false)
+        }),
+        def("mustToJson", &[Any], None, |e, a| {
+            json(e, &a[0], true, None, true)
+        }),
+        def("toPrettyJson", &[Any], None, |e, a| {
+            json(e, &a[0], true, Some("  "), false)
+        }),
+        def("mustToPrettyJson", &[Any], None, |e, a| {
+            json(e, &a[0], true, Some("  "), true)
+        }),
+        def("toRawJson", &[Any], None, |e, a| {
+            json(e, &a[0], false, None, true)
+        }),
+        def("mustToRawJson", &[Any], None, |e, a| {
+            json(e, &a[0], false, None, true)
+        }),
         def("sha1sum", &[Str], None, |_, a| {
             Ok(s(hex::encode(sha1::Sha1::digest(text(&a[0]).as_bytes()))))
         }),
@@ -54,8 +68,12 @@ pub(super) fn defs() -> Vec<FuncDef> {
         def("sha512sum", &[Str], None, |_, a| {
             Ok(s(hex::encode(sha2::Sha512::digest(text(&a[0]).as_bytes()))))
         }),
-        def("adler32sum", &[Str], None, |_, a| Ok(s(adler32(text(&a[0]).as_bytes()).to_string()))),
-        def("uuidv4", &[], None, |_, _| Ok(s(uuid::Uuid::new_v4().to_string()))),
+        def("adler32sum", &[Str], None, |_, a| {
+            Ok(s(adler32(text(&a[0]).as_bytes()).to_string()))
+        }),
+        def("uuidv4", &[], None, |_, _| {
+            Ok(s(uuid::Uuid::new_v4().to_string()))
+        }),
         def("base", &[Str], None, |e, a| path_fn(e, &a[0], base)),
         def("osBase", &[Str], None, |e, a| path_fn(e, &a[0], base)),
         def("dir", &[Str], None, |e, a| path_fn(e, &a[0], dir)),
@@ -64,8 +82,12 @@ pub(super) fn defs() -> Vec<FuncDef> {
         def("osClean", &[Str], None, |e, a| path_fn(e, &a[0], clean)),
         def("ext", &[Str], None, |e, a| path_fn(e, &a[0], ext)),
         def("osExt", &[Str], None, |e, a| path_fn(e, &a[0], ext)),
-        def("isAbs", &[Str], None, |_, a| Ok(Val::Bool(text(&a[0]).starts_with('/')))),
-        def("osIsAbs", &[Str], None, |_, a| Ok(Val::Bool(text(&a[0]).starts_with('/')))),
+        def("isAbs", &[Str], None, |_, a| {
+            Ok(Val::Bool(text(&a[0]).starts_with('/')))
+        }),
+        def("osIsAbs", &[Str], None, |_, a| {
+            Ok(Val::Bool(text(&a[0]).starts_with('/')))
+        }),
     ]
 }
 

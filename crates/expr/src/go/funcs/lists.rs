@@ -9,7 +9,7 @@ use std::rc::Rc;
 use super::super::exec::{Exec, Fail, R};
 use super::super::value::{MapRef, Val};
 use super::P::*;
-use super::{FuncDef, alloc, def, empty, int, items, s, strval, text, to_i64};
+use super::{FuncDef, alloc, def, empty, int, s, strval, text, to_i64};
 
 /// Bytes one list slot or map entry is counted as.
 const SLOT: usize = 16;
@@ -74,7 +74,9 @@ pub(super) fn defs() -> Vec<FuncDef> {
         }),
         def("values", &[Map], None, |e, a| {
             let m = map_of(&a[0]);
-            let vals: Vec<Val> = m.map(|m| m.borrow().values().cloned().collect()).unwrap_or_default();
+            let vals: Vec<Val> = m
+                .map(|m| m.borrow().values().cloned().collect())
+                .unwrap_or_default();
             alloc(e, vals.len() * SLOT)?;
             Ok(Val::list(vals))
         }),
@@ -106,8 +108,12 @@ pub(super) fn defs() -> Vec<FuncDef> {
         }),
         def("merge", &[Map], Some(Map), |e, a| merge(e, a, false)),
         def("mustMerge", &[Map], Some(Map), |e, a| merge(e, a, false)),
-        def("mergeOverwrite", &[Map], Some(Map), |e, a| merge(e, a, true)),
-        def("mustMergeOverwrite", &[Map], Some(Map), |e, a| merge(e, a, true)),
+        def("mergeOverwrite", &[Map], Some(Map), |e, a| {
+            merge(e, a, true)
+        }),
+        def("mustMergeOverwrite", &[Map], Some(Map), |e, a| {
+            merge(e, a, true)
+        }),
         def("dig", &[Any, Any], Some(Any), dig),
         def("append", &[Any, Any], None, push),
         def("push", &[Any, Any], None, push),
@@ -115,14 +121,34 @@ pub(super) fn defs() -> Vec<FuncDef> {
         def("mustPush", &[Any, Any], None, push),
         def("prepend", &[Any, Any], None, prepend),
         def("mustPrepend", &[Any, Any], None, prepend),
-        def("first", &[Any], None, |_, a| Ok(list_arg(&a[0], "first")?.first().cloned().unwrap_or(Val::Nil))),
-        def("mustFirst", &[Any], None, |_, a| Ok(list_arg(&a[0], "first")?.first().cloned().unwrap_or(Val::Nil))),
-        def("last", &[Any], None, |_, a| Ok(list_arg(&a[0], "last")?.last().cloned().unwrap_or(Val::Nil))),
-        def("mustLast", &[Any], None, |_, a| Ok(list_arg(&a[0], "last")?.last().cloned().unwrap_or(Val::Nil))),
+        def("first", &[Any], None, |_, a| {
+            Ok(list_arg(&a[0], "first")?
+                .first()
+                .cloned()
+                .unwrap_or(Val::Nil))
+        }),
+        def("mustFirst", &[Any], None, |_, a| {
+            Ok(list_arg(&a[0], "first")?
+                .first()
+                .cloned()
+                .unwrap_or(Val::Nil))
+        }),
+        def("last", &[Any], None, |_, a| {
+            Ok(list_arg(&a[0], "last")?.last().cloned().unwrap_or(Val::Nil))
+        }),
+        def("mustLast", &[Any], None, |_, a| {
+            Ok(list_arg(&a[0], "last")?.last().cloned().unwrap_or(Val::Nil))
+        }),
         def("rest", &[Any], None, |e, a| part(e, &a[0], "rest", 1, 0)),
-        def("mustRest", &[Any], None, |e, a| part(e, &a[0], "rest", 1, 0)),
-        def("initial", &[Any], None, |e, a| part(e, &a[0], "initial", 0, 1)),
-        def("mustInitial", &[Any], None, |e, a| part(e, &a[0], "initial", 0, 1)),
+        def("mustRest", &[Any], None, |e, a| {
+            part(e, &a[0], "rest", 1, 0)
+        }),
+        def("initial", &[Any], None, |e, a| {
+            part(e, &a[0], "initial", 0, 1)
+        }),
+        def("mustInitial", &[Any], None, |e, a| {
+            part(e, &a[0], "initial", 0, 1)
+        }),
         def("reverse", &[Any], None, reverse),
         def("mustReverse", &[Any], None, reverse),
         def("uniq", &[Any], None, uniq),
@@ -154,18 +180,24 @@ pub(super) fn defs() -> Vec<FuncDef> {
             until_step(e, int(&a[0]), int(&a[1]), int(&a[2]))
         }),
         def("seq", &[], Some(Int), seq),
-        def("deepEqual", &[Any, Any], None, |_, a| Ok(Val::Bool(a[0].deep_equal(&a[1])))),
+        def("deepEqual", &[Any, Any], None, |_, a| {
+            Ok(Val::Bool(a[0].deep_equal(&a[1])))
+        }),
         def("deepCopy", &[Any], None, deep_copy_fn),
         def("mustDeepCopy", &[Any], None, deep_copy_fn),
         def("typeOf", &[Any], None, |_, a| Ok(s(a[0].type_name()))),
-        def("typeIs", &[Str, Any], None, |_, a| Ok(Val::Bool(text(&a[0]) == a[1].type_name()))),
+        def("typeIs", &[Str, Any], None, |_, a| {
+            Ok(Val::Bool(text(&a[0]) == a[1].type_name()))
+        }),
         def("typeIsLike", &[Str, Any], None, |_, a| {
             let t = text(&a[0]);
             let name = a[1].type_name();
             Ok(Val::Bool(t == name || t == format!("*{name}")))
         }),
         def("kindOf", &[Any], None, |_, a| Ok(s(a[0].kind_name()))),
-        def("kindIs", &[Str, Any], None, |_, a| Ok(Val::Bool(text(&a[0]) == a[1].kind_name()))),
+        def("kindIs", &[Str, Any], None, |_, a| {
+            Ok(Val::Bool(text(&a[0]) == a[1].kind_name()))
+        }),
         def("empty", &[Any], None, |_, a| Ok(Val::Bool(empty(&a[0])))),
         def("default", &[Any], Some(Any), |_, a| {
             // `default d` alone (no value given) is `d`.
@@ -177,10 +209,18 @@ pub(super) fn defs() -> Vec<FuncDef> {
         def("coalesce", &[], Some(Any), |_, a| {
             Ok(a.into_iter().find(|v| !empty(v)).unwrap_or(Val::Nil))
         }),
-        def("all", &[], Some(Any), |_, a| Ok(Val::Bool(a.iter().all(|v| !empty(v))))),
-        def("any", &[], Some(Any), |_, a| Ok(Val::Bool(a.iter().any(|v| !empty(v))))),
+        def("all", &[], Some(Any), |_, a| {
+            Ok(Val::Bool(a.iter().all(|v| !empty(v))))
+        }),
+        def("any", &[], Some(Any), |_, a| {
+            Ok(Val::Bool(a.iter().any(|v| !empty(v))))
+        }),
         def("ternary", &[Any, Any, Bool], None, |_, a| {
-            Ok(if matches!(a[2], Val::Bool(true)) { a[0].clone() } else { a[1].clone() })
+            Ok(if matches!(a[2], Val::Bool(true)) {
+                a[0].clone()
+            } else {
+                a[1].clone()
+            })
         }),
     ]
 }
@@ -208,11 +248,15 @@ fn make_list(e: &mut Exec<'_>, a: Vec<Val>) -> R<Val> {
     Ok(Val::list(a))
 }
 
-/// A list argument; Sprig panics on anything else (here, an error).
+/// A list argument; Sprig fails (or panics) on anything else.
 fn list_arg(v: &Val, what: &str) -> R<Rc<Vec<Val>>> {
     match v {
-        Val::Missing | Val::Nil => Err(Fail::msg(format!("{what}: cannot use nil as a list"))),
-        other => items(other, what),
+        Val::List(l) => Ok(l.clone()),
+        Val::Missing | Val::Nil => Err(Fail::msg(format!("Cannot find {what} on nil"))),
+        other => Err(Fail::msg(format!(
+            "Cannot find {what} on type {}",
+            other.kind_name()
+        ))),
     }
 }
 
@@ -233,11 +277,11 @@ fn prepend(e: &mut Exec<'_>, a: Vec<Val>) -> R<Val> {
     Ok(Val::list(out))
 }
 
-/// `rest` (drop `front`) and `initial` (drop `back`); nil for an empty list.
+/// `rest` (drop `front`) and `initial` (drop `back`); empty for an empty list.
 fn part(e: &mut Exec<'_>, v: &Val, what: &str, front: usize, back: usize) -> R<Val> {
     let l = list_arg(v, what)?;
     if l.is_empty() {
-        return Ok(Val::Nil);
+        return Ok(Val::list(Vec::new()));
     }
     alloc(e, l.len() * SLOT)?;
     Ok(Val::list(l[front..l.len() - back].to_vec()))
@@ -300,7 +344,9 @@ fn slice(e: &mut Exec<'_>, a: Vec<Val>) -> R<Val> {
     let start = a.get(1).map_or(0, to_i64);
     let end = a.get(2).map_or(l.len() as i64, to_i64);
     if start < 0 || end < start || end as usize > l.len() {
-        return Err(Fail::msg(format!("slice bounds out of range [{start}:{end}]")));
+        return Err(Fail::msg(format!(
+            "slice bounds out of range [{start}:{end}]"
+        )));
     }
     alloc(e, (end - start) as usize * SLOT)?;
     Ok(Val::list(l[start as usize..end as usize].to_vec()))
@@ -314,7 +360,9 @@ fn chunk(e: &mut Exec<'_>, a: Vec<Val>) -> R<Val> {
     }
     alloc(e, l.len() * SLOT * 2)?;
     Ok(Val::list(
-        l.chunks(size as usize).map(|c| Val::list(c.to_vec())).collect(),
+        l.chunks(size as usize)
+            .map(|c| Val::list(c.to_vec()))
+            .collect(),
     ))
 }
 
@@ -324,7 +372,9 @@ fn until_step(e: &mut Exec<'_>, start: i64, stop: i64, step: i64) -> R<Val> {
     } else {
         0
     };
-    let bytes = usize::try_from(count).unwrap_or(usize::MAX).saturating_mul(SLOT);
+    let bytes = usize::try_from(count)
+        .unwrap_or(usize::MAX)
+        .saturating_mul(SLOT);
     alloc(e, bytes)?;
     let mut out = Vec::with_capacity(count as usize);
     let mut i = start;
@@ -382,7 +432,13 @@ fn merge(e: &mut Exec<'_>, a: Vec<Val>, overwrite: bool) -> R<Val> {
     Ok(a[0].clone())
 }
 
-fn merge_into(e: &mut Exec<'_>, dst: &MapRef, src: &MapRef, overwrite: bool, depth: usize) -> R<()> {
+fn merge_into(
+    e: &mut Exec<'_>,
+    dst: &MapRef,
+    src: &MapRef,
+    overwrite: bool,
+    depth: usize,
+) -> R<()> {
     if depth > 64 || Rc::ptr_eq(dst, src) {
         return Ok(());
     }
@@ -415,7 +471,10 @@ fn dig(e: &mut Exec<'_>, a: Vec<Val>) -> R<Val> {
     for k in keys {
         e.budget.step()?;
         let Val::Str(k) = k else {
-            return Err(Fail::msg(format!("dig: key is a {}, not a string", k.type_name())));
+            return Err(Fail::msg(format!(
+                "dig: key is a {}, not a string",
+                k.type_name()
+            )));
         };
         let next = match &cur {
             Val::Map(m) => m.borrow().get(&**k).cloned(),
@@ -437,11 +496,18 @@ fn deep_copy(e: &mut Exec<'_>, v: &Val, depth: usize) -> R<Val> {
     Ok(match v {
         Val::List(l) => {
             alloc(e, l.len() * SLOT)?;
-            Val::list(l.iter().map(|i| deep_copy(e, i, depth + 1)).collect::<R<_>>()?)
+            Val::list(
+                l.iter()
+                    .map(|i| deep_copy(e, i, depth + 1))
+                    .collect::<R<_>>()?,
+            )
         }
         Val::Map(m) => {
-            let entries: Vec<(String, Val)> =
-                m.borrow().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            let entries: Vec<(String, Val)> = m
+                .borrow()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
             alloc(e, entries.len() * SLOT)?;
             let mut out = BTreeMap::new();
             for (k, v) in entries {

@@ -63,7 +63,10 @@ impl P {
                 return if p.can_be_nil() {
                     Ok(Val::Nil)
                 } else {
-                    Err(Fail::msg(format!("invalid value; expected {}", p.go_name())))
+                    Err(Fail::msg(format!(
+                        "invalid value; expected {}",
+                        p.go_name()
+                    )))
                 };
             }
             (_, P::Any) => true,
@@ -206,7 +209,11 @@ pub(crate) fn parse_go_int(s: &str) -> Option<i64> {
     if digits.is_empty() || digits.starts_with(['+', '-']) {
         return None;
     }
-    let digits = if radix != 10 { digits.replace('_', "") } else { digits.to_string() };
+    let digits = if radix != 10 {
+        digits.replace('_', "")
+    } else {
+        digits.to_string()
+    };
     let v = i128::from_str_radix(&digits, radix).ok()?;
     i64::try_from(if neg { -v } else { v }).ok()
 }
@@ -247,30 +254,25 @@ pub(crate) fn s(text: impl Into<Rc<str>>) -> Val {
     Val::Str(text.into())
 }
 
-/// The items of a list argument, or an error naming what it was given.
-pub(crate) fn items(v: &Val, what: &str) -> R<Rc<Vec<Val>>> {
-    match v {
-        Val::List(l) => Ok(l.clone()),
-        other => Err(Fail::msg(format!(
-            "{what}: cannot use type {} as a list",
-            other.type_name()
-        ))),
-    }
-}
-
 // ---- Go's builtins ----
 
 fn builtins() -> Vec<FuncDef> {
     use P::*;
     vec![
         // `and` and `or` are evaluated lazily by the executor; these entries name them.
-        def("and", &[Any], Some(Any), |_, mut a| Ok(a.pop().unwrap_or(Val::Missing))),
-        def("or", &[Any], Some(Any), |_, mut a| Ok(a.pop().unwrap_or(Val::Missing))),
+        def("and", &[Any], Some(Any), |_, mut a| {
+            Ok(a.pop().unwrap_or(Val::Missing))
+        }),
+        def("or", &[Any], Some(Any), |_, mut a| {
+            Ok(a.pop().unwrap_or(Val::Missing))
+        }),
         def("not", &[Any], None, |_, a| Ok(Val::Bool(!a[0].truth()))),
         def("len", &[Any], None, go_len),
         def("index", &[Any], Some(Any), go_index),
         def("print", &[], Some(Any), |e, a| Ok(s(sprint(e, &a, false)?))),
-        def("println", &[], Some(Any), |e, a| Ok(s(sprint(e, &a, true)?))),
+        def("println", &[], Some(Any), |e, a| {
+            Ok(s(sprint(e, &a, true)?))
+        }),
         def("printf", &[Str], Some(Any), |e, a| {
             let out = printf::sprintf(e, text(&a[0]), &a[1..])?;
             Ok(s(out))
@@ -308,15 +310,21 @@ fn builtins() -> Vec<FuncDef> {
             }
             Ok(Val::Bool(false))
         }),
-        def("ne", &[Any, Any], None, |_, a| Ok(Val::Bool(!go_eq(&a[0], &a[1])?))),
-        def("lt", &[Any, Any], None, |_, a| Ok(Val::Bool(go_lt(&a[0], &a[1])?))),
+        def("ne", &[Any, Any], None, |_, a| {
+            Ok(Val::Bool(!go_eq(&a[0], &a[1])?))
+        }),
+        def("lt", &[Any, Any], None, |_, a| {
+            Ok(Val::Bool(go_lt(&a[0], &a[1])?))
+        }),
         def("le", &[Any, Any], None, |_, a| {
             Ok(Val::Bool(go_lt(&a[0], &a[1])? || go_eq(&a[0], &a[1])?))
         }),
         def("gt", &[Any, Any], None, |_, a| {
             Ok(Val::Bool(!(go_lt(&a[0], &a[1])? || go_eq(&a[0], &a[1])?)))
         }),
-        def("ge", &[Any, Any], None, |_, a| Ok(Val::Bool(!go_lt(&a[0], &a[1])?))),
+        def("ge", &[Any, Any], None, |_, a| {
+            Ok(Val::Bool(!go_lt(&a[0], &a[1])?))
+        }),
     ]
 }
 
@@ -379,9 +387,10 @@ fn go_index(_: &mut Exec<'_>, a: Vec<Val>) -> R<Val> {
     for idx in &a[1..] {
         item = match &item {
             Val::List(l) => l[index_arg(idx, l.len(), "slice/array")?].clone(),
-            Val::Str(s) | Val::Number(s) => {
-                Val::Int(i64::from(s.as_bytes()[index_arg(idx, s.len(), "slice/array")?]), IntType::Byte)
-            }
+            Val::Str(s) | Val::Number(s) => Val::Int(
+                i64::from(s.as_bytes()[index_arg(idx, s.len(), "slice/array")?]),
+                IntType::Byte,
+            ),
             Val::Map(m) => match idx {
                 Val::Str(k) => m.borrow().get(&**k).cloned().unwrap_or(Val::Nil),
                 Val::Missing | Val::Nil => Val::Nil,
@@ -442,10 +451,7 @@ pub(crate) fn go_eq(a: &Val, b: &Val) -> R<bool> {
         (x, y) if x.is_nil() || y.is_nil() => x.is_nil() == y.is_nil(),
         (Val::Time(x), Val::Time(y)) => x == y,
         (x, _) => {
-            return Err(Fail::msg(format!(
-                "non-comparable type {}",
-                x.type_name()
-            )));
+            return Err(Fail::msg(format!("non-comparable type {}", x.type_name())));
         }
     })
 }

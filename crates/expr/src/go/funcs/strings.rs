@@ -6,12 +6,14 @@ use super::super::exec::{Exec, Fail, R};
 use super::super::printf::go_quote;
 use super::super::value::{Capped, Val};
 use super::P::*;
-use super::{FuncDef, alloc, def, int, items, s, strval, text};
+use super::{FuncDef, alloc, def, int, s, strval, text};
 
 pub(super) fn defs() -> Vec<FuncDef> {
     vec![
         def("hello", &[], None, |_, _| Ok(s("Hello!"))),
-        def("trim", &[Str], None, |e, a| same_size(e, text(&a[0]).trim())),
+        def("trim", &[Str], None, |e, a| {
+            same_size(e, text(&a[0]).trim())
+        }),
         def("trimAll", &[Str, Str], None, trim_all),
         def("trimall", &[Str, Str], None, trim_all),
         def("trimPrefix", &[Str, Str], None, |e, a| {
@@ -22,14 +24,28 @@ pub(super) fn defs() -> Vec<FuncDef> {
             let t = text(&a[1]);
             same_size(e, t.strip_suffix(text(&a[0])).unwrap_or(t))
         }),
-        def("upper", &[Str], None, |e, a| grown(e, text(&a[0]), 3, str::to_uppercase)),
-        def("lower", &[Str], None, |e, a| grown(e, text(&a[0]), 3, str::to_lowercase)),
-        def("title", &[Str], None, |e, a| grown(e, text(&a[0]), 3, title)),
-        def("untitle", &[Str], None, |e, a| grown(e, text(&a[0]), 3, untitle)),
-        def("swapcase", &[Str], None, |e, a| grown(e, text(&a[0]), 3, swapcase)),
-        def("initials", &[Str], None, |e, a| grown(e, text(&a[0]), 1, initials)),
+        def("upper", &[Str], None, |e, a| {
+            grown(e, text(&a[0]), 4, |t| t.chars().map(go_upper).collect())
+        }),
+        def("lower", &[Str], None, |e, a| {
+            grown(e, text(&a[0]), 4, |t| t.chars().map(go_lower).collect())
+        }),
+        def("title", &[Str], None, |e, a| {
+            grown(e, text(&a[0]), 3, title)
+        }),
+        def("untitle", &[Str], None, |e, a| {
+            grown(e, text(&a[0]), 3, untitle)
+        }),
+        def("swapcase", &[Str], None, |e, a| {
+            grown(e, text(&a[0]), 3, swapcase)
+        }),
+        def("initials", &[Str], None, |e, a| {
+            grown(e, text(&a[0]), 1, initials)
+        }),
         def("nospace", &[Str], None, |e, a| {
-            grown(e, text(&a[0]), 1, |t| t.chars().filter(|c| !c.is_whitespace()).collect())
+            grown(e, text(&a[0]), 1, |t| {
+                t.chars().filter(|c| !c.is_whitespace()).collect()
+            })
         }),
         def("snakecase", &[Str], None, |e, a| {
             grown(e, text(&a[0]), 2, |t| words(t).join("_").to_lowercase())
@@ -39,7 +55,10 @@ pub(super) fn defs() -> Vec<FuncDef> {
         }),
         def("camelcase", &[Str], None, |e, a| {
             grown(e, text(&a[0]), 3, |t| {
-                words(t).iter().map(|w| capitalize(&w.to_lowercase())).collect()
+                words(t)
+                    .iter()
+                    .map(|w| capitalize(&w.to_lowercase()))
+                    .collect()
             })
         }),
         def("shuffle", &[Str], None, |e, a| {
@@ -125,8 +144,12 @@ pub(super) fn defs() -> Vec<FuncDef> {
             alloc(e, total)?;
             Ok(s(parts.join(" ")))
         }),
-        def("indent", &[Int, Str], None, |e, a| indent(e, int(&a[0]), text(&a[1]), false)),
-        def("nindent", &[Int, Str], None, |e, a| indent(e, int(&a[0]), text(&a[1]), true)),
+        def("indent", &[Int, Str], None, |e, a| {
+            indent(e, int(&a[0]), text(&a[1]), false)
+        }),
+        def("nindent", &[Int, Str], None, |e, a| {
+            indent(e, int(&a[0]), text(&a[1]), true)
+        }),
         def("replace", &[Str, Str, Str], None, |e, a| {
             let (old, new, src) = (text(&a[0]), text(&a[1]), text(&a[2]));
             // Go's Replace with an empty `old` inserts `new` around every character.
@@ -152,7 +175,11 @@ pub(super) fn defs() -> Vec<FuncDef> {
             Ok(s(src.replace(old, new)))
         }),
         def("plural", &[Str, Str, Int], None, |_, a| {
-            Ok(if int(&a[2]) == 1 { a[0].clone() } else { a[1].clone() })
+            Ok(if int(&a[2]) == 1 {
+                a[0].clone()
+            } else {
+                a[1].clone()
+            })
         }),
         def("wrap", &[Int, Str], None, |e, a| {
             let out = wrap(text(&a[1]), int(&a[0]), "\n", false);
@@ -163,7 +190,9 @@ pub(super) fn defs() -> Vec<FuncDef> {
             alloc(e, t.len().saturating_mul(sep.len().max(1)))?;
             Ok(s(wrap(t, w, sep, true)))
         }),
-        def("toString", &[Any], None, |e, a| Ok(Val::Str(strval(e, &a[0])?))),
+        def("toString", &[Any], None, |e, a| {
+            Ok(Val::Str(strval(e, &a[0])?))
+        }),
         def("split", &[Str, Str], None, |e, a| {
             let parts = go_split(text(&a[1]), text(&a[0]), -1);
             numbered(e, parts)
@@ -209,25 +238,38 @@ pub(super) fn defs() -> Vec<FuncDef> {
         def("mustRegexFind", &[Str, Str], None, regex_find),
         def("regexFindAll", &[Str, Str, Int], None, regex_find_all),
         def("mustRegexFindAll", &[Str, Str, Int], None, regex_find_all),
-        def("regexReplaceAll", &[Str, Str, Str], None, |e, a| regex_replace(e, a, false)),
-        def("mustRegexReplaceAll", &[Str, Str, Str], None, |e, a| regex_replace(e, a, false)),
-        def("regexReplaceAllLiteral", &[Str, Str, Str], None, |e, a| regex_replace(e, a, true)),
-        def("mustRegexReplaceAllLiteral", &[Str, Str, Str], None, |e, a| {
+        def("regexReplaceAll", &[Str, Str, Str], None, |e, a| {
+            regex_replace(e, a, false)
+        }),
+        def("mustRegexReplaceAll", &[Str, Str, Str], None, |e, a| {
+            regex_replace(e, a, false)
+        }),
+        def("regexReplaceAllLiteral", &[Str, Str, Str], None, |e, a| {
             regex_replace(e, a, true)
         }),
+        def(
+            "mustRegexReplaceAllLiteral",
+            &[Str, Str, Str],
+            None,
+            |e, a| regex_replace(e, a, true),
+        ),
         def("regexSplit", &[Str, Str, Int], None, regex_split),
         def("mustRegexSplit", &[Str, Str, Int], None, regex_split),
         def("regexQuoteMeta", &[Str], None, |e, a| {
-            grown(e, text(&a[0]), 2, |t| regex::escape(t))
+            grown(e, text(&a[0]), 2, regex::escape)
         }),
         def("randAlphaNum", &[Int], None, |e, a| random(e, &a[0], ALNUM)),
         def("randAlpha", &[Int], None, |e, a| random(e, &a[0], ALPHA)),
-        def("randNumeric", &[Int], None, |e, a| random(e, &a[0], b"0123456789")),
+        def("randNumeric", &[Int], None, |e, a| {
+            random(e, &a[0], b"0123456789")
+        }),
         def("randAscii", &[Int], None, |e, a| {
             let printable: Vec<u8> = (32u8..=126).collect();
             random(e, &a[0], &printable)
         }),
-        def("fail", &[Str], None, |_, a| Err(Fail::msg(text(&a[0]).to_string()))),
+        def("fail", &[Str], None, |_, a| {
+            Err(Fail::msg(text(&a[0]).to_string()))
+        }),
     ]
 }
 
@@ -250,7 +292,9 @@ fn trim_all(e: &mut Exec<'_>, a: Vec<Val>) -> R<Val> {
 
 fn byte_slice(t: &str, from: usize, to: usize) -> R<&str> {
     if from > to || to > t.len() {
-        return Err(Fail::msg(format!("slice bounds out of range [{from}:{to}]")));
+        return Err(Fail::msg(format!(
+            "slice bounds out of range [{from}:{to}]"
+        )));
     }
     t.get(from..to)
         .ok_or_else(|| Fail::msg(format!("slice [{from}:{to}] splits a character")))
@@ -268,13 +312,30 @@ fn substr(e: &mut Exec<'_>, a: Vec<Val>) -> R<Val> {
         byte_slice(t, 0, end as usize)?
     } else if end < 0 || end > len {
         if start > len {
-            return Err(Fail::msg(format!("slice bounds out of range [{start}:{len}]")));
+            return Err(Fail::msg(format!(
+                "slice bounds out of range [{start}:{len}]"
+            )));
         }
         byte_slice(t, start as usize, t.len())?
     } else {
         byte_slice(t, start as usize, end as usize)?
     };
     same_size(e, part)
+}
+
+/// Go's `unicode.ToUpper`: one character for one (`ß` stays `ß`, where Rust's
+/// full mapping gives `SS`).
+fn go_upper(c: char) -> char {
+    let mut up = c.to_uppercase();
+    match (up.next(), up.next()) {
+        (Some(u), None) => u,
+        _ => c,
+    }
+}
+
+/// Go's `unicode.ToLower`: one character for one (`İ` becomes `i`).
+fn go_lower(c: char) -> char {
+    c.to_lowercase().next().unwrap_or(c)
 }
 
 /// Go's deprecated `strings.Title`: a letter after a separator becomes upper case.
@@ -289,11 +350,7 @@ fn title(t: &str) -> String {
     let mut prev = ' ';
     t.chars()
         .map(|c| {
-            let out = if is_sep(prev) {
-                c.to_uppercase().collect::<String>()
-            } else {
-                c.to_string()
-            };
+            let out = if is_sep(prev) { go_upper(c) } else { c };
             prev = c;
             out
         })
@@ -304,11 +361,7 @@ fn untitle(t: &str) -> String {
     let mut prev_space = true;
     t.chars()
         .map(|c| {
-            let out = if prev_space {
-                c.to_lowercase().collect::<String>()
-            } else {
-                c.to_string()
-            };
+            let out = if prev_space { go_lower(c) } else { c };
             prev_space = c.is_whitespace();
             out
         })
@@ -319,18 +372,20 @@ fn swapcase(t: &str) -> String {
     t.chars()
         .map(|c| {
             if c.is_uppercase() {
-                c.to_lowercase().collect::<String>()
+                go_lower(c)
             } else if c.is_lowercase() {
-                c.to_uppercase().collect()
+                go_upper(c)
             } else {
-                c.to_string()
+                c
             }
         })
         .collect()
 }
 
 fn initials(t: &str) -> String {
-    t.split_whitespace().filter_map(|w| w.chars().next()).collect()
+    t.split_whitespace()
+        .filter_map(|w| w.chars().next())
+        .collect()
 }
 
 fn capitalize(w: &str) -> String {
@@ -550,7 +605,8 @@ fn regex_replace(e: &mut Exec<'_>, a: Vec<Val>, literal: bool) -> R<Val> {
     for caps in r.captures_iter(t) {
         e.budget.step()?;
         let Some(m) = caps.get(0) else { continue };
-        out.push_str(&t[last..m.start()]).map_err(|_| e.budget.stop())?;
+        out.push_str(&t[last..m.start()])
+            .map_err(|_| e.budget.stop())?;
         if literal {
             out.push_str(with).map_err(|_| e.budget.stop())?;
         } else {
@@ -580,10 +636,4 @@ fn random(e: &mut Exec<'_>, count: &Val, alphabet: &[u8]) -> R<Val> {
         .map(|_| alphabet[rng.random_range(0..alphabet.len())] as char)
         .collect();
     Ok(s(out))
-}
-
-/// The items of a list (for functions taking `interface{}` that must be a list).
-#[allow(dead_code)]
-pub(crate) fn list_items(v: &Val, what: &str) -> R<std::rc::Rc<Vec<Val>>> {
-    items(v, what)
 }

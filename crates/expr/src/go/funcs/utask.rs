@@ -14,7 +14,7 @@ pub(super) fn defs() -> Vec<FuncDef> {
     vec![
         def("field", &[], Some(Str), |e, a| {
             let root = e.root.clone();
-            Ok(field(e, root, &a)?)
+            field(e, root, &a)
         }),
         def("fieldFrom", &[], Some(Any), |e, a| {
             if a.len() < 2 {
@@ -31,9 +31,15 @@ pub(super) fn defs() -> Vec<FuncDef> {
         }),
         def("eval", &[Str], None, |e, a| eval(e, text(&a[0]), false)),
         def("evalCache", &[Str], None, |e, a| eval(e, text(&a[0]), true)),
-        def("fromJson", &[Str], None, |e, a| Ok(from_json(e, text(&a[0]))?.unwrap_or(Val::Missing))),
-        def("mustFromJson", &[Str], None, |e, a| from_json(e, text(&a[0]))?.map_err(Fail::msg)),
-        def("uuid", &[], None, |_, _| Ok(s(uuid::Uuid::new_v4().to_string()))),
+        def("fromJson", &[Str], None, |e, a| {
+            Ok(from_json(e, text(&a[0]))?.unwrap_or(Val::Missing))
+        }),
+        def("mustFromJson", &[Str], None, |e, a| {
+            from_json(e, text(&a[0]))?.map_err(Fail::msg)
+        }),
+        def("uuid", &[], None, |_, _| {
+            Ok(s(uuid::Uuid::new_v4().to_string()))
+        }),
         def("b64RawEnc", &[Str], None, |e, a| {
             let t = text(&a[0]);
             alloc(e, t.len() / 3 * 4 + 4)?;
@@ -42,10 +48,12 @@ pub(super) fn defs() -> Vec<FuncDef> {
         def("b64RawDec", &[Str], None, |e, a| {
             let t = text(&a[0]);
             alloc(e, t.len())?;
-            Ok(s(match base64::engine::general_purpose::STANDARD_NO_PAD.decode(t) {
-                Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
-                Err(err) => format!("illegal base64 data: {err}"),
-            }))
+            Ok(s(
+                match base64::engine::general_purpose::STANDARD_NO_PAD.decode(t) {
+                    Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+                    Err(err) => format!("illegal base64 data: {err}"),
+                },
+            ))
         }),
     ]
 }
@@ -80,10 +88,14 @@ fn from_json(e: &mut Exec<'_>, t: &str) -> R<Result<Val, String>> {
 /// its JavaScript expression rendered and handed to the caller's evaluator.
 fn eval(e: &mut Exec<'_>, name: &str, cache: bool) -> R<Val> {
     let Some(vars) = e.variables else {
-        return Err(Fail::msg(format!("Var name not found in template: '{name}'")));
+        return Err(Fail::msg(format!(
+            "Var name not found in template: '{name}'"
+        )));
     };
     let Some(var) = vars.get(name) else {
-        return Err(Fail::msg(format!("Var name not found in template: '{name}'")));
+        return Err(Fail::msg(format!(
+            "Var name not found in template: '{name}'"
+        )));
     };
     if cache && let Some(v) = vars.cached(name) {
         return Ok(Val::from_json(&v));
