@@ -151,7 +151,7 @@ impl<'t> Exec<'t> {
         self.depth += 1;
         if self.depth > MAX_DEPTH {
             return Err(Fail::Stop(format!(
-                "rendering stopped: templates and evaluations nested deeper than {MAX_DEPTH}"
+                "rendering stopped: templates, evaluations and blocks nested deeper than {MAX_DEPTH}"
             )));
         }
         Ok(())
@@ -180,6 +180,13 @@ impl<'t> Exec<'t> {
     }
 
     fn if_with(&mut self, dot: &Val, b: &Branch, is_with: bool) -> R<Flow> {
+        self.enter()?;
+        let flow = self.if_with_inner(dot, b, is_with);
+        self.depth -= 1;
+        flow
+    }
+
+    fn if_with_inner(&mut self, dot: &Val, b: &Branch, is_with: bool) -> R<Flow> {
         let mark = self.vars.len();
         let result = (|| {
             let v = self.pipeline(dot, &b.pipe).map_err(|e| e.at(b.pipe.pos))?;
@@ -197,6 +204,13 @@ impl<'t> Exec<'t> {
     }
 
     fn range(&mut self, dot: &Val, b: &Branch) -> R<Flow> {
+        self.enter()?;
+        let flow = self.range_inner(dot, b);
+        self.depth -= 1;
+        flow
+    }
+
+    fn range_inner(&mut self, dot: &Val, b: &Branch) -> R<Flow> {
         let mark = self.vars.len();
         let value = self.commands(dot, &b.pipe).map_err(|e| e.at(b.pipe.pos))?;
         let items: Vec<(Val, Val)> = match &value {
@@ -327,6 +341,14 @@ impl<'t> Exec<'t> {
 
     /// A pipeline's value without its declarations (`range` binds them per item).
     fn commands(&mut self, dot: &Val, pipe: &Pipe) -> R<Val> {
+        // Parenthesised pipelines nest here: they count toward the depth too.
+        self.enter()?;
+        let v = self.commands_inner(dot, pipe);
+        self.depth -= 1;
+        v
+    }
+
+    fn commands_inner(&mut self, dot: &Val, pipe: &Pipe) -> R<Val> {
         let mut value: Option<Val> = None;
         for cmd in &pipe.cmds {
             let v = self
@@ -419,13 +441,13 @@ impl<'t> Exec<'t> {
     /// read from a map, so Go names its type `interface {}` in errors.
     fn field(&mut self, receiver: Val, name: &str, in_chain: bool) -> R<Val> {
         self.budget.step()?;
-        match receiver {
+        match &receiver {
             Val::Missing => Ok(Val::Missing),
             Val::Nil => Err(Fail::msg(format!(
                 "nil pointer evaluating interface {{}}.{name}"
             ))),
             Val::Map(m) => Ok(m.borrow().get(name).cloned().unwrap_or(Val::Missing)),
-            Val::Time(t) => funcs::time_method(self, &t, name, Vec::new()),
+            Val::Time(t) => funcs::time_method(self, t, name, Vec::new()),
             other => Err(Fail::msg(format!(
                 "can't evaluate field {name} in type {}",
                 if in_chain {

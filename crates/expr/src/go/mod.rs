@@ -7,7 +7,7 @@
 //! lexer, parser and evaluator (no crate gives a Go engine whose functions can see a
 //! per-rendering budget), pure like the rest of the crate, and bounded: every rendering
 //! has a step budget and a byte budget, output stops at [`MAX_RENDERED_BYTES`], and
-//! templates calling templates or variables nest at most [`MAX_DEPTH`] deep. A budget
+//! templates calling templates, variables and blocks nest at most [`MAX_DEPTH`] deep. A budget
 //! that runs out fails with an error reading "rendering stopped: …".
 
 mod exec;
@@ -39,8 +39,9 @@ pub const MAX_STEPS: u64 = 1_000_000;
 /// functions build, text printed from values), on top of the output itself.
 pub const MAX_CREATED_BYTES: usize = 32 << 20;
 
-/// How deep `{{template}}` calls and `eval` of variables may nest.
-pub const MAX_DEPTH: usize = 64;
+/// How deep `{{template}}` calls, `eval` of variables and `if`/`with`/`range` blocks may
+/// nest, all counted together (each level is a few frames of the evaluator's stack).
+pub const MAX_DEPTH: usize = 100;
 
 /// What a rendering may still do.
 #[derive(Debug, Clone, Copy)]

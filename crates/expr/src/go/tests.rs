@@ -1274,3 +1274,70 @@ fn runaway_templates_stop_by_budget() {
             .contains("nested deeper")
     );
 }
+
+/// Values nested far deeper than the stack would take (built a level per iteration),
+/// then dropped, compared, printed and stored: no recursion overflows.
+#[test]
+fn deeply_nested_values_do_not_overflow_the_stack() {
+    let c = json!({});
+    for t in [
+        "{{ $l := list }}{{ range until 150000 }}{{ $l = list $l }}{{ end }}done",
+        "{{ $d := dict }}{{ range until 150000 }}{{ $d = dict \"x\" $d }}{{ end }}done",
+        "{{ $l := list }}{{ range until 150000 }}{{ $l = list $l }}{{ end }}{{ has 1 (list $l) }}{{ deepEqual $l $l }}",
+        "{{ $l := list }}{{ range until 150000 }}{{ $l = list $l }}{{ end }}{{ $_ := set (dict) \"x\" $l }}",
+        "{{ $l := list }}{{ range until 150000 }}{{ $l = list $l }}{{ end }}{{ $l }}",
+        "{{ $l := list }}{{ range until 150000 }}{{ $l = list $l }}{{ end }}{{ toJson $l }}",
+    ] {
+        // On a thread with a small stack, like the runtime's workers.
+        let t = t.to_string();
+        let c = c.clone();
+        let outcome = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || render_str(&t, &c).map_err(|e| e.message))
+            .unwrap()
+            .join()
+            .expect("rendering must not overflow the stack");
+        if let Err(e) = outcome {
+            assert!(
+                e.contains("rendering stopped") || e.contains("cannot contain itself"),
+                "{e}"
+            );
+        }
+    }
+}
+
+/// The deepest nesting the parser takes, inside templates calling themselves as deep as
+/// they may, runs on a small stack.
+#[test]
+fn deepest_templates_fit_a_small_stack() {
+    let nest = 99;
+    let body = format!(
+        "{}{{{{ template \"r\" . }}}}{}",
+        "{{ if true }}{{ with . }}".repeat(nest / 2),
+        "{{ end }}{{ end }}".repeat(nest / 2)
+    );
+    let t = format!("{{{{ define \"r\" }}}}{body}{{{{ end }}}}{{{{ template \"r\" 1 }}}}");
+    parse(&t).unwrap();
+    // And parentheses as deep as they may be at each call.
+    let parens = format!("{}.{}", "(".repeat(95), ")".repeat(95));
+    let deep_args = format!(
+        "{{{{ define \"p\" }}}}{{{{ template \"p\" {parens} }}}}{{{{ end }}}}{{{{ template \"p\" 1 }}}}"
+    );
+    let e = std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(move || render_str(&deep_args, &json!({})).unwrap_err().message)
+        .unwrap()
+        .join()
+        .expect("rendering must not overflow the stack");
+    assert!(e.contains("rendering stopped"), "{e}");
+    let e = std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(move || render_str(&t, &json!({})).unwrap_err().message)
+        .unwrap()
+        .join()
+        .expect("rendering must not overflow the stack");
+    assert!(
+        e.contains("rendering stopped: templates, evaluations and blocks nested deeper"),
+        "{e}"
+    );
+}

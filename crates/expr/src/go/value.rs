@@ -45,6 +45,38 @@ pub(crate) enum Val {
     Time(jiff::Zoned),
 }
 
+/// Dropping a value frees nested lists and maps one level at a time: a template can
+/// build values nested far deeper than the stack would take recursive drops for.
+impl Drop for Val {
+    fn drop(&mut self) {
+        let mut pending = Vec::new();
+        take_children(self, &mut pending);
+        while let Some(mut v) = pending.pop() {
+            take_children(&mut v, &mut pending);
+        }
+    }
+}
+
+/// Moves the items of a list or map this value alone holds into `into`.
+fn take_children(v: &mut Val, into: &mut Vec<Val>) {
+    match v {
+        Val::List(items) => {
+            if let Some(items) = Rc::get_mut(items) {
+                into.append(items);
+            }
+        }
+        Val::Map(m) => {
+            if Rc::strong_count(m) == 1 && Rc::weak_count(m) == 0 {
+                into.extend(std::mem::take(&mut *m.borrow_mut()).into_values());
+            }
+        }
+        _ => {}
+    }
+}
+
+/// How deep comparisons and searches go into nested values before giving up.
+const MAX_WALK_DEPTH: usize = 200;
+
 impl Val {
     pub(crate) fn str(s: impl Into<Rc<str>>) -> Val {
         Val::Str(s.into())
@@ -166,8 +198,16 @@ impl Val {
         }
     }
 
-    /// Go's `reflect.DeepEqual` over these values.
+    /// Go's `reflect.DeepEqual` over these values (values nested past
+    /// [`MAX_WALK_DEPTH`] compare unequal).
     pub(crate) fn deep_equal(&self, other: &Val) -> bool {
+        self.deep_equal_at(other, 0)
+    }
+
+    fn deep_equal_at(&self, other: &Val, depth: usize) -> bool {
+        if depth > MAX_WALK_DEPTH {
+            return false;
+        }
         match (self, other) {
             (Val::Missing | Val::Nil, Val::Missing | Val::Nil) => true,
             (Val::Bool(a), Val::Bool(b)) => a == b,
@@ -175,7 +215,10 @@ impl Val {
             (Val::Float(a), Val::Float(b)) => a == b,
             (Val::Number(a), Val::Number(b)) | (Val::Str(a), Val::Str(b)) => a == b,
             (Val::List(a), Val::List(b)) => {
-                a.len() == b.len() && a.iter().zip(b.iter()).all(|(x, y)| x.deep_equal(y))
+                a.len() == b.len()
+                    && a.iter()
+                        .zip(b.iter())
+                        .all(|(x, y)| x.deep_equal_at(y, depth + 1))
             }
             (Val::Map(a), Val::Map(b)) => {
                 if Rc::ptr_eq(a, b) {
@@ -185,7 +228,7 @@ impl Val {
                 a.len() == b.len()
                     && a.iter()
                         .zip(b.iter())
-                        .all(|((ka, va), (kb, vb))| ka == kb && va.deep_equal(vb))
+                        .all(|((ka, va), (kb, vb))| ka == kb && va.deep_equal_at(vb, depth + 1))
             }
             (Val::Time(a), Val::Time(b)) => a == b,
             _ => false,
@@ -193,12 +236,25 @@ impl Val {
     }
 
     /// Whether `map` can be reached from this value (so storing this value in `map`
-    /// would make a cycle, which printing could never finish).
+    /// would make a cycle, which printing could never finish). A value nested past
+    /// [`MAX_WALK_DEPTH`] counts as reaching it.
     pub(crate) fn reaches(&self, map: &MapRef, steps: &mut u64) -> bool {
+        self.reaches_at(map, steps, 0)
+    }
+
+    fn reaches_at(&self, map: &MapRef, steps: &mut u64, depth: usize) -> bool {
         *steps = steps.saturating_add(1);
+        if depth > MAX_WALK_DEPTH {
+            return true;
+        }
         match self {
-            Val::Map(m) => Rc::ptr_eq(m, map) || m.borrow().values().any(|v| v.reaches(map, steps)),
-            Val::List(l) => l.iter().any(|v| v.reaches(map, steps)),
+            Val::Map(m) => {
+                Rc::ptr_eq(m, map)
+                    || m.borrow()
+                        .values()
+                        .any(|v| v.reaches_at(map, steps, depth + 1))
+            }
+            Val::List(l) => l.iter().any(|v| v.reaches_at(map, steps, depth + 1)),
             _ => false,
         }
     }

@@ -407,7 +407,7 @@ fn seq(e: &mut Exec<'_>, a: Vec<Val>) -> R<Val> {
         }
         _ => return Ok(s("")),
     };
-    let Val::List(nums) = until_step(e, start, end, step)? else {
+    let Val::List(nums) = &until_step(e, start, end, step)? else {
         unreachable!("until_step makes a list")
     };
     alloc(e, nums.len() * 21)?;
@@ -450,9 +450,9 @@ fn merge_into(
     for (k, v) in entries {
         e.budget.step()?;
         let current = dst.borrow().get(&k).cloned();
-        match (current, &v) {
-            (Some(Val::Map(d)), Val::Map(s)) => merge_into(e, &d, s, overwrite, depth + 1)?,
-            (Some(cur), _) if !(empty(&cur) || (overwrite && !empty(&v))) => {}
+        match (&current, &v) {
+            (Some(Val::Map(d)), Val::Map(s)) => merge_into(e, d, s, overwrite, depth + 1)?,
+            (Some(cur), _) if !(empty(cur) || (overwrite && !empty(&v))) => {}
             _ => {
                 no_cycle(e, &v, dst)?;
                 alloc(e, SLOT)?;
