@@ -65,10 +65,8 @@ fn take_children(v: &mut Val, into: &mut Vec<Val>) {
                 into.append(items);
             }
         }
-        Val::Map(m) => {
-            if Rc::strong_count(m) == 1 && Rc::weak_count(m) == 0 {
-                into.extend(std::mem::take(&mut *m.borrow_mut()).into_values());
-            }
+        Val::Map(m) if Rc::strong_count(m) == 1 && Rc::weak_count(m) == 0 => {
+            into.extend(std::mem::take(&mut *m.borrow_mut()).into_values());
         }
         _ => {}
     }
