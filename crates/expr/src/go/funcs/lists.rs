@@ -1,4 +1,4 @@
-//! Sprig's lists, dictionaries and reflection helpers. Lists are never changed in place
+//! Sprig's lists, dictionaries and reflection functions. Lists are never changed in place
 //! (`append` makes a new one); dictionaries are (`set`, `unset`, `merge`), as in Sprig,
 //! and a dictionary may never be stored inside itself. Sprig's `slice` replaces Go's
 //! builtin of that name, as it does in µTask.

@@ -154,7 +154,7 @@ pub(crate) fn names() -> Vec<&'static str> {
     n
 }
 
-// ---- argument helpers ----
+// ---- reading arguments ----
 
 /// The text of a `P::Str` argument.
 pub(crate) fn text(v: &Val) -> &str {
