@@ -1,5 +1,6 @@
 //! Templating and expressions over JSON: one language (MiniJinja) for values,
-//! conditions and `foreach` lists.
+//! conditions and `foreach` lists; and, in [`go`], Go's `text/template` with µTask's
+//! functions, for µTask templates.
 //!
 //! Rendering is pure: it reads a JSON context and returns JSON or text. It knows
 //! nothing of storage or of the engine. It is bounded in time and memory whatever a
@@ -7,6 +8,8 @@
 //! operators and filters create, our filters check the size of what they would create
 //! before creating it, and the JSON a rendering returns is measured before it is built
 //! ([`MAX_RENDERED_BYTES`]).
+
+pub mod go;
 
 use std::sync::LazyLock;
 
