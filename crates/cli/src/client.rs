@@ -405,6 +405,15 @@ impl Client {
         )
         .await
     }
+
+    pub(crate) async fn put(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        self.call(
+            reqwest::Method::PUT,
+            path,
+            Some((body.to_string(), "application/json")),
+        )
+        .await
+    }
 }
 
 /// A problem+json error as one readable paragraph.
@@ -828,11 +837,7 @@ pub async fn task(cmd: TaskCommand) -> anyhow::Result<ExitCode> {
             }
             let json_out = conn.json;
             let out = Client::new(conn)?
-                .call(
-                    reqwest::Method::PUT,
-                    &format!("/api/v1/tasks/{id}/steps/{step}/state"),
-                    Some((body.to_string(), "application/json")),
-                )
+                .put(&format!("/api/v1/tasks/{id}/steps/{step}/state"), body)
                 .await?;
             if json_out {
                 print_json(&out);

@@ -109,13 +109,7 @@ pub async fn secret(cmd: SecretCommand) -> anyhow::Result<ExitCode> {
             if let Some(d) = description {
                 body["description"] = Value::String(d);
             }
-            let out = c
-                .call(
-                    reqwest::Method::PUT,
-                    &format!("/api/v1/secrets/{name}"),
-                    Some((body.to_string(), "application/json")),
-                )
-                .await?;
+            let out = c.put(&format!("/api/v1/secrets/{name}"), body).await?;
             if json_out {
                 print_json(&out);
             } else {

@@ -387,14 +387,7 @@ impl Engine {
         actor: &str,
         resolver_inputs: Value,
     ) -> Result<(), EngineError> {
-        let (task, _) =
-            self.inner
-                .store
-                .get_task(id)
-                .await?
-                .ok_or_else(|| EngineError::NotFound {
-                    what: format!("task {id}"),
-                })?;
+        let (task, _) = self.task_with_steps(id).await?;
         let compiled = self
             .inner
             .template(&task.template, task.template_version)
@@ -423,6 +416,17 @@ impl Engine {
         Ok(())
     }
 
+    /// A task and its steps, or NotFound.
+    async fn task_with_steps(&self, id: &str) -> Result<(TaskRow, Vec<StepRow>), EngineError> {
+        self.inner
+            .store
+            .get_task(id)
+            .await?
+            .ok_or_else(|| EngineError::NotFound {
+                what: format!("task {id}"),
+            })
+    }
+
     /// Sets one step's state by hand on a task that is not running (BLOCKED or PAUSED), e.g.
     /// a CRASHED step marked DONE after a person checked its effect, or sent back to TODO to
     /// run again. `output` replaces the step's output (DONE and custom states only). The
@@ -435,14 +439,7 @@ impl Engine {
         output: Option<Value>,
         actor: &str,
     ) -> Result<(), EngineError> {
-        let (task, steps) =
-            self.inner
-                .store
-                .get_task(id)
-                .await?
-                .ok_or_else(|| EngineError::NotFound {
-                    what: format!("task {id}"),
-                })?;
+        let (task, steps) = self.task_with_steps(id).await?;
         let Some(mut row) = steps.into_iter().find(|s| s.name == step) else {
             return Err(EngineError::NotFound {
                 what: format!("step {step:?} of task {id}"),

@@ -529,13 +529,18 @@ async fn get_task(
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<TaskOut>, Problem> {
+    task_out(&s, &id).await
+}
+
+/// A task with its steps as the API shows it, or 404.
+pub(crate) async fn task_out(s: &AppState, id: &str) -> Result<Json<TaskOut>, Problem> {
     let (task, steps) = s
         .engine
         .store()
-        .get_task(&id)
+        .get_task(id)
         .await?
         .ok_or_else(|| Problem::not_found(format!("task {id}")))?;
-    let template = template_of(&s, &task.template, task.template_version).await;
+    let template = template_of(s, &task.template, task.template_version).await;
     Ok(Json(TaskOut::new(task, Some(steps), template.as_ref())))
 }
 

@@ -165,6 +165,9 @@ fn complete_parameter(path: &str, p: &mut Value) {
             json!({"type": "string", "pattern": any_case(&states)})
         }
         (Some("query"), "template") => name_schema(MAX_NAME_LEN),
+        (Some("query"), "reason") => {
+            json!({"type": "string", "enum": taskhook_store::BLOCKED_REASONS})
+        }
         (Some("query"), "actor" | "action" | "target") => json!({
             "type": "string",
             "minLength": 1,
@@ -253,6 +256,29 @@ fn constrain_bodies(doc: &mut Value) {
             json!({"type": ["string", "null"], "maxLength": crate::maintenance::MAX_MESSAGE_CHARS}),
         ),
     ];
+    let retry = &mut doc["components"]["schemas"]["RetryRequest"];
+    retry["anyOf"] = json!([
+        {"required": ["ids"]}, {"required": ["reason"]}, {"required": ["template"]}
+    ]);
+    let constraints = constraints.into_iter().chain([
+        (
+            "RetryRequest",
+            "ids",
+            json!({"type": "array", "minItems": 1, "maxItems": crate::api::MAX_PAGE_LIMIT,
+                   "items": {"type": "string"}}),
+        ),
+        (
+            "RetryRequest",
+            "reason",
+            json!({"type": "string", "enum": taskhook_store::BLOCKED_REASONS}),
+        ),
+        ("RetryRequest", "template", name_schema(MAX_NAME_LEN)),
+        (
+            "RetryRequest",
+            "limit",
+            json!({"type": "integer", "minimum": 1, "maximum": crate::api::MAX_PAGE_LIMIT}),
+        ),
+    ]);
     for (schema, field, constraint) in constraints {
         let property = &mut doc["components"]["schemas"][schema]["properties"][field];
         let description = property.get("description").cloned();

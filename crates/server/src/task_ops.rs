@@ -12,7 +12,7 @@ use serde_json::Value;
 use taskhook_model::TaskState;
 use utoipa::ToSchema;
 
-use crate::api::{blocked_reason, body, page_limit, parse_json, template_of};
+use crate::api::{MAX_PAGE_LIMIT, blocked_reason, body, page_limit, parse_json, task_out};
 use crate::auth::Caller;
 use crate::dto::TaskOut;
 use crate::{AppState, Problem};
@@ -49,32 +49,26 @@ pub(crate) async fn set_step_state(
     s.engine
         .set_step_state(&id, &step, &req.state, req.output, &c.name)
         .await?;
-    let (task, steps) = s
-        .engine
-        .store()
-        .get_task(&id)
-        .await?
-        .ok_or_else(|| Problem::not_found(format!("task {id}")))?;
-    let template = template_of(&s, &task.template, task.template_version).await;
-    Ok(Json(TaskOut::new(task, Some(steps), template.as_ref())))
+    task_out(&s, &id).await
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetryRequest {
-    /// These tasks (BLOCKED or PAUSED), each reported apart.
+    /// These tasks (BLOCKED or PAUSED), each reported apart; without ids, the BLOCKED tasks
+    /// the filters select, newest first. At least one of ids, reason and template is given.
     #[serde(default)]
     pub ids: Option<Vec<String>>,
-    /// Or the BLOCKED tasks blocked for this reason (`crashed`, `crash_loop`,
-    /// `failed_steps`, `retry_max`, `deadlock`, `template`)…
+    /// Only BLOCKED tasks blocked for this reason.
     #[serde(default)]
     pub reason: Option<String>,
-    /// …and/or of this template.
+    /// Only tasks of this template.
     #[serde(default)]
     pub template: Option<String>,
-    /// Most tasks retried by a filter, 1-1000 (default 100), newest first.
+    /// Most tasks a filter retries, 1-1000 (default 100); ids are all tried.
     #[serde(default)]
-    pub limit: Option<u32>,
+    #[schema(value_type = Option<u32>)]
+    pub limit: Option<serde_json::Number>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -92,11 +86,9 @@ pub struct RetryOut {
     pub failed: Vec<RetryFailure>,
 }
 
-/// Most ids one bulk retry names.
-const MAX_IDS: usize = 1000;
-
 /// `POST /api/v1/tasks/retry`: retries many tasks at once, each as `POST …/{id}/retry` would
-/// (authorized and audited one by one). A filter retries only tasks the caller may retry.
+/// (authorized and audited one by one). Named tasks are each reported; tasks a filter
+/// selects that the caller may not retry are left alone.
 #[utoipa::path(post, path = "/api/v1/tasks/retry", request_body = RetryRequest,
     responses((status = 200, body = RetryOut), (status = 400, body = Problem)))]
 pub(crate) async fn retry_tasks(
@@ -104,83 +96,118 @@ pub(crate) async fn retry_tasks(
     State(s): State<AppState>,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Json<RetryOut>, Problem> {
-    let req: RetryRequest = parse_json(&body(b)?)?;
-    let mut out = RetryOut {
-        retried: Vec::new(),
-        failed: Vec::new(),
-    };
-    if let Some(ids) = req.ids {
-        if req.reason.is_some() || req.template.is_some() || req.limit.is_some() {
-            return Err(Problem::field(
-                StatusCode::BAD_REQUEST,
-                "ids",
-                "give ids, or a filter (reason, template, limit), not both",
-            ));
-        }
-        if ids.is_empty() || ids.len() > MAX_IDS {
-            return Err(Problem::field(
-                StatusCode::BAD_REQUEST,
-                "ids",
-                format!("give 1 to {MAX_IDS} task ids"),
-            ));
-        }
-        for id in ids {
-            match retry_one(&s, &c, &id).await {
-                Ok(()) => out.retried.push(id),
-                Err(p) => out.failed.push(RetryFailure {
-                    id,
-                    status: p.status,
-                    detail: p.detail,
-                }),
-            }
-        }
-        return Ok(Json(out));
-    }
-    let reason = blocked_reason(req.reason)?;
-    if reason.is_none() && req.template.is_none() {
+    let bytes = body(b)?;
+    // An explicit null is refused like any other value of the wrong type.
+    let raw: Value = parse_json(&bytes)?;
+    if let Some((field, _)) = raw
+        .as_object()
+        .and_then(|m| m.iter().find(|(_, v)| v.is_null()))
+    {
         return Err(Problem::field(
             StatusCode::BAD_REQUEST,
-            "reason",
-            "give ids, a reason or a template: a bulk retry of every BLOCKED task is not taken",
+            field,
+            "must not be null: leave it out",
         ));
     }
+    let req: RetryRequest = parse_json(&bytes)?;
+    let reason = blocked_reason(req.reason)?;
     if let Some(t) = &req.template {
         taskhook_model::name::check(t, taskhook_model::validate::MAX_NAME_LEN)
             .map_err(|e| Problem::field(StatusCode::BAD_REQUEST, "template", e))?;
     }
-    let limit = page_limit(req.limit)?;
-    let tasks = s
-        .engine
-        .store()
-        .list_tasks(taskhook_store::TaskFilter {
-            state: Some(TaskState::Blocked),
-            template: req.template,
-            blocked_reason: reason,
-            before: None,
-            limit,
-        })
-        .await?;
-    for task in tasks {
-        if !crate::identity::may_retry(&s, &c, &task).await {
-            continue;
-        }
-        match s.engine.retry(&task.id, &c.name).await {
-            Ok(()) => out.retried.push(task.id),
-            Err(e) => {
-                let p = Problem::from(e);
-                out.failed.push(RetryFailure {
-                    id: task.id,
-                    status: p.status,
-                    detail: p.detail,
+    // A JSON integer may be written `10.0`.
+    let limit = match req.limit {
+        None => None,
+        Some(n) => Some(
+            n.as_u64()
+                .or_else(|| {
+                    n.as_f64()
+                        .filter(|f| f.fract() == 0.0 && *f >= 0.0)
+                        .map(|f| f as u64)
                 })
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| {
+                    Problem::field(
+                        StatusCode::BAD_REQUEST,
+                        "limit",
+                        "must be an integer from 1 to 1000",
+                    )
+                })?,
+        ),
+    };
+    let limit = page_limit(limit)?;
+    let mut out = RetryOut {
+        retried: Vec::new(),
+        failed: Vec::new(),
+    };
+    let Some(ids) = req.ids else {
+        if reason.is_none() && req.template.is_none() {
+            return Err(Problem::field(
+                StatusCode::BAD_REQUEST,
+                "reason",
+                "give ids, a reason or a template: a bulk retry of every BLOCKED task is not taken",
+            ));
+        }
+        let tasks = s
+            .engine
+            .store()
+            .list_tasks(taskhook_store::TaskFilter {
+                state: Some(TaskState::Blocked),
+                template: req.template,
+                blocked_reason: reason,
+                before: None,
+                limit,
+            })
+            .await?;
+        for task in tasks {
+            if crate::identity::may_retry(&s, &c, &task).await {
+                let id = task.id.clone();
+                record(
+                    &mut out,
+                    id,
+                    s.engine
+                        .retry(&task.id, &c.name)
+                        .await
+                        .map_err(Problem::from),
+                );
             }
         }
+        return Ok(Json(out));
+    };
+    if ids.is_empty() || ids.len() > MAX_PAGE_LIMIT as usize {
+        return Err(Problem::field(
+            StatusCode::BAD_REQUEST,
+            "ids",
+            format!("give 1 to {MAX_PAGE_LIMIT} task ids"),
+        ));
+    }
+    for id in ids {
+        let result = retry_one(&s, &c, &id, reason.as_deref(), req.template.as_deref()).await;
+        record(&mut out, id, result);
     }
     Ok(Json(out))
 }
 
-/// One named task: 404 when absent or not readable, 403 when readable but not retryable.
-async fn retry_one(s: &AppState, c: &Caller, id: &str) -> Result<(), Problem> {
+fn record(out: &mut RetryOut, id: String, result: Result<(), Problem>) {
+    match result {
+        Ok(()) => out.retried.push(id),
+        Err(p) => out.failed.push(RetryFailure {
+            id,
+            status: p.status,
+            detail: p.detail,
+        }),
+    }
+}
+
+/// One named task: 404 when absent or not readable, 403 when readable but not retryable,
+/// 409 when it does not match the filters given beside the ids.
+async fn retry_one(
+    s: &AppState,
+    c: &Caller,
+    id: &str,
+    reason: Option<&str>,
+    template: Option<&str>,
+) -> Result<(), Problem> {
     let not_found = || Problem::not_found(format!("task {id}"));
     let task = match s.engine.store().get_task(id).await? {
         Some((t, _)) => t,
@@ -192,6 +219,14 @@ async fn retry_one(s: &AppState, c: &Caller, id: &str) -> Result<(), Problem> {
         } else {
             not_found()
         });
+    }
+    let matches = reason.is_none_or(|r| task.blocked_reason.as_deref() == Some(r))
+        && template.is_none_or(|t| task.template == t);
+    if !matches {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "the task does not match the reason or template given",
+        ));
     }
     s.engine.retry(id, &c.name).await?;
     Ok(())
