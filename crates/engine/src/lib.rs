@@ -223,6 +223,10 @@ pub struct Engine {
     inner: Arc<Inner>,
 }
 
+/// Builtin step states a person may set by hand (`Engine::set_step_state`); a step's own
+/// custom states may be set too.
+const SETTABLE_STEP_STATES: [&str; 5] = ["TODO", "DONE", "PRUNE", "CLIENT_ERROR", "FATAL_ERROR"];
+
 impl Engine {
     pub fn new(store: Store, actions: Registry, config: EngineConfig) -> Self {
         let resources = config
@@ -456,25 +460,19 @@ impl Engine {
             .get(declared)
             .map(|s| tpl.custom_states_of(s).collect())
             .unwrap_or_default();
-        let to: StepState = match state {
-            "TODO" => StepState::Todo,
-            "DONE" => StepState::Done,
-            "PRUNE" => StepState::Prune,
-            "CLIENT_ERROR" => StepState::ClientError,
-            "FATAL_ERROR" => StepState::FatalError,
-            s if custom.iter().any(|c| *c == s) => StepState::Custom(s.to_string()),
-            s => {
-                let mut allowed = vec!["TODO", "DONE", "PRUNE", "CLIENT_ERROR", "FATAL_ERROR"];
-                allowed.extend(custom.iter().map(|c| c.as_str()));
-                return Err(EngineError::Invalid {
-                    field: "state".into(),
-                    message: format!(
-                        "{s:?} cannot be set by hand: use one of {}",
-                        allowed.join(", ")
-                    ),
-                });
-            }
-        };
+        if !SETTABLE_STEP_STATES.contains(&state) && !custom.iter().any(|c| *c == state) {
+            let mut allowed = SETTABLE_STEP_STATES.to_vec();
+            allowed.extend(custom.iter().map(|c| c.as_str()));
+            return Err(EngineError::Invalid {
+                field: "state".into(),
+                message: format!(
+                    "{state:?} cannot be set by hand: use one of {}",
+                    allowed.join(", ")
+                ),
+            });
+        }
+        // A custom state never takes a builtin's name (validation refuses it).
+        let to = StepState::parse(state);
         if output.is_some() && !matches!(to, StepState::Done | StepState::Custom(_)) {
             return Err(EngineError::Invalid {
                 field: "output".into(),

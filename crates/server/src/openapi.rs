@@ -257,26 +257,36 @@ fn constrain_bodies(doc: &mut Value) {
         ),
     ];
     let retry = &mut doc["components"]["schemas"]["RetryRequest"];
-    retry["anyOf"] = json!([
-        {"required": ["ids"]}, {"required": ["reason"]}, {"required": ["template"]}
-    ]);
+    // At least one of them given, and not null (null is absent).
+    retry["anyOf"] = json!(["ids", "reason", "template"].map(|f| json!({
+        "required": [f], "properties": {f: {"not": {"type": "null"}}},
+    })));
     let constraints = constraints.into_iter().chain([
         (
             "RetryRequest",
             "ids",
-            json!({"type": "array", "minItems": 1, "maxItems": crate::api::MAX_PAGE_LIMIT,
+            json!({"type": ["array", "null"], "minItems": 1, "maxItems": crate::api::MAX_PAGE_LIMIT,
                    "items": {"type": "string"}}),
         ),
         (
             "RetryRequest",
             "reason",
-            json!({"type": "string", "enum": taskhook_store::BLOCKED_REASONS}),
+            {
+                let mut reasons: Vec<Value> =
+                    taskhook_store::BLOCKED_REASONS.iter().map(|r| json!(r)).collect();
+                reasons.push(Value::Null);
+                json!({"type": ["string", "null"], "enum": reasons})
+            },
         ),
-        ("RetryRequest", "template", name_schema(MAX_NAME_LEN)),
+        ("RetryRequest", "template", {
+            let mut n = name_schema(MAX_NAME_LEN);
+            n["type"] = json!(["string", "null"]);
+            n
+        }),
         (
             "RetryRequest",
             "limit",
-            json!({"type": "integer", "minimum": 1, "maximum": crate::api::MAX_PAGE_LIMIT}),
+            json!({"type": ["integer", "null"], "minimum": 1, "maximum": crate::api::MAX_PAGE_LIMIT}),
         ),
     ]);
     for (schema, field, constraint) in constraints {

@@ -96,20 +96,8 @@ pub(crate) async fn retry_tasks(
     State(s): State<AppState>,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Json<RetryOut>, Problem> {
-    let bytes = body(b)?;
-    // An explicit null is refused like any other value of the wrong type.
-    let raw: Value = parse_json(&bytes)?;
-    if let Some((field, _)) = raw
-        .as_object()
-        .and_then(|m| m.iter().find(|(_, v)| v.is_null()))
-    {
-        return Err(Problem::field(
-            StatusCode::BAD_REQUEST,
-            field,
-            "must not be null: leave it out",
-        ));
-    }
-    let req: RetryRequest = parse_json(&bytes)?;
+    // A null field is an absent one, as in every request body.
+    let req: RetryRequest = parse_json(&body(b)?)?;
     let reason = blocked_reason(req.reason)?;
     if let Some(t) = &req.template {
         taskhook_model::name::check(t, taskhook_model::validate::MAX_NAME_LEN)
