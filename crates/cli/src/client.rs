@@ -247,6 +247,26 @@ pub enum TaskCommand {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Give a task BLOCKED by retry_max as many runs again as its template allows, and run it.
+    Extend {
+        id: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Leave a comment on a task.
+    Comment {
+        id: String,
+        /// The comment (1 to 10,000 characters).
+        text: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Show a task's comments, oldest first.
+    Comments {
+        id: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Set a step's state by hand on a BLOCKED or PAUSED task (e.g. mark a CRASHED step DONE
     /// after checking its effect, or send it back to TODO); then `retry` runs the task on.
     SetStep {
@@ -821,6 +841,41 @@ pub async fn task(cmd: TaskCommand) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::SUCCESS
             })
+        }
+        TaskCommand::Extend { id, conn } => action(conn, &id, "extend", Value::Null).await,
+        TaskCommand::Comment { id, text, conn } => {
+            let json_out = conn.json;
+            let out = Client::new(conn)?
+                .post(
+                    &format!("/api/v1/tasks/{id}/comments"),
+                    json!({ "content": text }),
+                )
+                .await?;
+            if json_out {
+                print_json(&out);
+            } else {
+                println!("{}", out["id"].as_str().unwrap_or(""));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        TaskCommand::Comments { id, conn } => {
+            let json_out = conn.json;
+            let out = Client::new(conn)?
+                .get(&format!("/api/v1/tasks/{id}/comments"))
+                .await?;
+            if json_out {
+                print_json(&out);
+            } else {
+                for c in out.as_array().into_iter().flatten() {
+                    println!(
+                        "{} {}: {}",
+                        c["created_at"].as_str().unwrap_or(""),
+                        c["author"].as_str().unwrap_or(""),
+                        c["content"].as_str().unwrap_or("")
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
         }
         TaskCommand::SetStep {
             id,

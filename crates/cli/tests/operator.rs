@@ -278,3 +278,110 @@ async fn bulk_retry_retries_only_what_the_caller_may_retry() {
         .unwrap();
     assert_eq!(resp.status().as_u16(), 403);
 }
+
+#[tokio::test]
+async fn a_task_out_of_runs_is_extended_and_tasks_take_comments() {
+    let s = Server::start();
+    // One run allowed: a server error on the first run leaves it BLOCKED by retry_max.
+    let tpl = "name: flaky\nauto_runnable: true\nretry_max: 1\nsteps:\n  call:\n    action: {type: echo, configuration: {error_type: server, error_message: down}}\n";
+    assert_eq!(s.put_template("flaky", tpl).await.0, 201);
+    let (_, c) = s.post("/api/v1/tasks", json!({"template": "flaky"})).await;
+    let id = c["id"].as_str().unwrap().to_string();
+    let t = s.wait_state(&id, &["BLOCKED"]).await;
+    assert_eq!(t["blocked_reason"], "retry_max", "{t:#}");
+    assert_eq!(t["run_max"], 1);
+
+    let (st, out) = s
+        .post(&format!("/api/v1/tasks/{id}/extend"), json!({}))
+        .await;
+    assert_eq!(st, 200, "{out:#}");
+    // It ran once more, and is out of runs again.
+    let t = s
+        .wait_state_within(&id, &["BLOCKED"], std::time::Duration::from_secs(20))
+        .await;
+    assert_eq!(
+        (t["run_max"].clone(), t["run_count"].clone()),
+        (json!(2), json!(2)),
+        "{t:#}"
+    );
+    let (_, events) = s.get(&format!("/api/v1/tasks/{id}/events")).await;
+    let kinds: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    let extended = kinds
+        .iter()
+        .position(|k| *k == "extended")
+        .expect("extended");
+    assert_eq!(kinds[extended + 1], "retried", "{kinds:?}");
+
+    // Only a task out of runs can be extended.
+    let failing = "name: failing\nauto_runnable: true\nsteps:\n  check:\n    action: {type: echo, configuration: {error_type: client}}\n";
+    assert_eq!(s.put_template("failing", failing).await.0, 201);
+    let (_, c) = s
+        .post("/api/v1/tasks", json!({"template": "failing"}))
+        .await;
+    let other = c["id"].as_str().unwrap().to_string();
+    let before = s.wait_state(&other, &["BLOCKED"]).await;
+    let (st, p) = s
+        .post(&format!("/api/v1/tasks/{other}/extend"), json!({}))
+        .await;
+    assert_eq!(st, 409, "{p:#}");
+    assert!(
+        p["detail"].as_str().unwrap().contains("failed_steps"),
+        "{p:#}"
+    );
+    let (_, t) = s.get(&format!("/api/v1/tasks/{other}")).await;
+    assert_eq!(t["run_max"], before["run_max"], "{t:#}");
+
+    // Comments: by the caller, oldest first; bad ones change nothing.
+    let (st, c1) = s
+        .post(
+            &format!("/api/v1/tasks/{id}/comments"),
+            json!({"content": "the backend is down until noon"}),
+        )
+        .await;
+    assert_eq!(st, 201, "{c1:#}");
+    assert_eq!(c1["author"], "admin");
+    let (code, out, err) = taskhook(
+        Some(&s),
+        &["task", "comment", &id, "extended twice, giving up"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.trim().is_empty());
+    for (body, status) in [
+        (json!({"content": ""}), 400),
+        (json!({"content": "x".repeat(10_001)}), 400),
+        (json!({"text": "hi"}), 400),
+    ] {
+        let (st, p) = s.post(&format!("/api/v1/tasks/{id}/comments"), body).await;
+        assert_eq!(st, status, "{p:#}");
+    }
+    let (st, _) = s
+        .post(
+            "/api/v1/tasks/0190aaaa-0000-7000-8000-000000000000/comments",
+            json!({"content": "lost"}),
+        )
+        .await;
+    assert_eq!(st, 404);
+    let (st, list) = s.get(&format!("/api/v1/tasks/{id}/comments")).await;
+    assert_eq!(st, 200);
+    let contents: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        contents,
+        vec![
+            "the backend is down until noon",
+            "extended twice, giving up"
+        ]
+    );
+    let (code, out, err) = taskhook(Some(&s), &["task", "comments", &id]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("admin: extended twice, giving up"), "{out}");
+}

@@ -521,6 +521,28 @@ impl Engine {
         Ok(())
     }
 
+    /// Gives a task BLOCKED by `retry_max` as many runs again as its template allows
+    /// (µTask's `extend`), then runs it: an `extended` event, then `retried`.
+    pub async fn extend(&self, id: &str, actor: &str) -> Result<(), EngineError> {
+        let (task, _) = self.task_with_steps(id).await?;
+        let more = self
+            .inner
+            .template(&task.template, task.template_version)
+            .await?
+            .template
+            .retry_max()
+            .max(1);
+        let ev = NewEvent {
+            actor: actor.into(),
+            kind: "extended".into(),
+            from_state: None,
+            to_state: None,
+            detail: json!({"run_max": task.run_max.saturating_add(more)}),
+        };
+        self.inner.store.extend_run_max(id, more, ev).await?;
+        self.retry(id, actor).await
+    }
+
     /// Runs a BLOCKED or PAUSED task again.
     pub async fn retry(&self, id: &str, actor: &str) -> Result<(), EngineError> {
         let ev = NewEvent {

@@ -33,9 +33,10 @@ use crate::{AppState, Problem};
         crate::keys::key_status, crate::keys::rotate_keys,
         create_task, get_task, list_tasks, task_events, resolve_task, cancel_task, retry_task, pause_task,
         crate::secrets_api::put_secret, crate::secrets_api::get_secret, crate::secrets_api::list_secrets, crate::secrets_api::delete_secret,
-        crate::audit::list_audit, crate::task_ops::retry_tasks, crate::task_ops::set_step_state
+        crate::audit::list_audit, crate::task_ops::retry_tasks, crate::task_ops::set_step_state,
+        crate::task_ops::extend_task, crate::task_ops::list_comments, crate::task_ops::add_comment
     ),
-    components(schemas(crate::maintenance::MaintenanceRequest, crate::maintenance::MaintenanceOut, crate::hooks_api::HookOut, crate::hooks_api::FireOut, crate::hooks_api::Fired, crate::hooks_api::TestEvent, Problem, CreateTaskRequest, ResolveRequest, TaskCreated, TemplateOut, TemplateSummary, TaskOut, StepOut, TaskPage, EventOut, crate::secrets_api::SecretRequest, crate::secrets_api::SecretOut, crate::task_ops::StepStateRequest, crate::task_ops::RetryRequest, crate::task_ops::RetryOut, crate::task_ops::RetryFailure)),
+    components(schemas(crate::maintenance::MaintenanceRequest, crate::maintenance::MaintenanceOut, crate::hooks_api::HookOut, crate::hooks_api::FireOut, crate::hooks_api::Fired, crate::hooks_api::TestEvent, Problem, CreateTaskRequest, ResolveRequest, TaskCreated, TemplateOut, TemplateSummary, TaskOut, StepOut, TaskPage, EventOut, crate::secrets_api::SecretRequest, crate::secrets_api::SecretOut, crate::task_ops::StepStateRequest, crate::task_ops::RetryRequest, crate::task_ops::RetryOut, crate::task_ops::RetryFailure, crate::task_ops::CommentRequest, crate::task_ops::CommentOut)),
     modifiers(&BearerAuth)
 )]
 pub(crate) struct ApiDoc;
@@ -658,7 +659,7 @@ async fn task_events(
     ))
 }
 
-async fn task_state(s: &AppState, id: &str) -> Result<Json<TaskCreated>, Problem> {
+pub(crate) async fn task_state(s: &AppState, id: &str) -> Result<Json<TaskCreated>, Problem> {
     let (task, _) = s
         .engine
         .store()

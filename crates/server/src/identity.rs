@@ -354,7 +354,7 @@ async fn people_grant(s: &AppState, caller: &Caller, task: &TaskRow, route: &Rou
             })
     };
     match verb {
-        "read" => requester || task.people.is_watcher(user) || resolver().await,
+        "read" | "comment" => requester || task.people.is_watcher(user) || resolver().await,
         "cancel" => requester && route.path.ends_with("/cancel"),
         "resolve" => resolver().await,
         _ => false,

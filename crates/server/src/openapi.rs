@@ -278,6 +278,11 @@ fn constrain_bodies(doc: &mut Value) {
                 json!({"type": ["string", "null"], "enum": reasons})
             },
         ),
+        (
+            "CommentRequest",
+            "content",
+            json!({"type": "string", "minLength": 1, "maxLength": crate::task_ops::MAX_COMMENT_CHARS}),
+        ),
         ("RetryRequest", "template", {
             let mut n = name_schema(MAX_NAME_LEN);
             n["type"] = json!(["string", "null"]);

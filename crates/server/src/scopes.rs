@@ -114,6 +114,21 @@ pub const ROUTES: &[RouteScope] = &[
     ),
     row(
         "POST",
+        "/api/v1/tasks/{id}/extend",
+        "tasks:resolve:{template}",
+    ),
+    row(
+        "GET",
+        "/api/v1/tasks/{id}/comments",
+        "tasks:read:{template}",
+    ),
+    row(
+        "POST",
+        "/api/v1/tasks/{id}/comments",
+        "tasks:comment:{template}",
+    ),
+    row(
+        "POST",
         "/api/v1/tasks/{id}/cancel",
         "tasks:cancel:{template}",
     ),

@@ -1,26 +1,34 @@
 //! What an operator does to tasks that stopped for a person: set a step's state by hand,
-//! and retry BLOCKED tasks in bulk (by reason, template or ids).
+//! retry BLOCKED tasks in bulk (by reason, template or ids), give a task more runs
+//! (`extend`), and comment on a task.
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{post, put};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use taskhook_model::TaskState;
 use utoipa::ToSchema;
 
-use crate::api::{MAX_PAGE_LIMIT, blocked_reason, body, page_limit, parse_json, task_out};
+use crate::api::{
+    MAX_PAGE_LIMIT, blocked_reason, body, page_limit, parse_json, task_out, task_state,
+};
 use crate::auth::Caller;
-use crate::dto::TaskOut;
+use crate::dto::{TaskCreated, TaskOut, time};
 use crate::{AppState, Problem};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/v1/tasks/retry", post(retry_tasks))
         .route("/api/v1/tasks/{id}/steps/{step}/state", put(set_step_state))
+        .route("/api/v1/tasks/{id}/extend", post(extend_task))
+        .route(
+            "/api/v1/tasks/{id}/comments",
+            get(list_comments).post(add_comment),
+        )
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -218,4 +226,85 @@ async fn retry_one(
     }
     s.engine.retry(id, &c.name).await?;
     Ok(())
+}
+
+/// `POST /api/v1/tasks/{id}/extend`: a task BLOCKED by `retry_max` gets as many runs again as
+/// its template allows and runs (409 for any other task).
+#[utoipa::path(post, path = "/api/v1/tasks/{id}/extend",
+    responses((status = 200, body = TaskCreated), (status = 404, body = Problem), (status = 409, body = Problem)))]
+pub(crate) async fn extend_task(
+    c: Caller,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<TaskCreated>, Problem> {
+    s.engine.extend(&id, &c.name).await?;
+    task_state(&s, &id).await
+}
+
+/// Longest comment, in characters.
+pub(crate) const MAX_COMMENT_CHARS: usize = 10_000;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CommentRequest {
+    /// The comment, 1 to 10,000 characters.
+    pub content: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CommentOut {
+    pub id: String,
+    /// Who wrote it (the caller's name).
+    pub author: String,
+    pub content: String,
+    pub created_at: String,
+}
+
+impl From<taskhook_store::Comment> for CommentOut {
+    fn from(c: taskhook_store::Comment) -> Self {
+        CommentOut {
+            id: c.id,
+            author: c.author,
+            content: c.content,
+            created_at: time(c.created_at),
+        }
+    }
+}
+
+/// `GET /api/v1/tasks/{id}/comments`: the task's comments, oldest first.
+#[utoipa::path(get, path = "/api/v1/tasks/{id}/comments",
+    responses((status = 200, body = Vec<CommentOut>), (status = 404, body = Problem)))]
+pub(crate) async fn list_comments(
+    _c: Caller,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<CommentOut>>, Problem> {
+    let comments = s.engine.store().comments(&id).await?;
+    Ok(Json(comments.into_iter().map(CommentOut::from).collect()))
+}
+
+/// `POST /api/v1/tasks/{id}/comments`: adds a comment by the caller (at most 1,000 a task).
+#[utoipa::path(post, path = "/api/v1/tasks/{id}/comments", request_body = CommentRequest,
+    responses((status = 201, body = CommentOut), (status = 400, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem)))]
+pub(crate) async fn add_comment(
+    c: Caller,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<CommentOut>), Problem> {
+    let req: CommentRequest = parse_json(&body(b)?)?;
+    let chars = req.content.chars().count();
+    if chars == 0 || chars > MAX_COMMENT_CHARS {
+        return Err(Problem::field(
+            StatusCode::BAD_REQUEST,
+            "content",
+            format!("a comment has 1 to {MAX_COMMENT_CHARS} characters"),
+        ));
+    }
+    let comment = s
+        .engine
+        .store()
+        .add_comment(&id, &c.name, &req.content)
+        .await?;
+    Ok((StatusCode::CREATED, Json(comment.into())))
 }

@@ -433,6 +433,11 @@ pub(crate) const SEALED_TABLES: &[SealedTable] = &[
         columns: &[("error", Kind::Text), ("payload", Kind::Json)],
     },
     SealedTable {
+        name: "task_comments",
+        key: &[("id", false)],
+        columns: &[("content", Kind::Text)],
+    },
+    SealedTable {
         name: "secrets",
         key: &[("name", false)],
         columns: &[("value", Kind::Text)],

@@ -465,3 +465,20 @@ pub(crate) fn check_step_edit(
     }
     Ok(())
 }
+
+/// Whether `task` may be given more runs: it is BLOCKED because it ran `run_max` times.
+pub(crate) fn check_extend(task: &TaskRow) -> Result<()> {
+    if task.state != taskhook_model::TaskState::Blocked
+        || task.blocked_reason.as_deref() != Some("retry_max")
+    {
+        return Err(StoreError::Conflict(format!(
+            "only a task BLOCKED by retry_max can be extended; this one is {}{}",
+            task.state.as_str(),
+            task.blocked_reason
+                .as_deref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default()
+        )));
+    }
+    Ok(())
+}

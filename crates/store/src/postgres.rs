@@ -25,6 +25,7 @@
 
 mod audit;
 mod batch;
+mod comments;
 mod keys;
 mod listener;
 mod notify;
@@ -86,6 +87,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (
         14,
         include_str!("../migrations/postgres/0014_blocked_reason.sql"),
+    ),
+    (
+        15,
+        include_str!("../migrations/postgres/0015_task_comments.sql"),
     ),
 ];
 
@@ -186,6 +191,32 @@ fn parse_config(url: &str) -> Result<(Config, PgTls)> {
         config.application_name("taskhook");
     }
     Ok((config, tls))
+}
+
+/// Records one event of a task, written by a person's action outside a run.
+async fn insert_event(
+    tx: &impl GenericClient,
+    task_id: &str,
+    at: i64,
+    event: &NewEvent,
+) -> Result<()> {
+    let detail = json(&event.detail);
+    execute(
+        tx,
+        "INSERT INTO task_events (task_id, at, actor, kind, from_state, to_state, detail) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        &[
+            &task_id,
+            &at,
+            &event.actor,
+            &event.kind,
+            &event.from_state,
+            &event.to_state,
+            &detail,
+        ],
+    )
+    .await?;
+    Ok(())
 }
 
 /// Opens one connection outside the pool and drives it in a task of its own.
@@ -1026,6 +1057,32 @@ fn unexpected_reply() -> StoreError {
 // ---------------------------------------------------------------- the store's calls
 
 impl PgStore {
+    pub async fn extend_run_max(&self, task_id: &str, more: u32, event: NewEvent) -> Result<()> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        let row = query_opt(
+            &tx,
+            &format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1 FOR UPDATE"),
+            &[&task_id],
+        )
+        .await?
+        .ok_or_else(|| StoreError::NotFound {
+            what: format!("task {task_id}"),
+        })?;
+        let task = task_from(&row, 0)?;
+        crate::check_extend(&task)?;
+        let now = now_ms().max(task.updated_at + 1);
+        execute(
+            &tx,
+            "UPDATE tasks SET run_max = run_max + $2, updated_at = $3 WHERE id = $1",
+            &[&task_id, &i64::from(more), &now],
+        )
+        .await?;
+        insert_event(&tx, task_id, now, &event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     pub async fn put_step(
         &self,
         task_id: &str,
@@ -1067,22 +1124,7 @@ impl PgStore {
             &[&task_id, &now],
         )
         .await?;
-        let detail = json(&event.detail);
-        execute(
-            &tx,
-            "INSERT INTO task_events (task_id, at, actor, kind, from_state, to_state, detail) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            &[
-                &task_id,
-                &now,
-                &event.actor,
-                &event.kind,
-                &event.from_state,
-                &event.to_state,
-                &detail,
-            ],
-        )
-        .await?;
+        insert_event(&tx, task_id, now, &event).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -1872,6 +1914,7 @@ impl PgStore {
                LIMIT $2 FOR UPDATE SKIP LOCKED), \
              s AS (DELETE FROM steps WHERE task_id IN (SELECT id FROM ids)), \
              e AS (DELETE FROM task_events WHERE task_id IN (SELECT id FROM ids)), \
+             c AS (DELETE FROM task_comments WHERE task_id IN (SELECT id FROM ids)), \
              d AS (DELETE FROM tasks WHERE id IN (SELECT id FROM ids) RETURNING 1) \
              SELECT count(*) FROM d",
             &[&before, &i64::from(limit)],

@@ -423,6 +423,38 @@ impl Store {
         )
     }
 
+    /// Adds a comment to a task, its content sealed ([`StoreError::NotFound`] without the
+    /// task, [`StoreError::Conflict`] past [`MAX_COMMENTS_PER_TASK`]).
+    pub async fn add_comment(&self, task_id: &str, author: &str, content: &str) -> Result<Comment> {
+        let mut sealed = content.to_string();
+        self.sealer().text(&mut sealed)?;
+        let mut comment = backend!(self, add_comment(task_id, author, &sealed))?;
+        comment.content = content.to_string();
+        Ok(comment)
+    }
+
+    /// A task's comments, oldest first.
+    pub async fn comments(&self, task_id: &str) -> Result<Vec<Comment>> {
+        let mut comments = backend!(self, comments(task_id))?;
+        let s = self.sealer();
+        for c in &mut comments {
+            s.open_text(&mut c.content)?;
+        }
+        Ok(comments)
+    }
+
+    /// Gives a task BLOCKED by `retry_max` `more` runs; it stays BLOCKED until retried.
+    /// [`StoreError::Conflict`] when it is not blocked so.
+    pub async fn extend_run_max(
+        &self,
+        task_id: &str,
+        more: u32,
+        mut event: NewEvent,
+    ) -> Result<()> {
+        self.sealer().event(&mut event)?;
+        backend!(self, extend_run_max(task_id, more, event))
+    }
+
     /// A person writes one step of a task that is not running (its state is one of
     /// `allowed`), as they saw it: the write fails with [`StoreError::Conflict`] when the task
     /// changed after `seen_updated_at`. The task keeps its state; `event` records the edit.

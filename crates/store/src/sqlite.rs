@@ -3,6 +3,7 @@
 //! savepoint when one fails, so one failure does not undo its neighbours); callers hear back
 //! only after COMMIT.
 
+mod comments;
 mod keys;
 mod secrets;
 
@@ -37,6 +38,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0012_crashes.sql"),
     include_str!("../migrations/sqlite/0013_fires_committed_at.sql"),
     include_str!("../migrations/sqlite/0014_blocked_reason.sql"),
+    include_str!("../migrations/sqlite/0015_task_comments.sql"),
 ];
 /// Most writes one transaction takes; beyond it the next batch starts.
 const MAX_BATCH: usize = 2048;
@@ -1171,6 +1173,23 @@ impl SqliteStore {
         .await
     }
 
+    pub async fn extend_run_max(&self, task_id: &str, more: u32, event: NewEvent) -> Result<()> {
+        let task_id = task_id.to_string();
+        self.write(move |c| {
+            let task = load_task(c, &task_id)?.ok_or_else(|| StoreError::NotFound {
+                what: format!("task {task_id}"),
+            })?;
+            crate::check_extend(&task)?;
+            let now = now_ms().max(task.updated_at + 1);
+            c.prepare_cached(
+                "UPDATE tasks SET run_max = run_max + ?2, updated_at = ?3 WHERE id = ?1",
+            )?
+            .execute(params![task_id, more, now])?;
+            insert_event(c, &task_id, now, &event)
+        })
+        .await
+    }
+
     /// After a restart: tasks left RUNNING by a process that is gone become READY now.
     /// The engine then sorts out their RUNNING steps (re-run if idempotent, else block).
     /// One process owns the file, so every RUNNING task is an orphan at start.
@@ -1369,6 +1388,7 @@ impl SqliteStore {
             for id in &ids {
                 c.prepare_cached("DELETE FROM steps WHERE task_id = ?1")?.execute([id])?;
                 c.prepare_cached("DELETE FROM task_events WHERE task_id = ?1")?.execute([id])?;
+                c.prepare_cached("DELETE FROM task_comments WHERE task_id = ?1")?.execute([id])?;
                 c.prepare_cached("DELETE FROM tasks WHERE id = ?1")?.execute([id])?;
             }
             Ok(ids.len())

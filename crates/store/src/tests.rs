@@ -33,6 +33,7 @@ crate::on_both_stores!(
     a_queued_fire_waits_for_its_predecessor_or_ends_as_error,
     a_tasks_people_are_kept,
     crashes_are_counted_at_recovery_and_cleared_by_a_run_end_or_a_person,
+    comments_are_sealed_kept_in_order_bounded_and_pruned_with_their_task,
 );
 
 fn new_task(id: &str, key: Option<&str>) -> NewTask {
@@ -1407,4 +1408,43 @@ async fn database_urls_choose_the_backend() {
         let base = crate::testing::database_url();
         Store::drop_postgres_schema(&base, &schema).await.unwrap();
     }
+}
+
+async fn comments_are_sealed_kept_in_order_bounded_and_pruned_with_their_task(db: TestDb) {
+    let s = db.open().await;
+    s.create_task(new_task("t", None), created()).await.unwrap();
+    let first = s.add_comment("t", "ann", "first").await.unwrap();
+    assert_eq!(
+        (first.author.as_str(), first.content.as_str()),
+        ("ann", "first")
+    );
+    for i in 1..crate::MAX_COMMENTS_PER_TASK {
+        s.add_comment("t", "bob", &format!("note {i}"))
+            .await
+            .unwrap();
+    }
+    let Err(StoreError::Conflict(_)) = s.add_comment("t", "bob", "one too many").await else {
+        panic!("more comments than a task keeps were accepted")
+    };
+    let comments = s.comments("t").await.unwrap();
+    assert_eq!(comments.len() as i64, crate::MAX_COMMENTS_PER_TASK);
+    assert_eq!(comments[0], first);
+    assert_eq!(comments[1].content, "note 1");
+    let Err(StoreError::NotFound { .. }) = s.add_comment("nope", "ann", "x").await else {
+        panic!("a comment on no task was accepted")
+    };
+    // Sealed from the first write: no value of the store is in clear.
+    assert_eq!(s.key_status().await.unwrap().clear, 0);
+    s.transition(
+        "t",
+        &[TaskState::Ready],
+        TaskState::Cancelled,
+        None,
+        None,
+        human("cancel"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.prune_tasks(now_ms() + 1, 100).await.unwrap(), 1);
+    assert!(s.comments("t").await.unwrap().is_empty());
 }

@@ -211,6 +211,19 @@ pub const BLOCKED_REASONS: &[&str] = &[
     "template",
 ];
 
+/// A comment a person left on a task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Comment {
+    pub id: String,
+    pub task_id: String,
+    pub author: String,
+    pub content: String,
+    pub created_at: i64,
+}
+
+/// Most comments one task keeps.
+pub const MAX_COMMENTS_PER_TASK: i64 = 1000;
+
 /// How a run ends: the task's next state and what changed.
 #[derive(Debug, Clone)]
 pub struct RunEnd {
