@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 use taskhook_actions::Registry;
-use taskhook_model::Template;
 use taskhook_model::validate::{
     Catalog, TemplateError, TemplateLimits, ValidationError, validate_template_with,
 };
+use taskhook_model::{Language, Template};
 
 /// Validation's view of the actions and of MiniJinja.
 pub struct ActionCatalog<'a> {
@@ -32,16 +32,16 @@ impl Catalog for ActionCatalog<'_> {
         action.validate(config).map_err(|e| (e.field, e.message))
     }
 
-    fn template_references(&self, text: &str) -> Result<Vec<String>, String> {
-        taskhook_expr::renderer()
-            .references(text)
-            .map_err(|e| e.message)
+    fn template_references(&self, lang: Language, text: &str) -> Result<Vec<String>, String> {
+        crate::render::references(lang, text).map_err(|e| e.message)
     }
 }
 
 /// A validated template with its per-step compiled parts.
 pub struct CompiledTemplate {
     pub template: Template,
+    /// The language of its strings, as validation found it.
+    pub language: Language,
     /// Steps as they run: a step calling a function has the function's action, pre-hook,
     /// conditions and custom states folded in.
     pub steps: std::collections::BTreeMap<String, taskhook_model::Step>,
@@ -78,7 +78,7 @@ pub fn compile(
     actions: &Registry,
     limits: &TemplateLimits,
 ) -> Result<Arc<CompiledTemplate>, TemplateError> {
-    validate_template_with(&template, &ActionCatalog { actions }, limits)?;
+    let language = validate_template_with(&template, &ActionCatalog { actions }, limits)?;
     let mut schemas = HashMap::new();
     let mut timeouts = HashMap::new();
     let mut steps = std::collections::BTreeMap::new();
@@ -117,10 +117,10 @@ pub fn compile(
     let mut step_secrets = HashMap::new();
     for (name, step) in &steps {
         let mut names = serde_json::to_value(step)
-            .map(|v| crate::secrets::value_secrets(&v))
+            .map(|v| crate::secrets::value_secrets(&v, language))
             .unwrap_or_default();
         if let Some(args) = function_args.get(name) {
-            names.extend(crate::secrets::value_secrets(args));
+            names.extend(crate::secrets::value_secrets(args, language));
         }
         if !names.is_empty() {
             step_secrets.insert(name.clone(), names);
@@ -128,6 +128,7 @@ pub fn compile(
     }
     Ok(Arc::new(CompiledTemplate {
         template,
+        language,
         steps,
         function_args,
         schemas,

@@ -7,6 +7,7 @@
 
 mod catalog;
 mod hooks;
+mod render;
 mod run;
 mod secrets;
 
@@ -771,22 +772,20 @@ impl Inner {
             resolve_inputs(&t.inputs, &req.inputs).map_err(|e| invalid_input("inputs", e))?;
         let id = uuid::Uuid::now_v7().to_string();
         let ctx = json!({"input": inputs, "task": {"id": id, "template": t.name, "requester": req.requester}});
-        let renderer = taskhook_expr::renderer();
         let title = match &t.title_format {
-            Some(f) => renderer
-                .render_str(f, &ctx)
-                .map_err(|e| EngineError::Invalid {
+            Some(f) => {
+                render::text(t, compiled.language, f, &ctx).map_err(|e| EngineError::Invalid {
                     field: "template.title_format".into(),
                     message: e.message,
-                })?,
+                })?
+            }
             None => t.name.clone(),
         };
         let title = secrets::mask_passwords_in(t, &inputs, title);
         let mut tags = serde_json::Map::new();
         for (k, v) in &t.tags {
-            let v = renderer
-                .render_str(v, &ctx)
-                .map_err(|e| EngineError::Invalid {
+            let v =
+                render::text(t, compiled.language, v, &ctx).map_err(|e| EngineError::Invalid {
                     field: format!("template.tags.{k}"),
                     message: e.message,
                 })?;

@@ -19,7 +19,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::CompiledTemplate;
+use crate::render;
 use crate::{Inner, RunControl, StopRequest};
+use taskhook_expr::ExprError;
 
 struct Run {
     inner: Arc<Inner>,
@@ -591,9 +593,8 @@ impl Run {
             ctx["pre_hook"] = json!({"output": p.output, "metadata": p.metadata});
         }
         // Variables see everything above, and the variables declared before them.
-        let renderer = taskhook_expr::renderer();
         for var in &self.compiled.template.variables {
-            let v = renderer
+            let v = self
                 .render_value(&var.value, &ctx)
                 .unwrap_or_else(|e| Value::String(format!("<error: {e}>")));
             ctx["var"][&var.name] = v;
@@ -606,7 +607,7 @@ impl Run {
                 .unwrap_or_else(|| c.to_string())
         });
         if let Some(args) = called.and_then(|c| self.compiled.function_args.get(&c)) {
-            match renderer.render_value(args, &ctx) {
+            match self.render_value(args, &ctx) {
                 Ok(v) => ctx["function_args"] = v,
                 // Left undefined: the function's configuration then fails naming `function_args`.
                 Err(e) => {
@@ -634,14 +635,13 @@ impl Run {
         let mut held = false;
         for cond in &skips {
             let ctx = self.context(Some(name), None);
-            match evaluate(cond, &ctx) {
+            match evaluate(&self.compiled, cond, &ctx) {
                 Ok(true) => {
                     held = true;
-                    let message = cond.message.as_ref().map(|m| {
-                        taskhook_expr::renderer()
-                            .render_str(m, &ctx)
-                            .unwrap_or_else(|e| e.message)
-                    });
+                    let message = cond
+                        .message
+                        .as_ref()
+                        .map(|m| self.render_text(m, &ctx).unwrap_or_else(|e| e.message));
                     self.apply_then(name, &cond.then, message);
                     if self
                         .steps
@@ -708,8 +708,7 @@ impl Run {
 
     fn expand(&mut self, name: &str, expr: &str) {
         let ctx = self.context(Some(name), None);
-        let items = match taskhook_expr::renderer()
-            .render_value(&Value::String(expr.to_string()), &ctx)
+        let items = match render::items(&self.compiled.template, self.compiled.language, expr, &ctx)
         {
             Ok(Value::Array(items)) => items,
             Ok(Value::String(s)) => match serde_json::from_str::<Value>(&s) {
@@ -776,6 +775,7 @@ impl Run {
         let parent_name = row.foreach_parent.clone().unwrap_or_else(|| name.clone());
         let timeout = self.compiled.timeouts.get(&parent_name).copied();
         let inner = self.inner.clone();
+        let compiled = self.compiled.clone();
         let needs_ctx = def.pre_hook.is_some()
             || self.compiled.function_args.contains_key(&parent_name)
             || taskhook_expr::Renderer::value_is_templated(&def.action.configuration)
@@ -849,7 +849,7 @@ impl Run {
             let work = async {
                 use futures_util::FutureExt as _;
                 let caught = std::panic::AssertUnwindSafe(attempt(
-                    &inner, &def, base, pre_base, ctx, action_ctx,
+                    &inner, &compiled, &def, base, pre_base, ctx, action_ctx,
                 ))
                 .catch_unwind()
                 .await;
@@ -934,7 +934,7 @@ impl Run {
             if let Some(spec) = &def.action.output {
                 self.set(&name, |s| s.output = output.clone());
                 let ctx = self.context(Some(&name), None);
-                match taskhook_expr::renderer().render_value(&spec.format, &ctx) {
+                match self.render_value(&spec.format, &ctx) {
                     Ok(formatted) => {
                         output = match spec.strategy {
                             OutputStrategy::Template => formatted,
@@ -1009,13 +1009,12 @@ impl Run {
                 .collect();
             for cond in &checks {
                 let ctx = self.context(Some(&name), None);
-                match evaluate(cond, &ctx) {
+                match evaluate(&self.compiled, cond, &ctx) {
                     Ok(true) => {
-                        let message = cond.message.as_ref().map(|m| {
-                            taskhook_expr::renderer()
-                                .render_str(m, &ctx)
-                                .unwrap_or_else(|e| e.message)
-                        });
+                        let message = cond
+                            .message
+                            .as_ref()
+                            .map(|m| self.render_text(m, &ctx).unwrap_or_else(|e| e.message));
                         self.apply_then(&name, &cond.then, message);
                         if cond.r#final {
                             break;
@@ -1180,9 +1179,17 @@ impl Run {
             return Value::Null;
         };
         let ctx = self.context(None, None);
-        taskhook_expr::renderer()
-            .render_value(format, &ctx)
+        self.render_value(format, &ctx)
             .unwrap_or_else(|e| json!({"error": format!("result_format: {e}")}))
+    }
+
+    /// Renders in the template's language (see [`crate::render`]).
+    fn render_value(&self, v: &Value, ctx: &Value) -> Result<Value, ExprError> {
+        render::value(&self.compiled.template, self.compiled.language, v, ctx)
+    }
+
+    fn render_text(&self, s: &str, ctx: &Value) -> Result<String, ExprError> {
+        render::text(&self.compiled.template, self.compiled.language, s, ctx)
     }
 
     fn end_event(&self, to: TaskState, kind: &str, detail: Value) -> NewEvent {
@@ -1309,15 +1316,15 @@ fn humantime(d: Duration) -> String {
     }
 }
 
-fn evaluate(cond: &taskhook_model::Condition, ctx: &Value) -> Result<bool, String> {
-    let r = taskhook_expr::renderer();
+fn evaluate(
+    compiled: &CompiledTemplate,
+    cond: &taskhook_model::Condition,
+    ctx: &Value,
+) -> Result<bool, String> {
+    let text = |s: &str| render::text(&compiled.template, compiled.language, s, ctx);
     for a in &cond.asserts {
-        let value = r
-            .render_str(&a.value, ctx)
-            .map_err(|e| format!("value: {e}"))?;
-        let expected = r
-            .render_str(&a.expected, ctx)
-            .map_err(|e| format!("expected: {e}"))?;
+        let value = text(&a.value).map_err(|e| format!("value: {e}"))?;
+        let expected = text(&a.expected).map_err(|e| format!("expected: {e}"))?;
         if !a
             .operator
             .holds(&value, &expected, a.list_separator.as_deref())?
@@ -1331,28 +1338,28 @@ fn evaluate(cond: &taskhook_model::Condition, ctx: &Value) -> Result<bool, Strin
 /// Runs the pre-hook (if any) and the action of one attempt with templated configuration.
 async fn attempt(
     inner: &Inner,
+    compiled: &CompiledTemplate,
     def: &Step,
     base: Option<Value>,
     pre_base: Option<Value>,
     ctx: Option<Value>,
     actx: ActionContext,
 ) -> Result<ActionOutput, ActionError> {
-    let renderer = taskhook_expr::renderer();
     let mut ctx = ctx;
     if let Some(pre) = &def.pre_hook {
-        let out = run_action(inner, pre, pre_base, ctx.as_ref(), actx.clone())
+        let out = run_action(inner, compiled, pre, pre_base, ctx.as_ref(), actx.clone())
             .await
             .map_err(|e| ActionError::fatal(format!("pre_hook failed: {e}")))?;
         if let Some(c) = ctx.as_mut() {
             c["pre_hook"] = json!({"output": out.output, "metadata": out.metadata});
         }
     }
-    let _ = renderer;
-    run_action(inner, &def.action, base, ctx.as_ref(), actx).await
+    run_action(inner, compiled, &def.action, base, ctx.as_ref(), actx).await
 }
 
 async fn run_action(
     inner: &Inner,
+    compiled: &CompiledTemplate,
     action: &Action,
     base: Option<Value>,
     ctx: Option<&Value>,
@@ -1369,8 +1376,7 @@ async fn run_action(
         None => action.configuration.clone(),
     };
     let config = match ctx {
-        Some(ctx) => taskhook_expr::renderer()
-            .render_value(&config, ctx)
+        Some(ctx) => render::value(&compiled.template, compiled.language, &config, ctx)
             .map_err(|e| ActionError::fatal(format!("templating error in configuration: {e}")))?,
         None => config,
     };

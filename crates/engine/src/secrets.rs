@@ -9,9 +9,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Map, Value};
-use taskhook_model::Template;
 use taskhook_model::secret::Redactor;
 use taskhook_model::validate::{TemplateError, ValidationError};
+use taskhook_model::{Language, Template};
 
 use crate::{Engine, EngineError};
 
@@ -19,19 +19,22 @@ use crate::{Engine, EngineError};
 pub fn template_secrets(t: &Template) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     if let Ok(v) = serde_json::to_value(t) {
-        collect(&v, "", &mut out);
+        collect(&v, "", t.language, &mut out);
     }
     out
 }
 
-/// The names of the secrets a JSON value (a step, some arguments) reads.
-pub(crate) fn value_secrets(v: &Value) -> BTreeSet<String> {
+/// The names of the secrets a JSON value (a step, some arguments) of a template in `lang`
+/// reads.
+pub(crate) fn value_secrets(v: &Value, lang: Language) -> BTreeSet<String> {
     let mut out = BTreeMap::new();
-    collect(v, "", &mut out);
+    collect(v, "", Some(lang), &mut out);
     out.into_keys().collect()
 }
 
-fn collect(v: &Value, path: &str, out: &mut BTreeMap<String, String>) {
+/// `lang`: the template's language when known; otherwise each string's own (a secret is
+/// read as `{{ secret.NAME }}` or `{{ .secret.NAME }}`, which tell the language apart).
+fn collect(v: &Value, path: &str, lang: Option<Language>, out: &mut BTreeMap<String, String>) {
     let join = |k: &str| {
         if path.is_empty() {
             k.to_string()
@@ -40,27 +43,30 @@ fn collect(v: &Value, path: &str, out: &mut BTreeMap<String, String>) {
         }
     };
     match v {
-        Value::String(s) => text_secrets(s, path, out),
+        Value::String(s) => text_secrets(s, path, lang, out),
         Value::Array(items) => {
             for (i, item) in items.iter().enumerate() {
-                collect(item, &format!("{path}[{i}]"), out);
+                collect(item, &format!("{path}[{i}]"), lang, out);
             }
         }
         Value::Object(m) => {
             for (k, item) in m {
-                text_secrets(k, path, out);
-                collect(item, &join(k), out);
+                text_secrets(k, path, lang, out);
+                collect(item, &join(k), lang, out);
             }
         }
         _ => {}
     }
 }
 
-fn text_secrets(s: &str, path: &str, out: &mut BTreeMap<String, String>) {
+fn text_secrets(s: &str, path: &str, lang: Option<Language>, out: &mut BTreeMap<String, String>) {
     if !taskhook_expr::is_templated(s) {
         return;
     }
-    let Ok(refs) = taskhook_expr::renderer().references(s) else {
+    let lang = lang
+        .or_else(|| taskhook_model::language::detect(s))
+        .unwrap_or_default();
+    let Ok(refs) = crate::render::references(lang, s) else {
         return;
     };
     for r in refs {

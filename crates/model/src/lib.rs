@@ -7,6 +7,7 @@
 pub mod condition;
 pub mod duration;
 pub mod input;
+pub mod language;
 pub mod name;
 pub mod scope;
 pub mod secret;
@@ -16,6 +17,7 @@ pub mod validate;
 
 pub use condition::{Assert, Condition, ConditionKind, Operator};
 pub use input::{InputError, InputSpec, InputType};
+pub use language::Language;
 pub use state::{StepState, TaskState, TransitionError};
 pub use template::{
     Action, Dependency, ForeachStrategy, Function, OutputStrategy, RetryPattern, Step, Template,

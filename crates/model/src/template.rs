@@ -14,6 +14,10 @@ use crate::input::InputSpec;
 #[serde(deny_unknown_fields)]
 pub struct Template {
     pub name: String,
+    /// The templating language of its strings: `jinja` (taskhook's) or `go` (µTask's); when
+    /// absent, told from the strings themselves (see [`crate::language`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<crate::language::Language>,
     #[serde(default)]
     pub description: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]

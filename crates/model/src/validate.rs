@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
+use crate::language::Language;
 use crate::state::StepState;
 use crate::template::{Action, DependencyStates, Function, Step, Template};
 
@@ -29,9 +30,9 @@ pub trait Catalog {
     /// Checks that an action type exists and its (merged) configuration is valid.
     /// `Err((field inside configuration, message))`.
     fn check_action(&self, kind: &str, config: &Value) -> Result<(), (String, String)>;
-    /// Parses a templated string; returns the dotted variable paths it reads
+    /// Parses a templated string in `lang`; returns the dotted variable paths it reads
     /// (e.g. `step.fetch.output.id`, `input.name`), or a syntax error.
-    fn template_references(&self, text: &str) -> Result<Vec<String>, String>;
+    fn template_references(&self, lang: Language, text: &str) -> Result<Vec<String>, String>;
 }
 
 /// Names of the root variables templates may read.
@@ -100,6 +101,52 @@ struct Ctx<'a> {
     t: &'a Template,
     catalog: &'a dyn Catalog,
     errors: Vec<ValidationError>,
+    /// The language templated strings are checked in; `None` while it is being found, when
+    /// strings are only looked at ([`crate::language::detect`]) and recorded below.
+    lang: Option<Language>,
+    /// The first field that shows Go, and the first that shows MiniJinja.
+    go_at: Option<String>,
+    jinja_at: Option<String>,
+}
+
+impl<'a> Ctx<'a> {
+    fn new(t: &'a Template, catalog: &'a dyn Catalog, lang: Option<Language>) -> Self {
+        Ctx {
+            t,
+            catalog,
+            errors: Vec::new(),
+            lang,
+            go_at: None,
+            jinja_at: None,
+        }
+    }
+}
+
+/// The template's language: its `language`, or what its strings show (`checks` walks them
+/// in detection mode). A template showing both is an error at `language`.
+fn resolve_language(
+    t: &Template,
+    catalog: &dyn Catalog,
+    checks: impl Fn(&mut Ctx<'_>),
+) -> Result<Language, TemplateError> {
+    if let Some(l) = t.language {
+        return Ok(l);
+    }
+    let mut d = Ctx::new(t, catalog, None);
+    checks(&mut d);
+    match (d.go_at, d.jinja_at) {
+        (Some(go), Some(jinja)) => Err(TemplateError {
+            errors: vec![ValidationError {
+                field: "language".into(),
+                message: format!(
+                    "the template mixes Go templates ({go}) and MiniJinja ({jinja}); write it in \
+                     one language, or set `language: go` or `language: jinja`"
+                ),
+            }],
+        }),
+        (Some(_), None) => Ok(Language::Go),
+        _ => Ok(Language::Jinja),
+    }
 }
 
 impl Ctx<'_> {
@@ -120,17 +167,18 @@ fn valid_name(s: &str, max: usize) -> bool {
 
 /// Validates a template within the default [`TemplateLimits`]; returns every problem found,
 /// not only the first.
-pub fn validate_template(t: &Template, catalog: &dyn Catalog) -> Result<(), TemplateError> {
+pub fn validate_template(t: &Template, catalog: &dyn Catalog) -> Result<Language, TemplateError> {
     validate_template_with(t, catalog, &TemplateLimits::default())
 }
 
-/// Validates a template within `limits`; returns every problem found, not only the first.
-/// A template with too many steps gets that one error: its steps are not looked at.
+/// Validates a template within `limits`; returns every problem found, not only the first,
+/// or the language its strings are written in. A template with too many steps gets that
+/// one error: its steps are not looked at.
 pub fn validate_template_with(
     t: &Template,
     catalog: &dyn Catalog,
     limits: &TemplateLimits,
-) -> Result<(), TemplateError> {
+) -> Result<Language, TemplateError> {
     if t.steps.len() > limits.max_steps {
         return Err(TemplateError {
             errors: vec![ValidationError {
@@ -143,11 +191,19 @@ pub fn validate_template_with(
             }],
         });
     }
-    let mut cx = Ctx {
-        t,
-        catalog,
-        errors: Vec::new(),
-    };
+    let lang = resolve_language(t, catalog, check_template)?;
+    let mut cx = Ctx::new(t, catalog, Some(lang));
+    check_template(&mut cx);
+    if cx.errors.is_empty() {
+        Ok(lang)
+    } else {
+        Err(TemplateError { errors: cx.errors })
+    }
+}
+
+/// Every rule of a whole template.
+fn check_template(cx: &mut Ctx<'_>) {
+    let t = cx.t;
     if let Err(e) = crate::name::check(&t.name, MAX_NAME_LEN) {
         cx.err("name", e);
     }
@@ -198,26 +254,21 @@ pub fn validate_template_with(
                 format!("duplicate variable {:?}", var.name),
             );
         }
-        check_templates_in(&mut cx, &format!("variables[{i}].value"), &var.value, None);
+        check_templates_in(cx, &format!("variables[{i}].value"), &var.value, None);
     }
     if let Some(title) = &t.title_format {
-        check_template_text(&mut cx, "title_format", title, None);
+        check_template_text(cx, "title_format", title, None);
     }
     if let Some(result) = &t.result_format {
-        check_templates_in(&mut cx, "result_format", result, None);
+        check_templates_in(cx, "result_format", result, None);
     }
     for (name, f) in &t.functions {
-        check_function(&mut cx, name, f);
+        check_function(cx, name, f);
     }
     for (name, step) in &t.steps {
-        check_step(&mut cx, name, step);
+        check_step(cx, name, step);
     }
-    check_cycles(&mut cx);
-    if cx.errors.is_empty() {
-        Ok(())
-    } else {
-        Err(TemplateError { errors: cx.errors })
-    }
+    check_cycles(cx);
 }
 
 fn check_step(cx: &mut Ctx<'_>, name: &str, step: &Step) {
@@ -410,19 +461,19 @@ pub fn validate_function(f: &Function, catalog: &dyn Catalog) -> Result<(), Temp
         name: "function".into(),
         ..Template::default()
     };
-    let mut cx = Ctx {
-        t: &holder,
-        catalog,
-        errors: Vec::new(),
+    let checks = |cx: &mut Ctx<'_>| {
+        if f.name.is_empty() {
+            cx.err("name", "a function needs a name");
+        } else if !crate::name::is_valid_function(&f.name, MAX_NAME_LEN) {
+            // Checked here too, under `name`: a library function is addressed by its name in URLs.
+            cx.err("name", function_name_rule());
+        } else {
+            check_function(cx, &f.name.clone(), f);
+        }
     };
-    if f.name.is_empty() {
-        cx.err("name", "a function needs a name");
-    } else if !crate::name::is_valid_function(&f.name, MAX_NAME_LEN) {
-        // Checked here too, under `name`: a library function is addressed by its name in URLs.
-        cx.err("name", function_name_rule());
-    } else {
-        check_function(&mut cx, &f.name.clone(), f);
-    }
+    let lang = resolve_language(&holder, catalog, checks)?;
+    let mut cx = Ctx::new(&holder, catalog, Some(lang));
+    checks(&mut cx);
     if cx.errors.is_empty() {
         Ok(())
     } else {
@@ -480,7 +531,8 @@ fn function_args_read(cx: &Ctx<'_>, f: &Function) -> BTreeSet<String> {
     }
     let mut out = BTreeSet::new();
     for t in texts {
-        for r in cx.catalog.template_references(&t).unwrap_or_default() {
+        let lang = cx.lang.unwrap_or_default();
+        for r in cx.catalog.template_references(lang, &t).unwrap_or_default() {
             if let Some(arg) = r.strip_prefix("function_args.") {
                 out.insert(arg.split('.').next().unwrap_or(arg).to_string());
             }
@@ -569,8 +621,26 @@ fn check_template_text(cx: &mut Ctx<'_>, field: &str, text: &str, step: Option<&
     if !text.contains("{{") && !text.contains("{%") {
         return;
     }
-    let refs = match cx.catalog.template_references(text) {
+    let Some(lang) = cx.lang else {
+        match crate::language::detect(text) {
+            Some(Language::Go) if cx.go_at.is_none() => cx.go_at = Some(field.to_string()),
+            Some(Language::Jinja) if cx.jinja_at.is_none() => cx.jinja_at = Some(field.to_string()),
+            _ => {}
+        }
+        return;
+    };
+    let refs = match cx.catalog.template_references(lang, text) {
         Ok(r) => r,
+        Err(e) if lang == Language::Jinja && cx.t.language.is_none() => {
+            cx.err(
+                field,
+                format!(
+                    "templating error: {e} (if this is a µTask template, in Go's syntax, \
+                     set `language: go`)"
+                ),
+            );
+            return;
+        }
         Err(e) => {
             cx.err(field, format!("templating error: {e}"));
             return;
@@ -724,7 +794,7 @@ mod tests {
                 _ => Err((String::new(), format!("unknown action type {kind:?}"))),
             }
         }
-        fn template_references(&self, text: &str) -> Result<Vec<String>, String> {
+        fn template_references(&self, _lang: Language, text: &str) -> Result<Vec<String>, String> {
             let mut out = Vec::new();
             let mut rest = text;
             while let Some(i) = rest.find("{{") {
@@ -746,7 +816,7 @@ mod tests {
     fn errors(yaml: &str) -> Vec<String> {
         let t = Template::parse(yaml).unwrap();
         match validate_template(&t, &TestCatalog) {
-            Ok(()) => vec![],
+            Ok(_) => vec![],
             Err(e) => e
                 .errors
                 .into_iter()
@@ -828,7 +898,10 @@ steps:
             ..TemplateLimits::default()
         };
         let ok = Template::parse(&steps_yaml(3)).unwrap();
-        assert_eq!(validate_template_with(&ok, &TestCatalog, &limits), Ok(()));
+        assert_eq!(
+            validate_template_with(&ok, &TestCatalog, &limits),
+            Ok(Language::Jinja)
+        );
         let many = Template::parse(&steps_yaml(4)).unwrap();
         let e = validate_template_with(&many, &TestCatalog, &limits).unwrap_err();
         assert_eq!(e.errors.len(), 1, "{e}");
@@ -844,11 +917,11 @@ steps:
             "steps"
         );
         let t = Template::parse(&steps_yaml(500)).unwrap();
-        assert_eq!(validate_template(&t, &TestCatalog), Ok(()));
+        assert_eq!(validate_template(&t, &TestCatalog), Ok(Language::Jinja));
         let t = Template::parse(&steps_yaml(501)).unwrap();
         assert_eq!(
             validate_template_with(&t, &TestCatalog, &TemplateLimits::UNLIMITED),
-            Ok(())
+            Ok(Language::Jinja)
         );
     }
 
@@ -995,7 +1068,7 @@ mod never_panics {
                 Err((String::new(), format!("unknown action type {kind:?}")))
             }
         }
-        fn template_references(&self, text: &str) -> Result<Vec<String>, String> {
+        fn template_references(&self, _lang: Language, text: &str) -> Result<Vec<String>, String> {
             Ok(text
                 .split("{{")
                 .skip(1)

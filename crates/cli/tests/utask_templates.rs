@@ -1,0 +1,189 @@
+//! µTask templates, written in Go's `text/template` syntax, run unchanged: the language is
+//! told from the strings (or set with `language: go`), validation checks them as Go, and a
+//! template never mixes the two languages.
+
+mod support;
+
+use serde_json::json;
+use support::Server;
+
+/// In the manner of µTask's documentation: a skip condition on an input, a foreach over a
+/// JSON list with `.iterator`, a second foreach over the first one's children through
+/// `toJson`, Go's `if`/`else`, Sprig functions, and a variable read with `eval`.
+const USERS: &str = r#"
+name: users
+description: Create users, µTask style
+auto_runnable: true
+inputs:
+  - name: runType
+    legal_values: [dry, wet]
+  - name: id
+  - name: nickname
+    optional: true
+variables:
+  - name: greeting
+    value: 'hello {{ .input.id }}'
+title_format: 'users for {{ .input.id }}'
+steps:
+  createUser:
+    description: Create new user
+    action:
+      type: echo
+      configuration:
+        output: {created: '{{ .input.id | upper }}'}
+    conditions:
+      - type: skip
+        if:
+          - value: '{{.input.runType}}'
+            operator: EQ
+            expected: dry
+        then:
+          this: DONE
+        message: Dry run, skip user creation
+  prefixStrings:
+    foreach: '[{"id":"a"},{"id":"b"},{"id":"c"}]'
+    action:
+      type: echo
+      configuration:
+        output:
+          prefixed: pre-{{.iterator.id}}
+  again:
+    dependencies: [prefixStrings]
+    foreach: '{{.step.prefixStrings.children | toJson}}'
+    action:
+      type: echo
+      configuration:
+        output: '{{ .iterator.output.prefixed }}!'
+  summary:
+    dependencies: [createUser, again]
+    action:
+      type: echo
+      configuration:
+        output:
+          mode: '{{ if eq .input.runType "dry" }}nothing done{{ else }}created {{ .step.createUser.output.created }}{{ end }}'
+          greeting: '{{ eval "greeting" }}'
+          fallback: '{{ .input.nickname | default "none" }}'
+          hash: '{{ printf "%s-%s" .input.id .input.runType | sha1sum | trunc 8 }}'
+"#;
+
+#[tokio::test]
+async fn a_utask_template_in_go_syntax_runs_unchanged() {
+    let s = Server::start();
+    let (st, v) = s.put_template("users", USERS).await;
+    assert_eq!(st, 201, "{v:#}");
+    for (run, mode) in [("wet", "created ADA"), ("dry", "nothing done")] {
+        let (st, c) = s
+            .post(
+                "/api/v1/tasks",
+                json!({"template": "users", "inputs": {"runType": run, "id": "ada"}}),
+            )
+            .await;
+        assert_eq!(st, 201, "{c:#}");
+        let t = s
+            .wait_state(c["id"].as_str().unwrap(), &["DONE", "BLOCKED"])
+            .await;
+        assert_eq!(t["state"], "DONE", "{t:#}");
+        assert_eq!(t["title"], "users for ada");
+        let out = &t["steps"]["summary"]["output"];
+        assert_eq!(out["mode"], mode, "{t:#}");
+        assert_eq!(out["greeting"], "hello ada");
+        assert_eq!(out["fallback"], "none");
+        // sha1("ada-wet") / sha1("ada-dry"), first 8 hex digits.
+        let hash = out["hash"].as_str().unwrap();
+        assert_eq!(hash.len(), 8, "{out:#}");
+        assert!(hash.chars().all(|c| c.is_ascii_hexdigit()), "{out:#}");
+        let mut again: Vec<&str> = t["steps"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(n, _)| n.starts_with("again-"))
+            .map(|(_, s)| s["output"].as_str().unwrap())
+            .collect();
+        again.sort();
+        assert_eq!(again, vec!["pre-a!", "pre-b!", "pre-c!"], "{t:#}");
+        let created = &t["steps"]["createUser"];
+        if run == "dry" {
+            assert!(created["output"].is_null(), "skipped: {t:#}");
+        } else {
+            assert_eq!(created["output"], json!({"created": "ADA"}));
+        }
+    }
+}
+
+#[tokio::test]
+async fn go_templates_are_validated_as_go_and_never_mixed_with_minijinja() {
+    let s = Server::start();
+    let cases = [
+        // A typo in a variable, an unknown function, a Go syntax error: each names its field.
+        (
+            "name: t\nauto_runnable: true\ninputs: [{name: id}]\nsteps:\n  a: {action: {type: echo, configuration: {output: '{{ .inptu.id }}'}}}\n",
+            "steps.a.action.configuration.output",
+            "inptu",
+        ),
+        (
+            "name: t\nauto_runnable: true\ninputs: [{name: id}]\nsteps:\n  a: {action: {type: echo, configuration: {output: '{{ .input.id | nosuchfn }}'}}}\n",
+            "steps.a.action.configuration.output",
+            "nosuchfn",
+        ),
+        (
+            "name: t\nauto_runnable: true\ninputs: [{name: id}]\nsteps:\n  a: {action: {type: echo, configuration: {output: '{{ if .input.id }}x'}}}\n",
+            "steps.a.action.configuration.output",
+            "",
+        ),
+        (
+            "name: t\nauto_runnable: true\ninputs: [{name: id}]\nsteps:\n  a: {action: {type: echo, configuration: {output: '{{ .input.nope }}'}}}\n",
+            "steps.a.action.configuration.output",
+            "nope",
+        ),
+        // Both languages in one template.
+        (
+            "name: t\nauto_runnable: true\ninputs: [{name: id}]\nsteps:\n  a: {action: {type: echo, configuration: {output: '{{ .input.id }}'}}}\n  b: {action: {type: echo, configuration: {output: '{{ input.id }}'}}}\n",
+            "language",
+            "mixes",
+        ),
+        // Told to be Go, a MiniJinja string is a Go error.
+        (
+            "name: t\nlanguage: go\nauto_runnable: true\ninputs: [{name: id}]\nsteps:\n  a: {action: {type: echo, configuration: {output: '{{ input.id | upper }}'}}}\n",
+            "steps.a.action.configuration.output",
+            "input",
+        ),
+    ];
+    for (yaml, field, needle) in cases {
+        let (st, v) = s.put_template("t", yaml).await;
+        assert_eq!(st, 400, "{yaml}\n{v:#}");
+        let errors = v["errors"].as_array().unwrap();
+        assert!(
+            errors
+                .iter()
+                .any(|e| e["field"] == field && e["message"].as_str().unwrap().contains(needle)),
+            "{yaml}\n{v:#}"
+        );
+    }
+    assert_eq!(
+        s.get("/api/v1/templates/t").await.0,
+        404,
+        "nothing was stored"
+    );
+    // A string neither language claims runs in the one the template names.
+    let yaml = "name: t\nlanguage: go\nauto_runnable: true\nsteps:\n  a: {action: {type: echo, configuration: {output: '{{ \"plain\" | printf \"%s!\" }}'}}}\n";
+    let (st, v) = s.put_template("t", yaml).await;
+    assert_eq!(st, 201, "{v:#}");
+    let (_, c) = s.post("/api/v1/tasks", json!({"template": "t"})).await;
+    let t = s
+        .wait_state(c["id"].as_str().unwrap(), &["DONE", "BLOCKED"])
+        .await;
+    assert_eq!(t["steps"]["a"]["output"], "plain!", "{t:#}");
+    // taskhook's own templates are unchanged.
+    let yaml = "name: j\nauto_runnable: true\ninputs: [{name: id}]\nsteps:\n  a: {action: {type: echo, configuration: {output: '{{ input.id | upper }}'}}}\n";
+    assert_eq!(s.put_template("j", yaml).await.0, 201);
+    let (_, c) = s
+        .post(
+            "/api/v1/tasks",
+            json!({"template": "j", "inputs": {"id": "x"}}),
+        )
+        .await;
+    let t = s
+        .wait_state(c["id"].as_str().unwrap(), &["DONE", "BLOCKED"])
+        .await;
+    assert_eq!(t["steps"]["a"]["output"], "X", "{t:#}");
+}

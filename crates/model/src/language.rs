@@ -1,0 +1,163 @@
+//! Which templating language a template's strings are written in: taskhook's own
+//! (MiniJinja: `{{ input.name }}`, `{% if %}`) or µTask's (Go `text/template`:
+//! `{{ .input.name }}`, `{{ if … }}{{ end }}`).
+//!
+//! A template says it with `language: go` or `language: jinja`, or leaves it to detection:
+//! each templated string is looked at on its own ([`detect`]); a template whose strings show
+//! both languages is refused (a template never mixes them), and one that shows neither is
+//! MiniJinja.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Language {
+    /// MiniJinja (Jinja2 syntax), taskhook's own.
+    #[default]
+    Jinja,
+    /// Go `text/template` with µTask's functions.
+    Go,
+}
+
+impl Language {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Language::Jinja => "jinja",
+            Language::Go => "go",
+        }
+    }
+}
+
+/// Go's actions that start with a keyword.
+const GO_KEYWORDS: [&str; 10] = [
+    "if", "range", "with", "end", "else", "define", "template", "block", "break", "continue",
+];
+
+/// Names a MiniJinja template reads at its root; in Go they are fields (`.input`).
+const JINJA_ROOTS: [&str; 9] = [
+    "input",
+    "resolver_input",
+    "step",
+    "task",
+    "var",
+    "iterator",
+    "pre_hook",
+    "function_args",
+    "secret",
+];
+
+/// The language one string shows unambiguously, or `None` (no templating, or nothing that
+/// only one of the two languages would write, such as `{{ "x" }}`).
+pub fn detect(text: &str) -> Option<Language> {
+    if text.contains("{%") || text.contains("{#") {
+        return Some(Language::Jinja);
+    }
+    let mut go = false;
+    let mut jinja = false;
+    let mut rest = text;
+    while let Some(start) = rest.find("{{") {
+        let after = &rest[start + 2..];
+        let end = after.find("}}").unwrap_or(after.len());
+        let action = after[..end].trim_start_matches('-').trim();
+        rest = &after[end..];
+        let first: String = action
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect();
+        let go_keyword = GO_KEYWORDS.contains(&first.as_str())
+            && action[first.len()..]
+                .chars()
+                .next()
+                .is_none_or(|c| c.is_whitespace() || c == '-');
+        if action.starts_with('.')
+            || action.starts_with('$')
+            || action.starts_with("/*")
+            || go_keyword
+        {
+            go = true;
+        } else if JINJA_ROOTS.contains(&first.as_str())
+            || action[first.len()..].starts_with('(') && !first.is_empty()
+        {
+            jinja = true;
+        }
+        // Go reads fields after a space, a parenthesis or a pipe: `printf "%s" .input.x`.
+        let bytes = action.as_bytes();
+        for (i, b) in bytes.iter().enumerate() {
+            if *b == b'.'
+                && i > 0
+                && matches!(bytes[i - 1], b' ' | b'\t' | b'(' | b'|')
+                && bytes
+                    .get(i + 1)
+                    .is_some_and(|c| c.is_ascii_alphabetic() || *c == b'_')
+                && !in_quotes(&action[..i])
+            {
+                go = true;
+            }
+        }
+    }
+    match (go, jinja) {
+        (true, false) => Some(Language::Go),
+        (false, true) => Some(Language::Jinja),
+        // Both at once in one string: Go's syntax errors will say what is wrong with it.
+        (true, true) => Some(Language::Go),
+        (false, false) => None,
+    }
+}
+
+/// Whether the end of `prefix` is inside a string literal ("…", '…' or `…`).
+fn in_quotes(prefix: &str) -> bool {
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    for c in prefix.chars() {
+        match quote {
+            Some(q) => {
+                if escaped {
+                    escaped = false;
+                } else if c == '\\' && q != '`' {
+                    escaped = true;
+                } else if c == q {
+                    quote = None;
+                }
+            }
+            None if matches!(c, '"' | '\'' | '`') => quote = Some(c),
+            None => {}
+        }
+    }
+    quote.is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_language_is_told_by_what_only_it_writes() {
+        for go in [
+            "{{.input.name}}",
+            "{{ .step.fetch.output.id | toJson }}",
+            "{{- .input.x -}}",
+            "{{ if eq .input.runType \"dry\" }}x{{ end }}",
+            "{{ range $i, $v := .input.list }}{{ $v }}{{ end }}",
+            "{{ printf \"%s+%v\" .config.a .function_args.path | sha1sum }}",
+            "{{ $x := 1 }}",
+            "{{ eval `var1` }} and {{ end }}",
+            "{{ (index .input.list 0) }}",
+        ] {
+            assert_eq!(detect(go), Some(Language::Go), "{go}");
+        }
+        for jinja in [
+            "{{ input.name }}",
+            "{{ step.fetch.output.id | tojson }}",
+            "{% if input.x %}y{% endif %}",
+            "{{ uuid() }}",
+            "{{ now_unix() + 1 }}",
+            "{# a comment #}",
+            "{{ input.items | join(', ') }}",
+        ] {
+            assert_eq!(detect(jinja), Some(Language::Jinja), "{jinja}");
+        }
+        for neither in ["plain", "{{ \"x\" }}", "{{ 1 }}", "{{ \"a .b\" }}", ""] {
+            assert_eq!(detect(neither), None, "{neither}");
+        }
+    }
+}
