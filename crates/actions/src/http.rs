@@ -415,7 +415,31 @@ async fn receive(
             }
         }
     }
-    let metadata = json!({ "http_status": status.as_u16(), "headers": headers });
+    // µTask's names beside ours, so that its templates read them unchanged: `HTTPStatus`,
+    // `HTTPHeaders` (Go's canonical names, first value), `HTTPCookies` (name → value).
+    let mut utask_headers = serde_json::Map::new();
+    let mut cookies = serde_json::Map::new();
+    for (name, value) in response.headers() {
+        let text = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        if name == reqwest::header::SET_COOKIE
+            && let Some((cookie, v)) = text.split(';').next().and_then(|c| c.split_once('='))
+        {
+            cookies.insert(
+                cookie.trim().to_string(),
+                Value::String(v.trim().to_string()),
+            );
+        }
+        utask_headers
+            .entry(canonical_header_name(name.as_str()))
+            .or_insert(Value::String(text));
+    }
+    let metadata = json!({
+        "http_status": status.as_u16(),
+        "headers": headers,
+        "HTTPStatus": status.as_u16(),
+        "HTTPHeaders": utask_headers,
+        "HTTPCookies": cookies,
+    });
     let too_large = |metadata: Value| ActionError::Server {
         message: format!(
             "{}: response body larger than {max_bytes} bytes",
@@ -516,6 +540,21 @@ impl Action for Http {
     }
 }
 
+/// A header name as Go writes it (`content-type` → `Content-Type`).
+fn canonical_header_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut upper = true;
+    for c in name.chars() {
+        out.push(if upper {
+            c.to_ascii_uppercase()
+        } else {
+            c.to_ascii_lowercase()
+        });
+        upper = c == '-';
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Instant;
@@ -592,7 +631,19 @@ mod tests {
                     Redirect::temporary(q.get("to").map_or("/echo", String::as_str))
                 }),
             )
-            .route("/loop", get(|| async { Redirect::temporary("/loop") }));
+            .route("/loop", get(|| async { Redirect::temporary("/loop") }))
+            .route(
+                "/cookie",
+                get(|| async {
+                    (
+                        [
+                            ("set-cookie", "session=s3cr3t; Path=/; HttpOnly"),
+                            ("x-request-id", "r-1"),
+                        ],
+                        "ok",
+                    )
+                }),
+            );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
@@ -627,6 +678,24 @@ mod tests {
         assert_eq!(out.metadata["http_status"], 200);
         assert_eq!(out.metadata["headers"]["content-type"], "application/json");
         assert!(out.metadata["headers"]["content-length"].is_string());
+    }
+
+    #[tokio::test]
+    async fn metadata_also_has_utask_names() {
+        let base = server().await;
+        let out = Http::new()
+            .run(json!({"url": format!("{base}/cookie")}), ctx())
+            .await
+            .unwrap();
+        assert_eq!(out.metadata["HTTPStatus"], 200);
+        assert_eq!(out.metadata["HTTPHeaders"]["X-Request-Id"], "r-1");
+        assert_eq!(
+            out.metadata["HTTPHeaders"]["Content-Type"],
+            "text/plain; charset=utf-8"
+        );
+        assert_eq!(out.metadata["HTTPCookies"], json!({"session": "s3cr3t"}));
+        assert_eq!(out.metadata["http_status"], 200);
+        assert_eq!(canonical_header_name("x-REQUEST-id"), "X-Request-Id");
     }
 
     #[tokio::test]

@@ -64,6 +64,7 @@ steps:
           greeting: '{{ eval "greeting" }}'
           fallback: '{{ .input.nickname | default "none" }}'
           hash: '{{ printf "%s-%s" .input.id .input.runType | sha1sum | trunc 8 }}'
+          items: '{{ range .step.prefixStrings.children }}{{ .metadata.iterator.id }}{{ end }}'
 "#;
 
 #[tokio::test]
@@ -88,6 +89,8 @@ async fn a_utask_template_in_go_syntax_runs_unchanged() {
         assert_eq!(out["mode"], mode, "{t:#}");
         assert_eq!(out["greeting"], "hello ada");
         assert_eq!(out["fallback"], "none");
+        // A foreach's children as µTask gives them: the item under `metadata.iterator`.
+        assert_eq!(out["items"], "abc", "{out:#}");
         // sha1("ada-wet") / sha1("ada-dry"), first 8 hex digits.
         let hash = out["hash"].as_str().unwrap();
         assert_eq!(hash.len(), 8, "{out:#}");
@@ -186,4 +189,58 @@ async fn go_templates_are_validated_as_go_and_never_mixed_with_minijinja() {
         .wait_state(c["id"].as_str().unwrap(), &["DONE", "BLOCKED"])
         .await;
     assert_eq!(t["steps"]["a"]["output"], "X", "{t:#}");
+}
+
+/// The check condition of µTask's documentation: a 404 read from `HTTPStatus` puts the step
+/// in a custom state, and the step waiting for that state runs.
+#[tokio::test]
+async fn a_check_condition_reads_utask_http_metadata() {
+    let target = support::target().await;
+    let s = Server::start();
+    let tpl = format!(
+        r#"
+name: lookup
+auto_runnable: true
+inputs: [{{name: id}}]
+steps:
+  getUser:
+    description: Get user
+    custom_states: [NOT_FOUND]
+    action:
+      type: http
+      configuration:
+        url: {target}/missing?user={{{{.input.id}}}}
+        method: GET
+    conditions:
+    - type: check
+      if:
+      - value: '{{{{.step.getUser.metadata.HTTPStatus}}}}'
+        operator: EQ
+        expected: '404'
+      then:
+        this: NOT_FOUND
+      message: User {{{{.input.id}}}} not found
+  createUser:
+    description: Create the user
+    dependencies: ["getUser:NOT_FOUND"]
+    action:
+      type: echo
+      configuration:
+        output: 'created {{{{.input.id}}}}'
+"#
+    );
+    let (st, v) = s.put_template("lookup", &tpl).await;
+    assert_eq!(st, 201, "{v:#}");
+    let (_, c) = s
+        .post(
+            "/api/v1/tasks",
+            json!({"template": "lookup", "inputs": {"id": "ada"}}),
+        )
+        .await;
+    let t = s
+        .wait_state(c["id"].as_str().unwrap(), &["DONE", "BLOCKED"])
+        .await;
+    assert_eq!(t["state"], "DONE", "{t:#}");
+    assert_eq!(t["steps"]["getUser"]["state"], "NOT_FOUND", "{t:#}");
+    assert_eq!(t["steps"]["createUser"]["output"], "created ada");
 }

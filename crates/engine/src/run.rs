@@ -13,7 +13,7 @@ use taskhook_model::condition::ConditionKind;
 use taskhook_model::secret::Redactor;
 use taskhook_model::template::{Action, DependencyStates, OutputStrategy, Step};
 use taskhook_model::validate::merge_configuration;
-use taskhook_model::{StepState, TaskState};
+use taskhook_model::{Language, StepState, TaskState};
 use taskhook_store::{ClaimedTask, NewEvent, RunEnd, StepRow, StoreError, TaskRow, now_ms};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -548,11 +548,21 @@ impl Run {
                     .filter(|c| c.foreach_parent.as_deref() == Some(name.as_str()))
                     .collect();
                 children.sort_by_key(|c| child_index(&c.name));
+                let go = self.compiled.language == Language::Go;
                 v["children"] = Value::Array(
                     children
                         .iter()
                         .filter(|c| c.state != StepState::Prune)
-                        .map(|c| json!({"item": c.item, "output": c.output, "metadata": c.metadata, "state": c.state.as_str(), "error": c.error}))
+                        .map(|c| {
+                            let mut child = json!({"item": c.item, "output": c.output, "metadata": c.metadata, "state": c.state.as_str(), "error": c.error});
+                            if go {
+                                // µTask's shape: the child's item is `metadata.iterator`.
+                                let mut m = c.metadata.as_object().cloned().unwrap_or_default();
+                                m.insert("iterator".into(), c.item.clone().unwrap_or(Value::Null));
+                                child["metadata"] = Value::Object(m);
+                            }
+                            child
+                        })
                         .collect(),
                 );
             }
