@@ -244,3 +244,61 @@ steps:
     assert_eq!(t["steps"]["getUser"]["state"], "NOT_FOUND", "{t:#}");
     assert_eq!(t["steps"]["createUser"]["output"], "created ada");
 }
+
+/// µTask's `.config.NAME` reads a named secret, as JSON when it is JSON; what it holds is
+/// masked in whatever the task shows, like any secret.
+#[tokio::test]
+async fn config_reads_a_secret_as_json() {
+    let s = Server::start();
+    let (st, _, v) = s
+        .req(
+            reqwest::Method::PUT,
+            "/api/v1/secrets/apiovh",
+            Some((
+                &json!({"value": r#"{"basePath": "https://api.example.net/1.0", "consumerKey": "ck-very-secret"}"#}).to_string(),
+                "application/json",
+            )),
+        )
+        .await;
+    assert!(st == 201 || st == 200, "{st} {v:#}");
+    let tpl = r#"
+name: ovh
+auto_runnable: true
+steps:
+  call:
+    custom_states: [CONFIGURED]
+    action:
+      type: echo
+      configuration:
+        output:
+          url: '{{ .config.apiovh.basePath }}/me'
+          key: 'key={{ .config.apiovh.consumerKey }}'
+    conditions:
+      - type: check
+        if:
+          - value: '{{ .config.apiovh.basePath }}|{{ .config.apiovh.consumerKey }}'
+            operator: EQ
+            expected: 'https://api.example.net/1.0|ck-very-secret'
+        then:
+          this: CONFIGURED
+"#;
+    let (st, v) = s.put_template("ovh", tpl).await;
+    assert_eq!(st, 201, "{v:#}");
+    let (_, c) = s.post("/api/v1/tasks", json!({"template": "ovh"})).await;
+    let t = s
+        .wait_state(c["id"].as_str().unwrap(), &["DONE", "BLOCKED"])
+        .await;
+    assert_eq!(t["state"], "DONE", "{t:#}");
+    // The step saw the values; what it shows has every text of the secret masked.
+    assert_eq!(t["steps"]["call"]["state"], "CONFIGURED", "{t:#}");
+    let out = &t["steps"]["call"]["output"];
+    assert_eq!(out["url"], "**__SECRET__**/me", "{out:#}");
+    assert_eq!(out["key"], "key=**__SECRET__**", "{out:#}");
+    // A config that does not exist is refused when the template is put.
+    let tpl = tpl
+        .replace("apiovh.consumerKey", "nosuch.consumerKey")
+        .replace("name: ovh", "name: ovh2");
+    let (st, v) = s.put_template("ovh2", &tpl).await;
+    assert_eq!(st, 400, "{v:#}");
+    assert!(v.to_string().contains("nosuch"), "{v:#}");
+}

@@ -39,6 +39,8 @@ struct Run {
     /// Current values of the secrets the template reads (`{{ secret.NAME }}`), read again at
     /// each round so that a rotated secret reaches the steps started after the change.
     secrets: Map<String, Value>,
+    /// The same secrets as `config.NAME` reads them: parsed as JSON when they are JSON.
+    configs: Map<String, Value>,
     /// Masks the task's password inputs and every secret value this run has seen in all it
     /// writes: see [`Run::take_dirty`] and [`Run::end_with`].
     redactor: Redactor,
@@ -141,6 +143,7 @@ pub(crate) async fn run_task(inner: Arc<Inner>, claimed: ClaimedTask) {
         token: ctl.token,
         stop_honored: None,
         secrets: Map::new(),
+        configs: Map::new(),
         redactor,
     };
     let ended = match run.drive().await {
@@ -281,9 +284,16 @@ impl Run {
         let store = &self.inner.store;
         let values = persist(&self.inner, || store.secret_values(names.clone())).await?;
         self.secrets = Map::new();
+        self.configs = Map::new();
         for (name, value) in values {
             // Old values stay masked too: they may sit in outputs written before a rotation.
             self.redactor.add(&value);
+            // `config.NAME` (µTask's configstore) reads the same secret as JSON when it is
+            // JSON; each text inside it is masked as well.
+            let parsed =
+                serde_json::from_str::<Value>(&value).unwrap_or(Value::String(value.clone()));
+            mask_texts(&mut self.redactor, &parsed);
+            self.configs.insert(name.clone(), parsed);
             self.secrets.insert(name, Value::String(value));
         }
         Ok(())
@@ -583,6 +593,7 @@ impl Run {
             "var": {},
             "step": Value::Object(steps),
             "secret": Value::Object(self.secrets.clone()),
+            "config": Value::Object(self.configs.clone()),
         });
         if let Some(cur) = current {
             let row = &self.steps[cur];
@@ -1316,6 +1327,16 @@ fn json_size(v: &Value) -> usize {
 fn jittered(ms: u64) -> i64 {
     let spread = (ms / 10).max(1);
     (ms - spread + rand::rng().random_range(0..=2 * spread)) as i64
+}
+
+/// Masks every text inside a secret's JSON value.
+fn mask_texts(r: &mut Redactor, v: &Value) {
+    match v {
+        Value::String(s) => r.add(s),
+        Value::Array(items) => items.iter().for_each(|i| mask_texts(r, i)),
+        Value::Object(m) => m.values().for_each(|i| mask_texts(r, i)),
+        _ => {}
+    }
 }
 
 fn humantime(d: Duration) -> String {

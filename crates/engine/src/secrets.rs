@@ -71,7 +71,7 @@ fn text_secrets(s: &str, path: &str, lang: Option<Language>, out: &mut BTreeMap<
     };
     for r in refs {
         let mut parts = r.split('.');
-        if parts.next() == Some("secret")
+        if matches!(parts.next(), Some("secret" | "config"))
             && let Some(name) = parts.next()
         {
             out.entry(name.to_string())

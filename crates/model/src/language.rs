@@ -34,7 +34,7 @@ const GO_KEYWORDS: [&str; 10] = [
 ];
 
 /// Names a MiniJinja template reads at its root; in Go they are fields (`.input`).
-const JINJA_ROOTS: [&str; 9] = [
+const JINJA_ROOTS: [&str; 10] = [
     "input",
     "resolver_input",
     "step",
@@ -44,6 +44,7 @@ const JINJA_ROOTS: [&str; 9] = [
     "pre_hook",
     "function_args",
     "secret",
+    "config",
 ];
 
 /// The language one string shows unambiguously, or `None` (no templating, or nothing that

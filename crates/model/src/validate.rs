@@ -36,7 +36,7 @@ pub trait Catalog {
 }
 
 /// Names of the root variables templates may read.
-const ROOTS: [&str; 9] = [
+const ROOTS: [&str; 10] = [
     "input",
     "resolver_input",
     "step",
@@ -46,6 +46,7 @@ const ROOTS: [&str; 9] = [
     "pre_hook",
     "function_args",
     "secret",
+    "config",
 ];
 
 /// Size limits a template must fit at intake (API, `--templates`, `template validate`).
@@ -662,7 +663,7 @@ fn check_template_text(cx: &mut Ctx<'_>, field: &str, text: &str, step: Option<&
             );
             continue;
         }
-        if root == "secret" {
+        if root == "secret" || root == "config" {
             check_secret_reference(cx, field, second);
             continue;
         }
