@@ -242,6 +242,115 @@ fn check(config: &Value, stage: Stage) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// µTask's forms of the configuration, written as ours: `headers` as a list of
+/// `{name, value}`, `query_parameters` (a list of `{name, value}`) for `query`,
+/// `follow_redirect` for `follow_redirects`, and `host` + `path` for `url`.
+fn from_utask(config: &Value) -> Result<std::borrow::Cow<'_, Value>, ConfigError> {
+    use std::borrow::Cow;
+    let Some(map) = config.as_object() else {
+        return Ok(Cow::Borrowed(config));
+    };
+    let utask = map.get("headers").is_some_and(Value::is_array)
+        || ["query_parameters", "follow_redirect", "host", "path"]
+            .iter()
+            .any(|k| map.contains_key(*k));
+    if !utask {
+        return Ok(Cow::Borrowed(config));
+    }
+    let mut m = map.clone();
+    if let Some(Value::Array(list)) = m.get("headers") {
+        let headers = name_value_pairs("headers", list)?;
+        m.insert("headers".into(), headers);
+    }
+    if let Some(v) = m.remove("query_parameters") {
+        if m.contains_key("query") {
+            return Err(ConfigError::new(
+                "query_parameters",
+                "give query or query_parameters, not both",
+            ));
+        }
+        let Value::Array(list) = v else {
+            return Err(ConfigError::new(
+                "query_parameters",
+                "expected a list of {name, value}",
+            ));
+        };
+        m.insert("query".into(), name_value_pairs("query_parameters", &list)?);
+    }
+    if let Some(v) = m.remove("follow_redirect") {
+        if m.contains_key("follow_redirects") {
+            return Err(ConfigError::new(
+                "follow_redirect",
+                "give follow_redirect or follow_redirects, not both",
+            ));
+        }
+        // µTask writes it as text: "true" or "false".
+        let v = match v.as_str().map(str::trim) {
+            Some("true") => Value::Bool(true),
+            Some("false") => Value::Bool(false),
+            _ => v,
+        };
+        m.insert("follow_redirects".into(), v);
+    }
+    if m.contains_key("host") || m.contains_key("path") {
+        if m.contains_key("url") {
+            return Err(ConfigError::new("url", "url conflicts with host and path"));
+        }
+        let text = |field: &str, v: Option<Value>| match v {
+            None => Ok(String::new()),
+            Some(Value::String(s)) => Ok(s),
+            Some(_) => Err(ConfigError::new(field, "expected a string")),
+        };
+        let host = text("host", m.remove("host"))?;
+        let path = text("path", m.remove("path"))?;
+        if host.is_empty() {
+            return Err(ConfigError::new("host", "give url, or host (and path)"));
+        }
+        m.insert("url".into(), Value::String(format!("{host}{path}")));
+    }
+    Ok(Cow::Owned(Value::Object(m)))
+}
+
+/// A list of `{name, value}` as a map; a name given twice keeps every value, `, `-joined
+/// (as HTTP allows for a repeated header).
+fn name_value_pairs(field: &str, list: &[Value]) -> Result<Value, ConfigError> {
+    let mut out = Map::new();
+    for (i, item) in list.iter().enumerate() {
+        let at = format!("{field}[{i}]");
+        let (Some(name), Some(value)) =
+            (item.get("name").and_then(Value::as_str), item.get("value"))
+        else {
+            return Err(ConfigError::new(at, "expected {name, value}"));
+        };
+        if name.is_empty() {
+            return Err(ConfigError::new(format!("{at}.name"), "must not be empty"));
+        }
+        if item.as_object().is_some_and(|o| o.len() > 2) {
+            return Err(ConfigError::new(at, "only name and value are allowed"));
+        }
+        let value = match value {
+            Value::String(s) => s.clone(),
+            Value::Number(_) | Value::Bool(_) => value.to_string(),
+            _ => {
+                return Err(ConfigError::new(
+                    format!("{at}.value"),
+                    "expected a string, number or boolean",
+                ));
+            }
+        };
+        match out.get_mut(name) {
+            Some(Value::String(existing)) => {
+                existing.push_str(", ");
+                existing.push_str(&value);
+            }
+            _ => {
+                out.insert(name.to_string(), Value::String(value));
+            }
+        }
+    }
+    Ok(Value::Object(out))
+}
+
 fn fatal(field: &str, message: impl std::fmt::Display) -> ActionError {
     ActionError::fatal(format!("invalid http configuration: {field}: {message}"))
 }
@@ -500,10 +609,16 @@ impl Action for Http {
     }
 
     fn validate(&self, config: &Value) -> Result<(), ConfigError> {
-        check(config, Stage::Load)
+        check(from_utask(config)?.as_ref(), Stage::Load)
     }
 
     async fn run(&self, config: Value, ctx: ActionContext) -> Result<ActionOutput, ActionError> {
+        let config = from_utask(&config).map_err(|e| {
+            ActionError::fatal(format!(
+                "invalid http configuration: {}",
+                config::describe(&e)
+            ))
+        })?;
         let cfg: HttpConfig = config::parse("http", &config, check)?;
         let (prepared, client) = prepare(self, cfg, &ctx)?;
         let Prepared {
@@ -678,6 +793,55 @@ mod tests {
         assert_eq!(out.metadata["http_status"], 200);
         assert_eq!(out.metadata["headers"]["content-type"], "application/json");
         assert!(out.metadata["headers"]["content-length"].is_string());
+    }
+
+    #[tokio::test]
+    async fn utask_forms_of_the_configuration_are_accepted() {
+        let base = server().await;
+        let http = Http::new();
+        let config = json!({
+            "host": base,
+            "path": "/echo",
+            "method": "POST",
+            "headers": [{"name": "X-Token", "value": "abc"}, {"name": "X-Many", "value": "1"}, {"name": "X-Many", "value": 2}],
+            "query_parameters": [{"name": "a", "value": "x y"}],
+            "follow_redirect": "false",
+            "body": "{\"user_id\": \"ada\"}",
+        });
+        http.validate(&config).unwrap();
+        let out = http.run(config, ctx()).await.unwrap();
+        assert_eq!(out.output["path"], "/echo");
+        assert_eq!(out.output["query"], "a=x+y");
+        assert_eq!(header(&out, "x-token"), &json!(["abc"]));
+        assert_eq!(header(&out, "x-many"), &json!(["1, 2"]));
+        assert_eq!(out.output["body"], "{\"user_id\": \"ada\"}");
+        for (config, field) in [
+            (json!({"url": "http://x", "host": "http://y"}), "url"),
+            (json!({"path": "/p"}), "host"),
+            (
+                json!({"url": "http://x", "headers": [{"name": "", "value": "v"}]}),
+                "headers[0].name",
+            ),
+            (
+                json!({"url": "http://x", "headers": [{"value": "v"}]}),
+                "headers[0]",
+            ),
+            (
+                json!({"url": "http://x", "headers": [{"name": "X-A", "value": {}}]}),
+                "headers[0].value",
+            ),
+            (
+                json!({"url": "http://x", "query": {}, "query_parameters": []}),
+                "query_parameters",
+            ),
+            (
+                json!({"url": "http://x", "follow_redirect": "maybe"}),
+                "follow_redirects",
+            ),
+        ] {
+            let e = http.validate(&config).unwrap_err();
+            assert_eq!(e.field, field, "{config}: {e:?}");
+        }
     }
 
     #[tokio::test]
@@ -1258,7 +1422,7 @@ mod tests {
             (json!({"url": "http://x", "methd": "GET"}), "methd"),
             (json!({"url": "http://x", "method": 1}), "method"),
             (json!({"url": "http://x", "headers": {"X": 1}}), "headers.X"),
-            (json!({"url": "http://x", "headers": ["X"]}), "headers"),
+            (json!({"url": "http://x", "headers": ["X"]}), "headers[0]"),
             (
                 json!({"url": "http://x", "query": {"q": {"a": 1}}}),
                 "query.q",
