@@ -33,20 +33,6 @@ const GO_KEYWORDS: [&str; 10] = [
     "if", "range", "with", "end", "else", "define", "template", "block", "break", "continue",
 ];
 
-/// Names a MiniJinja template reads at its root; in Go they are fields (`.input`).
-const JINJA_ROOTS: [&str; 10] = [
-    "input",
-    "resolver_input",
-    "step",
-    "task",
-    "var",
-    "iterator",
-    "pre_hook",
-    "function_args",
-    "secret",
-    "config",
-];
-
 /// The language one string shows unambiguously, or `None` (no templating, or nothing that
 /// only one of the two languages would write, such as `{{ "x" }}`).
 pub fn detect(text: &str) -> Option<Language> {
@@ -76,7 +62,7 @@ pub fn detect(text: &str) -> Option<Language> {
             || go_keyword
         {
             go = true;
-        } else if JINJA_ROOTS.contains(&first.as_str())
+        } else if crate::validate::ROOTS.contains(&first.as_str())
             || action[first.len()..].starts_with('(') && !first.is_empty()
         {
             jinja = true;

@@ -35,8 +35,8 @@ pub trait Catalog {
     fn template_references(&self, lang: Language, text: &str) -> Result<Vec<String>, String>;
 }
 
-/// Names of the root variables templates may read.
-const ROOTS: [&str; 10] = [
+/// Names of the root variables templates may read (in Go templates, as fields: `.input`).
+pub(crate) const ROOTS: [&str; 10] = [
     "input",
     "resolver_input",
     "step",

@@ -426,9 +426,16 @@ impl Store {
     /// Adds a comment to a task, its content sealed ([`StoreError::NotFound`] without the
     /// task, [`StoreError::Conflict`] past [`MAX_COMMENTS_PER_TASK`]).
     pub async fn add_comment(&self, task_id: &str, author: &str, content: &str) -> Result<Comment> {
-        let mut sealed = content.to_string();
-        self.sealer().text(&mut sealed)?;
-        let mut comment = backend!(self, add_comment(task_id, author, &sealed))?;
+        let mut comment = Comment {
+            id: uuid::Uuid::now_v7().to_string(),
+            task_id: task_id.to_string(),
+            author: author.to_string(),
+            content: content.to_string(),
+            created_at: crate::now_ms(),
+        };
+        let mut sealed = comment.clone();
+        self.sealer().text(&mut sealed.content)?;
+        backend!(self, add_comment(sealed))?;
         comment.content = content.to_string();
         Ok(comment)
     }

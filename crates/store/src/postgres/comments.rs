@@ -1,17 +1,11 @@
 //! Task comments on PostgreSQL.
 
 use super::{PgStore, execute, query, query_opt};
-use crate::{Comment, MAX_COMMENTS_PER_TASK, Result, StoreError, now_ms};
+use crate::{Comment, MAX_COMMENTS_PER_TASK, Result, StoreError};
 
 impl PgStore {
-    pub async fn add_comment(&self, task_id: &str, author: &str, content: &str) -> Result<Comment> {
-        let comment = Comment {
-            id: uuid::Uuid::now_v7().to_string(),
-            task_id: task_id.to_string(),
-            author: author.to_string(),
-            content: content.to_string(),
-            created_at: now_ms(),
-        };
+    pub async fn add_comment(&self, comment: Comment) -> Result<()> {
+        let task_id = &comment.task_id;
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
         // The task's row lock serializes comments on one task, so the count holds.
@@ -44,7 +38,7 @@ impl PgStore {
         )
         .await?;
         tx.commit().await?;
-        Ok(comment)
+        Ok(())
     }
 
     pub async fn comments(&self, task_id: &str) -> Result<Vec<Comment>> {

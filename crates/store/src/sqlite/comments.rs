@@ -3,7 +3,7 @@
 use rusqlite::{OptionalExtension, Row, params};
 
 use super::SqliteStore;
-use crate::{Comment, MAX_COMMENTS_PER_TASK, Result, StoreError, now_ms};
+use crate::{Comment, MAX_COMMENTS_PER_TASK, Result, StoreError};
 
 fn comment_from_row(r: &Row<'_>) -> rusqlite::Result<Comment> {
     Ok(Comment {
@@ -16,14 +16,7 @@ fn comment_from_row(r: &Row<'_>) -> rusqlite::Result<Comment> {
 }
 
 impl SqliteStore {
-    pub async fn add_comment(&self, task_id: &str, author: &str, content: &str) -> Result<Comment> {
-        let comment = Comment {
-            id: uuid::Uuid::now_v7().to_string(),
-            task_id: task_id.to_string(),
-            author: author.to_string(),
-            content: content.to_string(),
-            created_at: now_ms(),
-        };
+    pub async fn add_comment(&self, comment: Comment) -> Result<()> {
         self.write(move |c| {
             let exists = c
                 .prepare_cached("SELECT 1 FROM tasks WHERE id = ?1")?
@@ -54,7 +47,7 @@ impl SqliteStore {
                 comment.content,
                 comment.created_at
             ])?;
-            Ok(comment.clone())
+            Ok(())
         })
         .await
     }
