@@ -302,3 +302,91 @@ steps:
     assert_eq!(st, 400, "{v:#}");
     assert!(v.to_string().contains("nosuch"), "{v:#}");
 }
+
+/// µTask's variables with a JavaScript `expression`: templated, then run in a sandbox with a
+/// time limit; read with `eval` in Go templates and as `var.NAME` in MiniJinja ones.
+#[tokio::test]
+async fn expression_variables_run_as_javascript_within_their_time() {
+    let s = Server::start();
+    let go = r#"
+name: js
+auto_runnable: true
+inputs: [{name: n, type: number}]
+variables:
+  - name: doubled
+    expression: '{{ .input.n }} * 2'
+  - name: spin
+    expression: 'while (true) {}'
+    expression_timeout: 100ms
+steps:
+  a:
+    action: {type: echo, configuration: {output: '{{ eval "doubled" }}'}}
+  b:
+    action: {type: echo, configuration: {output: '{{ eval "spin" }}'}}
+"#;
+    let (st, v) = s.put_template("js", go).await;
+    assert_eq!(st, 201, "{v:#}");
+    let (_, c) = s
+        .post(
+            "/api/v1/tasks",
+            json!({"template": "js", "inputs": {"n": 21}}),
+        )
+        .await;
+    let t = s
+        .wait_state(c["id"].as_str().unwrap(), &["DONE", "BLOCKED"])
+        .await;
+    assert_eq!(t["steps"]["a"]["output"], "42", "{t:#}");
+    assert_eq!(t["steps"]["b"]["state"], "FATAL_ERROR", "{t:#}");
+    let error = t["steps"]["b"]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("stopped after 100ms"), "{t:#}");
+
+    let jinja = r#"
+name: jsj
+auto_runnable: true
+inputs: [{name: n, type: number}]
+variables:
+  - name: doubled
+    expression: '{{ input.n }} * 2'
+steps:
+  a:
+    action: {type: echo, configuration: {output: '{{ var.doubled }}'}}
+"#;
+    assert_eq!(s.put_template("jsj", jinja).await.0, 201);
+    let (_, c) = s
+        .post(
+            "/api/v1/tasks",
+            json!({"template": "jsj", "inputs": {"n": 4}}),
+        )
+        .await;
+    let t = s
+        .wait_state(c["id"].as_str().unwrap(), &["DONE", "BLOCKED"])
+        .await;
+    assert_eq!(t["steps"]["a"]["output"], "8", "{t:#}");
+
+    for (bad, field) in [
+        (
+            "variables: [{name: v, value: 1, expression: '1'}]",
+            "variables[0]",
+        ),
+        (
+            "variables: [{name: v, expression: '1', expression_timeout: 2m}]",
+            "variables[0].expression_timeout",
+        ),
+        (
+            "variables: [{name: v, value: 1, expression_timeout: 1s}]",
+            "variables[0].expression_timeout",
+        ),
+    ] {
+        let yaml = format!("name: bad\n{bad}\nsteps:\n  a: {{action: {{type: echo}}}}\n");
+        let (st, v) = s.put_template("bad", &yaml).await;
+        assert_eq!(st, 400, "{yaml}\n{v:#}");
+        assert!(
+            v["errors"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["field"] == field),
+            "{yaml}\n{v:#}"
+        );
+    }
+}

@@ -615,8 +615,7 @@ impl Run {
         }
         // Variables see everything above, and the variables declared before them.
         for var in &self.compiled.template.variables {
-            let v = self
-                .render_value(&var.value, &ctx)
+            let v = render::variable(&self.compiled.template, self.compiled.language, var, &ctx)
                 .unwrap_or_else(|e| Value::String(format!("<error: {e}>")));
             ctx["var"][&var.name] = v;
         }

@@ -10,6 +10,7 @@
 //! ([`MAX_RENDERED_BYTES`]).
 
 pub mod go;
+pub mod js;
 
 use std::sync::LazyLock;
 

@@ -87,12 +87,20 @@ impl Template {
     }
 }
 
-/// A named value available to templating as `{{ var.<name> }}`. Its value is itself templated.
+/// A named value available to templating as `{{ var.<name> }}` (`{{ eval "<name>" }}` in Go
+/// templates). Its `value` is itself templated; or, as in µTask, its `expression` is
+/// templated and then run as JavaScript (sandboxed, `expression_timeout` at most, 10 s by
+/// default), giving the result's string form.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Variable {
     pub name: String,
+    #[serde(default)]
     pub value: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expression: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expression_timeout: Option<String>,
 }
 
 /// A node of the task's graph.

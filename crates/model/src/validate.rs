@@ -35,6 +35,9 @@ pub trait Catalog {
     fn template_references(&self, lang: Language, text: &str) -> Result<Vec<String>, String>;
 }
 
+/// Longest `expression_timeout` of a variable.
+pub const MAX_EXPRESSION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Names of the root variables templates may read (in Go templates, as fields: `.input`).
 pub(crate) const ROOTS: [&str; 10] = [
     "input",
@@ -256,6 +259,28 @@ fn check_template(cx: &mut Ctx<'_>) {
             );
         }
         check_templates_in(cx, &format!("variables[{i}].value"), &var.value, None);
+        match &var.expression {
+            Some(_) if !var.value.is_null() => cx.err(
+                format!("variables[{i}]"),
+                "give a value or an expression, not both",
+            ),
+            Some(e) => check_template_text(cx, &format!("variables[{i}].expression"), e, None),
+            None if var.expression_timeout.is_some() => cx.err(
+                format!("variables[{i}].expression_timeout"),
+                "only an expression takes a timeout",
+            ),
+            None => {}
+        }
+        if let Some(t) = &var.expression_timeout {
+            match crate::duration::parse_duration_str(t) {
+                Ok(d) if !d.is_zero() && d <= MAX_EXPRESSION_TIMEOUT => {}
+                Ok(_) => cx.err(
+                    format!("variables[{i}].expression_timeout"),
+                    "must be more than 0 and at most 60s",
+                ),
+                Err(e) => cx.err(format!("variables[{i}].expression_timeout"), e),
+            }
+        }
     }
     if let Some(title) = &t.title_format {
         check_template_text(cx, "title_format", title, None);
