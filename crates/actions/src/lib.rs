@@ -112,7 +112,7 @@ impl ConfigError {
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskSnapshot {
     pub id: String,
-    /// Task state name (`TODO`, `RUNNING`, `WAITING`, `BLOCKED`, `DONE`, `CANCELLED`).
+    /// Task state name (`TODO`, `RUNNING`, `WAITING`, `BLOCKED`, `DONE`, `CANCELLED`, `WONTFIX`).
     pub state: String,
     pub result: Value,
 }

@@ -91,11 +91,18 @@ impl Action for Subtask {
                 output: snapshot.result,
                 metadata: json!({ "task_id": id, "state": "DONE" }),
             }),
-            "CANCELLED" => Err(ActionError::Client {
-                message: format!("subtask {id} was cancelled"),
+            state @ ("CANCELLED" | "WONTFIX") => Err(ActionError::Client {
+                message: format!(
+                    "subtask {id} was {}",
+                    if state == "WONTFIX" {
+                        "closed as won't fix"
+                    } else {
+                        "cancelled"
+                    }
+                ),
                 output: Some(ActionOutput {
                     output: snapshot.result,
-                    metadata: json!({ "task_id": id, "state": "CANCELLED" }),
+                    metadata: json!({ "task_id": id, "state": state }),
                 }),
             }),
             // A human may unblock the child: keep waiting, but show why.

@@ -203,7 +203,7 @@ pub enum TaskCommand {
         #[command(flatten)]
         conn: Conn,
     },
-    /// Follow a task, printing each step change, until it stops (DONE, BLOCKED, CANCELLED, PAUSED, TODO).
+    /// Follow a task, printing each step change, until it stops (DONE, BLOCKED, CANCELLED, WONTFIX, PAUSED, TODO).
     Watch {
         id: String,
         #[command(flatten)]
@@ -249,6 +249,22 @@ pub enum TaskCommand {
     },
     /// Give a task BLOCKED by retry_max as many runs again as its template allows, and run it.
     Extend {
+        id: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Run a BLOCKED or PAUSED task again from a step: the step and every step depending on
+    /// it go back to TODO; the steps before keep their outputs.
+    Rerun {
+        id: String,
+        /// The step to run again.
+        #[arg(long)]
+        from: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Close a task that is TODO, BLOCKED or PAUSED as WONTFIX: it will not run (on).
+    Wontfix {
         id: String,
         #[command(flatten)]
         conn: Conn,
@@ -843,6 +859,32 @@ pub async fn task(cmd: TaskCommand) -> anyhow::Result<ExitCode> {
             })
         }
         TaskCommand::Extend { id, conn } => action(conn, &id, "extend", Value::Null).await,
+        TaskCommand::Wontfix { id, conn } => action(conn, &id, "wontfix", Value::Null).await,
+        TaskCommand::Rerun { id, from, conn } => {
+            let json_out = conn.json;
+            let out = Client::new(conn)?
+                .post(
+                    &format!("/api/v1/tasks/{id}/rerun"),
+                    json!({ "from": from }),
+                )
+                .await?;
+            if json_out {
+                print_json(&out);
+            } else {
+                let steps: Vec<&str> = out["steps"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|s| s.as_str())
+                    .collect();
+                println!(
+                    "{id} {} (again: {})",
+                    out["state"].as_str().unwrap_or(""),
+                    steps.join(", ")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         TaskCommand::Comment { id, text, conn } => {
             let json_out = conn.json;
             let out = Client::new(conn)?
@@ -961,7 +1003,9 @@ async fn watch(c: &Client, id: &str) -> anyhow::Result<ExitCode> {
                 }
                 return Ok(ExitCode::SUCCESS);
             }
-            "BLOCKED" | "CANCELLED" | "PAUSED" | "TODO" => return Ok(ExitCode::from(2)),
+            "BLOCKED" | "CANCELLED" | "WONTFIX" | "PAUSED" | "TODO" => {
+                return Ok(ExitCode::from(2));
+            }
             _ => tokio::time::sleep(Duration::from_millis(250)).await,
         }
     }

@@ -86,7 +86,7 @@ pub struct ServeArgs {
     /// A named resource limit, NAME=N (repeatable): at most N steps listing NAME in `resources` run at once.
     #[arg(long = "resource-limit", value_parser = parse_resource_limit)]
     resource_limits: Vec<(String, usize)>,
-    /// How long finished (DONE or CANCELLED) tasks are kept, with their steps and audit trail.
+    /// How long finished (DONE, CANCELLED or WONTFIX) tasks are kept, with their steps and audit trail.
     #[arg(long, env = "TASKHOOK_TASK_RETENTION", default_value = "90d", value_parser = parse_retention)]
     task_retention: std::time::Duration,
     /// How long the fire ledger keeps fires, e.g. `30d`, `12h`.

@@ -145,6 +145,7 @@ fn body_of(route: &RouteScope, f: &Fixture) -> Option<(String, &'static str)> {
         ("PUT", "/api/v1/maintenance") => (r#"{"enabled": false}"#, json),
         ("PUT", "/api/v1/secrets/{name}") => (r#"{"value": "v"}"#, json),
         ("PUT", "/api/v1/tasks/{id}/steps/{step}/state") => (r#"{"state": "DONE"}"#, json),
+        ("POST", "/api/v1/tasks/{id}/rerun") => (r#"{"from": "a"}"#, json),
         ("POST", _) => ("{}", json),
         _ => return None,
     };

@@ -385,3 +385,193 @@ async fn a_task_out_of_runs_is_extended_and_tasks_take_comments() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("admin: extended twice, giving up"), "{out}");
 }
+
+fn steps_named(t: &Value, prefix: &str) -> Vec<String> {
+    let mut out: Vec<String> = t["steps"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter(|k| k.starts_with(prefix))
+        .cloned()
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn a_blocked_task_reruns_from_a_step_and_the_steps_before_keep_their_outputs() {
+    let s = Server::start();
+    let put_items = |v: &'static str| {
+        let s = &s;
+        async move {
+            let (st, _, p) = s
+                .req(
+                    reqwest::Method::PUT,
+                    "/api/v1/secrets/items",
+                    Some((&json!({ "value": v }).to_string(), "application/json")),
+                )
+                .await;
+            assert!(st == 200 || st == 201, "{p:#}");
+        }
+    };
+    put_items("[1, 2, 3]").await;
+    // `first` and `each` print a fresh id every time they run; `check` always fails.
+    let tpl = "name: chain\nauto_runnable: true\nsteps:\n  \
+               first:\n    action: {type: echo, configuration: {output: {id: '{{ uuid() }}'}}}\n  \
+               each:\n    dependencies: [first]\n    foreach: '{{ secret.items }}'\n    \
+               action: {type: echo, configuration: {output: {id: '{{ uuid() }}', item: '{{ iterator }}'}}}\n  \
+               check:\n    dependencies: [each]\n    action: {type: echo, configuration: {error_type: client, error_message: no}}\n  \
+               aside:\n    action: {type: echo, configuration: {output: {id: '{{ uuid() }}'}}}\n";
+    assert_eq!(s.put_template("chain", tpl).await.0, 201);
+    let (_, c) = s.post("/api/v1/tasks", json!({"template": "chain"})).await;
+    let id = c["id"].as_str().unwrap().to_string();
+    let before = s.wait_state(&id, &["BLOCKED"]).await;
+    assert_eq!(
+        steps_named(&before, "each-"),
+        ["each-0", "each-1", "each-2"]
+    );
+
+    // The list is now shorter: `each` expands again to one child, the others are gone.
+    put_items("[7]").await;
+    let (st, out) = s
+        .post(
+            &format!("/api/v1/tasks/{id}/rerun"),
+            json!({"from": "each"}),
+        )
+        .await;
+    assert_eq!(st, 200, "{out:#}");
+    assert_eq!(out["steps"], json!(["check", "each"]), "{out:#}");
+    let after = s.wait_state(&id, &["BLOCKED"]).await;
+    assert_eq!(steps_named(&after, "each-"), ["each-0"], "{after:#}");
+    assert_eq!(after["steps"]["each-0"]["output"]["item"], 7);
+    // Steps before and beside it kept their outputs; the ones from it ran again.
+    for kept in ["first", "aside"] {
+        assert_eq!(after["steps"][kept], before["steps"][kept], "{kept}");
+    }
+    assert_ne!(
+        after["steps"]["each-0"]["output"]["id"],
+        before["steps"]["each-0"]["output"]["id"]
+    );
+    let (_, events) = s.get(&format!("/api/v1/tasks/{id}/events")).await;
+    let rerun = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "rerun")
+        .expect("a rerun event");
+    assert_eq!(rerun["detail"]["from"], "each", "{rerun:#}");
+
+    // From the CLI; bad requests change nothing.
+    let (code, out, err) = taskhook(Some(&s), &["task", "rerun", &id, "--from", "check"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("again: check"), "{out}");
+    let t = s.wait_state(&id, &["BLOCKED"]).await;
+    for (body, status, field) in [
+        (json!({"from": "nope"}), 400, json!("from")),
+        (json!({"from": "each-0"}), 400, json!("from")),
+        (json!({}), 400, Value::Null),
+    ] {
+        let (st, p) = s
+            .post(&format!("/api/v1/tasks/{id}/rerun"), body.clone())
+            .await;
+        assert_eq!(st, status, "{body}: {p:#}");
+        if !field.is_null() {
+            assert_eq!(p["field"], field, "{p:#}");
+        }
+    }
+    assert!(
+        s.post(
+            &format!("/api/v1/tasks/{id}/rerun"),
+            json!({"from": "each-0"})
+        )
+        .await
+        .1["detail"]
+            .as_str()
+            .unwrap()
+            .contains("rerun from \"each\""),
+    );
+    let (_, unchanged) = s.get(&format!("/api/v1/tasks/{id}")).await;
+    assert_eq!(unchanged["steps"], t["steps"]);
+    // A finished task is a record: it is not rerun.
+    let done = "name: done\nauto_runnable: true\nsteps:\n  one:\n    action: {type: echo, configuration: {output: 1}}\n";
+    assert_eq!(s.put_template("done", done).await.0, 201);
+    let (_, c) = s.post("/api/v1/tasks", json!({"template": "done"})).await;
+    let finished = c["id"].as_str().unwrap().to_string();
+    s.wait_state(&finished, &["DONE"]).await;
+    let (st, p) = s
+        .post(
+            &format!("/api/v1/tasks/{finished}/rerun"),
+            json!({"from": "one"}),
+        )
+        .await;
+    assert_eq!(st, 409, "{p:#}");
+}
+
+#[tokio::test]
+async fn wontfix_closes_tasks_that_wait_for_a_person_and_ends_the_parent_s_subtask() {
+    let s = Server::start();
+    let manual =
+        "name: manual\nsteps:\n  one:\n    action: {type: echo, configuration: {output: 1}}\n";
+    assert_eq!(s.put_template("manual", manual).await.0, 201);
+    let failing = "name: failing\nauto_runnable: true\nsteps:\n  check:\n    action: {type: echo, configuration: {error_type: client}}\n";
+    assert_eq!(s.put_template("failing", failing).await.0, 201);
+    let parent = "name: parent\nauto_runnable: true\nsteps:\n  child:\n    action: {type: subtask, configuration: {template: manual}}\n";
+    assert_eq!(s.put_template("parent", parent).await.0, 201);
+
+    // Waiting for a resolver (TODO), as µTask allows.
+    let (_, c) = s.post("/api/v1/tasks", json!({"template": "manual"})).await;
+    let todo = c["id"].as_str().unwrap().to_string();
+    let (st, out) = s
+        .post(&format!("/api/v1/tasks/{todo}/wontfix"), json!({}))
+        .await;
+    assert_eq!(
+        (st, out["state"].clone()),
+        (200, json!("WONTFIX")),
+        "{out:#}"
+    );
+    // Final: nothing moves it again.
+    for verb in ["wontfix", "retry", "resolve", "cancel"] {
+        let (st, p) = s
+            .post(&format!("/api/v1/tasks/{todo}/{verb}"), json!({}))
+            .await;
+        assert_eq!(st, 409, "{verb}: {p:#}");
+    }
+    // BLOCKED, from the CLI.
+    let (_, c) = s
+        .post("/api/v1/tasks", json!({"template": "failing"}))
+        .await;
+    let blocked = c["id"].as_str().unwrap().to_string();
+    s.wait_state(&blocked, &["BLOCKED"]).await;
+    let (code, out, err) = taskhook(Some(&s), &["task", "wontfix", &blocked]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), format!("{blocked} WONTFIX"));
+    let (_, page) = s.get("/api/v1/tasks?state=WONTFIX").await;
+    let mut both = vec![todo.clone(), blocked.clone()];
+    both.sort();
+    assert_eq!(listed(&page), both);
+    // A DONE task is not closed.
+    let (_, c) = s.post("/api/v1/tasks", json!({"template": "parent"})).await;
+    let p_id = c["id"].as_str().unwrap().to_string();
+    let t = s.wait_state(&p_id, &["WAITING"]).await;
+    let child = t["steps"]["child"]["metadata"]["task_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{t:#}"))
+        .to_string();
+    let (st, _) = s
+        .post(&format!("/api/v1/tasks/{child}/wontfix"), json!({}))
+        .await;
+    assert_eq!(st, 200);
+    // The parent wakes: its subtask step ends as a client error naming the state.
+    let t = s.wait_state(&p_id, &["BLOCKED"]).await;
+    assert_eq!(t["steps"]["child"]["state"], "CLIENT_ERROR", "{t:#}");
+    assert_eq!(t["steps"]["child"]["metadata"]["state"], "WONTFIX", "{t:#}");
+    let (_, c) = s.post("/api/v1/tasks", json!({"template": "manual"})).await;
+    let other = c["id"].as_str().unwrap().to_string();
+    s.post(&format!("/api/v1/tasks/{other}/resolve"), json!({}))
+        .await;
+    s.wait_state(&other, &["DONE"]).await;
+    let (st, p) = s
+        .post(&format!("/api/v1/tasks/{other}/wontfix"), json!({}))
+        .await;
+    assert_eq!(st, 409, "{p:#}");
+}

@@ -21,7 +21,7 @@ use taskhook_actions::{Registry, TaskService, TaskSnapshot};
 use taskhook_model::input::resolve_inputs;
 use taskhook_model::{Function, StepState, TaskState, Template};
 use taskhook_store::{
-    ClaimedTask, NewEvent, NewTask, StepRow, Store, StoreError, TaskRow, TemplateRow,
+    ClaimedTask, NewEvent, NewTask, StepEdit, StepRow, Store, StoreError, TaskRow, TemplateRow,
     TransitionOutcome, now_ms,
 };
 use tokio::sync::{Notify, Semaphore};
@@ -226,6 +226,18 @@ pub struct Engine {
 
 /// Builtin step states a person may set by hand (`Engine::set_step_state`); a step's own
 /// custom states may be set too.
+/// The task states in which a person may edit steps (set a state, rerun from a step).
+const EDITABLE: &[TaskState] = &[TaskState::Blocked, TaskState::Paused];
+
+/// Names of the foreach children among `steps` whose parent `parent` selects.
+fn children_of(steps: &[StepRow], parent: impl Fn(&str) -> bool) -> Vec<String> {
+    steps
+        .iter()
+        .filter(|s| s.foreach_parent.as_deref().is_some_and(&parent))
+        .map(|s| s.name.clone())
+        .collect()
+}
+
 const SETTABLE_STEP_STATES: [&str; 5] = ["TODO", "DONE", "PRUNE", "CLIENT_ERROR", "FATAL_ERROR"];
 
 impl Engine {
@@ -445,7 +457,7 @@ impl Engine {
         actor: &str,
     ) -> Result<(), EngineError> {
         let (task, steps) = self.task_with_steps(id).await?;
-        let Some(mut row) = steps.into_iter().find(|s| s.name == step) else {
+        let Some(mut row) = steps.iter().find(|s| s.name == step).cloned() else {
             return Err(EngineError::NotFound {
                 what: format!("step {step:?} of task {id}"),
             });
@@ -484,6 +496,11 @@ impl Engine {
             });
         }
         let from = row.state.as_str().to_string();
+        let mut edit = StepEdit::default();
+        if to == StepState::Todo {
+            // A foreach step expands again: its children from before go.
+            edit.delete = children_of(&steps, |p| p == row.name);
+        }
         row.state = to.clone();
         row.next_retry_at = None;
         match &to {
@@ -509,13 +526,101 @@ impl Engine {
             to_state: None,
             detail: json!({"step": step, "from": from, "to": to.as_str()}),
         };
+        edit.put.push(row);
         self.inner
             .store
-            .put_step(
+            .put_steps(id, task.updated_at, EDITABLE, edit, ev)
+            .await?;
+        Ok(())
+    }
+
+    /// Runs a BLOCKED or PAUSED task again from step `from`: that step and every step that
+    /// depends on it, directly or not, go back to TODO (outputs cleared, retries back, foreach
+    /// children dropped to expand again); the steps before keep their states and outputs.
+    /// Recorded as a `rerun` event naming the steps, then `retried`. Returns those steps.
+    pub async fn rerun(
+        &self,
+        id: &str,
+        from: &str,
+        actor: &str,
+    ) -> Result<Vec<String>, EngineError> {
+        let (task, steps) = self.task_with_steps(id).await?;
+        let compiled = self
+            .inner
+            .template(&task.template, task.template_version)
+            .await?;
+        let tpl = &compiled.template;
+        if !tpl.steps.contains_key(from) {
+            let message = match steps.iter().find(|s| s.name == from) {
+                Some(StepRow {
+                    foreach_parent: Some(parent),
+                    ..
+                }) => format!(
+                    "{from:?} is one item of the foreach step {parent:?}: rerun from {parent:?}"
+                ),
+                _ => format!("the task's template has no step {from:?}"),
+            };
+            return Err(EngineError::Invalid {
+                field: "from".into(),
+                message,
+            });
+        }
+        let mut again: std::collections::BTreeSet<&str> = [from].into();
+        loop {
+            let before = again.len();
+            for (name, step) in &tpl.steps {
+                if !again.contains(name.as_str())
+                    && step
+                        .parsed_dependencies()
+                        .iter()
+                        .any(|d| again.contains(d.step.as_str()))
+                {
+                    again.insert(name);
+                }
+            }
+            if again.len() == before {
+                break;
+            }
+        }
+        let names: Vec<String> = again.iter().map(|n| n.to_string()).collect();
+        let edit = StepEdit {
+            delete: children_of(&steps, |p| again.contains(p)),
+            put: names.iter().map(StepRow::new).collect(),
+        };
+        let ev = NewEvent {
+            actor: actor.into(),
+            kind: "rerun".into(),
+            from_state: None,
+            to_state: None,
+            detail: json!({"from": from, "steps": names}),
+        };
+        self.inner
+            .store
+            .put_steps(id, task.updated_at, EDITABLE, edit, ev)
+            .await?;
+        self.retry(id, actor).await?;
+        Ok(names)
+    }
+
+    /// Closes a task that will not be run (on): one still waiting for a resolver (TODO, as
+    /// µTask allows), or one a person stopped on (BLOCKED, PAUSED). WONTFIX is final; a
+    /// parent waiting on it as a subtask sees it end.
+    pub async fn wontfix(&self, id: &str, actor: &str) -> Result<(), EngineError> {
+        let ev = NewEvent {
+            actor: actor.into(),
+            kind: "wontfix".into(),
+            from_state: None,
+            to_state: None,
+            detail: Value::Null,
+        };
+        self.inner
+            .store
+            .transition(
                 id,
-                task.updated_at,
-                &[TaskState::Blocked, TaskState::Paused],
-                row,
+                &[TaskState::Todo, TaskState::Blocked, TaskState::Paused],
+                TaskState::Wontfix,
+                None,
+                None,
                 ev,
             )
             .await?;

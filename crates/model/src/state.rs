@@ -26,9 +26,11 @@ pub enum TaskState {
     Blocked,
     Done,
     Cancelled,
+    /// Closed by a person without running (on): it will never be done (µTask's WONTFIX).
+    Wontfix,
 }
 
-pub const TASK_STATES: [TaskState; 8] = [
+pub const TASK_STATES: [TaskState; 9] = [
     TaskState::Todo,
     TaskState::Ready,
     TaskState::Running,
@@ -37,6 +39,7 @@ pub const TASK_STATES: [TaskState; 8] = [
     TaskState::Blocked,
     TaskState::Done,
     TaskState::Cancelled,
+    TaskState::Wontfix,
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -57,12 +60,16 @@ impl TaskState {
             TaskState::Blocked => "BLOCKED",
             TaskState::Done => "DONE",
             TaskState::Cancelled => "CANCELLED",
+            TaskState::Wontfix => "WONTFIX",
         }
     }
 
-    /// DONE and CANCELLED never change again.
+    /// DONE, CANCELLED and WONTFIX never change again.
     pub fn is_final(self) -> bool {
-        matches!(self, TaskState::Done | TaskState::Cancelled)
+        matches!(
+            self,
+            TaskState::Done | TaskState::Cancelled | TaskState::Wontfix
+        )
     }
 
     /// The one place that says which task transitions exist.
@@ -79,6 +86,8 @@ impl TaskState {
             (Blocked | Paused, Ready) => true,
             // Pause takes effect at once unless a run is in progress (then the engine stops it).
             (Todo | Ready | Waiting | Blocked | Running, Paused) => true,
+            // A person closes a task that is not running: not resolved yet, blocked or paused.
+            (Todo | Blocked | Paused, Wontfix) => true,
             // Cancel from anything not final.
             (from, Cancelled) => !from.is_final(),
             _ => false,
@@ -265,6 +274,9 @@ mod tests {
             (Blocked, Ready),
             (Blocked, Paused),
             (Blocked, Cancelled),
+            (Todo, Wontfix),
+            (Paused, Wontfix),
+            (Blocked, Wontfix),
         ];
         for from in TASK_STATES {
             for to in TASK_STATES {

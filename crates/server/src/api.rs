@@ -34,9 +34,9 @@ use crate::{AppState, Problem};
         create_task, get_task, list_tasks, task_events, resolve_task, cancel_task, retry_task, pause_task,
         crate::secrets_api::put_secret, crate::secrets_api::get_secret, crate::secrets_api::list_secrets, crate::secrets_api::delete_secret,
         crate::audit::list_audit, crate::task_ops::retry_tasks, crate::task_ops::set_step_state,
-        crate::task_ops::extend_task, crate::task_ops::list_comments, crate::task_ops::add_comment
+        crate::task_ops::extend_task, crate::task_ops::rerun_task, crate::task_ops::wontfix_task, crate::task_ops::list_comments, crate::task_ops::add_comment
     ),
-    components(schemas(crate::maintenance::MaintenanceRequest, crate::maintenance::MaintenanceOut, crate::hooks_api::HookOut, crate::hooks_api::FireOut, crate::hooks_api::Fired, crate::hooks_api::TestEvent, Problem, CreateTaskRequest, ResolveRequest, TaskCreated, TemplateOut, TemplateSummary, TaskOut, StepOut, TaskPage, EventOut, crate::secrets_api::SecretRequest, crate::secrets_api::SecretOut, crate::task_ops::StepStateRequest, crate::task_ops::RetryRequest, crate::task_ops::RetryOut, crate::task_ops::RetryFailure, crate::task_ops::CommentRequest, crate::task_ops::CommentOut)),
+    components(schemas(crate::maintenance::MaintenanceRequest, crate::maintenance::MaintenanceOut, crate::hooks_api::HookOut, crate::hooks_api::FireOut, crate::hooks_api::Fired, crate::hooks_api::TestEvent, Problem, CreateTaskRequest, ResolveRequest, TaskCreated, TemplateOut, TemplateSummary, TaskOut, StepOut, TaskPage, EventOut, crate::secrets_api::SecretRequest, crate::secrets_api::SecretOut, crate::task_ops::StepStateRequest, crate::task_ops::RerunRequest, crate::task_ops::RerunOut, crate::task_ops::RetryRequest, crate::task_ops::RetryOut, crate::task_ops::RetryFailure, crate::task_ops::CommentRequest, crate::task_ops::CommentOut)),
     modifiers(&BearerAuth)
 )]
 pub(crate) struct ApiDoc;

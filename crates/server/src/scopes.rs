@@ -118,6 +118,16 @@ pub const ROUTES: &[RouteScope] = &[
         "tasks:resolve:{template}",
     ),
     row(
+        "POST",
+        "/api/v1/tasks/{id}/rerun",
+        "tasks:resolve:{template}",
+    ),
+    row(
+        "POST",
+        "/api/v1/tasks/{id}/wontfix",
+        "tasks:resolve:{template}",
+    ),
+    row(
         "GET",
         "/api/v1/tasks/{id}/comments",
         "tasks:read:{template}",

@@ -1,6 +1,6 @@
 //! What an operator does to tasks that stopped for a person: set a step's state by hand,
-//! retry BLOCKED tasks in bulk (by reason, template or ids), give a task more runs
-//! (`extend`), and comment on a task.
+//! rerun a task from a step, retry BLOCKED tasks in bulk (by reason, template or ids), give
+//! a task more runs (`extend`), close it as won't fix, and comment on a task.
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -25,6 +25,8 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/tasks/retry", post(retry_tasks))
         .route("/api/v1/tasks/{id}/steps/{step}/state", put(set_step_state))
         .route("/api/v1/tasks/{id}/extend", post(extend_task))
+        .route("/api/v1/tasks/{id}/rerun", post(rerun_task))
+        .route("/api/v1/tasks/{id}/wontfix", post(wontfix_task))
         .route(
             "/api/v1/tasks/{id}/comments",
             get(list_comments).post(add_comment),
@@ -58,6 +60,55 @@ pub(crate) async fn set_step_state(
         .set_step_state(&id, &step, &req.state, req.output, &c.name)
         .await?;
     task_out(&s, &id).await
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RerunRequest {
+    /// The step to run again; the steps depending on it run again too.
+    pub from: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RerunOut {
+    pub id: String,
+    pub state: String,
+    /// The steps sent back to TODO.
+    pub steps: Vec<String>,
+}
+
+/// `POST /api/v1/tasks/{id}/rerun`: runs a BLOCKED or PAUSED task again from a step (409
+/// otherwise): the step and all that depend on it go back to TODO, the others keep their
+/// outputs.
+#[utoipa::path(post, path = "/api/v1/tasks/{id}/rerun", request_body = RerunRequest,
+    responses((status = 200, body = RerunOut), (status = 400, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem)))]
+pub(crate) async fn rerun_task(
+    c: Caller,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Json<RerunOut>, Problem> {
+    let req: RerunRequest = parse_json(&body(b)?)?;
+    let steps = s.engine.rerun(&id, &req.from, &c.name).await?;
+    let Json(t) = task_state(&s, &id).await?;
+    Ok(Json(RerunOut {
+        id: t.id,
+        state: t.state,
+        steps,
+    }))
+}
+
+/// `POST /api/v1/tasks/{id}/wontfix`: closes a task that is TODO, BLOCKED or PAUSED as
+/// WONTFIX, a final state (409 otherwise).
+#[utoipa::path(post, path = "/api/v1/tasks/{id}/wontfix",
+    responses((status = 200, body = TaskCreated), (status = 404, body = Problem), (status = 409, body = Problem)))]
+pub(crate) async fn wontfix_task(
+    c: Caller,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<TaskCreated>, Problem> {
+    s.engine.wontfix(&id, &c.name).await?;
+    task_state(&s, &id).await
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -379,7 +379,7 @@ delegate! {
     /// `(task id, PAUSED or CANCELLED, actor)`. Only tasks still RUNNING are returned.
     pub async fn pending_stops(&self, ids: Vec<String>) -> Result<Vec<(String, TaskState, String)>>;
 
-    /// Deletes finished (DONE or CANCELLED) tasks last changed before `before`, with their
+    /// Deletes finished (DONE, CANCELLED or WONTFIX) tasks last changed before `before`, with their
     /// steps and audit trail, at most `limit` at a time; returns how many went.
     pub async fn prune_tasks(&self, before: i64, limit: u32) -> Result<usize>;
 

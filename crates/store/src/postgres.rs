@@ -972,7 +972,7 @@ async fn insert_fire(
 }
 
 const UNFINISHED_SQL: &str = "SELECT EXISTS (SELECT 1 FROM fires f JOIN tasks t ON t.id = f.task_id \
-     WHERE f.hook_group = $1 AND f.hook_id = $2 AND t.state NOT IN ('DONE', 'CANCELLED'))";
+     WHERE f.hook_group = $1 AND f.hook_id = $2 AND t.state NOT IN ('DONE', 'CANCELLED', 'WONTFIX'))";
 const QUEUED_SQL: &str = "SELECT EXISTS (SELECT 1 FROM fires WHERE hook_group = $1 AND hook_id = $2 AND result = 'queued')";
 
 fn fire_by_schedule_sql() -> String {
@@ -1083,12 +1083,12 @@ impl PgStore {
         Ok(())
     }
 
-    pub async fn put_step(
+    pub async fn put_steps(
         &self,
         task_id: &str,
         seen_updated_at: i64,
         allowed: &'static [TaskState],
-        step: StepRow,
+        edit: crate::StepEdit,
         event: NewEvent,
     ) -> Result<()> {
         let mut c = self.client().await?;
@@ -1106,7 +1106,15 @@ impl PgStore {
         let updated_at: i64 = row.try_get(1)?;
         crate::check_step_edit(&state, updated_at, seen_updated_at, allowed)?;
         let now = now_ms().max(updated_at + 1);
-        let a = StepArrays::new(std::slice::from_ref(&step));
+        if !edit.delete.is_empty() {
+            execute(
+                &tx,
+                "DELETE FROM steps WHERE task_id = $1 AND name = ANY($2)",
+                &[&task_id, &edit.delete],
+            )
+            .await?;
+        }
+        let a = StepArrays::new(&edit.put);
         let mut params: Vec<Param<'_>> = vec![&task_id, &now];
         params.extend(a.params());
         execute(
@@ -1910,7 +1918,7 @@ impl PgStore {
         let row = query_one(
             &c,
             "WITH ids AS ( \
-               SELECT id FROM tasks WHERE state IN ('DONE', 'CANCELLED') AND updated_at < $1 \
+               SELECT id FROM tasks WHERE state IN ('DONE', 'CANCELLED', 'WONTFIX') AND updated_at < $1 \
                LIMIT $2 FOR UPDATE SKIP LOCKED), \
              s AS (DELETE FROM steps WHERE task_id IN (SELECT id FROM ids)), \
              e AS (DELETE FROM task_events WHERE task_id IN (SELECT id FROM ids)), \

@@ -462,23 +462,25 @@ impl Store {
         backend!(self, extend_run_max(task_id, more, event))
     }
 
-    /// A person writes one step of a task that is not running (its state is one of
-    /// `allowed`), as they saw it: the write fails with [`StoreError::Conflict`] when the task
-    /// changed after `seen_updated_at`. The task keeps its state; `event` records the edit.
-    pub async fn put_step(
+    /// A person writes steps of a task that is not running (its state is one of `allowed`),
+    /// as they saw it: the write fails with [`StoreError::Conflict`] when the task changed
+    /// after `seen_updated_at`. The task keeps its state; `event` records the edit.
+    pub async fn put_steps(
         &self,
         task_id: &str,
         seen_updated_at: i64,
         allowed: &'static [TaskState],
-        mut step: StepRow,
+        mut edit: crate::StepEdit,
         mut event: NewEvent,
     ) -> Result<()> {
         let s = self.sealer();
-        s.step(&mut step)?;
+        for step in &mut edit.put {
+            s.step(step)?;
+        }
         s.event(&mut event)?;
         backend!(
             self,
-            put_step(task_id, seen_updated_at, allowed, step, event)
+            put_steps(task_id, seen_updated_at, allowed, edit, event)
         )
     }
 }

@@ -1142,7 +1142,7 @@ impl SqliteStore {
             if to == TaskState::Ready {
                 signal(Signal::Due);
             }
-            if to == TaskState::Cancelled {
+            if to.is_final() {
                 wake_parent_if_ended(c, &task_id, to, now)?;
             }
             Ok(TransitionOutcome::Applied(task.state, to))
@@ -1150,12 +1150,12 @@ impl SqliteStore {
         .await
     }
 
-    pub async fn put_step(
+    pub async fn put_steps(
         &self,
         task_id: &str,
         seen_updated_at: i64,
         allowed: &'static [TaskState],
-        step: StepRow,
+        edit: crate::StepEdit,
         event: NewEvent,
     ) -> Result<()> {
         let task_id = task_id.to_string();
@@ -1165,7 +1165,12 @@ impl SqliteStore {
             })?;
             crate::check_step_edit(&task.state, task.updated_at, seen_updated_at, allowed)?;
             let now = now_ms().max(task.updated_at + 1);
-            upsert_steps(c, &task_id, std::slice::from_ref(&step), now)?;
+            let mut delete =
+                c.prepare_cached("DELETE FROM steps WHERE task_id = ?1 AND name = ?2")?;
+            for name in &edit.delete {
+                delete.execute(params![task_id, name])?;
+            }
+            upsert_steps(c, &task_id, &edit.put, now)?;
             c.prepare_cached("UPDATE tasks SET updated_at = ?2 WHERE id = ?1")?
                 .execute(params![task_id, now])?;
             insert_event(c, &task_id, now, &event)
@@ -1375,13 +1380,13 @@ impl SqliteStore {
         .await
     }
 
-    /// Deletes finished (DONE or CANCELLED) tasks last changed before `before`, with their
+    /// Deletes finished (DONE, CANCELLED or WONTFIX) tasks last changed before `before`, with their
     /// steps and audit trail, at most `limit` at a time; returns how many went.
     pub async fn prune_tasks(&self, before: i64, limit: u32) -> Result<usize> {
         self.write(move |c| {
             let ids = c
                 .prepare_cached(
-                    "SELECT id FROM tasks WHERE state IN ('DONE', 'CANCELLED') AND updated_at < ?1 LIMIT ?2",
+                    "SELECT id FROM tasks WHERE state IN ('DONE', 'CANCELLED', 'WONTFIX') AND updated_at < ?1 LIMIT ?2",
                 )?
                 .query_map(params![before, limit], |r| r.get::<_, String>(0))?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -1508,7 +1513,7 @@ fn hook_has_queued_fire(c: &Connection, group: &str, id: &str) -> Result<bool> {
 fn hook_has_unfinished_task(c: &Connection, group: &str, id: &str) -> Result<bool> {
     Ok(c.prepare_cached(
         "SELECT EXISTS (SELECT 1 FROM fires f JOIN tasks t ON t.id = f.task_id \
-         WHERE f.hook_group = ?1 AND f.hook_id = ?2 AND t.state NOT IN ('DONE', 'CANCELLED'))",
+         WHERE f.hook_group = ?1 AND f.hook_id = ?2 AND t.state NOT IN ('DONE', 'CANCELLED', 'WONTFIX'))",
     )?
     .query_row([group, id], |r| r.get(0))?)
 }

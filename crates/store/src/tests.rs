@@ -34,6 +34,8 @@ crate::on_both_stores!(
     a_tasks_people_are_kept,
     crashes_are_counted_at_recovery_and_cleared_by_a_run_end_or_a_person,
     comments_are_sealed_kept_in_order_bounded_and_pruned_with_their_task,
+    a_persons_step_edit_writes_and_deletes_rows_as_they_saw_the_task,
+    a_child_closed_as_wontfix_wakes_its_parent,
 );
 
 fn new_task(id: &str, key: Option<&str>) -> NewTask {
@@ -1447,4 +1449,123 @@ async fn comments_are_sealed_kept_in_order_bounded_and_pruned_with_their_task(db
     .unwrap();
     assert_eq!(s.prune_tasks(now_ms() + 1, 100).await.unwrap(), 1);
     assert!(s.comments("t").await.unwrap().is_empty());
+}
+
+async fn a_persons_step_edit_writes_and_deletes_rows_as_they_saw_the_task(db: TestDb) {
+    let s = db.open().await;
+    s.create_task(new_task("t", None), created()).await.unwrap();
+    s.claim_due("a", now_ms(), 10, 30_000).await.unwrap();
+    let mut a = StepRow::new("a");
+    a.state = StepState::Done;
+    a.output = json!({"secret": "kept sealed"});
+    let mut children = vec![a];
+    for i in 0..3 {
+        let mut c = StepRow::new(format!("b-{i}"));
+        c.foreach_parent = Some("b".into());
+        c.item = Some(json!(i));
+        children.push(c);
+    }
+    let mut end = ended(TaskState::Blocked);
+    end.blocked_reason = Some("failed_steps");
+    s.end_run("t", 1, children, end).await.unwrap();
+    let (task, _) = s.get_task("t").await.unwrap().unwrap();
+    let edit = StepEdit {
+        put: vec![StepRow::new("b")],
+        delete: vec!["b-1".into(), "b-2".into()],
+    };
+    // Seen before a change: refused, nothing written.
+    let stale = s
+        .put_steps(
+            "t",
+            task.updated_at - 1,
+            &[TaskState::Blocked],
+            edit.clone(),
+            human("rerun"),
+        )
+        .await;
+    assert!(matches!(stale, Err(StoreError::Conflict(_))), "{stale:?}");
+    let names = |steps: &[StepRow]| steps.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        names(&s.get_task("t").await.unwrap().unwrap().1),
+        ["a", "b", "b-0", "b-1", "b-2"]
+    );
+    // Not in an allowed state: refused.
+    let wrong = s
+        .put_steps(
+            "t",
+            task.updated_at,
+            &[TaskState::Paused],
+            edit.clone(),
+            human("rerun"),
+        )
+        .await;
+    assert!(matches!(wrong, Err(StoreError::Conflict(_))), "{wrong:?}");
+    s.put_steps(
+        "t",
+        task.updated_at,
+        &[TaskState::Blocked],
+        edit,
+        human("rerun"),
+    )
+    .await
+    .unwrap();
+    let (after, steps) = s.get_task("t").await.unwrap().unwrap();
+    assert_eq!(names(&steps), ["a", "b", "b-0"]);
+    assert_eq!(steps[0].output, json!({"secret": "kept sealed"}));
+    assert!(after.updated_at > task.updated_at);
+    assert_eq!(
+        kinds(&s, "t").await.last().map(String::as_str),
+        Some("rerun")
+    );
+}
+
+async fn a_child_closed_as_wontfix_wakes_its_parent(db: TestDb) {
+    let s = db.open().await;
+    s.create_task(new_task("parent", None), created())
+        .await
+        .unwrap();
+    s.claim_due("a", now_ms(), 10, 30_000).await.unwrap();
+    let mut child = new_task("child", None);
+    child.parent_id = Some("parent".into());
+    child.state = TaskState::Todo;
+    child.due_at = None;
+    s.create_task(child, created()).await.unwrap();
+    let wait = RunEnd {
+        blocked_reason: None,
+        state: TaskState::Waiting,
+        due_at: None,
+        result: None,
+        event: NewEvent::transition(
+            "engine",
+            "waiting",
+            TaskState::Running,
+            TaskState::Waiting,
+            Value::Null,
+        ),
+    };
+    s.end_run("parent", 1, vec![], wait).await.unwrap();
+    s.transition(
+        "child",
+        &[TaskState::Todo],
+        TaskState::Wontfix,
+        None,
+        None,
+        human("wontfix"),
+    )
+    .await
+    .unwrap();
+    let (parent, _) = s.get_task("parent").await.unwrap().unwrap();
+    assert!(parent.due_at.is_some_and(|d| d <= now_ms()), "{parent:?}");
+    // Final: nothing moves it on.
+    let again = s
+        .transition(
+            "child",
+            &[TaskState::Wontfix],
+            TaskState::Ready,
+            None,
+            None,
+            human("retried"),
+        )
+        .await;
+    assert!(again.is_err());
 }

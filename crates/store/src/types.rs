@@ -116,6 +116,14 @@ impl TaskPeople {
     }
 }
 
+/// A person's edit of a task's steps: rows written as given, rows deleted by name (e.g. the
+/// children of a foreach step sent back to TODO, which expands again).
+#[derive(Debug, Clone, Default)]
+pub struct StepEdit {
+    pub put: Vec<StepRow>,
+    pub delete: Vec<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepRow {
     pub name: String,

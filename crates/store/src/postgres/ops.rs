@@ -384,7 +384,7 @@ pub(super) async fn transition(
         )
         .await?,
         tx.prepare_cached(
-            // A task that became due (READY), or a cancelled child that woke its parent.
+            // A task that became due (READY), or a closed child that woke its parent.
             "WITH p AS ( \
                UPDATE tasks SET due_at = $2, updated_at = $2 \
                WHERE $3::bool AND id = (SELECT parent_id FROM tasks WHERE id = $1) AND state IN ('WAITING', 'RUNNING') \
@@ -396,7 +396,8 @@ pub(super) async fn transition(
     let resolver = resolver_inputs.map(json);
     let detail = json(&event.detail);
     let (from_s, to_s) = (from.as_str(), to.as_str());
-    let cancelled = to == TaskState::Cancelled;
+    // A child that ended (cancelled or closed) wakes its waiting parent.
+    let cancelled = to.is_final();
     let ready = to == TaskState::Ready;
     let (a, b, w) = tokio::join!(
         biased;
