@@ -2,7 +2,7 @@
 //! TASKHOOK_URL and TASKHOOK_TOKEN; human output by default, `--json` for scripts.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -36,6 +36,15 @@ pub enum TemplateCommand {
         /// Function files (or directories of them) the templates may call.
         #[arg(long = "functions")]
         functions: Vec<PathBuf>,
+    },
+    /// Check a directory of µTask templates (µTask's `--templates` directory): for each file,
+    /// whether taskhook runs it unchanged, what of it does not take effect, or why it is
+    /// refused. Offline, like `validate`; exit code 1 when one is refused.
+    ImportUtask {
+        dir: PathBuf,
+        /// µTask's functions directory, for templates that call functions.
+        #[arg(long)]
+        functions: Option<PathBuf>,
     },
     /// Create or replace templates from files (YAML or JSON).
     Put {
@@ -97,9 +106,8 @@ pub async fn function(cmd: FunctionCommand) -> anyhow::Result<ExitCode> {
             for f in files {
                 let text = std::fs::read_to_string(&f)
                     .with_context(|| format!("reading {}", f.display()))?;
-                let function: taskhook_model::Function =
-                    taskhook_model::template::parse_document(&text)
-                        .map_err(|e| anyhow::anyhow!("{}: {}", f.display(), e.message))?;
+                let function = taskhook_model::Function::parse(&text)
+                    .map_err(|e| anyhow::anyhow!("{}: {}", f.display(), e.message))?;
                 let content_type = if text.trim_start().starts_with('{') {
                     "application/json"
                 } else {
@@ -482,15 +490,15 @@ pub(crate) fn print_json(v: &Value) {
 pub async fn template(cmd: TemplateCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         TemplateCommand::Validate { files, functions } => validate_files(&files, &functions),
+        TemplateCommand::ImportUtask { dir, functions } => import_utask(&dir, functions.as_deref()),
         TemplateCommand::Put { files, conn } => {
             let json_out = conn.json;
             let c = Client::new(conn)?;
             for f in files {
                 let text = std::fs::read_to_string(&f)
                     .with_context(|| format!("reading {}", f.display()))?;
-                let t: taskhook_model::Template =
-                    taskhook_model::template::parse_document(&text)
-                        .map_err(|e| anyhow::anyhow!("{}: {}", f.display(), e.message))?;
+                let t = taskhook_model::Template::parse(&text)
+                    .map_err(|e| anyhow::anyhow!("{}: {}", f.display(), e.message))?;
                 let content_type = if text.trim_start().starts_with('{') {
                     "application/json"
                 } else {
@@ -578,24 +586,80 @@ pub fn document_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// Templates checked offline as the server checks them: the builtin actions and a library
+/// of functions read from files.
+struct OfflineChecker {
+    registry: taskhook_actions::Registry,
+    library: BTreeMap<String, taskhook_model::Function>,
+}
+
+/// What checking one template document found.
+struct Checked {
+    template: taskhook_model::Template,
+    language: taskhook_model::Language,
+    notes: taskhook_model::utask::Notes,
+}
+
+impl OfflineChecker {
+    fn new(function_paths: &[PathBuf]) -> anyhow::Result<Self> {
+        let registry =
+            taskhook_actions::Registry::builtin(&taskhook_actions::ActionSettings::default());
+        let mut library = BTreeMap::new();
+        {
+            let catalog = taskhook_engine::ActionCatalog { actions: &registry };
+            for f in document_files(function_paths)? {
+                let text = std::fs::read_to_string(&f)
+                    .with_context(|| format!("reading {}", f.display()))?;
+                let function = taskhook_model::Function::parse(&text)
+                    .map_err(|e| anyhow::anyhow!("{}: {}", f.display(), e.message))?;
+                if let Err(e) = taskhook_model::validate::validate_function(&function, &catalog) {
+                    bail!("{}: {e}", f.display());
+                }
+                library.insert(function.name.clone(), function);
+            }
+        }
+        Ok(OfflineChecker { registry, library })
+    }
+
+    /// Parses and validates one document with the server's default limits (a server started
+    /// with other limits may differ), calling library functions as the server embeds them.
+    fn check(&self, text: &str) -> Result<Checked, taskhook_model::validate::TemplateError> {
+        let limits = taskhook_model::TemplateLimits::default();
+        limits.check_document(text)?;
+        let (mut template, notes) =
+            taskhook_model::Template::parse_with_notes(text).map_err(|e| {
+                taskhook_model::validate::TemplateError {
+                    errors: vec![taskhook_model::validate::ValidationError {
+                        field: "template".into(),
+                        message: e.message,
+                    }],
+                }
+            })?;
+        for step in template.steps.values() {
+            if let Some(f) = self.library.get(&step.action.kind)
+                && !template.functions.contains_key(&step.action.kind)
+            {
+                template.functions.insert(f.name.clone(), f.clone());
+            }
+        }
+        let catalog = taskhook_engine::ActionCatalog {
+            actions: &self.registry,
+        };
+        let language =
+            taskhook_model::validate::validate_template_with(&template, &catalog, &limits)?;
+        Ok(Checked {
+            template,
+            language,
+            notes,
+        })
+    }
+}
+
 fn validate_files(files: &[PathBuf], function_paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
     if files.is_empty() {
         bail!("give at least one template file");
     }
-    let registry =
-        taskhook_actions::Registry::builtin(&taskhook_actions::ActionSettings::default());
-    let catalog = taskhook_engine::ActionCatalog { actions: &registry };
-    let mut library = BTreeMap::new();
-    for f in document_files(function_paths)? {
-        let text =
-            std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
-        let function: taskhook_model::Function = taskhook_model::template::parse_document(&text)
-            .map_err(|e| anyhow::anyhow!("{}: {}", f.display(), e.message))?;
-        if let Err(e) = taskhook_model::validate::validate_function(&function, &catalog) {
-            bail!("{}: {e}", f.display());
-        }
-        library.insert(function.name.clone(), function);
-    }
+    let checker = OfflineChecker::new(function_paths)?;
     let mut failed = false;
     for f in files {
         let text = match std::fs::read_to_string(f) {
@@ -606,30 +670,13 @@ fn validate_files(files: &[PathBuf], function_paths: &[PathBuf]) -> anyhow::Resu
                 continue;
             }
         };
-        // The server's default limits; a server started with other limits may differ.
-        let limits = taskhook_model::TemplateLimits::default();
-        let parsed = limits.check_document(&text).and_then(|()| {
-            taskhook_model::Template::parse(&text).map_err(|e| {
-                taskhook_model::validate::TemplateError {
-                    errors: vec![taskhook_model::validate::ValidationError {
-                        field: "template".into(),
-                        message: e.message,
-                    }],
-                }
-            })
-        });
-        let checked = parsed.and_then(|mut t| {
-            for step in t.steps.values() {
-                if let Some(f) = library.get(&step.action.kind)
-                    && !t.functions.contains_key(&step.action.kind)
-                {
-                    t.functions.insert(f.name.clone(), f.clone());
-                }
-            }
-            taskhook_model::validate::validate_template_with(&t, &catalog, &limits).map(|_| t)
-        });
-        match checked {
-            Ok(t) => println!("{}: ok ({}, {} steps)", f.display(), t.name, t.steps.len()),
+        match checker.check(&text) {
+            Ok(c) => println!(
+                "{}: ok ({}, {} steps)",
+                f.display(),
+                c.template.name,
+                c.template.steps.len()
+            ),
             Err(e) => {
                 failed = true;
                 for err in e.errors {
@@ -639,6 +686,72 @@ fn validate_files(files: &[PathBuf], function_paths: &[PathBuf]) -> anyhow::Resu
         }
     }
     Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// `template import-utask DIR`: each µTask template of a directory checked as taskhook will
+/// run it, with what will not take effect; exit 1 when one would be refused.
+fn import_utask(dir: &Path, functions: Option<&Path>) -> anyhow::Result<ExitCode> {
+    if !dir.is_dir() {
+        bail!("{} is not a directory of µTask templates", dir.display());
+    }
+    let checker = OfflineChecker::new(
+        &functions
+            .map(Path::to_path_buf)
+            .into_iter()
+            .collect::<Vec<_>>(),
+    )?;
+    let files = document_files(&[dir.to_path_buf()])?;
+    if files.is_empty() {
+        bail!("{} holds no .yaml, .yml or .json file", dir.display());
+    }
+    let (mut unchanged, mut refused) = (0, 0);
+    for f in &files {
+        let name = f.file_name().map_or_else(
+            || f.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        let text = match std::fs::read_to_string(f) {
+            Ok(t) => t,
+            Err(e) => {
+                println!("{name}: cannot read: {e}");
+                refused += 1;
+                continue;
+            }
+        };
+        match checker.check(&text) {
+            Ok(c) => {
+                unchanged += 1;
+                let language = match c.language {
+                    taskhook_model::Language::Go => "Go templates",
+                    taskhook_model::Language::Jinja => "MiniJinja",
+                };
+                println!(
+                    "{name}: runs unchanged as {:?} ({language}, {} steps)",
+                    c.template.name,
+                    c.template.steps.len()
+                );
+                for note in &c.notes.0 {
+                    println!("  not taken: {note}");
+                }
+            }
+            Err(e) => {
+                refused += 1;
+                println!("{name}: refused");
+                for err in e.errors {
+                    println!("  {}: {}", err.field, err.message);
+                }
+            }
+        }
+    }
+    println!(
+        "{unchanged} of {} templates run unchanged; {refused} refused",
+        files.len()
+    );
+    Ok(if refused > 0 {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS

@@ -333,13 +333,12 @@ impl Engine {
 
     /// Parses and validates a library function document.
     pub fn parse_function(&self, text: &str) -> Result<Function, TemplateError> {
-        let f: Function =
-            taskhook_model::template::parse_document(text).map_err(|e| TemplateError {
-                errors: vec![taskhook_model::validate::ValidationError {
-                    field: "function".into(),
-                    message: e.message,
-                }],
-            })?;
+        let f = Function::parse(text).map_err(|e| TemplateError {
+            errors: vec![taskhook_model::validate::ValidationError {
+                field: "function".into(),
+                message: e.message,
+            }],
+        })?;
         taskhook_model::validate::validate_function(
             &f,
             &ActionCatalog {

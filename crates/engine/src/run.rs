@@ -408,9 +408,11 @@ impl Run {
                         } else {
                             self.def(&name).and_then(|d| d.foreach.clone())
                         };
-                        // A foreach step's skip conditions apply to each child (as µTask's default
-                        // `foreach: children`): they may read `{{ iterator }}`, which the parent lacks.
-                        if foreach.is_none() && self.apply_skip_conditions(&name) {
+                        // A foreach step's skip conditions apply to each child (µTask's default
+                        // `foreach: children`: they may read `{{ iterator }}`, which the parent
+                        // lacks), but for those marked `foreach: parent`, which apply before it
+                        // expands.
+                        if self.apply_skip_conditions(&name, foreach.is_some()) {
                             continue;
                         }
                         if let Some(expr) = foreach {
@@ -638,15 +640,20 @@ impl Run {
         ctx
     }
 
-    /// Evaluates skip conditions; true when one held (the step does not run).
-    fn apply_skip_conditions(&mut self, name: &str) -> bool {
+    /// Evaluates skip conditions; true when one held (the step does not run). On a foreach
+    /// step before it expands (`parent`), only those marked `foreach: parent`; on any other
+    /// step or child, the others.
+    fn apply_skip_conditions(&mut self, name: &str, parent: bool) -> bool {
         let Some(def) = self.def(name).cloned() else {
             return false;
         };
         let skips: Vec<_> = def
             .conditions
             .iter()
-            .filter(|c| c.kind == ConditionKind::Skip)
+            .filter(|c| {
+                c.kind == ConditionKind::Skip
+                    && (c.foreach == Some(taskhook_model::ConditionForeach::Parent)) == parent
+            })
             .cloned()
             .collect();
         if skips.is_empty() {
@@ -958,6 +965,11 @@ impl Run {
                     Ok(formatted) => {
                         output = match spec.strategy {
                             OutputStrategy::Template => formatted,
+                            // µTask's merge: the format is the base, the action's output
+                            // keys replace its keys (one level), as `base_output` always did.
+                            OutputStrategy::Merge if self.compiled.language == Language::Go => {
+                                utask_merge(formatted, output)
+                            }
                             OutputStrategy::Merge => merge_configuration(&output, &formatted),
                         }
                     }
@@ -1507,5 +1519,17 @@ impl ClusterSlots<'_> {
                 tracing::warn!(resource = %r, error = %e, "releasing a resource slot failed");
             }
         }
+    }
+}
+
+/// µTask's `merge` output strategy: the action's output keys over the format's (one level);
+/// an output that is not an object leaves the format as it is.
+fn utask_merge(format: Value, output: Value) -> Value {
+    match (format, output) {
+        (Value::Object(mut base), Value::Object(over)) => {
+            base.extend(over);
+            Value::Object(base)
+        }
+        (format, _) => format,
     }
 }

@@ -767,6 +767,7 @@ steps:
         if: [{value: "x", operator: EQ, expected: "x"}]
         then: {b: DONE}
   b:
+    dependencies: [a]
     action: {type: echo, configuration: {output: 2}}
   c:
     dependencies: [a]

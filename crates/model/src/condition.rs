@@ -20,6 +20,17 @@ pub struct Condition {
     /// Stop evaluating later conditions once this one held.
     #[serde(default)]
     pub r#final: bool,
+    /// On a foreach step's skip condition: `children` (the default) evaluates it on each child,
+    /// with its `iterator`; `parent` on the foreach step itself, before it expands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub foreach: Option<ConditionForeach>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConditionForeach {
+    Children,
+    Parent,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -56,10 +56,15 @@ pub fn detect(text: &str) -> Option<Language> {
                 .chars()
                 .next()
                 .is_none_or(|c| c.is_whitespace() || c == '-');
+        // A raw string (`…`) is Go's alone; MiniJinja has no backquotes.
+        let raw_string = action
+            .char_indices()
+            .any(|(i, c)| c == '`' && !in_quotes(&action[..i]));
         if action.starts_with('.')
             || action.starts_with('$')
             || action.starts_with("/*")
             || go_keyword
+            || raw_string
         {
             go = true;
         } else if crate::validate::ROOTS.contains(&first.as_str())
@@ -129,6 +134,8 @@ mod tests {
             "{{ $x := 1 }}",
             "{{ eval `var1` }} and {{ end }}",
             "{{ (index .input.list 0) }}",
+            "{{(eval `rawJSON` | fromJson).a}}",
+            "{{ eval `rawDecoded` | b64RawEnc }}",
         ] {
             assert_eq!(detect(go), Some(Language::Go), "{go}");
         }

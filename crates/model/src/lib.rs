@@ -13,9 +13,10 @@ pub mod scope;
 pub mod secret;
 pub mod state;
 pub mod template;
+pub mod utask;
 pub mod validate;
 
-pub use condition::{Assert, Condition, ConditionKind, Operator};
+pub use condition::{Assert, Condition, ConditionForeach, ConditionKind, Operator};
 pub use input::{InputError, InputSpec, InputType};
 pub use language::Language;
 pub use state::{StepState, TaskState, TransitionError};

@@ -305,15 +305,92 @@ pub fn parse_document<T: for<'de> Deserialize<'de>>(text: &str) -> Result<T, Par
     }
 }
 
+/// Parses a document the way µTask reads it too: as written when it is taskhook's form
+/// (errors then point at the line), else after [`crate::utask`]'s normalisation, with the
+/// notes it took. A document neither way reads is refused with the path of what is wrong.
+fn parse_normalized<T: for<'de> Deserialize<'de>>(
+    text: &str,
+    normalize: fn(&mut Value, &mut crate::utask::Notes),
+) -> Result<(T, crate::utask::Notes), ParseError> {
+    let typed_error = match parse_document::<T>(text) {
+        Ok(t) => return Ok((t, Default::default())),
+        Err(e) => e,
+    };
+    // Not a document at all: the first error says why.
+    let Ok(mut doc) = parse_document::<Value>(text)
+        .or_else(|e| untab(text).map_or(Err(e), |spaced| parse_document::<Value>(&spaced)))
+    else {
+        return Err(typed_error);
+    };
+    let mut notes = crate::utask::Notes::default();
+    normalize(&mut doc, &mut notes);
+    serde_path_to_error::deserialize(doc)
+        .map(|t| (t, notes))
+        .map_err(|e| ParseError {
+            message: match e.path().to_string() {
+                p if p == "." => e.inner().to_string(),
+                p => format!("{p}: {}", e.inner()),
+            },
+        })
+}
+
+/// `text` with each tab that indents a line as four spaces, when a line is indented with
+/// tabs only (as µTask's YAML reader takes them); `None` otherwise.
+fn untab(text: &str) -> Option<String> {
+    let tabbed = |l: &str| l.starts_with('\t') && !l.trim_start_matches('\t').starts_with(' ');
+    if !text.lines().any(tabbed) {
+        return None;
+    }
+    let lines: Vec<String> = text
+        .lines()
+        .map(|l| {
+            let tabs = l.len() - l.trim_start_matches('\t').len();
+            format!("{}{}", "    ".repeat(tabs), &l[tabs..])
+        })
+        .collect();
+    Some(lines.join("\n"))
+}
+
 impl Template {
     pub fn parse(text: &str) -> Result<Template, ParseError> {
-        parse_document(text)
+        Self::parse_with_notes(text).map(|(t, _)| t)
+    }
+
+    /// [`Template::parse`], with what µTask's habits in the document mean here (see
+    /// [`crate::utask`]).
+    pub fn parse_with_notes(text: &str) -> Result<(Template, crate::utask::Notes), ParseError> {
+        parse_normalized(text, crate::utask::template)
+    }
+}
+
+impl Function {
+    /// Parses a function document, µTask's habits included (see [`Template::parse`]).
+    pub fn parse(text: &str) -> Result<Function, ParseError> {
+        parse_normalized(text, crate::utask::function).map(|(f, _)| f)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tab_indented_utask_document_is_read_with_four_spaces_a_tab() {
+        let text = "name: t\nsteps:\n\ta:\n\t\taction: {type: echo}\n\tb:\n\t\tdescription:\n\t\taction: {type: echo}\n";
+        let t = Template::parse(text).unwrap();
+        assert_eq!(t.steps.keys().collect::<Vec<_>>(), ["a", "b"]);
+        // Spaces after tabs are not guessed at.
+        assert!(untab("a:\n\t  b: 1\n").is_none());
+    }
+
+    #[test]
+    fn a_document_neither_way_reads_is_refused_with_the_path() {
+        let e = Template::parse(
+            "name: t\ndescription:\nsteps:\n  a:\n    action: {type: echo, nope: 1}\n",
+        )
+        .unwrap_err();
+        assert!(e.message.starts_with("steps.a.action"), "{}", e.message);
+    }
 
     #[test]
     fn dependency_syntax() {

@@ -351,6 +351,19 @@ fn check_step(cx: &mut Ctx<'_>, name: &str, step: &Step) {
     }
     for (i, cond) in step.conditions.iter().enumerate() {
         let f = at(&format!("conditions[{i}]"));
+        if cond.foreach.is_some() {
+            if cond.kind != crate::ConditionKind::Skip {
+                cx.err(
+                    format!("{f}.foreach"),
+                    "only a skip condition says where it applies on a foreach step",
+                );
+            } else if step.foreach.is_none() {
+                cx.err(
+                    format!("{f}.foreach"),
+                    "the step has no foreach: children and parent mean nothing here",
+                );
+            }
+        }
         if cond.asserts.is_empty() {
             cx.err(
                 format!("{f}.if"),
@@ -393,6 +406,19 @@ fn check_step(cx: &mut Ctx<'_>, name: &str, step: &Step) {
                 cx.err(format!("{f}.then"), format!("unknown step {target:?}"));
                 continue;
             };
+            if target != "this"
+                && target != name
+                && !depends_on(cx.t, name, target)
+                && !depends_on(cx.t, target, name)
+            {
+                cx.err(
+                    format!("{f}.then.{target}"),
+                    format!(
+                        "a condition of {name:?} may set the state of this step and of the steps it depends on or that depend on it, directly or not; {target:?} is neither"
+                    ),
+                );
+                continue;
+            }
             let allowed = [
                 "DONE",
                 "PRUNE",
@@ -512,6 +538,26 @@ fn function_name_rule() -> String {
         "function names are names joined by '::', each name: {}",
         crate::name::rule(MAX_NAME_LEN)
     )
+}
+
+/// Whether step `from` depends on step `on`, directly or through other steps.
+fn depends_on(t: &Template, from: &str, on: &str) -> bool {
+    let mut seen = BTreeSet::new();
+    let mut todo = vec![from.to_string()];
+    while let Some(s) = todo.pop() {
+        let Some(step) = t.steps.get(&s) else {
+            continue;
+        };
+        for d in step.parsed_dependencies() {
+            if d.step == on {
+                return true;
+            }
+            if seen.insert(d.step.clone()) {
+                todo.push(d.step);
+            }
+        }
+    }
+    false
 }
 
 /// A function body: a builtin action (functions do not call functions), its conditions and states.
