@@ -34,6 +34,7 @@ crate::on_both_stores!(
     a_tasks_people_are_kept,
     crashes_are_counted_at_recovery_and_cleared_by_a_run_end_or_a_person,
     comments_are_sealed_kept_in_order_bounded_and_pruned_with_their_task,
+    deleting_a_task_takes_its_rows_and_only_when_finished,
 );
 
 fn new_task(id: &str, key: Option<&str>) -> NewTask {
@@ -1447,4 +1448,37 @@ async fn comments_are_sealed_kept_in_order_bounded_and_pruned_with_their_task(db
     .unwrap();
     assert_eq!(s.prune_tasks(now_ms() + 1, 100).await.unwrap(), 1);
     assert!(s.comments("t").await.unwrap().is_empty());
+}
+
+async fn deleting_a_task_takes_its_rows_and_only_when_finished(db: TestDb) {
+    let s = db.open().await;
+    s.create_task(new_task("done", None), created())
+        .await
+        .unwrap();
+    s.create_task(new_task("open", None), created())
+        .await
+        .unwrap();
+    s.add_comment("done", "alice", "bye").await.unwrap();
+    let refused = s.delete_task("done").await;
+    assert!(
+        matches!(&refused, Err(StoreError::Conflict(m)) if m.contains("READY")),
+        "{refused:?}"
+    );
+    assert!(s.get_task("done").await.unwrap().is_some());
+    s.transition(
+        "done",
+        &[TaskState::Ready],
+        TaskState::Cancelled,
+        None,
+        None,
+        human("cancel"),
+    )
+    .await
+    .unwrap();
+    assert!(s.delete_task("done").await.unwrap());
+    assert!(s.get_task("done").await.unwrap().is_none());
+    assert!(s.task_events("done").await.unwrap().is_empty());
+    assert!(s.comments("done").await.unwrap().is_empty());
+    assert!(!s.delete_task("done").await.unwrap(), "already gone");
+    assert!(s.get_task("open").await.unwrap().is_some());
 }
