@@ -538,6 +538,52 @@ async fn a_utask_script_runs_against_taskhook() {
             .await,
         404,
     );
+
+    // Pages: a full page links to the next one, as µTask's `link` header does.
+    for n in 0..6 {
+        let t = c
+            .post(
+                "/task",
+                json!({"template_name": "approve", "input": {"what": n.to_string()}}),
+            )
+            .await;
+        assert_eq!(t.status, 201, "{:#}", t.body);
+    }
+    let first = c.get("/task?page_size=10").await;
+    assert_eq!(ids(&first).len(), 10);
+    let link = first.headers["link"].to_str().unwrap().to_string();
+    let next = link
+        .strip_prefix("</utask")
+        .and_then(|l| l.strip_suffix(">; rel=next"))
+        .unwrap_or_else(|| panic!("{link}"));
+    assert!(next.contains(&format!("last={}", ids(&first)[9])), "{link}");
+    let second = c.get(next).await;
+    assert_eq!(ids(&second).len(), 1, "{link}: {:#}", second.body);
+    assert!(second.headers.get("link").is_none());
+    let names = c.get("/template?page_size=10&last=failing").await;
+    let names: Vec<&str> = names
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["hello", "onerun"]);
+
+    // Maintenance mode refuses writes here too, with µTask's error member.
+    let (st, _, v) = s
+        .req(
+            Method::PUT,
+            "/api/v1/maintenance",
+            Some((r#"{"enabled": true}"#, "application/json")),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_error(
+        &c.post(&format!("/task/{tid}/comment"), json!({"content": "x"}))
+            .await,
+        503,
+    );
 }
 
 #[tokio::test]
