@@ -92,6 +92,7 @@ pub fn routes(state: AppState) -> Router {
         .merge(crate::secrets_api::routes())
         .merge(crate::audit::routes())
         .merge(crate::task_ops::routes())
+        .merge(crate::utask_api::routes())
         // After routing, so that the gate sees which route a request is for.
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -614,7 +615,7 @@ pub(crate) const MAX_IDEMPOTENCY_KEY_CHARS: usize = 256;
 
 /// A task's list of resolvers or watchers, checked: 1-256 characters each, at most
 /// [`MAX_PEOPLE`], duplicates dropped.
-fn usernames(field: &str, names: Vec<String>) -> Result<Vec<String>, Problem> {
+pub(crate) fn usernames(field: &str, names: Vec<String>) -> Result<Vec<String>, Problem> {
     if names.len() > MAX_PEOPLE {
         return Err(Problem::field(
             StatusCode::BAD_REQUEST,

@@ -3,8 +3,9 @@
 //! ([`crate::scopes::ROUTES`]).
 //!
 //! A caller is, in this order:
-//! 1. the bearer token, when the request has one: the admin token (scope `admin`), or an API
-//!    token (its scopes; refused with 401 when unknown, revoked or expired);
+//! 1. the bearer token, when the request has one (or the password of basic auth, which µTask's
+//!    clients send): the admin token (scope `admin`), or an API token (its scopes; refused
+//!    with 401 when unknown, revoked or expired);
 //! 2. without a bearer token, the user a trusted reverse proxy names in its user header, with
 //!    the scopes the proxy scopes file gives that user and its groups; the header is honoured
 //!    only when the TCP peer is in the trusted networks;
@@ -223,17 +224,33 @@ pub(crate) fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-fn bearer(headers: &HeaderMap) -> Result<Option<&str>, Problem> {
+/// The token a request presents: `Authorization: Bearer <token>`, or, for clients written
+/// for µTask, `Authorization: Basic` whose password is the token (the user name is not
+/// read: the token says who the caller is). Another scheme, or an empty token, is 401.
+fn bearer(headers: &HeaderMap) -> Result<Option<String>, Problem> {
     let Some(v) = headers.get(header::AUTHORIZATION) else {
         return Ok(None);
     };
-    v.to_str()
-        .ok()
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
+    let v = v.to_str().map_err(|_| Problem::unauthorized())?;
+    let token = if let Some(t) = v
+        .strip_prefix("Bearer ")
+        .or_else(|| v.strip_prefix("bearer "))
+    {
+        Some(t.trim().to_string())
+    } else if let Some(b) = v
+        .strip_prefix("Basic ")
+        .or_else(|| v.strip_prefix("basic "))
+    {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD
+            .decode(b.trim())
+            .ok()
+            .and_then(|d| String::from_utf8(d).ok())
+            .and_then(|d| d.split_once(':').map(|(_, password)| password.to_string()))
+    } else {
+        None
+    };
+    token
         .filter(|t| !t.is_empty())
         .map(Some)
         .ok_or_else(Problem::unauthorized)
@@ -246,6 +263,7 @@ async fn authenticate(
     peer: Option<SocketAddr>,
 ) -> Result<Caller, Problem> {
     if let Some(token) = bearer(headers)? {
+        let token = token.as_str();
         if s.admin.matches(token) {
             return Ok(Caller::admin());
         }
@@ -382,7 +400,7 @@ pub(crate) async fn authorize(State(s): State<AppState>, request: Request, next:
     };
     match route.access {
         Access::Public | Access::OwnCredential(_) => return next.run(request).await,
-        Access::Scope | Access::Filtered => {}
+        Access::Scope | Access::Filtered | Access::Authenticated => {}
     }
     let (mut parts, body) = request.into_parts();
     let caller = match parts.extensions.remove::<Authenticated>() {
@@ -458,8 +476,35 @@ async fn check(
         Err(e) => return Err(Problem::new(StatusCode::BAD_REQUEST, e.body_text())),
     };
     let param = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    // A scope that names a field of the JSON body reads the body first (and gives it back).
+    let mut body = body;
+    let mut fields: Option<serde_json::Value> = None;
+    if route.scope.contains("{body.")
+        || (route.scope.contains("{template}") && param("id").is_none())
+    {
+        let bytes = axum::body::to_bytes(body, s.limits.max_body_bytes)
+            .await
+            .map_err(|_| {
+                Problem::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "request body is larger than the configured limit",
+                )
+            })?;
+        fields = serde_json::from_slice::<serde_json::Value>(&bytes).ok();
+        body = axum::body::Body::from(bytes);
+    }
+    let body_field = |k: &str| {
+        fields
+            .as_ref()
+            .and_then(|v| v.get(k)?.as_str().map(String::from))
+    };
     if route.scope.contains("{template}") {
-        let id = param("id").unwrap_or_default();
+        // The task named by the path's `{id}`, or, on a route without one (µTask's
+        // `POST /utask/resolution`), by the body's `task_id`.
+        let Some(id) = param("id").or_else(|| body_field("task_id")) else {
+            // Without a task id the handler answers 400 and changes nothing.
+            return Ok(body);
+        };
         let task = match s.engine.store().get_task(&id).await? {
             Some((t, _)) => t,
             None => return Err(Problem::not_found(format!("task {id}"))),
@@ -474,26 +519,17 @@ async fn check(
         }
         return Err(forbidden(&required));
     }
-    if route.scope.contains("{body.template}") {
-        let bytes = axum::body::to_bytes(body, s.limits.max_body_bytes)
-            .await
-            .map_err(|_| {
-                Problem::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "request body is larger than the configured limit",
-                )
-            })?;
-        let template = serde_json::from_slice::<serde_json::Value>(&bytes)
-            .ok()
-            .and_then(|v| v.get("template")?.as_str().map(String::from));
-        // Without a template name the handler answers 400 and changes nothing.
-        if let Some(t) = template {
-            let required =
-                crate::scopes::fill(route.scope, |k| (k == "body.template").then(|| t.clone()))
-                    .unwrap_or_default();
+    if route.scope.contains("{body.") {
+        // Without the field the handler answers 400 and changes nothing.
+        if let Some(required) =
+            crate::scopes::fill(route.scope, |k| match k.strip_prefix("body.") {
+                Some(field) => body_field(field),
+                None => param(k),
+            })
+        {
             caller.require(&required)?;
         }
-        return Ok(axum::body::Body::from(bytes));
+        return Ok(body);
     }
     let required =
         crate::scopes::fill(route.scope, param).unwrap_or_else(|| route.scope.to_string());
@@ -511,7 +547,17 @@ const MAX_SCANNED: usize = 10_000;
 pub(crate) async fn readable_tasks(
     s: &AppState,
     caller: &Caller,
+    filter: taskhook_store::TaskFilter,
+) -> Result<(Vec<TaskRow>, Option<String>), Problem> {
+    tasks_where(s, filter, |t| caller.may_read_task(t)).await
+}
+
+/// [`readable_tasks`] with any test of a row: a page of the tasks `keep` accepts, scanned the
+/// same way (full pages when they can be, at most [`MAX_SCANNED`] rows a call).
+pub(crate) async fn tasks_where(
+    s: &AppState,
     mut filter: taskhook_store::TaskFilter,
+    mut keep: impl FnMut(&TaskRow) -> bool,
 ) -> Result<(Vec<TaskRow>, Option<String>), Problem> {
     let limit = filter.limit;
     let mut cursor = filter.before.take();
@@ -530,7 +576,7 @@ pub(crate) async fn readable_tasks(
         for t in rows {
             scanned += 1;
             cursor = Some(t.id.clone());
-            if caller.may_read_task(&t) {
+            if keep(&t) {
                 out.push(t);
                 if out.len() == limit as usize {
                     return Ok((out, cursor));

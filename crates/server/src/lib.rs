@@ -18,6 +18,8 @@ pub mod scopes;
 mod secrets_api;
 mod task_ops;
 mod tokens_api;
+mod utask_api;
+mod utask_dto;
 
 use std::sync::Arc;
 
@@ -59,7 +61,7 @@ pub struct AppState {
 
 /// The whole HTTP application.
 ///
-/// Around every route, outermost first: the rate limit (which also finds the caller, see
+/// Around every route, outermost first: µTask's `error` member on problems under `/utask`, the rate limit (which also finds the caller, see
 /// `audit::actor_of`), the audit record of write calls, maintenance mode, then the handler
 /// (which authenticates with `Caller`). Serve it with
 /// `into_make_service_with_connect_info::<SocketAddr>()` so that client addresses are known.
@@ -74,4 +76,6 @@ pub fn router(state: AppState) -> Router {
             (state, limiters),
             ratelimit::limit,
         ))
+        // Outside everything: problems answered under /utask carry µTask's `error` member.
+        .layer(axum::middleware::from_fn(problem::with_utask_error))
 }

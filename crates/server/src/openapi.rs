@@ -103,7 +103,7 @@ fn complete_operation(path: &str, method: &str, op: &mut Map<String, Value>) {
             add(401, "No valid bearer token");
             add(403, "The caller lacks the scope this needs");
         }
-        Access::Filtered => add(401, "No valid bearer token"),
+        Access::Filtered | Access::Authenticated => add(401, "No valid bearer token"),
     }
     if has_path_params {
         add(404, "No such object");

@@ -70,6 +70,13 @@ impl IntoResponse for Problem {
         )
             .into_response();
         response.extensions_mut().insert(note);
+        // µTask's clients print only `error`: it names the field, when there is one.
+        response
+            .extensions_mut()
+            .insert(ProblemMessage(match &self.field {
+                Some(f) if f != "body" => format!("{f}: {}", self.detail),
+                _ => self.detail.clone(),
+            }));
         if status == StatusCode::SERVICE_UNAVAILABLE {
             // The database is restarting or unreachable: nothing was changed; ask for a retry.
             response
@@ -116,4 +123,50 @@ impl From<StoreError> for Problem {
             }
         }
     }
+}
+
+/// The message of a problem response, for layers that show it in another form.
+#[derive(Clone, Debug)]
+pub(crate) struct ProblemMessage(pub(crate) String);
+
+/// Whether a request path is under µTask's API (`/utask`).
+pub(crate) fn is_utask_path(path: &str) -> bool {
+    path == crate::utask_api::PREFIX
+        || path
+            .strip_prefix(crate::utask_api::PREFIX)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// Largest problem body this layer rewrites; every problem this server writes is far smaller.
+const MAX_PROBLEM_BYTES: usize = 256 * 1024;
+
+/// The outermost layer of the router: a problem answered under `/utask` also carries µTask's
+/// error member, `{"error": "<field>: <detail>"}` (the detail alone without a field), beside the problem's own members, so that µTask
+/// clients reading `error` keep working. Every other response passes unchanged.
+pub(crate) async fn with_utask_error(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let utask = is_utask_path(request.uri().path());
+    let response = next.run(request).await;
+    if !utask {
+        return response;
+    }
+    let Some(ProblemMessage(message)) = response.extensions().get::<ProblemMessage>().cloned()
+    else {
+        return response;
+    };
+    let (mut parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_PROBLEM_BYTES).await else {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "error body too large").into_response();
+    };
+    let rewritten = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(serde_json::Value::Object(mut members)) => {
+            members.insert("error".into(), serde_json::Value::String(message));
+            serde_json::to_vec(&members).unwrap_or_else(|_| bytes.to_vec())
+        }
+        _ => bytes.to_vec(),
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(rewritten))
 }

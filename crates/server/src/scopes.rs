@@ -7,7 +7,10 @@
 //! Placeholders in a scope are filled in per request:
 //! - `{name}`, `{group}`, `{id}`: the path parameter of that name;
 //! - `{template}` (task routes): the template of the task named by the path's `{id}`;
-//! - `{body.template}` (task creation): the `template` field of the JSON body.
+//! - `{template}` on a route without `{id}` (µTask's `POST /utask/resolution`): the template
+//!   of the task the JSON body's `task_id` names;
+//! - `{body.<field>}` (task creation): that text field of the JSON body (`template`, or µTask's
+//!   `template_name`).
 
 /// How a route authenticates its caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +25,8 @@ pub enum Access {
     /// A listing: any authenticated caller, and the answer holds only the items whose
     /// `scope` the caller holds.
     Filtered,
+    /// Any authenticated caller, whatever its scopes (µTask's `GET /utask/meta`: who am I).
+    Authenticated,
 }
 
 /// One row of the route table.
@@ -56,6 +61,13 @@ const fn filtered(method: &'static str, path: &'static str, scope: &'static str)
 const fn public(method: &'static str, path: &'static str) -> RouteScope {
     RouteScope {
         access: Access::Public,
+        ..row(method, path, "")
+    }
+}
+
+const fn authenticated(method: &'static str, path: &'static str) -> RouteScope {
+    RouteScope {
+        access: Access::Authenticated,
         ..row(method, path, "")
     }
 }
@@ -220,6 +232,71 @@ pub const ROUTES: &[RouteScope] = &[
     row("GET", "/api/v1/audit", "audit:read"),
     row("GET", "/api/v1/keys", "admin"),
     row("POST", "/api/v1/keys/rotate", "admin"),
+    // µTask's API (`utask_api.rs`): each route as its taskhook equivalent
+    filtered("GET", "/utask/template", "templates:read:{name}"),
+    row("GET", "/utask/template/{name}", "templates:read:{name}"),
+    filtered("GET", "/utask/task", "tasks:read:{template}"),
+    row("POST", "/utask/task", "tasks:create:{body.template_name}"),
+    row("GET", "/utask/task/{id}", "tasks:read:{template}"),
+    // no taskhook equivalent: admin only, as in µTask
+    row("DELETE", "/utask/task/{id}", "admin"),
+    row(
+        "POST",
+        "/utask/task/{id}/wontfix",
+        "tasks:resolve:{template}",
+    ),
+    row("GET", "/utask/task/{id}/comment", "tasks:read:{template}"),
+    row(
+        "POST",
+        "/utask/task/{id}/comment",
+        "tasks:comment:{template}",
+    ),
+    row(
+        "GET",
+        "/utask/task/{id}/comment/{commentid}",
+        "tasks:read:{template}",
+    ),
+    // the task is the body's task_id
+    row("POST", "/utask/resolution", "tasks:resolve:{template}"),
+    row("GET", "/utask/resolution/{id}", "tasks:read:{template}"),
+    row(
+        "POST",
+        "/utask/resolution/{id}/run",
+        "tasks:resolve:{template}",
+    ),
+    row(
+        "POST",
+        "/utask/resolution/{id}/pause",
+        "tasks:cancel:{template}",
+    ),
+    row(
+        "POST",
+        "/utask/resolution/{id}/cancel",
+        "tasks:cancel:{template}",
+    ),
+    row(
+        "POST",
+        "/utask/resolution/{id}/extend",
+        "tasks:resolve:{template}",
+    ),
+    row(
+        "GET",
+        "/utask/resolution/{id}/step/{step}",
+        "tasks:read:{template}",
+    ),
+    row(
+        "PUT",
+        "/utask/resolution/{id}/step/{step}",
+        "tasks:resolve:{template}",
+    ),
+    row(
+        "PUT",
+        "/utask/resolution/{id}/step/{step}/state",
+        "tasks:resolve:{template}",
+    ),
+    public("GET", "/utask/unsecured/mon/ping"),
+    public("GET", "/utask/unsecured/stats"),
+    authenticated("GET", "/utask/meta"),
 ];
 
 /// The row for a matched route pattern and method.
@@ -272,6 +349,7 @@ pub fn markdown() -> String {
             Access::OwnCredential(c) => format!("{c} (no bearer token)"),
             Access::Scope => format!("`{}`", r.scope),
             Access::Filtered => format!("any caller; lists only items with `{}`", r.scope),
+            Access::Authenticated => "any authenticated caller".to_string(),
         };
         out.push_str(&format!("| {} | `{}` | {} |\n", r.method, r.path, required));
     }
@@ -309,6 +387,7 @@ mod tests {
             );
             match r.access {
                 Access::Scope | Access::Filtered => assert!(!r.scope.is_empty()),
+                Access::Authenticated => assert!(r.scope.is_empty()),
                 _ => assert!(r.scope.is_empty()),
             }
         }

@@ -344,7 +344,19 @@ pub(crate) async fn add_comment(
     b: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<CommentOut>), Problem> {
     let req: CommentRequest = parse_json(&body(b)?)?;
-    let chars = req.content.chars().count();
+    let comment = comment_on(&s, &id, &c.name, &req.content).await?;
+    Ok((StatusCode::CREATED, Json(comment.into())))
+}
+
+/// Adds a comment to a task by `author`, checking its length (1 to [`MAX_COMMENT_CHARS`]
+/// characters; at most 1,000 comments a task, counted by the store).
+pub(crate) async fn comment_on(
+    s: &AppState,
+    id: &str,
+    author: &str,
+    content: &str,
+) -> Result<taskhook_store::Comment, Problem> {
+    let chars = content.chars().count();
     if chars == 0 || chars > MAX_COMMENT_CHARS {
         return Err(Problem::field(
             StatusCode::BAD_REQUEST,
@@ -352,10 +364,5 @@ pub(crate) async fn add_comment(
             format!("a comment has 1 to {MAX_COMMENT_CHARS} characters"),
         ));
     }
-    let comment = s
-        .engine
-        .store()
-        .add_comment(&id, &c.name, &req.content)
-        .await?;
-    Ok((StatusCode::CREATED, Json(comment.into())))
+    Ok(s.engine.store().add_comment(id, author, content).await?)
 }

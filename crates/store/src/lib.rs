@@ -383,6 +383,11 @@ delegate! {
     /// steps and audit trail, at most `limit` at a time; returns how many went.
     pub async fn prune_tasks(&self, before: i64, limit: u32) -> Result<usize>;
 
+    /// Deletes one finished (DONE or CANCELLED) task with its steps, audit trail and comments,
+    /// as pruning would; `false` when there is no such task, `Conflict` when it is not
+    /// finished.
+    pub async fn delete_task(&self, id: &str) -> Result<bool>;
+
     /// How many tasks are in `state`.
     pub async fn count_tasks(&self, state: TaskState) -> Result<u64>;
 

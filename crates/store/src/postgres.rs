@@ -1931,6 +1931,33 @@ impl PgStore {
         Ok(row.try_get::<_, i64>(0)? as usize)
     }
 
+    pub async fn delete_task(&self, id: &str) -> Result<bool> {
+        let c = self.client().await?;
+        // One statement: the row is locked while its rows go, so a task that changes state
+        // meanwhile (it cannot leave a final state) is never half deleted.
+        let row = query_one(
+            &c,
+            "WITH t AS (SELECT id, state FROM tasks WHERE id = $1 FOR UPDATE), \
+             ids AS (SELECT id FROM t WHERE state IN ('DONE', 'CANCELLED', 'WONTFIX')), \
+             s AS (DELETE FROM steps WHERE task_id IN (SELECT id FROM ids)), \
+             e AS (DELETE FROM task_events WHERE task_id IN (SELECT id FROM ids)), \
+             c AS (DELETE FROM task_comments WHERE task_id IN (SELECT id FROM ids)), \
+             d AS (DELETE FROM tasks WHERE id IN (SELECT id FROM ids) RETURNING 1) \
+             SELECT (SELECT state FROM t), (SELECT count(*) FROM d)",
+            &[&id],
+        )
+        .await?;
+        let state: Option<String> = row.try_get(0)?;
+        let deleted: i64 = row.try_get(1)?;
+        match state {
+            None => Ok(false),
+            Some(_) if deleted > 0 => Ok(true),
+            Some(other) => Err(StoreError::Conflict(format!(
+                "only a DONE, CANCELLED or WONTFIX task can be deleted; this one is {other}"
+            ))),
+        }
+    }
+
     pub async fn count_tasks(&self, state: TaskState) -> Result<u64> {
         let c = self.client().await?;
         let row = query_one(

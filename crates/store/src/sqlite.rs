@@ -1401,6 +1401,34 @@ impl SqliteStore {
         .await
     }
 
+    pub async fn delete_task(&self, id: &str) -> Result<bool> {
+        let id = id.to_string();
+        self.write(move |c| {
+            let state: Option<String> = c
+                .prepare_cached("SELECT state FROM tasks WHERE id = ?1")?
+                .query_row([&id], |r| r.get(0))
+                .optional()?;
+            match state.as_deref() {
+                None => Ok(false),
+                Some("DONE" | "CANCELLED" | "WONTFIX") => {
+                    c.prepare_cached("DELETE FROM steps WHERE task_id = ?1")?
+                        .execute([&id])?;
+                    c.prepare_cached("DELETE FROM task_events WHERE task_id = ?1")?
+                        .execute([&id])?;
+                    c.prepare_cached("DELETE FROM task_comments WHERE task_id = ?1")?
+                        .execute([&id])?;
+                    c.prepare_cached("DELETE FROM tasks WHERE id = ?1")?
+                        .execute([&id])?;
+                    Ok(true)
+                }
+                Some(other) => Err(StoreError::Conflict(format!(
+                    "only a DONE, CANCELLED or WONTFIX task can be deleted; this one is {other}"
+                ))),
+            }
+        })
+        .await
+    }
+
     /// How many tasks are in `state`.
     pub async fn count_tasks(&self, state: TaskState) -> Result<u64> {
         self.read(move |c| {

@@ -36,6 +36,7 @@ crate::on_both_stores!(
     comments_are_sealed_kept_in_order_bounded_and_pruned_with_their_task,
     a_persons_step_edit_writes_and_deletes_rows_as_they_saw_the_task,
     a_child_closed_as_wontfix_wakes_its_parent,
+    deleting_a_task_takes_its_rows_and_only_when_finished,
 );
 
 fn new_task(id: &str, key: Option<&str>) -> NewTask {
@@ -1568,4 +1569,37 @@ async fn a_child_closed_as_wontfix_wakes_its_parent(db: TestDb) {
         )
         .await;
     assert!(again.is_err());
+}
+
+async fn deleting_a_task_takes_its_rows_and_only_when_finished(db: TestDb) {
+    let s = db.open().await;
+    s.create_task(new_task("done", None), created())
+        .await
+        .unwrap();
+    s.create_task(new_task("open", None), created())
+        .await
+        .unwrap();
+    s.add_comment("done", "alice", "bye").await.unwrap();
+    let refused = s.delete_task("done").await;
+    assert!(
+        matches!(&refused, Err(StoreError::Conflict(m)) if m.contains("READY")),
+        "{refused:?}"
+    );
+    assert!(s.get_task("done").await.unwrap().is_some());
+    s.transition(
+        "done",
+        &[TaskState::Ready],
+        TaskState::Cancelled,
+        None,
+        None,
+        human("cancel"),
+    )
+    .await
+    .unwrap();
+    assert!(s.delete_task("done").await.unwrap());
+    assert!(s.get_task("done").await.unwrap().is_none());
+    assert!(s.task_events("done").await.unwrap().is_empty());
+    assert!(s.comments("done").await.unwrap().is_empty());
+    assert!(!s.delete_task("done").await.unwrap(), "already gone");
+    assert!(s.get_task("open").await.unwrap().is_some());
 }
