@@ -1341,3 +1341,188 @@ fn deepest_templates_fit_a_small_stack() {
         "{e}"
     );
 }
+
+#[test]
+fn sprig_semver() {
+    check(&[
+        ("{{ semver \"1.2.3\" }}", "1.2.3"),
+        // Masterminds' loose syntax: a `v` and missing parts are accepted, the original kept.
+        (
+            "{{ semver \"v1.2\" }}|{{ (semver \"v1.2\").Original }}",
+            "1.2.0|v1.2",
+        ),
+        (
+            "{{ $v := semver \"1.2.3-beta.1+build.5\" }}{{ $v.Major }} {{ $v.Minor }} {{ $v.Patch }} {{ $v.Prerelease }} {{ $v.Metadata }} {{ $v.String }}",
+            "1 2 3 beta.1 build.5 1.2.3-beta.1+build.5",
+        ),
+        (
+            "{{ typeOf (semver \"1.0.0\") }} {{ typeOf (semver \"1.0.0\").Major }} {{ kindOf (semver \"1.0.0\") }}",
+            "*semver.Version uint64 ptr",
+        ),
+        (
+            "{{ (semver \"1.2.3\").Compare (semver \"1.2.4\") }} {{ (semver \"1.2.3\").Compare (semver \"v1.2.3+x\") }} {{ (semver \"2.0.0\").Compare (semver \"1.9.9\") }}",
+            "-1 0 1",
+        ),
+        (
+            "{{ (semver \"1.2.3-alpha\").LessThan (semver \"1.2.3\") }} {{ (semver \"1.2.3-alpha.10\").GreaterThan (semver \"1.2.3-alpha.9\") }} {{ (semver \"1.2.3-alpha.beta\").GreaterThan (semver \"1.2.3-alpha.1\") }} {{ (semver \"1.0.0\").Equal (semver \"1.0.0+meta\") }}",
+            "true true true true",
+        ),
+        (
+            "{{ (semver \"1.2.3-rc.1\").IncPatch }} {{ (semver \"1.2.3\").IncPatch }} {{ (semver \"1.2.3+m\").IncMinor }} {{ (semver \"1.2.3\").IncMajor }}",
+            "1.2.3 1.2.4 1.3.0 2.0.0",
+        ),
+        (
+            "{{ (semver \"1.2.3\").SetPrerelease \"rc.1\" }} {{ (semver \"1.2.3\").SetMetadata \"b7\" }}",
+            "1.2.3-rc.1 1.2.3+b7",
+        ),
+        ("{{ toJson (semver \"1.2\") }}", "\"1.2.0\""),
+        (
+            "{{ printf \"%v|%s\" (semver \"3\") (semver \"3.1\") }}",
+            "3.0.0|3.1.0",
+        ),
+    ]);
+    check_fails(&[
+        (
+            "{{ semver \"1.2.3.4\" }}",
+            "error calling semver: Invalid Semantic Version",
+        ),
+        ("{{ semver \"01.2.3\" }}", "Invalid Semantic Version"),
+        ("{{ semver \"\" }}", "Invalid Semantic Version"),
+        ("{{ semver \"1.2.3-01\" }}", "Invalid Semantic Version"),
+        (
+            "{{ (semver \"1.2.3\").Nope }}",
+            "can't evaluate field Nope in type *semver.Version",
+        ),
+        (
+            "{{ (semver \"1.2.3\").SetPrerelease \"a..b\" }}",
+            "Invalid Metadata string",
+        ),
+    ]);
+}
+
+#[test]
+fn sprig_semver_compare() {
+    let cases = [
+        (">= 1.2.3", "1.2.3", true),
+        (">1.2.3", "1.2.3", false),
+        ("<1.2.3", "1.2.2", true),
+        ("=1.2.3", "1.2.3", true),
+        ("1.2.3", "v1.2.3", true),
+        ("!=1.2.3", "1.2.4", true),
+        ("!=1.2.3", "1.2.3", false),
+        ("!=1.2.3", "1.2.4-beta", true),
+        ("^1.2.0", "1.9.9", true),
+        ("^1.2.0", "2.0.0", false),
+        ("^1.2.0", "1.1.9", false),
+        ("^0.2.3", "0.2.9", true),
+        ("^0.2.3", "0.3.0", false),
+        ("^0.0.3", "0.0.3", true),
+        ("^0.0.3", "0.0.4", false),
+        ("^0", "0.9.0", true),
+        ("^0", "1.0.0", false),
+        ("~1.2.3", "1.2.9", true),
+        ("~1.2.3", "1.3.0", false),
+        ("~1", "1.9.0", true),
+        ("~> 2.1", "2.1.5", true),
+        ("~> 2.1", "2.2.0", false),
+        ("1.2.x", "1.2.7", true),
+        ("1.2.x", "1.3.0", false),
+        ("1.x", "1.8.0", true),
+        ("*", "5.0.0", true),
+        (">= 1.2, < 3", "2.5.0", true),
+        (">= 1.2, < 3", "3.0.0", false),
+        (">= 1.2 < 3", "1.1.0", false),
+        ("<1.0 || >=2.0", "1.5.0", false),
+        ("<1.0 || >=2.0", "2.1.0", true),
+        ("1.1 - 1.3", "1.3.9", true),
+        ("1.1 - 1.3", "1.4.0", false),
+        ("1.1 - 1.3", "1.0.9", false),
+        ("1.2.3 - 2.3.4", "2.3.4", true),
+        ("1.2.3 - 2.3.4", "2.3.5", false),
+        // Masterminds reads `>1.2` as "a minor above 1.2", and `<=1.2` as "up to 1.2.x".
+        (">1.2", "1.2.5", false),
+        (">1.2", "1.3.0", true),
+        ("<=1.2", "1.2.9", true),
+        ("<=1.2", "1.3.0", false),
+        // Prereleases satisfy only constraints that name one.
+        (">=1.0.0", "1.2.0-beta", false),
+        (">=1.0.0-0", "1.2.0-beta", true),
+        ("^1.0.0-alpha", "1.0.0-beta", true),
+        ("1.2.3, 1.2.4", "1.2.3", false),
+    ];
+    for (constraint, version, want) in cases {
+        let t = format!("{{{{ semverCompare {constraint:?} {version:?} }}}}");
+        assert_eq!(render(&t), want.to_string(), "{t}");
+    }
+    check_fails(&[
+        (
+            "{{ semverCompare \"nope\" \"1.0.0\" }}",
+            "error calling semverCompare: improper constraint: nope",
+        ),
+        (
+            "{{ semverCompare \">1\" \"x\" }}",
+            "error calling semverCompare: Invalid Semantic Version",
+        ),
+    ]);
+}
+
+#[test]
+fn sprig_url_parse_and_join() {
+    check(&[
+        (
+            "{{ $u := urlParse \"https://user:pa%20ss@Example.com:8080/a%2Fb/c?x=1&y=2#frag%20x\" }}{{ $u.scheme }}|{{ $u.host }}|{{ $u.hostname }}|{{ $u.path }}|{{ $u.query }}|{{ $u.fragment }}|{{ $u.opaque }}|{{ $u.userinfo }}",
+            "https|Example.com:8080|Example.com|/a/b/c|x=1&y=2|frag x||user:pa%20ss",
+        ),
+        (
+            "{{ $u := urlParse \"mailto:joe@example.com\" }}{{ $u.scheme }}|{{ $u.opaque }}|{{ $u.path }}|{{ $u.host }}",
+            "mailto|joe@example.com||",
+        ),
+        (
+            "{{ $u := urlParse \"example.com/a b\" }}{{ $u.scheme }}|{{ $u.host }}|{{ $u.path }}",
+            "||example.com/a b",
+        ),
+        (
+            "{{ $u := urlParse \"HTTP://[::1]:80/\" }}{{ $u.scheme }}|{{ $u.host }}|{{ $u.hostname }}|{{ $u.path }}",
+            "http|[::1]:80|::1|/",
+        ),
+        (
+            "{{ toRawJson (urlParse \"http://x\") }}",
+            "{\"fragment\":\"\",\"host\":\"x\",\"hostname\":\"x\",\"opaque\":\"\",\"path\":\"\",\"query\":\"\",\"scheme\":\"http\",\"userinfo\":\"\"}",
+        ),
+        (
+            "{{ urlJoin (dict \"scheme\" \"https\" \"host\" \"example.com\" \"path\" \"/a b\" \"query\" \"x=1\" \"fragment\" \"f g\" \"userinfo\" \"u:p\") }}",
+            "https://u:p@example.com/a%20b?x=1#f%20g",
+        ),
+        (
+            "{{ urlJoin (dict \"scheme\" \"mailto\" \"opaque\" \"joe@example.com\") }}",
+            "mailto:joe@example.com",
+        ),
+        (
+            "{{ urlJoin (dict \"host\" \"example.com\" \"path\" \"a\") }}|{{ urlJoin (dict \"path\" \"a:b\") }}|{{ urlJoin (dict) }}",
+            "//example.com/a|./a:b|",
+        ),
+        (
+            "{{ urlJoin (urlParse \"http://x.com/p?q=1#f\") }}",
+            "http://x.com/p?q=1#f",
+        ),
+    ]);
+    check_fails(&[
+        (
+            "{{ urlParse \"http://a b.com/\" }}",
+            "error calling urlParse: unable to parse url: parse \"http://a b.com/\": invalid character \" \" in host name",
+        ),
+        (
+            "{{ urlParse \":foo\" }}",
+            "unable to parse url: parse \":foo\": missing protocol scheme",
+        ),
+        ("{{ urlParse \"a%zz\" }}", "invalid URL escape \"%zz\""),
+        (
+            "{{ urlParse \"http://x:y/\" }}",
+            "invalid port \":y\" after host",
+        ),
+        (
+            "{{ urlJoin (dict \"host\" 1) }}",
+            "unable to parse host key, must be of type string, but int found",
+        ),
+    ]);
+}
