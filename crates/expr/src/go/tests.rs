@@ -869,6 +869,15 @@ fn sprig_numbers_and_encodings() {
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
         ),
         ("{{ adler32sum \"abc\" }}", "38600999"),
+        ("{{ adler32sum \"Wikipedia\" }}", "300286872"),
+        (
+            "{{ sha512sum \"abc\" }}",
+            "ddaf35a193617abacc417349ae20413112e6fa4e89a97ea20a9eeee64b55d39a2192992a274fc1a836ba3c23a3feebbd454d4423643ce80e2a9ac94fa54ca49f",
+        ),
+        (
+            "{{ sha1sum \"\" }}|{{ sha256sum \"\" }}",
+            "da39a3ee5e6b4b0d3255bfef95601890afd80709|e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+        ),
         ("{{ toJson .input.nested }}", "{\"k\":\"v\",\"l\":[1,2]}"),
         (
             "{{ toJson .input.html }}",
