@@ -1535,3 +1535,134 @@ fn sprig_url_parse_and_join() {
         ),
     ]);
 }
+
+#[test]
+fn sprig_aes() {
+    // Ciphertexts made with `openssl enc -aes-256-cbc` (PKCS#7 padding) under the key
+    // Sprig derives (the password zero-padded to 32 bytes) and IV 00 01 … 0f, written as
+    // Sprig writes them: base64 of the IV then the ciphertext.
+    check(&[
+        (
+            "{{ decryptAES \"secretkey\" \"AAECAwQFBgcICQoLDA0OD4aChIkqfhLglmmHSXlA6r0=\" }}",
+            "plaintext",
+        ),
+        (
+            "{{ decryptAES \"secretkey\" \"AAECAwQFBgcICQoLDA0OD8MJ6vixzhzIpNrnsN5jTTURs7dj4xyajWnL91w9DGra\" }}",
+            "0123456789abcdef",
+        ),
+        (
+            "{{ decryptAES \"secretkey\" \"AAECAwQFBgcICQoLDA0OD3Dp293+ZaOWv0jj9hJiOsE=\" }}",
+            "héllo wörld",
+        ),
+        // A password past 32 bytes is cut; an empty one is all zeros.
+        (
+            "{{ decryptAES \"0123456789abcdef0123456789abcdefXYZ\" \"AAECAwQFBgcICQoLDA0ODzIE2jSJSNdyfZacLLZu8lc=\" }}",
+            "x",
+        ),
+        (
+            "{{ decryptAES \"\" \"AAECAwQFBgcICQoLDA0OD9F+O6upQjMeUUwJedmQRxM=\" }}",
+            "nokey",
+        ),
+        (
+            "{{ encryptAES \"k\" \"\" }}|{{ decryptAES \"k\" \"\" }}",
+            "|",
+        ),
+        (
+            "{{ \"plaintext\" | encryptAES \"secretkey\" | decryptAES \"secretkey\" }}",
+            "plaintext",
+        ),
+        (
+            "{{ \"0123456789abcdef\" | encryptAES \"a much longer password than 32 bytes\" | decryptAES \"a much longer password than 32 bytes\" }}",
+            "0123456789abcdef",
+        ),
+        // IV + one block (9 bytes padded to 16), base64: 44 characters; a fresh IV each time.
+        (
+            "{{ len (encryptAES \"k\" \"plaintext\") }} {{ len (encryptAES \"k\" \"0123456789abcdef\") }} {{ ne (encryptAES \"k\" \"x\") (encryptAES \"k\" \"x\") }}",
+            "44 64 true",
+        ),
+    ]);
+    check_fails(&[
+        (
+            "{{ decryptAES \"k\" \"!!\" }}",
+            "error calling decryptAES: illegal base64 data at input byte 0",
+        ),
+        (
+            "{{ decryptAES \"k\" \"AAAA\" }}",
+            "slice bounds out of range",
+        ),
+        (
+            "{{ decryptAES \"k\" \"AAECAwQFBgcICQoLDA0ODwAB\" }}",
+            "input not full blocks",
+        ),
+    ]);
+}
+
+#[test]
+fn sprig_bcrypt_htpasswd_and_rand_bytes() {
+    let hash = render("{{ bcrypt \"secret\" }}");
+    assert!(hash.starts_with("$2a$10$") && hash.len() == 60, "{hash}");
+    assert!(bcrypt::verify("secret", &hash).unwrap());
+    assert!(!bcrypt::verify("other", &hash).unwrap());
+    assert_ne!(
+        hash,
+        render("{{ bcrypt \"secret\" }}"),
+        "a fresh salt each time"
+    );
+
+    let line = render("{{ htpasswd \"myUser\" \"myPassword\" }}");
+    let (user, hash) = line.split_once(':').unwrap();
+    assert_eq!(user, "myUser");
+    assert!(hash.starts_with("$2a$10$"), "{hash}");
+    assert!(bcrypt::verify("myPassword", hash).unwrap());
+    check(&[
+        (
+            "{{ htpasswd \"wrongus:er\" \"x\" }}",
+            "invalid username: wrongus:er",
+        ),
+        (
+            "{{ bcrypt (repeat 73 \"a\") }}",
+            "failed to encrypt string with bcrypt: bcrypt: password length exceeds 72 bytes",
+        ),
+        ("{{ randBytes 0 }}", ""),
+        // 12 bytes are 16 base64 characters without padding; 13 need padding.
+        (
+            "{{ regexMatch \"^[A-Za-z0-9+/]{16}$\" (randBytes 12) }} {{ regexMatch \"^[A-Za-z0-9+/]{18}==$\" (randBytes 13) }}",
+            "true true",
+        ),
+        ("{{ ne (randBytes 16) (randBytes 16) }}", "true"),
+    ]);
+    check_fails(&[("{{ randBytes -1 }}", "len out of range")]);
+    // Hashing is paid for from the step budget.
+    assert!(fails("{{ range until 30 }}{{ bcrypt \"x\" }}{{ end }}").contains("rendering stopped"));
+}
+
+#[test]
+fn sprig_derive_password() {
+    // The Master Password algorithm's outputs, as Sprig's own tests give them.
+    check(&[
+        (
+            "{{ derivePassword 1 \"long\" \"password\" \"user\" \"example.com\" }}",
+            "ZedaFaxcZaso9*",
+        ),
+        (
+            "{{ derivePassword 2 \"long\" \"password\" \"user\" \"example.com\" }}",
+            "Fovi2@JifpTupx",
+        ),
+        (
+            "{{ derivePassword 1 \"maximum\" \"password\" \"user\" \"example.com\" }}",
+            "pf4zS1LjCg&LjhsZ7T2~",
+        ),
+        (
+            "{{ derivePassword 1 \"pin\" \"password\" \"user\" \"example.com\" }}",
+            "6685",
+        ),
+        (
+            "{{ derivePassword 1 \"nope\" \"password\" \"user\" \"example.com\" }}",
+            "cannot find password template nope",
+        ),
+    ]);
+    check_fails(&[(
+        "{{ derivePassword -1 \"pin\" \"p\" \"u\" \"s\" }}",
+        "overflows uint32",
+    )]);
+}

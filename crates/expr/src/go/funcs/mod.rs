@@ -3,6 +3,7 @@
 //! Each declares its parameters with Go's types so arguments are checked as Go checks
 //! them, and pays the budget for what it creates before creating it.
 
+mod crypto;
 mod dates;
 mod encoding;
 mod lists;
@@ -163,6 +164,7 @@ static FUNCS: LazyLock<HashMap<&'static str, FuncDef>> = LazyLock::new(|| {
     all.extend(utask::defs());
     all.extend(semver::defs());
     all.extend(urls::defs());
+    all.extend(crypto::defs());
     all.into_iter().map(|d| (d.name, d)).collect()
 });
 
