@@ -1666,3 +1666,244 @@ fn sprig_derive_password() {
         "overflows uint32",
     )]);
 }
+
+/// The first PEM block of `pem`: its label and DER.
+fn pem_block(pem: &str) -> (String, Vec<u8>) {
+    use base64::Engine as _;
+    let begin = pem.find("-----BEGIN ").expect("a PEM block");
+    let rest = &pem[begin + 11..];
+    let label = &rest[..rest.find("-----").unwrap()];
+    let body = &rest[label.len() + 5..];
+    let end = body.find("-----END ").unwrap();
+    let b64: String = body[..end].split_whitespace().collect();
+    assert!(
+        body[..end].lines().all(|l| l.len() <= 64),
+        "64-column lines"
+    );
+    (
+        label.to_string(),
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap(),
+    )
+}
+
+/// Whether `cert`'s signature verifies with `issuer`'s public key.
+fn signed_by(
+    cert: &x509_parser::certificate::X509Certificate<'_>,
+    issuer: &x509_parser::certificate::X509Certificate<'_>,
+) -> bool {
+    use aws_lc_rs::signature;
+    let oid = cert.signature_algorithm.algorithm.to_id_string();
+    let alg: &dyn signature::VerificationAlgorithm = match oid.as_str() {
+        "1.2.840.113549.1.1.11" => &signature::RSA_PKCS1_2048_8192_SHA256,
+        "1.2.840.10045.4.3.2" => &signature::ECDSA_P256_SHA256_ASN1,
+        "1.3.101.112" => &signature::ED25519,
+        other => panic!("unexpected signature algorithm {other}"),
+    };
+    let key = &issuer.public_key().subject_public_key.data;
+    signature::UnparsedPublicKey::new(alg, key)
+        .verify(cert.tbs_certificate.as_ref(), &cert.signature_value.data)
+        .is_ok()
+}
+
+fn parse_cert(pem: &str) -> x509_parser::certificate::X509Certificate<'static> {
+    let (label, der) = pem_block(pem);
+    assert_eq!(label, "CERTIFICATE");
+    let der: &'static [u8] = Box::leak(der.into_boxed_slice());
+    x509_parser::parse_x509_certificate(der).unwrap().1
+}
+
+fn common_name(cert: &x509_parser::certificate::X509Certificate<'_>) -> String {
+    let names: Vec<String> = cert
+        .subject()
+        .iter_common_name()
+        .map(|cn| cn.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names.len(), 1, "the subject is the CN alone");
+    names[0].clone()
+}
+
+#[test]
+fn sprig_gen_private_key() {
+    use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, Ed25519KeyPair};
+    let rsa = render("{{ genPrivateKey \"rsa\" }}");
+    let (label, der) = pem_block(&rsa);
+    assert_eq!(label, "RSA PRIVATE KEY");
+    assert!(rsa.ends_with("-----END RSA PRIVATE KEY-----\n"));
+    let k = aws_lc_rs::rsa::KeyPair::from_der(&der).expect("PKCS#1");
+    assert_eq!(
+        k.public_modulus_len() * 8,
+        4096,
+        "Sprig's RSA keys are 4096 bits"
+    );
+
+    let ec = render("{{ genPrivateKey \"ecdsa\" }}");
+    let (label, der) = pem_block(&ec);
+    assert_eq!(label, "EC PRIVATE KEY");
+    EcdsaKeyPair::from_private_key_der(&ECDSA_P256_SHA256_ASN1_SIGNING, &der)
+        .expect("SEC 1, P-256");
+
+    let ed = render("{{ genPrivateKey \"ed25519\" }}");
+    let (label, der) = pem_block(&ed);
+    assert_eq!(label, "PRIVATE KEY");
+    Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der).expect("PKCS#8");
+    assert_ne!(ed, render("{{ genPrivateKey \"ed25519\" }}"));
+
+    check(&[("{{ genPrivateKey \"nope\" }}", "Unknown type nope")]);
+    // DSA is refused when the template is parsed, and when the type comes from data.
+    let e = parse("{{ genPrivateKey \"dsa\" }}").unwrap_err();
+    assert!(
+        e.message
+            .contains("\"genPrivateKey\" with \"dsa\" is not available here"),
+        "{}",
+        e.message
+    );
+    check_fails(&[(
+        "{{ \"dsa\" | genPrivateKey }}",
+        "error calling genPrivateKey: DSA keys are not supported here",
+    )]);
+}
+
+#[test]
+fn sprig_certificates() {
+    // A CA, a certificate it signs, and a self-signed one, read back with x509-parser.
+    let out = render(
+        "{{ $ca := genCA \"my-ca\" 365 }}{{ $c := genSignedCert \"srv\" (list \"10.0.0.1\" \"::1\") (list \"a.example\" \"b.example\") 30 $ca }}{{ $s := genSelfSignedCert \"self\" nil (list \"c.example\") 7 }}{{ $ca.Cert }}\x00{{ $ca.Key }}\x00{{ $c.Cert }}\x00{{ $c.Key }}\x00{{ $s.Cert }}\x00{{ $s.Key }}\x00{{ typeOf $ca }}",
+    );
+    let parts: Vec<&str> = out.split('\0').collect();
+    let [ca_cert, ca_key, cert, key, self_cert, self_key, type_name] = parts[..] else {
+        panic!("{out}");
+    };
+    assert_eq!(type_name, "sprig.certificate");
+    for k in [ca_key, key, self_key] {
+        assert_eq!(pem_block(k).0, "RSA PRIVATE KEY");
+    }
+    let ca = parse_cert(ca_cert);
+    let c = parse_cert(cert);
+    let selfc = parse_cert(self_cert);
+    assert_eq!(common_name(&ca), "my-ca");
+    assert_eq!(common_name(&c), "srv");
+    assert_eq!(common_name(&selfc), "self");
+    assert!(ca.is_ca());
+    assert!(!c.is_ca());
+    assert!(signed_by(&ca, &ca), "the CA signs itself");
+    assert!(signed_by(&c, &ca), "the CA signs the certificate");
+    assert!(!signed_by(&c, &selfc));
+    assert!(signed_by(&selfc, &selfc));
+    assert_eq!(c.issuer().to_string(), ca.subject().to_string());
+    let ku = ca.key_usage().unwrap().unwrap().value;
+    assert!(ku.key_cert_sign() && ku.digital_signature() && ku.key_encipherment());
+    let eku = c.extended_key_usage().unwrap().unwrap().value;
+    assert!(eku.server_auth && eku.client_auth);
+    let sans: Vec<String> = c
+        .subject_alternative_name()
+        .unwrap()
+        .unwrap()
+        .value
+        .general_names
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    assert_eq!(
+        sans,
+        [
+            "DNSName(a.example)",
+            "DNSName(b.example)",
+            "IPAddress(0a:00:00:01)",
+            "IPAddress(00:00:00:00:00:00:00:00:00:00:00:00:00:00:00:01)",
+        ]
+    );
+    let days = |cert: &x509_parser::certificate::X509Certificate<'_>| {
+        let v = cert.validity();
+        (v.not_after.timestamp() - v.not_before.timestamp()) / 86_400
+    };
+    assert_eq!((days(&ca), days(&c), days(&selfc)), (365, 30, 7));
+    // The certificate's public key is its key's.
+    let (_, der) = pem_block(key);
+    let k = aws_lc_rs::rsa::KeyPair::from_der(&der).unwrap();
+    use aws_lc_rs::signature::KeyPair as _;
+    let spki_key = &c.public_key().subject_public_key.data;
+    assert_eq!(k.public_key().as_ref(), &spki_key[..]);
+}
+
+#[test]
+fn sprig_certificates_with_keys() {
+    let out = render(
+        "{{ $k := genPrivateKey \"ecdsa\" }}{{ $ca := genCAWithKey \"ec-ca\" 10 $k }}{{ $ek := genPrivateKey \"ed25519\" }}{{ $c := genSignedCertWithKey \"leaf\" nil nil 5 $ca $ek }}{{ $s := genSelfSignedCertWithKey \"me\" nil nil 1 $k }}{{ $k }}\x00{{ $ca.Key }}\x00{{ $ca.Cert }}\x00{{ $c.Cert }}\x00{{ $c.Key }}\x00{{ $ek }}\x00{{ $s.Cert }}",
+    );
+    let parts: Vec<&str> = out.split('\0').collect();
+    let [k, ca_key, ca_cert, cert, leaf_key, ek, self_cert] = parts[..] else {
+        panic!("{out}");
+    };
+    assert_eq!(k, ca_key, "the given key is the CA's");
+    assert_eq!(leaf_key, ek);
+    let ca = parse_cert(ca_cert);
+    let c = parse_cert(cert);
+    assert!(signed_by(&ca, &ca));
+    assert!(signed_by(&c, &ca));
+    assert_eq!(common_name(&c), "leaf");
+    assert!(signed_by(&parse_cert(self_cert), &parse_cert(self_cert)));
+
+    // A PKCS#8 RSA key comes back as PKCS#1, as Go re-encodes it.
+    let rsa = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+    use aws_lc_rs::encoding::AsDer as _;
+    let pkcs8 = rsa.as_der().unwrap();
+    use base64::Engine as _;
+    let pkcs8_pem = format!(
+        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+        base64::engine::general_purpose::STANDARD.encode(pkcs8.as_ref())
+    );
+    let ctx = json!({"k": pkcs8_pem});
+    let out = render_str("{{ (genCAWithKey \"r\" 1 .k).Key }}", &ctx).unwrap();
+    assert_eq!(pem_block(&out).0, "RSA PRIVATE KEY");
+
+    check_fails(&[
+        (
+            "{{ genCAWithKey \"x\" 1 \"nothing\" }}",
+            "error calling genCAWithKey: parsing private key: no PEM data in input",
+        ),
+        (
+            "{{ genCAWithKey \"x\" 1 \"-----BEGIN CERTIFICATE-----\\nAAAA\\n-----END CERTIFICATE-----\\n\" }}",
+            "no private key data in PEM block of type CERTIFICATE",
+        ),
+        (
+            "{{ genCAWithKey \"x\" 1 \"-----BEGIN DSA PRIVATE KEY-----\\nAAAA\\n-----END DSA PRIVATE KEY-----\\n\" }}",
+            "DSA keys are not supported here",
+        ),
+        (
+            "{{ genSelfSignedCert \"x\" (list \"not-an-ip\") nil 1 }}",
+            "error parsing ip: not-an-ip",
+        ),
+        (
+            "{{ genSelfSignedCert \"x\" nil (list 1) 1 }}",
+            "error processing alternate dns name: 1 is not a string",
+        ),
+        (
+            "{{ genSignedCert \"x\" nil nil 1 (dict) }}",
+            "wrong type for value; expected sprig.certificate",
+        ),
+    ]);
+}
+
+#[test]
+fn sprig_build_custom_cert() {
+    let out = render(
+        "{{ $ca := genCAWithKey \"c\" 1 (genPrivateKey \"ecdsa\") }}{{ $b := buildCustomCert (b64enc $ca.Cert) (b64enc $ca.Key) }}{{ eq $b.Cert $ca.Cert }} {{ eq $b.Key $ca.Key }} {{ typeOf $b }}",
+    );
+    assert_eq!(out, "true true sprig.certificate");
+    check_fails(&[
+        (
+            "{{ buildCustomCert \"!!\" \"\" }}",
+            "error calling buildCustomCert: unable to decode base64 certificate",
+        ),
+        (
+            "{{ buildCustomCert (b64enc \"x\") (b64enc \"y\") }}",
+            "unable to decode certificate",
+        ),
+        (
+            "{{ $ca := genCAWithKey \"c\" 1 (genPrivateKey \"ecdsa\") }}{{ buildCustomCert (b64enc $ca.Cert) (b64enc \"nope\") }}",
+            "error parsing private key: no PEM data in input",
+        ),
+    ]);
+}

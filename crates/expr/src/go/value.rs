@@ -35,7 +35,6 @@ pub(crate) enum GoStruct {
     /// Masterminds/semver's `*semver.Version`, from `semver`.
     Version(super::funcs::semver::Version),
     /// Sprig's `certificate`: PEM texts of a certificate and of its private key.
-    #[allow(dead_code)] // built by the certificate functions, which come next
     Cert { cert: String, key: String },
 }
 

@@ -3,6 +3,7 @@
 //! Each declares its parameters with Go's types so arguments are checked as Go checks
 //! them, and pays the budget for what it creates before creating it.
 
+mod certs;
 mod crypto;
 mod dates;
 mod encoding;
@@ -65,7 +66,6 @@ pub(crate) enum P {
     /// `time.Time`
     Time,
     /// Sprig's `certificate`
-    #[allow(dead_code)] // built by the certificate functions, which come next
     Cert,
 }
 
@@ -165,6 +165,7 @@ static FUNCS: LazyLock<HashMap<&'static str, FuncDef>> = LazyLock::new(|| {
     all.extend(semver::defs());
     all.extend(urls::defs());
     all.extend(crypto::defs());
+    all.extend(certs::defs());
     all.into_iter().map(|d| (d.name, d)).collect()
 });
 
@@ -174,6 +175,17 @@ pub(crate) fn lookup(name: &str) -> Option<&'static FuncDef> {
 
 pub(crate) fn is_function(name: &str) -> bool {
     FUNCS.contains_key(name)
+}
+
+/// A call the parser can refuse from its constant arguments alone: `genPrivateKey "dsa"`.
+pub(crate) fn check_call(name: &str, first_arg: Option<&str>) -> Result<(), String> {
+    match (name, first_arg) {
+        ("genPrivateKey", Some("dsa")) => Err(format!(
+            "function \"genPrivateKey\" with \"dsa\" is not available here: {}",
+            certs::DSA_REFUSED
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Why a name is not a function templates may call.
