@@ -1,5 +1,6 @@
 //! The functions templates may call: Go's builtins (here), Sprig's (`strings.rs`,
-//! `lists.rs`, `maths.rs`, `encoding.rs`, `dates.rs`) and µTask's own (`utask.rs`).
+//! `lists.rs`, `maths.rs`, `encoding.rs`, `dates.rs`, `semver.rs`, `urls.rs`, `crypto.rs`,
+//! `certs.rs`) and µTask's own (`utask.rs`).
 //! Each declares its parameters with Go's types so arguments are checked as Go checks
 //! them, and pays the budget for what it creates before creating it.
 
