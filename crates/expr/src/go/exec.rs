@@ -424,6 +424,15 @@ impl<'t> Exec<'t> {
                     vals.extend(last);
                     return funcs::time_method(self, t, name, vals);
                 }
+                if let Val::Struct(st) = &v {
+                    let st = st.clone();
+                    let mut vals = Vec::new();
+                    for a in args {
+                        vals.push(self.arg(dot, a, P::Any)?);
+                    }
+                    vals.extend(last);
+                    return funcs::struct_method(&st, name, vals);
+                }
                 if matches!(v, Val::Map(_)) {
                     return Err(Fail::msg(format!(
                         "{name} is not a method but has arguments"
@@ -448,6 +457,7 @@ impl<'t> Exec<'t> {
             ))),
             Val::Map(m) => Ok(m.borrow().get(name).cloned().unwrap_or(Val::Missing)),
             Val::Time(t) => funcs::time_method(self, t, name, Vec::new()),
+            Val::Struct(st) => funcs::struct_method(st, name, Vec::new()),
             other => Err(Fail::msg(format!(
                 "can't evaluate field {name} in type {}",
                 if in_chain {

@@ -8,7 +8,8 @@
 //! per-rendering budget), pure like the rest of the crate, and bounded: every rendering
 //! has a step budget and a byte budget, output stops at [`MAX_RENDERED_BYTES`], and
 //! templates calling templates, variables and blocks nest at most [`MAX_DEPTH`] deep. A budget
-//! that runs out fails with an error reading "rendering stopped: …".
+//! that runs out fails with an error reading "rendering stopped: …". Every function µTask
+//! has is here except `env`, `expandenv`, `getHostByName` and DSA keys, refused by name.
 
 mod exec;
 mod funcs;

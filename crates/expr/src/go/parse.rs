@@ -601,6 +601,15 @@ impl Parser<'_> {
         if args.is_empty() {
             return Err(self.err(pos, format!("empty command in {context}")));
         }
+        if let Some(Arg::Func(name)) = args.first() {
+            let first = match args.get(1) {
+                Some(Arg::Str(t)) => Some(t.as_str()),
+                _ => None,
+            };
+            if let Err(message) = super::funcs::check_call(name, first) {
+                return Err(self.err(pos, message));
+            }
+        }
         Ok(Command { pos, args })
     }
 

@@ -283,6 +283,7 @@ fn format_one(verb: char, spec: Spec, v: &Val, room: &mut usize) -> Option<Strin
             sign(neg, digits, spec)
         }
         ('v', Val::Time(t)) | ('s', Val::Time(t)) => super::value::go_time_string(t),
+        ('v', Val::Struct(st)) | ('s', Val::Struct(st)) => st.print(),
         (_, other) => {
             let mut c = Capped::new(*room);
             c.write_v(other).ok()?;

@@ -869,6 +869,15 @@ fn sprig_numbers_and_encodings() {
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
         ),
         ("{{ adler32sum \"abc\" }}", "38600999"),
+        ("{{ adler32sum \"Wikipedia\" }}", "300286872"),
+        (
+            "{{ sha512sum \"abc\" }}",
+            "ddaf35a193617abacc417349ae20413112e6fa4e89a97ea20a9eeee64b55d39a2192992a274fc1a836ba3c23a3feebbd454d4423643ce80e2a9ac94fa54ca49f",
+        ),
+        (
+            "{{ sha1sum \"\" }}|{{ sha256sum \"\" }}",
+            "da39a3ee5e6b4b0d3255bfef95601890afd80709|e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+        ),
         ("{{ toJson .input.nested }}", "{\"k\":\"v\",\"l\":[1,2]}"),
         (
             "{{ toJson .input.html }}",
@@ -1340,4 +1349,561 @@ fn deepest_templates_fit_a_small_stack() {
         e.contains("rendering stopped: templates, evaluations and blocks nested deeper"),
         "{e}"
     );
+}
+
+#[test]
+fn sprig_semver() {
+    check(&[
+        ("{{ semver \"1.2.3\" }}", "1.2.3"),
+        // Masterminds' loose syntax: a `v` and missing parts are accepted, the original kept.
+        (
+            "{{ semver \"v1.2\" }}|{{ (semver \"v1.2\").Original }}",
+            "1.2.0|v1.2",
+        ),
+        (
+            "{{ $v := semver \"1.2.3-beta.1+build.5\" }}{{ $v.Major }} {{ $v.Minor }} {{ $v.Patch }} {{ $v.Prerelease }} {{ $v.Metadata }} {{ $v.String }}",
+            "1 2 3 beta.1 build.5 1.2.3-beta.1+build.5",
+        ),
+        (
+            "{{ typeOf (semver \"1.0.0\") }} {{ typeOf (semver \"1.0.0\").Major }} {{ kindOf (semver \"1.0.0\") }}",
+            "*semver.Version uint64 ptr",
+        ),
+        (
+            "{{ (semver \"1.2.3\").Compare (semver \"1.2.4\") }} {{ (semver \"1.2.3\").Compare (semver \"v1.2.3+x\") }} {{ (semver \"2.0.0\").Compare (semver \"1.9.9\") }}",
+            "-1 0 1",
+        ),
+        (
+            "{{ (semver \"1.2.3-alpha\").LessThan (semver \"1.2.3\") }} {{ (semver \"1.2.3-alpha.10\").GreaterThan (semver \"1.2.3-alpha.9\") }} {{ (semver \"1.2.3-alpha.beta\").GreaterThan (semver \"1.2.3-alpha.1\") }} {{ (semver \"1.0.0\").Equal (semver \"1.0.0+meta\") }}",
+            "true true true true",
+        ),
+        (
+            "{{ (semver \"1.2.3-rc.1\").IncPatch }} {{ (semver \"1.2.3\").IncPatch }} {{ (semver \"1.2.3+m\").IncMinor }} {{ (semver \"1.2.3\").IncMajor }}",
+            "1.2.3 1.2.4 1.3.0 2.0.0",
+        ),
+        (
+            "{{ (semver \"1.2.3\").SetPrerelease \"rc.1\" }} {{ (semver \"1.2.3\").SetMetadata \"b7\" }}",
+            "1.2.3-rc.1 1.2.3+b7",
+        ),
+        ("{{ toJson (semver \"1.2\") }}", "\"1.2.0\""),
+        (
+            "{{ printf \"%v|%s\" (semver \"3\") (semver \"3.1\") }}",
+            "3.0.0|3.1.0",
+        ),
+    ]);
+    check_fails(&[
+        (
+            "{{ semver \"1.2.3.4\" }}",
+            "error calling semver: Invalid Semantic Version",
+        ),
+        ("{{ semver \"01.2.3\" }}", "Invalid Semantic Version"),
+        ("{{ semver \"\" }}", "Invalid Semantic Version"),
+        ("{{ semver \"1.2.3-01\" }}", "Invalid Semantic Version"),
+        (
+            "{{ (semver \"1.2.3\").Nope }}",
+            "can't evaluate field Nope in type *semver.Version",
+        ),
+        (
+            "{{ (semver \"1.2.3\").SetPrerelease \"a..b\" }}",
+            "Invalid Metadata string",
+        ),
+    ]);
+}
+
+#[test]
+fn sprig_semver_compare() {
+    let cases = [
+        (">= 1.2.3", "1.2.3", true),
+        (">1.2.3", "1.2.3", false),
+        ("<1.2.3", "1.2.2", true),
+        ("=1.2.3", "1.2.3", true),
+        ("1.2.3", "v1.2.3", true),
+        ("!=1.2.3", "1.2.4", true),
+        ("!=1.2.3", "1.2.3", false),
+        ("!=1.2.3", "1.2.4-beta", true),
+        ("^1.2.0", "1.9.9", true),
+        ("^1.2.0", "2.0.0", false),
+        ("^1.2.0", "1.1.9", false),
+        ("^0.2.3", "0.2.9", true),
+        ("^0.2.3", "0.3.0", false),
+        ("^0.0.3", "0.0.3", true),
+        ("^0.0.3", "0.0.4", false),
+        ("^0", "0.9.0", true),
+        ("^0", "1.0.0", false),
+        ("~1.2.3", "1.2.9", true),
+        ("~1.2.3", "1.3.0", false),
+        ("~1", "1.9.0", true),
+        ("~> 2.1", "2.1.5", true),
+        ("~> 2.1", "2.2.0", false),
+        ("1.2.x", "1.2.7", true),
+        ("1.2.x", "1.3.0", false),
+        ("1.x", "1.8.0", true),
+        ("*", "5.0.0", true),
+        (">= 1.2, < 3", "2.5.0", true),
+        (">= 1.2, < 3", "3.0.0", false),
+        (">= 1.2 < 3", "1.1.0", false),
+        ("<1.0 || >=2.0", "1.5.0", false),
+        ("<1.0 || >=2.0", "2.1.0", true),
+        ("1.1 - 1.3", "1.3.9", true),
+        ("1.1 - 1.3", "1.4.0", false),
+        ("1.1 - 1.3", "1.0.9", false),
+        ("1.2.3 - 2.3.4", "2.3.4", true),
+        ("1.2.3 - 2.3.4", "2.3.5", false),
+        // Masterminds reads `>1.2` as "a minor above 1.2", and `<=1.2` as "up to 1.2.x".
+        (">1.2", "1.2.5", false),
+        (">1.2", "1.3.0", true),
+        ("<=1.2", "1.2.9", true),
+        ("<=1.2", "1.3.0", false),
+        // Prereleases satisfy only constraints that name one.
+        (">=1.0.0", "1.2.0-beta", false),
+        (">=1.0.0-0", "1.2.0-beta", true),
+        ("^1.0.0-alpha", "1.0.0-beta", true),
+        ("1.2.3, 1.2.4", "1.2.3", false),
+    ];
+    for (constraint, version, want) in cases {
+        let t = format!("{{{{ semverCompare {constraint:?} {version:?} }}}}");
+        assert_eq!(render(&t), want.to_string(), "{t}");
+    }
+    check_fails(&[
+        (
+            "{{ semverCompare \"nope\" \"1.0.0\" }}",
+            "error calling semverCompare: improper constraint: nope",
+        ),
+        (
+            "{{ semverCompare \">1\" \"x\" }}",
+            "error calling semverCompare: Invalid Semantic Version",
+        ),
+    ]);
+}
+
+#[test]
+fn sprig_url_parse_and_join() {
+    check(&[
+        (
+            "{{ $u := urlParse \"https://user:pa%20ss@Example.com:8080/a%2Fb/c?x=1&y=2#frag%20x\" }}{{ $u.scheme }}|{{ $u.host }}|{{ $u.hostname }}|{{ $u.path }}|{{ $u.query }}|{{ $u.fragment }}|{{ $u.opaque }}|{{ $u.userinfo }}",
+            "https|Example.com:8080|Example.com|/a/b/c|x=1&y=2|frag x||user:pa%20ss",
+        ),
+        (
+            "{{ $u := urlParse \"mailto:joe@example.com\" }}{{ $u.scheme }}|{{ $u.opaque }}|{{ $u.path }}|{{ $u.host }}",
+            "mailto|joe@example.com||",
+        ),
+        (
+            "{{ $u := urlParse \"example.com/a b\" }}{{ $u.scheme }}|{{ $u.host }}|{{ $u.path }}",
+            "||example.com/a b",
+        ),
+        (
+            "{{ $u := urlParse \"HTTP://[::1]:80/\" }}{{ $u.scheme }}|{{ $u.host }}|{{ $u.hostname }}|{{ $u.path }}",
+            "http|[::1]:80|::1|/",
+        ),
+        (
+            "{{ toRawJson (urlParse \"http://x\") }}",
+            "{\"fragment\":\"\",\"host\":\"x\",\"hostname\":\"x\",\"opaque\":\"\",\"path\":\"\",\"query\":\"\",\"scheme\":\"http\",\"userinfo\":\"\"}",
+        ),
+        (
+            "{{ urlJoin (dict \"scheme\" \"https\" \"host\" \"example.com\" \"path\" \"/a b\" \"query\" \"x=1\" \"fragment\" \"f g\" \"userinfo\" \"u:p\") }}",
+            "https://u:p@example.com/a%20b?x=1#f%20g",
+        ),
+        (
+            "{{ urlJoin (dict \"scheme\" \"mailto\" \"opaque\" \"joe@example.com\") }}",
+            "mailto:joe@example.com",
+        ),
+        (
+            "{{ urlJoin (dict \"host\" \"example.com\" \"path\" \"a\") }}|{{ urlJoin (dict \"path\" \"a:b\") }}|{{ urlJoin (dict) }}",
+            "//example.com/a|./a:b|",
+        ),
+        (
+            "{{ urlJoin (urlParse \"http://x.com/p?q=1#f\") }}",
+            "http://x.com/p?q=1#f",
+        ),
+    ]);
+    check_fails(&[
+        (
+            "{{ urlParse \"http://a b.com/\" }}",
+            "error calling urlParse: unable to parse url: parse \"http://a b.com/\": invalid character \" \" in host name",
+        ),
+        (
+            "{{ urlParse \":foo\" }}",
+            "unable to parse url: parse \":foo\": missing protocol scheme",
+        ),
+        ("{{ urlParse \"a%zz\" }}", "invalid URL escape \"%zz\""),
+        (
+            "{{ urlParse \"http://x:y/\" }}",
+            "invalid port \":y\" after host",
+        ),
+        (
+            "{{ urlJoin (dict \"host\" 1) }}",
+            "unable to parse host key, must be of type string, but int found",
+        ),
+    ]);
+}
+
+#[test]
+fn sprig_aes() {
+    // Ciphertexts made with `openssl enc -aes-256-cbc` (PKCS#7 padding) under the key
+    // Sprig derives (the password zero-padded to 32 bytes) and IV 00 01 … 0f, written as
+    // Sprig writes them: base64 of the IV then the ciphertext.
+    check(&[
+        (
+            "{{ decryptAES \"secretkey\" \"AAECAwQFBgcICQoLDA0OD4aChIkqfhLglmmHSXlA6r0=\" }}",
+            "plaintext",
+        ),
+        (
+            "{{ decryptAES \"secretkey\" \"AAECAwQFBgcICQoLDA0OD8MJ6vixzhzIpNrnsN5jTTURs7dj4xyajWnL91w9DGra\" }}",
+            "0123456789abcdef",
+        ),
+        (
+            "{{ decryptAES \"secretkey\" \"AAECAwQFBgcICQoLDA0OD3Dp293+ZaOWv0jj9hJiOsE=\" }}",
+            "héllo wörld",
+        ),
+        // A password past 32 bytes is cut; an empty one is all zeros.
+        (
+            "{{ decryptAES \"0123456789abcdef0123456789abcdefXYZ\" \"AAECAwQFBgcICQoLDA0ODzIE2jSJSNdyfZacLLZu8lc=\" }}",
+            "x",
+        ),
+        (
+            "{{ decryptAES \"\" \"AAECAwQFBgcICQoLDA0OD9F+O6upQjMeUUwJedmQRxM=\" }}",
+            "nokey",
+        ),
+        (
+            "{{ encryptAES \"k\" \"\" }}|{{ decryptAES \"k\" \"\" }}",
+            "|",
+        ),
+        (
+            "{{ \"plaintext\" | encryptAES \"secretkey\" | decryptAES \"secretkey\" }}",
+            "plaintext",
+        ),
+        (
+            "{{ \"0123456789abcdef\" | encryptAES \"a much longer password than 32 bytes\" | decryptAES \"a much longer password than 32 bytes\" }}",
+            "0123456789abcdef",
+        ),
+        // IV + one block (9 bytes padded to 16), base64: 44 characters; a fresh IV each time.
+        (
+            "{{ len (encryptAES \"k\" \"plaintext\") }} {{ len (encryptAES \"k\" \"0123456789abcdef\") }} {{ ne (encryptAES \"k\" \"x\") (encryptAES \"k\" \"x\") }}",
+            "44 64 true",
+        ),
+    ]);
+    check_fails(&[
+        (
+            "{{ decryptAES \"k\" \"!!\" }}",
+            "error calling decryptAES: illegal base64 data at input byte 0",
+        ),
+        (
+            "{{ decryptAES \"k\" \"AAAA\" }}",
+            "slice bounds out of range",
+        ),
+        (
+            "{{ decryptAES \"k\" \"AAECAwQFBgcICQoLDA0ODwAB\" }}",
+            "input not full blocks",
+        ),
+    ]);
+}
+
+#[test]
+fn sprig_bcrypt_htpasswd_and_rand_bytes() {
+    let hash = render("{{ bcrypt \"secret\" }}");
+    assert!(hash.starts_with("$2a$10$") && hash.len() == 60, "{hash}");
+    assert!(bcrypt::verify("secret", &hash).unwrap());
+    assert!(!bcrypt::verify("other", &hash).unwrap());
+    assert_ne!(
+        hash,
+        render("{{ bcrypt \"secret\" }}"),
+        "a fresh salt each time"
+    );
+
+    let line = render("{{ htpasswd \"myUser\" \"myPassword\" }}");
+    let (user, hash) = line.split_once(':').unwrap();
+    assert_eq!(user, "myUser");
+    assert!(hash.starts_with("$2a$10$"), "{hash}");
+    assert!(bcrypt::verify("myPassword", hash).unwrap());
+    check(&[
+        (
+            "{{ htpasswd \"wrongus:er\" \"x\" }}",
+            "invalid username: wrongus:er",
+        ),
+        (
+            "{{ bcrypt (repeat 73 \"a\") }}",
+            "failed to encrypt string with bcrypt: bcrypt: password length exceeds 72 bytes",
+        ),
+        ("{{ randBytes 0 }}", ""),
+        // 12 bytes are 16 base64 characters without padding; 13 need padding.
+        (
+            "{{ regexMatch \"^[A-Za-z0-9+/]{16}$\" (randBytes 12) }} {{ regexMatch \"^[A-Za-z0-9+/]{18}==$\" (randBytes 13) }}",
+            "true true",
+        ),
+        ("{{ ne (randBytes 16) (randBytes 16) }}", "true"),
+    ]);
+    check_fails(&[("{{ randBytes -1 }}", "len out of range")]);
+    // Hashing is paid for from the step budget.
+    assert!(fails("{{ range until 30 }}{{ bcrypt \"x\" }}{{ end }}").contains("rendering stopped"));
+}
+
+#[test]
+fn sprig_derive_password() {
+    // The Master Password algorithm's outputs, as Sprig's own tests give them.
+    check(&[
+        (
+            "{{ derivePassword 1 \"long\" \"password\" \"user\" \"example.com\" }}",
+            "ZedaFaxcZaso9*",
+        ),
+        (
+            "{{ derivePassword 2 \"long\" \"password\" \"user\" \"example.com\" }}",
+            "Fovi2@JifpTupx",
+        ),
+        (
+            "{{ derivePassword 1 \"maximum\" \"password\" \"user\" \"example.com\" }}",
+            "pf4zS1LjCg&LjhsZ7T2~",
+        ),
+        (
+            "{{ derivePassword 1 \"pin\" \"password\" \"user\" \"example.com\" }}",
+            "6685",
+        ),
+        (
+            "{{ derivePassword 1 \"nope\" \"password\" \"user\" \"example.com\" }}",
+            "cannot find password template nope",
+        ),
+    ]);
+    check_fails(&[(
+        "{{ derivePassword -1 \"pin\" \"p\" \"u\" \"s\" }}",
+        "overflows uint32",
+    )]);
+}
+
+/// The first PEM block of `pem`: its label and DER.
+fn pem_block(pem: &str) -> (String, Vec<u8>) {
+    use base64::Engine as _;
+    let begin = pem.find("-----BEGIN ").expect("a PEM block");
+    let rest = &pem[begin + 11..];
+    let label = &rest[..rest.find("-----").unwrap()];
+    let body = &rest[label.len() + 5..];
+    let end = body.find("-----END ").unwrap();
+    let b64: String = body[..end].split_whitespace().collect();
+    assert!(
+        body[..end].lines().all(|l| l.len() <= 64),
+        "64-column lines"
+    );
+    (
+        label.to_string(),
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap(),
+    )
+}
+
+/// Whether `cert`'s signature verifies with `issuer`'s public key.
+fn signed_by(
+    cert: &x509_parser::certificate::X509Certificate<'_>,
+    issuer: &x509_parser::certificate::X509Certificate<'_>,
+) -> bool {
+    use aws_lc_rs::signature;
+    let oid = cert.signature_algorithm.algorithm.to_id_string();
+    let alg: &dyn signature::VerificationAlgorithm = match oid.as_str() {
+        "1.2.840.113549.1.1.11" => &signature::RSA_PKCS1_2048_8192_SHA256,
+        "1.2.840.10045.4.3.2" => &signature::ECDSA_P256_SHA256_ASN1,
+        "1.3.101.112" => &signature::ED25519,
+        other => panic!("unexpected signature algorithm {other}"),
+    };
+    let key = &issuer.public_key().subject_public_key.data;
+    signature::UnparsedPublicKey::new(alg, key)
+        .verify(cert.tbs_certificate.as_ref(), &cert.signature_value.data)
+        .is_ok()
+}
+
+fn parse_cert(pem: &str) -> x509_parser::certificate::X509Certificate<'static> {
+    let (label, der) = pem_block(pem);
+    assert_eq!(label, "CERTIFICATE");
+    let der: &'static [u8] = Box::leak(der.into_boxed_slice());
+    x509_parser::parse_x509_certificate(der).unwrap().1
+}
+
+fn common_name(cert: &x509_parser::certificate::X509Certificate<'_>) -> String {
+    let names: Vec<String> = cert
+        .subject()
+        .iter_common_name()
+        .map(|cn| cn.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names.len(), 1, "the subject is the CN alone");
+    names[0].clone()
+}
+
+#[test]
+fn sprig_gen_private_key() {
+    use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, Ed25519KeyPair};
+    let rsa = render("{{ genPrivateKey \"rsa\" }}");
+    let (label, der) = pem_block(&rsa);
+    assert_eq!(label, "RSA PRIVATE KEY");
+    assert!(rsa.ends_with("-----END RSA PRIVATE KEY-----\n"));
+    let k = aws_lc_rs::rsa::KeyPair::from_der(&der).expect("PKCS#1");
+    assert_eq!(
+        k.public_modulus_len() * 8,
+        4096,
+        "Sprig's RSA keys are 4096 bits"
+    );
+
+    let ec = render("{{ genPrivateKey \"ecdsa\" }}");
+    let (label, der) = pem_block(&ec);
+    assert_eq!(label, "EC PRIVATE KEY");
+    EcdsaKeyPair::from_private_key_der(&ECDSA_P256_SHA256_ASN1_SIGNING, &der)
+        .expect("SEC 1, P-256");
+
+    let ed = render("{{ genPrivateKey \"ed25519\" }}");
+    let (label, der) = pem_block(&ed);
+    assert_eq!(label, "PRIVATE KEY");
+    Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der).expect("PKCS#8");
+    assert_ne!(ed, render("{{ genPrivateKey \"ed25519\" }}"));
+
+    check(&[("{{ genPrivateKey \"nope\" }}", "Unknown type nope")]);
+    // DSA is refused when the template is parsed, and when the type comes from data.
+    let e = parse("{{ genPrivateKey \"dsa\" }}").unwrap_err();
+    assert!(
+        e.message
+            .contains("\"genPrivateKey\" with \"dsa\" is not available here"),
+        "{}",
+        e.message
+    );
+    check_fails(&[(
+        "{{ \"dsa\" | genPrivateKey }}",
+        "error calling genPrivateKey: DSA keys are not supported here",
+    )]);
+}
+
+#[test]
+fn sprig_certificates() {
+    // A CA, a certificate it signs, and a self-signed one, read back with x509-parser.
+    let out = render(
+        "{{ $ca := genCA \"my-ca\" 365 }}{{ $c := genSignedCert \"srv\" (list \"10.0.0.1\" \"::1\") (list \"a.example\" \"b.example\") 30 $ca }}{{ $s := genSelfSignedCert \"self\" nil (list \"c.example\") 7 }}{{ $ca.Cert }}\x00{{ $ca.Key }}\x00{{ $c.Cert }}\x00{{ $c.Key }}\x00{{ $s.Cert }}\x00{{ $s.Key }}\x00{{ typeOf $ca }}",
+    );
+    let parts: Vec<&str> = out.split('\0').collect();
+    let [ca_cert, ca_key, cert, key, self_cert, self_key, type_name] = parts[..] else {
+        panic!("{out}");
+    };
+    assert_eq!(type_name, "sprig.certificate");
+    for k in [ca_key, key, self_key] {
+        assert_eq!(pem_block(k).0, "RSA PRIVATE KEY");
+    }
+    let ca = parse_cert(ca_cert);
+    let c = parse_cert(cert);
+    let selfc = parse_cert(self_cert);
+    assert_eq!(common_name(&ca), "my-ca");
+    assert_eq!(common_name(&c), "srv");
+    assert_eq!(common_name(&selfc), "self");
+    assert!(ca.is_ca());
+    assert!(!c.is_ca());
+    assert!(signed_by(&ca, &ca), "the CA signs itself");
+    assert!(signed_by(&c, &ca), "the CA signs the certificate");
+    assert!(!signed_by(&c, &selfc));
+    assert!(signed_by(&selfc, &selfc));
+    assert_eq!(c.issuer().to_string(), ca.subject().to_string());
+    let ku = ca.key_usage().unwrap().unwrap().value;
+    assert!(ku.key_cert_sign() && ku.digital_signature() && ku.key_encipherment());
+    let eku = c.extended_key_usage().unwrap().unwrap().value;
+    assert!(eku.server_auth && eku.client_auth);
+    let sans: Vec<String> = c
+        .subject_alternative_name()
+        .unwrap()
+        .unwrap()
+        .value
+        .general_names
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    assert_eq!(
+        sans,
+        [
+            "DNSName(a.example)",
+            "DNSName(b.example)",
+            "IPAddress(0a:00:00:01)",
+            "IPAddress(00:00:00:00:00:00:00:00:00:00:00:00:00:00:00:01)",
+        ]
+    );
+    let days = |cert: &x509_parser::certificate::X509Certificate<'_>| {
+        let v = cert.validity();
+        (v.not_after.timestamp() - v.not_before.timestamp()) / 86_400
+    };
+    assert_eq!((days(&ca), days(&c), days(&selfc)), (365, 30, 7));
+    // The certificate's public key is its key's.
+    let (_, der) = pem_block(key);
+    let k = aws_lc_rs::rsa::KeyPair::from_der(&der).unwrap();
+    use aws_lc_rs::signature::KeyPair as _;
+    let spki_key = &c.public_key().subject_public_key.data;
+    assert_eq!(k.public_key().as_ref(), &spki_key[..]);
+}
+
+#[test]
+fn sprig_certificates_with_keys() {
+    let out = render(
+        "{{ $k := genPrivateKey \"ecdsa\" }}{{ $ca := genCAWithKey \"ec-ca\" 10 $k }}{{ $ek := genPrivateKey \"ed25519\" }}{{ $c := genSignedCertWithKey \"leaf\" nil nil 5 $ca $ek }}{{ $s := genSelfSignedCertWithKey \"me\" nil nil 1 $k }}{{ $k }}\x00{{ $ca.Key }}\x00{{ $ca.Cert }}\x00{{ $c.Cert }}\x00{{ $c.Key }}\x00{{ $ek }}\x00{{ $s.Cert }}",
+    );
+    let parts: Vec<&str> = out.split('\0').collect();
+    let [k, ca_key, ca_cert, cert, leaf_key, ek, self_cert] = parts[..] else {
+        panic!("{out}");
+    };
+    assert_eq!(k, ca_key, "the given key is the CA's");
+    assert_eq!(leaf_key, ek);
+    let ca = parse_cert(ca_cert);
+    let c = parse_cert(cert);
+    assert!(signed_by(&ca, &ca));
+    assert!(signed_by(&c, &ca));
+    assert_eq!(common_name(&c), "leaf");
+    assert!(signed_by(&parse_cert(self_cert), &parse_cert(self_cert)));
+
+    // A PKCS#8 RSA key comes back as PKCS#1, as Go re-encodes it.
+    let rsa = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+    use aws_lc_rs::encoding::AsDer as _;
+    let pkcs8 = rsa.as_der().unwrap();
+    use base64::Engine as _;
+    let pkcs8_pem = format!(
+        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+        base64::engine::general_purpose::STANDARD.encode(pkcs8.as_ref())
+    );
+    let ctx = json!({"k": pkcs8_pem});
+    let out = render_str("{{ (genCAWithKey \"r\" 1 .k).Key }}", &ctx).unwrap();
+    assert_eq!(pem_block(&out).0, "RSA PRIVATE KEY");
+
+    check_fails(&[
+        (
+            "{{ genCAWithKey \"x\" 1 \"nothing\" }}",
+            "error calling genCAWithKey: parsing private key: no PEM data in input",
+        ),
+        (
+            "{{ genCAWithKey \"x\" 1 \"-----BEGIN CERTIFICATE-----\\nAAAA\\n-----END CERTIFICATE-----\\n\" }}",
+            "no private key data in PEM block of type CERTIFICATE",
+        ),
+        (
+            "{{ genCAWithKey \"x\" 1 \"-----BEGIN DSA PRIVATE KEY-----\\nAAAA\\n-----END DSA PRIVATE KEY-----\\n\" }}",
+            "DSA keys are not supported here",
+        ),
+        (
+            "{{ genSelfSignedCert \"x\" (list \"not-an-ip\") nil 1 }}",
+            "error parsing ip: not-an-ip",
+        ),
+        (
+            "{{ genSelfSignedCert \"x\" nil (list 1) 1 }}",
+            "error processing alternate dns name: 1 is not a string",
+        ),
+        (
+            "{{ genSignedCert \"x\" nil nil 1 (dict) }}",
+            "wrong type for value; expected sprig.certificate",
+        ),
+    ]);
+}
+
+#[test]
+fn sprig_build_custom_cert() {
+    let out = render(
+        "{{ $ca := genCAWithKey \"c\" 1 (genPrivateKey \"ecdsa\") }}{{ $b := buildCustomCert (b64enc $ca.Cert) (b64enc $ca.Key) }}{{ eq $b.Cert $ca.Cert }} {{ eq $b.Key $ca.Key }} {{ typeOf $b }}",
+    );
+    assert_eq!(out, "true true sprig.certificate");
+    check_fails(&[
+        (
+            "{{ buildCustomCert \"!!\" \"\" }}",
+            "error calling buildCustomCert: unable to decode base64 certificate",
+        ),
+        (
+            "{{ buildCustomCert (b64enc \"x\") (b64enc \"y\") }}",
+            "unable to decode certificate",
+        ),
+        (
+            "{{ $ca := genCAWithKey \"c\" 1 (genPrivateKey \"ecdsa\") }}{{ buildCustomCert (b64enc $ca.Cert) (b64enc \"nope\") }}",
+            "error parsing private key: no PEM data in input",
+        ),
+    ]);
 }

@@ -24,6 +24,28 @@ pub(crate) enum IntType {
     Rune,
     /// A byte, from `index` on a string.
     Byte,
+    /// A `uint64` (a semantic version's numbers).
+    Uint64,
+}
+
+/// A Go struct, or pointer to one, that a function returns and templates read fields
+/// and methods of.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum GoStruct {
+    /// Masterminds/semver's `*semver.Version`, from `semver`.
+    Version(super::funcs::semver::Version),
+    /// Sprig's `certificate`: PEM texts of a certificate and of its private key.
+    Cert { cert: String, key: String },
+}
+
+impl GoStruct {
+    /// `%v`: a version prints through its `String` method, a struct as `{field field}`.
+    pub(crate) fn print(&self) -> String {
+        match self {
+            GoStruct::Version(v) => v.string(),
+            GoStruct::Cert { cert, key } => format!("{{{cert} {key}}}"),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -43,6 +65,7 @@ pub(crate) enum Val {
     List(Rc<Vec<Val>>),
     Map(MapRef),
     Time(jiff::Zoned),
+    Struct(Rc<GoStruct>),
 }
 
 /// Dropping a value frees nested lists and maps one level at a time: a template can
@@ -148,12 +171,17 @@ impl Val {
             Val::Int(_, IntType::Int64) => "int64",
             Val::Int(_, IntType::Rune) => "int32",
             Val::Int(_, IntType::Byte) => "uint8",
+            Val::Int(_, IntType::Uint64) => "uint64",
             Val::Float(_) => "float64",
             Val::Number(_) => "json.Number",
             Val::Str(_) => "string",
             Val::List(_) => "[]interface {}",
             Val::Map(_) => "map[string]interface {}",
             Val::Time(_) => "time.Time",
+            Val::Struct(st) => match &**st {
+                GoStruct::Version(_) => "*semver.Version",
+                GoStruct::Cert { .. } => "sprig.certificate",
+            },
         }
     }
 
@@ -166,11 +194,16 @@ impl Val {
             Val::Int(_, IntType::Int64) => "int64",
             Val::Int(_, IntType::Rune) => "int32",
             Val::Int(_, IntType::Byte) => "uint8",
+            Val::Int(_, IntType::Uint64) => "uint64",
             Val::Float(_) => "float64",
             Val::Number(_) | Val::Str(_) => "string",
             Val::List(_) => "slice",
             Val::Map(_) => "map",
             Val::Time(_) => "struct",
+            Val::Struct(st) => match &**st {
+                GoStruct::Version(_) => "ptr",
+                GoStruct::Cert { .. } => "struct",
+            },
         }
     }
 
@@ -184,7 +217,7 @@ impl Val {
             Val::Number(s) | Val::Str(s) => !s.is_empty(),
             Val::List(l) => !l.is_empty(),
             Val::Map(m) => !m.borrow().is_empty(),
-            Val::Time(_) => true,
+            Val::Time(_) | Val::Struct(_) => true,
         }
     }
 
@@ -229,6 +262,7 @@ impl Val {
                         .all(|((ka, va), (kb, vb))| ka == kb && va.deep_equal_at(vb, depth + 1))
             }
             (Val::Time(a), Val::Time(b)) => a == b,
+            (Val::Struct(a), Val::Struct(b)) => a == b,
             _ => false,
         }
     }
@@ -332,6 +366,7 @@ impl Capped {
                 self.push(']')
             }
             Val::Time(t) => self.push_str(&go_time_string(t)),
+            Val::Struct(st) => self.push_str(&st.print()),
         }
     }
 
@@ -388,6 +423,29 @@ impl Capped {
             }
             Val::Str(s) => self.write_json_string(s, html)?,
             Val::Time(t) => self.write_json_string(&rfc3339_nano(t), html)?,
+            Val::Struct(st) => match &**st {
+                GoStruct::Version(v) => self.write_json_string(&v.string(), html)?,
+                GoStruct::Cert { cert, key } => {
+                    self.push('{')?;
+                    newline(self, depth + 1)?;
+                    self.write_json_string("Cert", html)?;
+                    self.push(':')?;
+                    if indent.is_some() {
+                        self.push(' ')?;
+                    }
+                    self.write_json_string(cert, html)?;
+                    self.push(',')?;
+                    newline(self, depth + 1)?;
+                    self.write_json_string("Key", html)?;
+                    self.push(':')?;
+                    if indent.is_some() {
+                        self.push(' ')?;
+                    }
+                    self.write_json_string(key, html)?;
+                    newline(self, depth)?;
+                    self.push('}')?;
+                }
+            },
             Val::List(items) => {
                 if items.is_empty() {
                     self.push_str("[]")?;
@@ -479,6 +537,10 @@ pub(crate) fn to_json(v: &Val) -> Json {
             .map_or_else(|_| Json::String(n.to_string()), Json::Number),
         Val::Str(s) => Json::String(s.to_string()),
         Val::Time(t) => Json::String(rfc3339_nano(t)),
+        Val::Struct(st) => match &**st {
+            GoStruct::Version(v) => Json::String(v.string()),
+            GoStruct::Cert { cert, key } => serde_json::json!({"Cert": cert, "Key": key}),
+        },
         Val::List(items) => Json::Array(items.iter().map(to_json).collect()),
         Val::Map(m) => Json::Object(
             m.borrow()

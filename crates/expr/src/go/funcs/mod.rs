@@ -1,13 +1,18 @@
 //! The functions templates may call: Go's builtins (here), Sprig's (`strings.rs`,
-//! `lists.rs`, `maths.rs`, `encoding.rs`, `dates.rs`) and µTask's own (`utask.rs`).
+//! `lists.rs`, `maths.rs`, `encoding.rs`, `dates.rs`, `semver.rs`, `urls.rs`, `crypto.rs`,
+//! `certs.rs`) and µTask's own (`utask.rs`).
 //! Each declares its parameters with Go's types so arguments are checked as Go checks
 //! them, and pays the budget for what it creates before creating it.
 
+mod certs;
+mod crypto;
 mod dates;
 mod encoding;
 mod lists;
 mod maths;
+pub(crate) mod semver;
 mod strings;
+mod urls;
 mod utask;
 
 use std::collections::HashMap;
@@ -16,9 +21,34 @@ use std::sync::LazyLock;
 
 use super::exec::{Exec, Fail, R};
 use super::printf;
-use super::value::{Capped, IntType, Val};
+use super::value::{Capped, GoStruct, IntType, Val};
 
 pub(crate) use dates::time_method;
+
+/// A field or method of a struct a function returned (`(semver "1.2.3").Major`,
+/// `$ca.Cert`).
+pub(crate) fn struct_method(st: &GoStruct, name: &str, args: Vec<Val>) -> R<Val> {
+    match st {
+        GoStruct::Version(v) => semver::version_method(v, name, args),
+        GoStruct::Cert { cert, key } => {
+            let field = match name {
+                "Cert" => cert,
+                "Key" => key,
+                other => {
+                    return Err(Fail::msg(format!(
+                        "can't evaluate field {other} in type sprig.certificate"
+                    )));
+                }
+            };
+            if !args.is_empty() {
+                return Err(Fail::msg(format!(
+                    "{name} has arguments but cannot be invoked as function"
+                )));
+            }
+            Ok(s(field.as_str()))
+        }
+    }
+}
 
 /// A parameter's Go type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,6 +66,8 @@ pub(crate) enum P {
     Map,
     /// `time.Time`
     Time,
+    /// Sprig's `certificate`
+    Cert,
 }
 
 impl P {
@@ -47,6 +79,7 @@ impl P {
             P::Float => "float64",
             P::Bool => "bool",
             P::Map => "map[string]interface {}",
+            P::Cert => "sprig.certificate",
             P::Time => "time.Time",
         }
     }
@@ -76,6 +109,7 @@ impl P {
             (Val::Bool(_), P::Bool) => true,
             (Val::Map(_), P::Map) => true,
             (Val::Time(_), P::Time) => true,
+            (Val::Struct(st), P::Cert) => matches!(**st, GoStruct::Cert { .. }),
             _ => false,
         };
         if ok {
@@ -129,6 +163,10 @@ static FUNCS: LazyLock<HashMap<&'static str, FuncDef>> = LazyLock::new(|| {
     all.extend(encoding::defs());
     all.extend(dates::defs());
     all.extend(utask::defs());
+    all.extend(semver::defs());
+    all.extend(urls::defs());
+    all.extend(crypto::defs());
+    all.extend(certs::defs());
     all.into_iter().map(|d| (d.name, d)).collect()
 });
 
@@ -138,6 +176,17 @@ pub(crate) fn lookup(name: &str) -> Option<&'static FuncDef> {
 
 pub(crate) fn is_function(name: &str) -> bool {
     FUNCS.contains_key(name)
+}
+
+/// A call the parser can refuse from its constant arguments alone: `genPrivateKey "dsa"`.
+pub(crate) fn check_call(name: &str, first_arg: Option<&str>) -> Result<(), String> {
+    match (name, first_arg) {
+        ("genPrivateKey", Some("dsa")) => Err(format!(
+            "function \"genPrivateKey\" with \"dsa\" is not available here: {}",
+            certs::DSA_REFUSED
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Why a name is not a function templates may call.
@@ -240,7 +289,7 @@ pub(crate) fn strval(e: &mut Exec<'_>, v: &Val) -> R<Rc<str>> {
 /// Sprig's `empty`: nil, false, zero and empty containers.
 pub(crate) fn empty(v: &Val) -> bool {
     match v {
-        Val::Time(_) => false,
+        Val::Time(_) | Val::Struct(_) => false,
         other => !other.truth(),
     }
 }
@@ -450,6 +499,11 @@ pub(crate) fn go_eq(a: &Val, b: &Val) -> R<bool> {
         (x, y) if ka == Basic::Str => x.as_text() == y.as_text(),
         (x, y) if x.is_nil() || y.is_nil() => x.is_nil() == y.is_nil(),
         (Val::Time(x), Val::Time(y)) => x == y,
+        // A certificate is a comparable struct; a version is a pointer, equal to itself.
+        (Val::Struct(x), Val::Struct(y)) => match (&**x, &**y) {
+            (GoStruct::Version(_), GoStruct::Version(_)) => Rc::ptr_eq(x, y),
+            (a, b) => a == b,
+        },
         (x, _) => {
             return Err(Fail::msg(format!("non-comparable type {}", x.type_name())));
         }
