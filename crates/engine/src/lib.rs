@@ -226,6 +226,17 @@ pub struct Engine {
 
 /// Builtin step states a person may set by hand (`Engine::set_step_state`); a step's own
 /// custom states may be set too.
+/// What a person did to a task, for its audit trail (the store fills in the states moved).
+fn person_event(actor: &str, kind: &str, detail: Value) -> NewEvent {
+    NewEvent {
+        actor: actor.into(),
+        kind: kind.into(),
+        from_state: None,
+        to_state: None,
+        detail,
+    }
+}
+
 /// The task states in which a person may edit steps (set a state, rerun from a step).
 const EDITABLE: &[TaskState] = &[TaskState::Blocked, TaskState::Paused];
 
@@ -410,13 +421,7 @@ impl Engine {
             .await?;
         let inputs = resolve_inputs(&compiled.template.resolver_inputs, &resolver_inputs)
             .map_err(|e| invalid_input("resolver_inputs", e))?;
-        let ev = NewEvent {
-            actor: actor.into(),
-            kind: "resolved".into(),
-            from_state: None,
-            to_state: None,
-            detail: Value::Null,
-        };
+        let ev = person_event(actor, "resolved", Value::Null);
         self.inner
             .store
             .transition(
@@ -518,13 +523,11 @@ impl Engine {
             }
             _ => {}
         }
-        let ev = NewEvent {
-            actor: actor.into(),
-            kind: "step_set".into(),
-            from_state: None,
-            to_state: None,
-            detail: json!({"step": step, "from": from, "to": to.as_str()}),
-        };
+        let ev = person_event(
+            actor,
+            "step_set",
+            json!({"step": step, "from": from, "to": to.as_str()}),
+        );
         edit.put.push(row);
         self.inner
             .store
@@ -586,13 +589,7 @@ impl Engine {
             delete: children_of(&steps, |p| again.contains(p)),
             put: names.iter().map(StepRow::new).collect(),
         };
-        let ev = NewEvent {
-            actor: actor.into(),
-            kind: "rerun".into(),
-            from_state: None,
-            to_state: None,
-            detail: json!({"from": from, "steps": names}),
-        };
+        let ev = person_event(actor, "rerun", json!({"from": from, "steps": names}));
         self.inner
             .store
             .put_steps(id, task.updated_at, EDITABLE, edit, ev)
@@ -605,13 +602,7 @@ impl Engine {
     /// µTask allows), or one a person stopped on (BLOCKED, PAUSED). WONTFIX is final; a
     /// parent waiting on it as a subtask sees it end.
     pub async fn wontfix(&self, id: &str, actor: &str) -> Result<(), EngineError> {
-        let ev = NewEvent {
-            actor: actor.into(),
-            kind: "wontfix".into(),
-            from_state: None,
-            to_state: None,
-            detail: Value::Null,
-        };
+        let ev = person_event(actor, "wontfix", Value::Null);
         self.inner
             .store
             .transition(
@@ -637,26 +628,18 @@ impl Engine {
             .template
             .retry_max()
             .max(1);
-        let ev = NewEvent {
-            actor: actor.into(),
-            kind: "extended".into(),
-            from_state: None,
-            to_state: None,
-            detail: json!({"run_max": task.run_max.saturating_add(more)}),
-        };
+        let ev = person_event(
+            actor,
+            "extended",
+            json!({"run_max": task.run_max.saturating_add(more)}),
+        );
         self.inner.store.extend_run_max(id, more, ev).await?;
         self.retry(id, actor).await
     }
 
     /// Runs a BLOCKED or PAUSED task again.
     pub async fn retry(&self, id: &str, actor: &str) -> Result<(), EngineError> {
-        let ev = NewEvent {
-            actor: actor.into(),
-            kind: "retried".into(),
-            from_state: None,
-            to_state: None,
-            detail: Value::Null,
-        };
+        let ev = person_event(actor, "retried", Value::Null);
         self.inner
             .store
             .transition(

@@ -782,15 +782,7 @@ async fn stats(State(s): State<AppState>) -> Result<Json<Value>, Problem> {
     let mut states: std::collections::BTreeMap<&'static str, u64> = Default::default();
     for st in taskhook_model::state::TASK_STATES {
         let n = s.engine.store().count_tasks(st).await?;
-        let name = match st {
-            TaskState::Todo => "TODO",
-            TaskState::Ready | TaskState::Running => "RUNNING",
-            TaskState::Waiting => "WAITING",
-            TaskState::Paused | TaskState::Blocked => "BLOCKED",
-            TaskState::Done => "DONE",
-            TaskState::Cancelled => "CANCELLED",
-            TaskState::Wontfix => "WONTFIX",
-        };
+        let name = crate::utask_dto::state_name(st);
         *states.entry(name).or_default() += n;
     }
     Ok(Json(json!({ "task_states": states })))

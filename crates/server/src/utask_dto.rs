@@ -28,8 +28,16 @@ pub const TASK_STATES: [&str; 8] = [
 /// A task's state as µTask names it (see `docs/utask-api.md`).
 pub fn task_state(t: &TaskRow, now: i64) -> &'static str {
     match t.state {
-        TaskState::Todo => "TODO",
         TaskState::Ready if t.run_count == 0 && t.due_at.is_some_and(|d| d > now) => "DELAYED",
+        st => state_name(st),
+    }
+}
+
+/// The µTask task state a taskhook state counts as (a READY task due later shows `DELAYED`
+/// in [`task_state`]).
+pub fn state_name(st: TaskState) -> &'static str {
+    match st {
+        TaskState::Todo => "TODO",
         TaskState::Ready | TaskState::Running => "RUNNING",
         TaskState::Waiting => "WAITING",
         // A paused task waits for a person, as a blocked one does; its resolution says PAUSED.
