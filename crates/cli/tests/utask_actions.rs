@@ -1,5 +1,6 @@
 //! µTask's action configurations run unchanged: the `script` plugin's `file_path`,
-//! `environment`, `output_mode` and `exit_codes_unrecoverable`, with its metadata.
+//! `environment`, `output_mode` and `exit_codes_unrecoverable`, with its metadata; the
+//! `subtask` plugin's `input`, `json_input`, `resolver_usernames`, `delay` and `tags`.
 
 mod support;
 
@@ -154,4 +155,121 @@ async fn utask_script_fields_are_checked_when_the_template_is_put() {
         assert_eq!(st, 400, "{config}: {v:#}");
         assert!(v.to_string().contains(field), "{config}: {v:#}");
     }
+}
+
+const CHILD: &str = r#"
+name: utask-child
+description: a subtask
+auto_runnable: true
+inputs:
+  - name: who
+  - name: extra
+steps:
+  greet:
+    action:
+      type: echo
+      configuration:
+        output: 'hello {{ .input.who }} {{ .input.extra }}'
+"#;
+
+/// As µTask's subtask plugin documents it: `input`, `json_input`, people as JSON text,
+/// `delay` and `tags`.
+const PARENT: &str = r#"
+name: utask-parent
+description: starts a µTask-style subtask
+auto_runnable: true
+inputs:
+  - name: who
+steps:
+  prepare:
+    action:
+      type: echo
+      configuration:
+        output: {extra: 'from json_input'}
+  child:
+    dependencies: [prepare]
+    action:
+      type: subtask
+      configuration:
+        template: utask-child
+        input:
+          who: '{{ .input.who }}'
+        json_input: '{{ .step.prepare.output | toJson }}'
+        resolver_usernames: '["ada", "bob"]'
+        watcher_usernames: '["carol"]'
+        resolver_groups: '[]'
+        delay: 2s
+        tags:
+          team: core
+"#;
+
+#[tokio::test]
+async fn a_utask_subtask_step_runs_unchanged() {
+    let s = Server::start();
+    for (name, yaml) in [("utask-child", CHILD), ("utask-parent", PARENT)] {
+        let (st, v) = s.put_template(name, yaml).await;
+        assert_eq!(st, 201, "{name}: {v:#}");
+    }
+    let (st, c) = s
+        .post(
+            "/api/v1/tasks",
+            json!({"template": "utask-parent", "inputs": {"who": "ada"}}),
+        )
+        .await;
+    assert_eq!(st, 201, "{c:#}");
+    let parent_id = c["id"].as_str().unwrap();
+    let parent = s
+        .wait_state(parent_id, &["WAITING", "BLOCKED", "DONE"])
+        .await;
+    assert_eq!(parent["state"], "WAITING", "{parent:#}");
+    let child_id = parent["steps"]["child"]["metadata"]["task_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{parent:#}"))
+        .to_string();
+
+    let (_, child) = s.get(&format!("/api/v1/tasks/{child_id}")).await;
+    assert_eq!(child["parent_id"], parent_id, "{child:#}");
+    assert_eq!(
+        child["inputs"],
+        json!({"who": "ada", "extra": "from json_input"}),
+        "{child:#}"
+    );
+    assert_eq!(
+        child["resolver_usernames"],
+        json!(["ada", "bob"]),
+        "{child:#}"
+    );
+    assert_eq!(child["watcher_usernames"], json!(["carol"]), "{child:#}");
+    assert_eq!(child["tags"]["team"], "core", "{child:#}");
+    assert_eq!(
+        child["tags"]["_utask_parent_task_id"], parent_id,
+        "{child:#}"
+    );
+    // Delayed: due two seconds after its creation, not run before.
+    assert_eq!(child["state"], "READY", "{child:#}");
+    let at = |field: &str| -> jiff::Timestamp { child[field].as_str().unwrap().parse().unwrap() };
+    let wait = at("next_run_at").duration_since(at("created_at"));
+    assert!(
+        wait >= jiff::SignedDuration::from_millis(1900),
+        "{wait:?}: {child:#}"
+    );
+
+    let parent = s.wait_state(parent_id, &["DONE", "BLOCKED"]).await;
+    assert_eq!(parent["state"], "DONE", "{parent:#}");
+    let (_, child) = s.get(&format!("/api/v1/tasks/{child_id}")).await;
+    assert_eq!(child["state"], "DONE", "{child:#}");
+    assert_eq!(
+        child["steps"]["greet"]["output"], "hello ada from json_input",
+        "{child:#}"
+    );
+}
+
+#[tokio::test]
+async fn utask_subtask_groups_are_refused_when_the_template_is_put() {
+    let s = Server::start();
+    let yaml = "name: bad\nsteps:\n  s:\n    action:\n      type: subtask\n      configuration:\n        template: c\n        resolver_groups: '[\"ops\"]'\n";
+    let (st, v) = s.put_template("bad", yaml).await;
+    assert_eq!(st, 400, "{v:#}");
+    assert!(v.to_string().contains("resolver_groups"), "{v:#}");
+    assert!(v.to_string().contains("no user groups"), "{v:#}");
 }
