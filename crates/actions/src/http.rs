@@ -107,6 +107,10 @@ struct HttpConfig {
     follow_redirects: Option<bool>,
     #[serde(default, deserialize_with = "config::de_opt_u64")]
     max_response_bytes: Option<u64>,
+    /// µTask's `trim_prefix`: removed from the start of the body (when there) before it is
+    /// read as JSON, e.g. an anti-JSON-hijacking `)]}',`.
+    #[serde(default)]
+    trim_prefix: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -135,7 +139,33 @@ const FIELDS: &[&str] = &[
     "insecure_skip_verify",
     "follow_redirects",
     "max_response_bytes",
+    "trim_prefix",
 ];
+
+/// µTask's http fields taskhook does not implement, and why: refused by name rather than as
+/// unknown fields.
+const UNSUPPORTED: &[(&str, &str)] = &[
+    (
+        "root_ca",
+        "µTask's root_ca is not supported: the server trusts the system's certificate store",
+    ),
+    (
+        "auth.digest",
+        "µTask's digest authentication is not supported: use basic or bearer",
+    ),
+    (
+        "auth.mutual_tls",
+        "µTask's mutual_tls (client certificates) is not supported",
+    ),
+];
+
+fn unsupported(field: &str) -> ConfigError {
+    let message = UNSUPPORTED
+        .iter()
+        .find(|(f, _)| *f == field)
+        .map_or("not supported", |(_, m)| m);
+    ConfigError::new(field, message)
+}
 
 fn parse_method(m: &str) -> Result<Method, String> {
     let upper = m.trim().to_ascii_uppercase();
@@ -157,6 +187,11 @@ fn check_auth(c: &Check, v: &Value) -> Result<(), ConfigError> {
     let Some(auth) = c.object("auth", v)? else {
         return Ok(());
     };
+    for name in ["digest", "mutual_tls"] {
+        if auth.contains_key(name) {
+            return Err(unsupported(&join("auth", name)));
+        }
+    }
     c.keys("auth", auth, &["basic", "bearer"], &[])?;
     match (auth.get("basic"), auth.get("bearer")) {
         (None, None) => Err(ConfigError::new("auth", "expected `basic` or `bearer`")),
@@ -186,6 +221,9 @@ fn check(config: &Value, stage: Stage) -> Result<(), ConfigError> {
     let Some(map) = c.object("", config)? else {
         return Ok(());
     };
+    if map.contains_key("root_ca") {
+        return Err(unsupported("root_ca"));
+    }
     c.keys("", map, FIELDS, &["url"])?;
     if let Some(v) = opt(map, "method")
         && let Some(m) = c.string("method", v)?
@@ -222,6 +260,9 @@ fn check(config: &Value, stage: Stage) -> Result<(), ConfigError> {
     }
     if let Some(v) = opt(map, "timeout") {
         c.positive_duration("timeout", v)?;
+    }
+    if let Some(v) = opt(map, "trim_prefix") {
+        c.string("trim_prefix", v)?;
     }
     if let Some(v) = opt(map, "auth") {
         check_auth(&c, v)?;
@@ -399,6 +440,7 @@ struct Prepared {
     request: reqwest::Request,
     timeout: Duration,
     max_bytes: u64,
+    trim_prefix: Option<String>,
     insecure: bool,
     follow_redirects: bool,
 }
@@ -497,6 +539,7 @@ fn prepare<'a>(
             request,
             timeout,
             max_bytes,
+            trim_prefix: cfg.trim_prefix,
             insecure,
             follow_redirects,
         },
@@ -508,6 +551,7 @@ fn prepare<'a>(
 async fn receive(
     mut response: reqwest::Response,
     max_bytes: u64,
+    trim_prefix: Option<&str>,
 ) -> Result<ActionOutput, ActionError> {
     let status = response.status();
     let mut headers = Map::new();
@@ -584,6 +628,13 @@ async fn receive(
             }
         }
     }
+    let body = match trim_prefix {
+        Some(prefix) => body
+            .strip_prefix(prefix.as_bytes())
+            .map(<[u8]>::to_vec)
+            .unwrap_or(body),
+        None => body,
+    };
     let output = serde_json::from_slice::<Value>(&body)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
     let result = ActionOutput { output, metadata };
@@ -625,6 +676,7 @@ impl Action for Http {
             request,
             timeout,
             max_bytes,
+            trim_prefix,
             insecure,
             follow_redirects,
         } = prepared;
@@ -641,7 +693,7 @@ impl Action for Http {
             .map_err(|denied| ActionError::client(denied.to_string()))?;
         let exchange = async {
             let response = client.execute(request).await.map_err(classify)?;
-            receive(response, max_bytes).await
+            receive(response, max_bytes, trim_prefix.as_deref()).await
         };
         // Dropping `exchange` (on cancel or timeout) aborts the request and closes the connection.
         tokio::select! {
@@ -728,6 +780,7 @@ mod tests {
             )
             .route("/text", get(|| async { "hello world" }))
             .route("/number-text", get(|| async { "42" }))
+            .route("/guarded", get(|| async { ")]}',\n{\"safe\": true}" }))
             .route(
                 "/bad-json",
                 get(|| async {
@@ -765,6 +818,61 @@ mod tests {
             axum::serve(listener, app).await.unwrap();
         });
         format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn utask_trim_prefix_is_removed_before_reading_json() {
+        let base = server().await;
+        let http = Http::new();
+        let run = |config: Value| http.run(config, ctx());
+        let out = run(json!({"url": format!("{base}/guarded"), "trim_prefix": ")]}',"}))
+            .await
+            .unwrap();
+        assert_eq!(out.output, json!({"safe": true}));
+        // Without it, or when the body does not start with it, the body is kept as text.
+        let out = run(json!({"url": format!("{base}/guarded")}))
+            .await
+            .unwrap();
+        assert_eq!(out.output, json!(")]}',\n{\"safe\": true}"));
+        let out = run(json!({"url": format!("{base}/text"), "trim_prefix": "world"}))
+            .await
+            .unwrap();
+        assert_eq!(out.output, json!("hello world"));
+    }
+
+    #[test]
+    fn utask_fields_without_support_are_refused_by_name() {
+        let http = Http::new();
+        for (config, field, says) in [
+            (
+                json!({"url": "http://x/", "root_ca": "PEM"}),
+                "root_ca",
+                "not supported",
+            ),
+            (
+                json!({"url": "http://x/", "auth": {"digest": {"user": "u", "password": "p"}}}),
+                "auth.digest",
+                "basic or bearer",
+            ),
+            (
+                json!({"url": "http://x/", "auth": {"mutual_tls": {"client_cert": "c", "client_key": "k"}}}),
+                "auth.mutual_tls",
+                "not supported",
+            ),
+            (
+                json!({"url": "http://x/", "trim_prefix": 5}),
+                "trim_prefix",
+                "string",
+            ),
+        ] {
+            let e = http.validate(&config).expect_err(&config.to_string());
+            assert_eq!(e.field, field, "{config}: {e}");
+            assert!(e.message.contains(says), "{config}: {e}");
+        }
+        assert_eq!(
+            http.validate(&json!({"host": "http://x", "path": "/a", "trim_prefix": ")]}'"})),
+            Ok(())
+        );
     }
 
     fn header<'a>(out: &'a ActionOutput, name: &str) -> &'a Value {

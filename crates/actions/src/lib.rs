@@ -117,16 +117,30 @@ pub struct TaskSnapshot {
     pub result: Value,
 }
 
+/// What a subtask is created with besides its template and inputs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SubtaskOptions {
+    /// Users who may resolve the child, besides its template's.
+    pub resolvers: Vec<String>,
+    /// Users who may watch the child.
+    pub watchers: Vec<String>,
+    /// Tags added to the child's (after its template's).
+    pub tags: BTreeMap<String, String>,
+    /// The child starts this long after its creation.
+    pub delay: Option<std::time::Duration>,
+}
+
 /// What the engine offers actions that need other tasks.
 #[async_trait]
 pub trait TaskService: Send + Sync {
-    /// Create a child task of `parent_id` from `template`, idempotent on `key`: calling it again
+    /// Create a child task of `parent_id` from `template` with `options`, idempotent on `key`: calling it again
     /// with the same key returns the task created the first time.
     async fn create_subtask(
         &self,
         parent_id: &str,
         template: &str,
         inputs: Value,
+        options: &SubtaskOptions,
         key: &str,
     ) -> Result<String, String>;
     /// Current state and result of a task.

@@ -53,27 +53,136 @@ impl Script {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ScriptConfig {
-    file: String,
+    #[serde(default)]
+    file: Option<String>,
+    /// µTask's name for `file`.
+    #[serde(default)]
+    file_path: Option<String>,
     #[serde(default)]
     argv: Option<Vec<String>>,
     #[serde(default)]
     env: Option<BTreeMap<String, String>>,
+    /// µTask's `environment`: like `env`, with any JSON value rendered to text.
+    #[serde(default)]
+    environment: Option<Map<String, Value>>,
     #[serde(default)]
     stdin: Option<String>,
     #[serde(default, deserialize_with = "config::de_opt_duration")]
     timeout: Option<Duration>,
     #[serde(default, deserialize_with = "config::de_opt_u64")]
     max_output_bytes: Option<u64>,
+    #[serde(default)]
+    output_mode: Option<String>,
+    #[serde(default)]
+    output_manual_delimiters: Option<Vec<String>>,
+    #[serde(default)]
+    exit_codes_unrecoverable: Option<Vec<Value>>,
 }
 
 const FIELDS: &[&str] = &[
     "file",
+    "file_path",
     "argv",
     "env",
+    "environment",
     "stdin",
     "timeout",
     "max_output_bytes",
+    "output_mode",
+    "output_manual_delimiters",
+    "exit_codes_unrecoverable",
 ];
+
+/// µTask's `output_mode` values for its script plugin (`auto-result` is its ssh plugin's only).
+const MANUAL_LASTLINE: &str = "manual-lastline";
+const MANUAL_DELIMITERS: &str = "manual-delimiters";
+const DISABLED: &str = "disabled";
+const OUTPUT_MODES: &[&str] = &[MANUAL_LASTLINE, MANUAL_DELIMITERS, DISABLED];
+
+/// How the step's output is read from what the script printed on stdout.
+#[derive(Debug)]
+enum OutputMode {
+    /// No `output_mode`: the last non-empty line if it is JSON, else `{"stdout": …}`.
+    Default,
+    /// µTask's `manual-lastline`: the last line (or the one before a final empty line) must
+    /// be a JSON object when the script succeeds; an empty line gives `{}`.
+    LastLine,
+    /// µTask's `manual-delimiters`: the JSON object between the two delimiters (regular
+    /// expressions; the last match of the first one, then as far as the second one goes).
+    Delimiters(regex::Regex),
+    /// µTask's `disabled`: the output is `{}`.
+    Disabled,
+}
+
+fn output_mode_error(mode: &str) -> String {
+    let mut message = format!(
+        "invalid value {mode:?}; expected one of: {}",
+        OUTPUT_MODES.join(", ")
+    );
+    if mode == "auto-result" {
+        message.push_str(" (auto-result is for µTask's ssh plugin; scripts use manual-lastline)");
+    }
+    message
+}
+
+/// µTask's delimiter pattern: the text between the last `start` and the last `end` after it.
+fn delimiters_regex(start: &str, end: &str) -> Result<regex::Regex, String> {
+    regex::Regex::new(&format!("(?s)^.*{start}(.*){end}.*$"))
+        .map_err(|e| format!("cannot compile the delimiters as regular expressions: {e}"))
+}
+
+/// An inclusive range of exit codes from `exit_codes_unrecoverable`: `"3"` or `"10-20"`.
+fn exit_code_range(v: &Value) -> Result<(u64, u64), String> {
+    let text = match v {
+        Value::String(s) => s.trim().to_string(),
+        Value::Number(n) if n.is_u64() => n.to_string(),
+        other => {
+            return Err(format!(
+                "expected an exit code or a range such as \"10-20\", got {}",
+                crate::duration::kind(other)
+            ));
+        }
+    };
+    let bad =
+        || format!("invalid value {text:?}: expected an exit code or a range such as \"10-20\"");
+    let number = |s: &str| -> Result<u64, String> {
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        s.parse::<u64>()
+            .map_err(|_| format!("invalid value {text:?}: exit code out of range"))
+    };
+    match text.split_once('-') {
+        None => {
+            let n = number(&text)?;
+            Ok((n, n))
+        }
+        Some((start, end)) => {
+            let (start, end) = (number(start)?, number(end)?);
+            if end <= start {
+                return Err(format!(
+                    "invalid range {text:?}: the end must be greater than the start"
+                ));
+            }
+            if start == 0 {
+                return Err(format!(
+                    "invalid range {text:?}: exit code 0 is a success, it cannot be unrecoverable"
+                ));
+            }
+            Ok((start, end))
+        }
+    }
+}
+
+/// The text an `environment` value gives the script: strings as they are, `null` as nothing,
+/// anything else as compact JSON.
+fn env_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
 
 /// A relative path with no `..`: the lexical half of the containment check.
 fn check_file(file: &str) -> Result<(), String> {
@@ -114,20 +223,50 @@ fn check(config: &Value, stage: Stage) -> Result<(), ConfigError> {
     let Some(map) = c.object("", config)? else {
         return Ok(());
     };
-    c.keys("", map, FIELDS, &["file"])?;
-    if let Some(v) = map.get("file")
-        && let Some(file) = c.string("file", v)?
-    {
-        check_file(file).map_err(|e| ConfigError::new("file", e))?;
+    c.keys("", map, FIELDS, &[])?;
+    let (file_field, file) = match (map.get("file"), map.get("file_path")) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::new(
+                "file_path",
+                "give either file or file_path (µTask's name), not both",
+            ));
+        }
+        (None, None) => {
+            return Err(ConfigError::new(
+                "file",
+                "missing required field (or µTask's file_path)",
+            ));
+        }
+        (Some(v), None) => ("file", v),
+        (None, Some(v)) => ("file_path", v),
+    };
+    if let Some(file) = c.string(file_field, file)? {
+        check_file(file).map_err(|e| ConfigError::new(file_field, e))?;
     }
     if let Some(v) = opt(map, "argv") {
         c.string_list("argv", v)?;
     }
+    let mut env_names = Vec::new();
     if let Some(v) = opt(map, "env")
         && let Some(env) = c.string_map("env", v)?
     {
         for name in env.keys() {
             check_env_name(name).map_err(|e| ConfigError::new(join("env", name), e))?;
+            env_names.push(name);
+        }
+    }
+    if let Some(v) = opt(map, "environment")
+        && let Some(environment) = c.object("environment", v)?
+    {
+        for name in environment.keys() {
+            let field = join("environment", name);
+            check_env_name(name).map_err(|e| ConfigError::new(&field, e))?;
+            if env_names.contains(&name) {
+                return Err(ConfigError::new(
+                    field,
+                    "also set in env: give each variable once",
+                ));
+            }
         }
     }
     if let Some(v) = opt(map, "stdin") {
@@ -143,6 +282,85 @@ fn check(config: &Value, stage: Stage) -> Result<(), ConfigError> {
             "max_output_bytes",
             "must be greater than zero",
         ));
+    }
+    check_output_mode(&c, map)?;
+    if let Some(v) = opt(map, "exit_codes_unrecoverable") {
+        match v {
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    if !c.deferred(item) {
+                        exit_code_range(item).map_err(|e| {
+                            ConfigError::new(format!("exit_codes_unrecoverable[{i}]"), e)
+                        })?;
+                    }
+                }
+            }
+            _ if c.deferred(v) => {}
+            other => {
+                return Err(ConfigError::new(
+                    "exit_codes_unrecoverable",
+                    format!(
+                        "expected a list of exit codes or ranges such as \"10-20\", got {}",
+                        crate::duration::kind(other)
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `output_mode` and `output_manual_delimiters`, checked together as µTask does.
+fn check_output_mode(c: &Check, map: &Map<String, Value>) -> Result<(), ConfigError> {
+    // `None`: not given; `Some(None)`: still a template.
+    let mode = match opt(map, "output_mode") {
+        None => None,
+        Some(v) => Some(c.string("output_mode", v)?),
+    };
+    if let Some(Some(mode)) = mode
+        && !OUTPUT_MODES.contains(&mode)
+    {
+        return Err(ConfigError::new("output_mode", output_mode_error(mode)));
+    }
+    let Some(delimiters) = opt(map, "output_manual_delimiters") else {
+        if let Some(Some(MANUAL_DELIMITERS)) = mode {
+            return Err(ConfigError::new(
+                "output_manual_delimiters",
+                "missing: output_mode manual-delimiters needs two delimiters",
+            ));
+        }
+        return Ok(());
+    };
+    match mode {
+        Some(None) | Some(Some(MANUAL_DELIMITERS)) => {}
+        Some(Some(other)) => {
+            return Err(ConfigError::new(
+                "output_manual_delimiters",
+                format!("only used with output_mode manual-delimiters, not {other}"),
+            ));
+        }
+        None => {
+            return Err(ConfigError::new(
+                "output_manual_delimiters",
+                "only used with output_mode manual-delimiters",
+            ));
+        }
+    }
+    c.string_list("output_manual_delimiters", delimiters)?;
+    if let Value::Array(items) = delimiters {
+        if items.len() != 2 {
+            return Err(ConfigError::new(
+                "output_manual_delimiters",
+                format!("expected 2 delimiters, found {}", items.len()),
+            ));
+        }
+        if let [Value::String(start), Value::String(end)] = items.as_slice()
+            && !c.deferred(&items[0])
+            && !c.deferred(&items[1])
+        {
+            delimiters_regex(start, end)
+                .map_err(|e| ConfigError::new("output_manual_delimiters", e))?;
+        }
     }
     Ok(())
 }
@@ -165,10 +383,29 @@ impl Captured {
     fn text(&self) -> String {
         String::from_utf8_lossy(&self.tail).into_owned()
     }
+    /// Appends `bytes`, trimming now and then rather than on every read: amortised O(1) a byte.
+    fn push(&mut self, bytes: &[u8], max: usize) {
+        self.total = self.total.saturating_add(bytes.len() as u64);
+        self.tail.extend_from_slice(bytes);
+        if self.tail.len() > max.saturating_mul(2).max(64 * 1024) {
+            self.trim(max);
+        }
+    }
+    fn trim(&mut self, max: usize) {
+        if self.tail.len() > max {
+            let excess = self.tail.len() - max;
+            self.tail.drain(..excess);
+        }
+    }
 }
 
-/// Drains `reader` to its end (so the child never blocks on a full pipe), keeping the tail.
-async fn capture<R: AsyncRead + Unpin>(reader: Option<R>, max: usize) -> Captured {
+/// Drains `reader` to its end (so the child never blocks on a full pipe), keeping the tail, and
+/// appends what it reads to `combined` too (stdout and stderr in the order they were read).
+async fn capture<R: AsyncRead + Unpin>(
+    reader: Option<R>,
+    max: usize,
+    combined: &std::sync::Mutex<Captured>,
+) -> Captured {
     let mut captured = Captured::default();
     let Some(mut reader) = reader else {
         return captured;
@@ -178,25 +415,176 @@ async fn capture<R: AsyncRead + Unpin>(reader: Option<R>, max: usize) -> Capture
         match reader.read(&mut buf).await {
             Ok(0) => break,
             Ok(n) => {
-                captured.total = captured.total.saturating_add(n as u64);
-                captured
-                    .tail
-                    .extend_from_slice(buf.get(..n).unwrap_or_default());
-                // Trim now and then rather than on every read: amortised O(1) per byte.
-                if captured.tail.len() > max.saturating_mul(2).max(64 * 1024) {
-                    let excess = captured.tail.len() - max;
-                    captured.tail.drain(..excess);
+                let bytes = buf.get(..n).unwrap_or_default();
+                captured.push(bytes, max);
+                if let Ok(mut combined) = combined.lock() {
+                    combined.push(bytes, max);
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => break,
         }
     }
-    if captured.tail.len() > max {
-        let excess = captured.tail.len() - max;
-        captured.tail.drain(..excess);
-    }
+    captured.trim(max);
     captured
+}
+
+/// µTask's `manual-lastline` line: the text after the last newline, or, when that is empty,
+/// the line before it.
+fn last_line(text: &str) -> &str {
+    let Some(i) = text.rfind('\n') else {
+        return text.trim();
+    };
+    let line = text.get(i..).unwrap_or_default().trim();
+    if !line.is_empty() {
+        return line;
+    }
+    let before = text.get(..i).unwrap_or_default();
+    match before.rfind('\n') {
+        Some(j) => before.get(j..).unwrap_or_default().trim(),
+        None => before.trim(),
+    }
+}
+
+/// The JSON object µTask's output modes expect; nothing (or `null`) gives `{}`.
+fn json_object(text: &str) -> Result<Value, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(Value::Object(Map::new()));
+    }
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(map)) => Ok(Value::Object(map)),
+        Ok(Value::Null) => Ok(Value::Object(Map::new())),
+        Ok(other) => Err(format!(
+            "expected a JSON object, got {}",
+            crate::duration::kind(&other)
+        )),
+        Err(e) => Err(format!("not JSON: {e}")),
+    }
+}
+
+impl OutputMode {
+    fn from_config(
+        mode: Option<&str>,
+        delimiters: Option<&[String]>,
+    ) -> Result<OutputMode, ActionError> {
+        match mode {
+            None => Ok(OutputMode::Default),
+            Some(MANUAL_LASTLINE) => Ok(OutputMode::LastLine),
+            Some(DISABLED) => Ok(OutputMode::Disabled),
+            Some(MANUAL_DELIMITERS) => match delimiters {
+                Some([start, end]) => delimiters_regex(start, end)
+                    .map(OutputMode::Delimiters)
+                    .map_err(|e| fatal("output_manual_delimiters", e)),
+                _ => Err(fatal("output_manual_delimiters", "expected 2 delimiters")),
+            },
+            Some(other) => Err(fatal("output_mode", output_mode_error(other))),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            OutputMode::Default => "default",
+            OutputMode::LastLine => MANUAL_LASTLINE,
+            OutputMode::Delimiters(_) => MANUAL_DELIMITERS,
+            OutputMode::Disabled => DISABLED,
+        }
+    }
+
+    /// The step's output from stdout, or why it cannot be read.
+    fn read(&self, stdout: &str) -> Result<Value, String> {
+        match self {
+            OutputMode::Default => Ok(script_output(stdout)),
+            OutputMode::LastLine => json_object(last_line(stdout)),
+            OutputMode::Delimiters(re) => match re.captures(stdout).and_then(|c| c.get(1)) {
+                Some(m) => json_object(m.as_str()),
+                None => Ok(Value::Object(Map::new())),
+            },
+            OutputMode::Disabled => Ok(Value::Object(Map::new())),
+        }
+    }
+}
+
+/// Go's names for the common signals, as µTask's `process_state` shows them.
+fn signal_name(signal: i32) -> String {
+    let name = match signal {
+        1 => "hangup",
+        2 => "interrupt",
+        3 => "quit",
+        4 => "illegal instruction",
+        5 => "trace/breakpoint trap",
+        6 => "aborted",
+        7 => "bus error",
+        8 => "floating point exception",
+        9 => "killed",
+        10 => "user defined signal 1",
+        11 => "segmentation fault",
+        12 => "user defined signal 2",
+        13 => "broken pipe",
+        14 => "alarm clock",
+        15 => "terminated",
+        _ => return format!("signal {signal}"),
+    };
+    name.to_string()
+}
+
+/// µTask's `process_state`: Go's `ProcessState.String()` (`exit status 3`, `signal: killed`).
+fn process_state(status: &ExitStatus) -> String {
+    if let Some(code) = status.code() {
+        return format!("exit status {code}");
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(signal) = status.signal() {
+            let core = if status.core_dumped() {
+                " (core dumped)"
+            } else {
+                ""
+            };
+            return format!("signal: {}{core}", signal_name(signal));
+        }
+    }
+    status.to_string()
+}
+
+/// Go's `Duration.String()`: `846.889µs`, `1.5s`, `2m3.04s`.
+fn go_duration(d: Duration) -> String {
+    let nanos = d.as_nanos();
+    if nanos == 0 {
+        return "0s".into();
+    }
+    let fraction = |value: u128, digits: usize| -> String {
+        let unit = 10u128.pow(digits as u32);
+        let whole = value / unit;
+        let frac = format!("{:0digits$}", value % unit);
+        let frac = frac.trim_end_matches('0');
+        if frac.is_empty() {
+            whole.to_string()
+        } else {
+            format!("{whole}.{frac}")
+        }
+    };
+    if nanos < 1_000 {
+        return format!("{nanos}ns");
+    }
+    if nanos < 1_000_000 {
+        return format!("{}µs", fraction(nanos, 3));
+    }
+    if nanos < 1_000_000_000 {
+        return format!("{}ms", fraction(nanos, 6));
+    }
+    let secs = nanos / 1_000_000_000;
+    let (h, m) = (secs / 3600, secs / 60 % 60);
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if h > 0 || m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    out.push_str(&format!("{}s", fraction(nanos % 60_000_000_000, 9)));
+    out
 }
 
 /// The output convention: the last non-empty stdout line if it is JSON, else `{"stdout": …}`.
@@ -314,6 +702,14 @@ impl Action for Script {
 
     async fn run(&self, config: Value, ctx: ActionContext) -> Result<ActionOutput, ActionError> {
         let cfg: ScriptConfig = config::parse("script", &config, check)?;
+        // Serde does not see rules across fields (file or file_path, output_mode and its
+        // delimiters, exit code ranges): the checks do.
+        check(&config, Stage::Run).map_err(|e| {
+            ActionError::fatal(format!(
+                "invalid script configuration: {}",
+                config::describe(&e)
+            ))
+        })?;
         let Some(dir) = &self.dir else {
             return Err(ActionError::fatal(
                 "scripts are disabled: start the server with --scripts-dir",
@@ -328,7 +724,27 @@ impl Action for Script {
             return Err(fatal("max_output_bytes", "must be greater than zero"));
         }
         let max = usize::try_from(max).unwrap_or(usize::MAX);
-        let env = cfg.env.unwrap_or_default();
+        let mode = OutputMode::from_config(
+            cfg.output_mode.as_deref(),
+            cfg.output_manual_delimiters.as_deref(),
+        )?;
+        let mut unrecoverable = Vec::new();
+        for (i, item) in cfg.exit_codes_unrecoverable.iter().flatten().enumerate() {
+            unrecoverable.push(
+                exit_code_range(item)
+                    .map_err(|e| fatal(&format!("exit_codes_unrecoverable[{i}]"), e))?,
+            );
+        }
+        let mut env = cfg.env.unwrap_or_default();
+        for (name, value) in cfg.environment.unwrap_or_default() {
+            if env.contains_key(&name) {
+                return Err(fatal(
+                    &join("environment", &name),
+                    "also set in env: give each variable once",
+                ));
+            }
+            env.insert(name, env_text(&value));
+        }
         for name in env.keys() {
             check_env_name(name).map_err(|e| fatal(&join("env", name), e))?;
         }
@@ -343,7 +759,12 @@ impl Action for Script {
                 passed.push((name.as_str(), value));
             }
         }
-        let file = cfg.file;
+        let Some(file) = cfg.file.or(cfg.file_path) else {
+            return Err(fatal(
+                "file",
+                "missing required field (or µTask's file_path)",
+            ));
+        };
         let (root, path) = resolve(dir, &file).await?;
 
         let mut command = Command::new(&path);
@@ -355,6 +776,10 @@ impl Action for Script {
                 std::env::var_os("PATH").unwrap_or_else(|| FALLBACK_PATH.into()),
             )
             .envs(passed)
+            // µTask's variables; taskhook has no resolutions apart from tasks.
+            .env("UTASK_TASK_ID", &ctx.task_id)
+            .env("UTASK_RESOLUTION_ID", &ctx.task_id)
+            .env("UTASK_STEP_NAME", &ctx.step)
             .envs(&env)
             .current_dir(&root)
             .stdin(if cfg.stdin.is_some() {
@@ -367,6 +792,7 @@ impl Action for Script {
             .kill_on_drop(true);
         #[cfg(unix)]
         command.process_group(0);
+        let started = std::time::Instant::now();
         let mut child = command.spawn().map_err(|e| {
             let message = format!("cannot start script {file:?}: {e}");
             match e.kind() {
@@ -390,12 +816,18 @@ impl Action for Script {
         };
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
+        let combined = std::sync::Mutex::new(Captured::default());
         let outcome = tokio::select! {
             biased;
             _ = ctx.cancel.cancelled() => Outcome::Cancelled,
             _ = tokio::time::sleep(timeout) => Outcome::TimedOut,
             (_, out, err, status) = async {
-                tokio::join!(feed, capture(stdout, max), capture(stderr, max), child.wait())
+                tokio::join!(
+                    feed,
+                    capture(stdout, max, &combined),
+                    capture(stderr, max, &combined),
+                    child.wait()
+                )
             } => Outcome::Exited(status, out, err),
         };
         let (status, out, err) = match outcome {
@@ -411,35 +843,93 @@ impl Action for Script {
                 return Err(ActionError::server("cancelled"));
             }
         };
+        let elapsed = started.elapsed();
         let status = status.map_err(|e| ActionError::server(format!("script {file:?}: {e}")))?;
+        let mut combined = combined.into_inner().unwrap_or_default();
+        combined.trim(max);
 
         let stdout = out.text();
         let stderr = err.text();
+        let state = process_state(&status);
         let mut metadata = Map::new();
         metadata.insert(
             "exit_code".into(),
             status.code().map_or(Value::Null, Value::from),
         );
+        #[cfg(unix)]
+        {
+            use std::os::unix::process::ExitStatusExt;
+            if let Some(signal) = status.signal() {
+                metadata.insert("exit_signal".into(), Value::from(signal));
+            }
+        }
+        metadata.insert("process_state".into(), Value::String(state.clone()));
+        metadata.insert(
+            "error".into(),
+            Value::String(if status.success() {
+                String::new()
+            } else {
+                state
+            }),
+        );
+        metadata.insert("execution_time".into(), Value::String(go_duration(elapsed)));
+        metadata.insert("output".into(), Value::String(combined.text()));
         metadata.insert("stdout".into(), Value::String(stdout.clone()));
         metadata.insert("stderr".into(), Value::String(stderr.clone()));
+        if combined.truncated() {
+            metadata.insert("output_truncated".into(), Value::Bool(true));
+        }
         if out.truncated() {
             metadata.insert("stdout_truncated".into(), Value::Bool(true));
         }
         if err.truncated() {
             metadata.insert("stderr_truncated".into(), Value::Bool(true));
         }
-        let result = ActionOutput {
-            output: script_output(&stdout),
-            metadata: Value::Object(metadata),
-        };
+        let metadata = Value::Object(metadata);
+        let read = mode.read(&stdout);
         if status.success() {
-            return Ok(result);
+            return match read {
+                Ok(output) => Ok(ActionOutput { output, metadata }),
+                // As in µTask: a script that succeeds must print the output it announces.
+                Err(e) => Err(ActionError::Server {
+                    message: format!(
+                        "script {file:?} succeeded but its output cannot be read \
+                         (output_mode {}): {e}",
+                        mode.name()
+                    ),
+                    output: Some(ActionOutput {
+                        output: Value::Object(Map::new()),
+                        metadata,
+                    }),
+                }),
+            };
         }
+        let result = ActionOutput {
+            output: read.unwrap_or_else(|_| Value::Object(Map::new())),
+            metadata,
+        };
+        let unrecoverable = status
+            .code()
+            .and_then(|code| u64::try_from(code).ok())
+            .is_some_and(|code| {
+                unrecoverable
+                    .iter()
+                    .any(|(start, end)| (*start..=*end).contains(&code))
+            });
         let mut message = format!("script {file:?} {}", exit_description(&status));
+        if unrecoverable {
+            message.push_str(" (listed in exit_codes_unrecoverable)");
+        }
         let stderr_tail = tail(&stderr);
         if !stderr_tail.is_empty() {
             message.push_str(": ");
             message.push_str(stderr_tail);
+        }
+        if unrecoverable {
+            return Err(ActionError::Client {
+                message,
+                output: Some(result),
+            });
         }
         Err(ActionError::Server {
             message,
@@ -498,6 +988,15 @@ mod tests {
                 r#"i=0; while [ $i -lt 2000 ]; do echo "line $i of noise"; i=$((i+1)); done; echo '{"done": true}'"#,
             );
             script("sub/nested.sh", r#"echo '{"nested": true}'"#);
+            script("notjson.sh", "echo 'just text'");
+            script("trailing.sh", r#"echo noise; echo '{"a": 1}'; echo"#);
+            script(
+                "delims.sh",
+                r#"echo before; echo 'START {"d": 1} END'; echo 'START {"d": 2} END trailing'; echo after"#,
+            );
+            script("exit5.sh", r#"echo '{"partial": true}'; echo 'bad input' >&2; exit 5"#);
+            script("mixed.sh", "echo out; sleep 0.1; echo err >&2");
+            script("array.sh", "echo '[1, 2]'");
             write(dir.join("noexec.sh"), "#!/bin/sh\necho no\n", 0o644);
             write(base.join("outside/secret.sh"), "#!/bin/sh\necho '{\"escaped\": true}'\n", 0o755);
             std::os::unix::fs::symlink(base.join("outside/secret.sh"), dir.join("link.sh")).unwrap();
@@ -813,6 +1312,338 @@ mod tests {
                 "max_output_bytes",
             ),
             (json!({"file": "json.sh", "shell": true}), "shell"),
+        ] {
+            let message = fatal_message(script().run(config.clone(), ctx()).await);
+            assert!(message.contains(field), "{config}: {message}");
+        }
+    }
+
+    #[tokio::test]
+    async fn utask_file_path_and_environment() {
+        let out = script()
+            .run(
+                json!({
+                    "file_path": "env.sh",
+                    "environment": {"S": "text", "N": 42, "B": true, "O": {"a": [1]}, "Z": null},
+                    "env": {"E": "from env"},
+                }),
+                ctx(),
+            )
+            .await
+            .unwrap();
+        let stdout = out.metadata["stdout"].as_str().unwrap();
+        for line in [
+            "S=text",
+            "N=42",
+            "B=true",
+            r#"O={"a":[1]}"#,
+            "Z=",
+            "E=from env",
+            "UTASK_TASK_ID=t1",
+            "UTASK_RESOLUTION_ID=t1",
+            "UTASK_STEP_NAME=s",
+        ] {
+            assert!(
+                stdout.lines().any(|l| l == line),
+                "{line} missing:\n{stdout}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn utask_metadata() {
+        let out = script()
+            .run(json!({"file_path": "mixed.sh"}), ctx())
+            .await
+            .unwrap();
+        let m = &out.metadata;
+        assert_eq!(m["exit_code"], 0);
+        assert_eq!(m["process_state"], "exit status 0");
+        assert_eq!(m["error"], "");
+        assert_eq!(m["output"], "out\nerr\n");
+        assert_eq!(m["stdout"], "out\n");
+        assert_eq!(m["stderr"], "err\n");
+        assert!(m.get("exit_signal").is_none());
+        let time = m["execution_time"].as_str().unwrap();
+        assert!(time.ends_with("ms") || time.ends_with('s'), "{time}");
+
+        let r = script().run(json!({"file": "signal.sh"}), ctx()).await;
+        let Err(ActionError::Server {
+            output: Some(out), ..
+        }) = r
+        else {
+            panic!("{r:?}")
+        };
+        assert_eq!(out.metadata["process_state"], "signal: killed");
+        assert_eq!(out.metadata["error"], "signal: killed");
+        assert_eq!(out.metadata["exit_signal"], 9);
+        assert_eq!(out.metadata["exit_code"], Value::Null);
+    }
+
+    #[tokio::test]
+    async fn output_modes() {
+        let run = |config: Value| async move { script().run(config, ctx()).await };
+        let ok = |r: Result<ActionOutput, ActionError>| r.unwrap().output;
+        // manual-lastline: the last line, past the final newline; as in µTask, an empty line
+        // printed last (two newlines) gives `{}`.
+        assert_eq!(
+            ok(run(json!({"file": "json.sh", "output_mode": "manual-lastline"})).await),
+            json!({"args": "|", "count": 0})
+        );
+        assert_eq!(
+            ok(run(json!({"file": "trailing.sh", "output_mode": "manual-lastline"})).await),
+            json!({})
+        );
+        assert_eq!(
+            ok(run(json!({"file": "trailing.sh"})).await),
+            json!({"a": 1})
+        );
+        // A script that succeeds without the JSON object it announces is a server error.
+        for file in ["notjson.sh", "array.sh"] {
+            let r = run(json!({"file": file, "output_mode": "manual-lastline"})).await;
+            let Err(ActionError::Server {
+                message,
+                output: Some(out),
+            }) = r
+            else {
+                panic!("{r:?}")
+            };
+            assert!(message.contains("manual-lastline"), "{message}");
+            assert_eq!(out.output, json!({}));
+            assert_eq!(out.metadata["exit_code"], 0);
+        }
+        // Without output_mode, taskhook's rule: such output is wrapped.
+        assert_eq!(
+            ok(run(json!({"file": "notjson.sh"})).await),
+            json!({"stdout": "just text\n"})
+        );
+        assert_eq!(ok(run(json!({"file": "array.sh"})).await), json!([1, 2]));
+        assert_eq!(
+            ok(run(json!({
+                "file": "delims.sh",
+                "output_mode": "manual-delimiters",
+                "output_manual_delimiters": ["START", "END"],
+            }))
+            .await),
+            json!({"d": 2})
+        );
+        assert_eq!(
+            ok(run(json!({
+                "file": "plain.sh",
+                "output_mode": "manual-delimiters",
+                "output_manual_delimiters": ["START", "END"],
+            }))
+            .await),
+            json!({})
+        );
+        assert_eq!(
+            ok(run(json!({"file": "notjson.sh", "output_mode": "disabled"})).await),
+            json!({})
+        );
+    }
+
+    #[tokio::test]
+    async fn unrecoverable_exit_codes_are_client_errors() {
+        for (codes, client) in [
+            (json!(["5"]), true),
+            (json!(["1-4", "6"]), false),
+            (json!(["3-10"]), true),
+            (json!([5]), true),
+            (json!([]), false),
+        ] {
+            let r = script()
+                .run(
+                    json!({"file_path": "exit5.sh", "output_mode": "manual-lastline",
+                           "exit_codes_unrecoverable": codes}),
+                    ctx(),
+                )
+                .await;
+            let (message, out) = match r {
+                Err(ActionError::Client {
+                    message,
+                    output: Some(out),
+                }) if client => (message, out),
+                Err(ActionError::Server {
+                    message,
+                    output: Some(out),
+                }) if !client => (message, out),
+                other => panic!("{codes}: {other:?}"),
+            };
+            assert!(message.contains("exited with code 5"), "{message}");
+            assert!(message.contains("bad input"), "{message}");
+            assert_eq!(
+                message.contains("exit_codes_unrecoverable"),
+                client,
+                "{message}"
+            );
+            assert_eq!(out.output, json!({"partial": true}));
+            assert_eq!(out.metadata["process_state"], "exit status 5");
+            assert_eq!(out.metadata["error"], "exit status 5");
+        }
+        // A signal has no exit code: never unrecoverable.
+        let r = script()
+            .run(
+                json!({"file": "signal.sh", "exit_codes_unrecoverable": ["1-255"]}),
+                ctx(),
+            )
+            .await;
+        assert!(matches!(r, Err(ActionError::Server { .. })), "{r:?}");
+    }
+
+    #[test]
+    fn go_durations() {
+        for (d, text) in [
+            (Duration::ZERO, "0s"),
+            (Duration::from_nanos(120), "120ns"),
+            (Duration::from_nanos(846_889), "846.889µs"),
+            (Duration::from_micros(1500), "1.5ms"),
+            (Duration::from_millis(1500), "1.5s"),
+            (Duration::from_secs(60), "1m0s"),
+            (Duration::from_millis(123_040), "2m3.04s"),
+            (Duration::from_secs(3600 * 26 + 1), "26h0m1s"),
+        ] {
+            assert_eq!(go_duration(d), text, "{d:?}");
+        }
+    }
+
+    #[test]
+    fn validate_utask_fields() {
+        let s = Script::new(None);
+        for config in [
+            json!({"file_path": "x.sh", "environment": {"A": 1, "B": "{{ x }}", "C": null}}),
+            json!({"file_path": "x.sh", "output_mode": "manual-lastline"}),
+            json!({"file_path": "x.sh", "output_mode": "disabled", "output_manual_delimiters": null}),
+            json!({"file_path": "x.sh", "output_mode": "manual-delimiters",
+                   "output_manual_delimiters": ["<<", ">>"]}),
+            json!({"file_path": "x.sh", "output_mode": "{{ m }}",
+                   "output_manual_delimiters": ["a", "b"]}),
+            json!({"file_path": "x.sh", "exit_codes_unrecoverable": ["1-10", "100", 110, "{{ c }}"]}),
+            json!({"file_path": "x.sh", "exit_codes_unrecoverable": "{{ codes }}"}),
+            json!({"file_path": "x.sh", "exit_codes_unrecoverable": ["0"]}),
+        ] {
+            assert_eq!(s.validate(&config), Ok(()), "{config}");
+        }
+        for (config, field, says) in [
+            (
+                json!({"file": "x", "file_path": "x"}),
+                "file_path",
+                "not both",
+            ),
+            (json!({"file_path": "../x"}), "file_path", ".."),
+            (json!({"file_path": 1}), "file_path", "string"),
+            (
+                json!({"file_path": "x", "environment": ["A"]}),
+                "environment",
+                "object",
+            ),
+            (
+                json!({"file_path": "x", "environment": {"A=B": "1"}}),
+                "environment.A=B",
+                "name",
+            ),
+            (
+                json!({"file_path": "x", "env": {"A": "1"}, "environment": {"A": "2"}}),
+                "environment.A",
+                "also set in env",
+            ),
+            (
+                json!({"file_path": "x", "output_mode": "lines"}),
+                "output_mode",
+                "manual-lastline",
+            ),
+            (
+                json!({"file_path": "x", "output_mode": "auto-result"}),
+                "output_mode",
+                "ssh",
+            ),
+            (
+                json!({"file_path": "x", "output_mode": 1}),
+                "output_mode",
+                "string",
+            ),
+            (
+                json!({"file_path": "x", "output_mode": "manual-delimiters"}),
+                "output_manual_delimiters",
+                "missing",
+            ),
+            (
+                json!({"file_path": "x", "output_manual_delimiters": ["a", "b"]}),
+                "output_manual_delimiters",
+                "only used",
+            ),
+            (
+                json!({"file_path": "x", "output_mode": "disabled", "output_manual_delimiters": []}),
+                "output_manual_delimiters",
+                "only used",
+            ),
+            (
+                json!({"file_path": "x", "output_mode": "manual-delimiters",
+                       "output_manual_delimiters": ["a"]}),
+                "output_manual_delimiters",
+                "2 delimiters",
+            ),
+            (
+                json!({"file_path": "x", "output_mode": "manual-delimiters",
+                       "output_manual_delimiters": ["(", "b"]}),
+                "output_manual_delimiters",
+                "regular expressions",
+            ),
+            (
+                json!({"file_path": "x", "exit_codes_unrecoverable": "1"}),
+                "exit_codes_unrecoverable",
+                "list",
+            ),
+            (
+                json!({"file_path": "x", "exit_codes_unrecoverable": ["1", "x"]}),
+                "exit_codes_unrecoverable[1]",
+                "range",
+            ),
+            (
+                json!({"file_path": "x", "exit_codes_unrecoverable": ["10-5"]}),
+                "exit_codes_unrecoverable[0]",
+                "greater",
+            ),
+            (
+                json!({"file_path": "x", "exit_codes_unrecoverable": ["0-5"]}),
+                "exit_codes_unrecoverable[0]",
+                "success",
+            ),
+            (
+                json!({"file_path": "x", "exit_codes_unrecoverable": ["-1"]}),
+                "exit_codes_unrecoverable[0]",
+                "range",
+            ),
+            (
+                json!({"file_path": "x", "exit_codes_unrecoverable": ["99999999999999999999"]}),
+                "exit_codes_unrecoverable[0]",
+                "out of range",
+            ),
+        ] {
+            let e = s.validate(&config).expect_err(&config.to_string());
+            assert_eq!(e.field, field, "{config}: {e}");
+            assert!(e.message.contains(says), "{config}: {e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn utask_fields_are_checked_at_run_time_too() {
+        for (config, field) in [
+            (
+                json!({"file": "json.sh", "file_path": "json.sh"}),
+                "file_path",
+            ),
+            (
+                json!({"file": "json.sh", "output_manual_delimiters": ["a", "b"]}),
+                "output_manual_delimiters",
+            ),
+            (
+                json!({"file": "json.sh", "exit_codes_unrecoverable": ["{{ x }}"]}),
+                "exit_codes_unrecoverable[0]",
+            ),
+            (
+                json!({"file": "json.sh", "output_mode": "auto-result"}),
+                "output_mode",
+            ),
         ] {
             let message = fatal_message(script().run(config.clone(), ctx()).await);
             assert!(message.contains(field), "{config}: {message}");

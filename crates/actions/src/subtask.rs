@@ -1,12 +1,16 @@
 //! `subtask`: starts a child task from a template and waits (without a timer) until it ends.
 //! It goes through [`crate::TaskService`] only and must never poll, sleep or create a child twice.
 
+use std::collections::BTreeMap;
+use std::time::Duration;
+
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::config::{self, Check, Stage, opt};
-use crate::{Action, ActionContext, ActionError, ActionOutput, ConfigError};
+use crate::duration::kind;
+use crate::{Action, ActionContext, ActionError, ActionOutput, ConfigError, SubtaskOptions};
 
 /// The `subtask` action.
 #[derive(Debug, Clone, Copy, Default)]
@@ -18,6 +22,99 @@ struct SubtaskConfig {
     template: String,
     #[serde(default)]
     inputs: Option<Map<String, Value>>,
+    /// µTask's name for `inputs`.
+    #[serde(default)]
+    input: Option<Map<String, Value>>,
+    /// µTask's inputs as JSON text, merged over `input`.
+    #[serde(default)]
+    json_input: Option<String>,
+    #[serde(default)]
+    resolver_usernames: Option<Value>,
+    #[serde(default)]
+    watcher_usernames: Option<Value>,
+    /// Only read by `check`, which refuses any group: taskhook has none.
+    #[serde(default)]
+    #[allow(dead_code)]
+    resolver_groups: Option<Value>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    watcher_groups: Option<Value>,
+    #[serde(default, deserialize_with = "config::de_opt_duration")]
+    delay: Option<Duration>,
+    #[serde(default)]
+    tags: Option<BTreeMap<String, String>>,
+}
+
+const FIELDS: &[&str] = &[
+    "template",
+    "inputs",
+    "input",
+    "json_input",
+    "resolver_usernames",
+    "watcher_usernames",
+    "resolver_groups",
+    "watcher_groups",
+    "delay",
+    "tags",
+];
+
+/// The tag µTask puts on a subtask, naming its parent; templates may not set it.
+pub(crate) const PARENT_TAG: &str = "_utask_parent_task_id";
+/// As the API allows on a task.
+const MAX_PEOPLE: usize = 100;
+const MAX_USERNAME_CHARS: usize = 256;
+
+/// A list of names: a JSON list, or µTask's JSON list in a string (`'["ada"]'`); `null` and
+/// `""` are none. `None` when it is still a template.
+fn name_list(c: &Check, field: &str, v: &Value) -> Result<Option<Vec<String>>, ConfigError> {
+    let expected = "expected a list of user names, or one as JSON text such as '[\"ada\"]'";
+    let items = match v {
+        Value::Null => return Ok(Some(Vec::new())),
+        _ if c.deferred(v) => return Ok(None),
+        Value::String(s) if s.trim().is_empty() => return Ok(Some(Vec::new())),
+        Value::String(s) => match serde_json::from_str::<Value>(s) {
+            Ok(Value::Array(items)) => items,
+            Ok(Value::Null) => return Ok(Some(Vec::new())),
+            _ => {
+                return Err(ConfigError::new(field, format!("{expected}, got {s:?}")));
+            }
+        },
+        Value::Array(items) => items.clone(),
+        other => {
+            return Err(ConfigError::new(
+                field,
+                format!("{expected}, got {}", kind(other)),
+            ));
+        }
+    };
+    let mut names: Vec<String> = Vec::with_capacity(items.len());
+    let mut deferred = false;
+    for (i, item) in items.iter().enumerate() {
+        let item_field = format!("{field}[{i}]");
+        let Some(name) = c.string(&item_field, item)? else {
+            deferred = true;
+            continue;
+        };
+        if name.is_empty()
+            || name.chars().count() > MAX_USERNAME_CHARS
+            || name.chars().any(char::is_control)
+        {
+            return Err(ConfigError::new(
+                item_field,
+                format!("{name:?} is not a user name: 1-256 characters, no control characters"),
+            ));
+        }
+        if !names.iter().any(|n| n == name) {
+            names.push(name.to_string());
+        }
+    }
+    if names.len() > MAX_PEOPLE {
+        return Err(ConfigError::new(
+            field,
+            format!("at most {MAX_PEOPLE} users"),
+        ));
+    }
+    Ok((!deferred).then_some(names))
 }
 
 fn check(config: &Value, stage: Stage) -> Result<(), ConfigError> {
@@ -25,17 +122,83 @@ fn check(config: &Value, stage: Stage) -> Result<(), ConfigError> {
     let Some(map) = c.object("", config)? else {
         return Ok(());
     };
-    c.keys("", map, &["template", "inputs"], &["template"])?;
+    c.keys("", map, FIELDS, &["template"])?;
     if let Some(template) = map.get("template")
         && let Some(t) = c.string("template", template)?
         && t.trim().is_empty()
     {
         return Err(ConfigError::new("template", "must not be empty"));
     }
-    if let Some(inputs) = opt(map, "inputs") {
-        c.object("inputs", inputs)?;
+    if opt(map, "inputs").is_some() && opt(map, "input").is_some() {
+        return Err(ConfigError::new(
+            "input",
+            "give either inputs or input (µTask's name), not both",
+        ));
+    }
+    for field in ["inputs", "input"] {
+        if let Some(inputs) = opt(map, field) {
+            c.object(field, inputs)?;
+        }
+    }
+    if let Some(v) = opt(map, "json_input")
+        && let Some(text) = c.string("json_input", v)?
+    {
+        json_input(text).map_err(|e| ConfigError::new("json_input", e))?;
+    }
+    for field in ["resolver_usernames", "watcher_usernames"] {
+        if let Some(v) = map.get(field) {
+            name_list(&c, field, v)?;
+        }
+    }
+    for (field, instead) in [
+        ("resolver_groups", "resolver_usernames"),
+        ("watcher_groups", "watcher_usernames"),
+    ] {
+        if let Some(v) = map.get(field)
+            && let Some(groups) = name_list(&c, field, v)?
+            && !groups.is_empty()
+        {
+            return Err(ConfigError::new(
+                field,
+                format!(
+                    "taskhook has no user groups, so groups cannot be given access: \
+                     name the users in {instead}"
+                ),
+            ));
+        }
+    }
+    if let Some(v) = opt(map, "delay") {
+        c.duration("delay", v)?;
+    }
+    if let Some(v) = opt(map, "tags")
+        && let Some(tags) = c.string_map("tags", v)?
+    {
+        for name in tags.keys() {
+            if name.is_empty() {
+                return Err(ConfigError::new("tags", "a tag name must not be empty"));
+            }
+            if name == PARENT_TAG {
+                return Err(ConfigError::new(
+                    config::join("tags", name),
+                    "set on every subtask to its parent's id; templates may not set it",
+                ));
+            }
+        }
     }
     Ok(())
+}
+
+/// µTask's `json_input`: a JSON object as text (`null` or nothing is no inputs).
+fn json_input(text: &str) -> Result<Map<String, Value>, String> {
+    if text.trim().is_empty() {
+        return Ok(Map::new());
+    }
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(Value::Null) => Ok(Map::new()),
+        Ok(other) => Err(format!("expected a JSON object, got {}", kind(&other))),
+        Err(e) => Err(format!("not JSON: {e}")),
+    }
 }
 
 fn waiting(metadata: Value) -> ActionError {
@@ -57,21 +220,55 @@ impl Action for Subtask {
 
     async fn run(&self, config: Value, ctx: ActionContext) -> Result<ActionOutput, ActionError> {
         let cfg: SubtaskConfig = config::parse("subtask", &config, check)?;
-        if cfg.template.trim().is_empty() {
-            return Err(ActionError::fatal(
-                "invalid subtask configuration: template: must not be empty",
-            ));
-        }
+        // Serde does not see rules across fields: the checks do.
+        check(&config, Stage::Run).map_err(|e| {
+            ActionError::fatal(format!(
+                "invalid subtask configuration: {}",
+                config::describe(&e)
+            ))
+        })?;
         let previous = ctx
             .previous_metadata
             .as_ref()
             .and_then(|m| m.get("task_id"))
             .and_then(Value::as_str);
         let Some(id) = previous else {
-            let inputs = Value::Object(cfg.inputs.unwrap_or_default());
+            let mut inputs = cfg.inputs.or(cfg.input).unwrap_or_default();
+            // As in µTask, `json_input` is read over `input`: its keys win.
+            if let Some(text) = &cfg.json_input {
+                let extra = json_input(text).map_err(|e| {
+                    ActionError::fatal(format!("invalid subtask configuration: json_input: {e}"))
+                })?;
+                inputs.extend(extra);
+            }
+            let people = |field: &str, v: &Option<Value>| -> Result<Vec<String>, ActionError> {
+                let c = Check::new(Stage::Run);
+                let names =
+                    name_list(&c, field, v.as_ref().unwrap_or(&Value::Null)).map_err(|e| {
+                        ActionError::fatal(format!(
+                            "invalid subtask configuration: {}",
+                            config::describe(&e)
+                        ))
+                    })?;
+                Ok(names.unwrap_or_default())
+            };
+            let mut tags = cfg.tags.unwrap_or_default();
+            tags.insert(PARENT_TAG.to_string(), ctx.task_id.clone());
+            let options = SubtaskOptions {
+                resolvers: people("resolver_usernames", &cfg.resolver_usernames)?,
+                watchers: people("watcher_usernames", &cfg.watcher_usernames)?,
+                tags,
+                delay: cfg.delay,
+            };
             let id = ctx
                 .tasks
-                .create_subtask(&ctx.task_id, &cfg.template, inputs, &ctx.idempotency_key)
+                .create_subtask(
+                    &ctx.task_id,
+                    &cfg.template,
+                    Value::Object(inputs),
+                    &options,
+                    &ctx.idempotency_key,
+                )
                 .await
                 .map_err(|e| {
                     ActionError::client(format!(
@@ -246,6 +443,170 @@ mod tests {
         assert_eq!(tasks.count(), 0);
     }
 
+    #[tokio::test]
+    async fn utask_fields_reach_the_child() {
+        let tasks = Arc::new(MemoryTasks::with_templates(&["child"]));
+        let config = json!({
+            "template": "child",
+            "input": {"a": 1, "b": "from input"},
+            "json_input": r#"{"b": "from json_input", "c": [1, 2]}"#,
+            "resolver_usernames": r#"["ada", "bob", "ada"]"#,
+            "watcher_usernames": ["carol"],
+            "resolver_groups": "",
+            "watcher_groups": "[]",
+            "delay": "10m",
+            "tags": {"team": "core"},
+        });
+        let id = task_id(Subtask.run(config, ctx_with(tasks.clone())).await);
+        assert_eq!(
+            tasks.created_with(&id),
+            Some((
+                "t1".to_string(),
+                json!({"a": 1, "b": "from json_input", "c": [1, 2]})
+            ))
+        );
+        let options = tasks.options_of(&id).unwrap();
+        assert_eq!(options.resolvers, vec!["ada", "bob"]);
+        assert_eq!(options.watchers, vec!["carol"]);
+        assert_eq!(options.delay, Some(std::time::Duration::from_secs(600)));
+        assert_eq!(
+            options.tags,
+            BTreeMap::from([
+                ("team".to_string(), "core".to_string()),
+                (PARENT_TAG.to_string(), "t1".to_string()),
+            ])
+        );
+
+        // Without them: no people, no delay, only the parent tag.
+        let tasks = Arc::new(MemoryTasks::with_templates(&["child"]));
+        let id = task_id(
+            Subtask
+                .run(
+                    json!({"template": "child", "json_input": r#"{"x": true}"#}),
+                    ctx_with(tasks.clone()),
+                )
+                .await,
+        );
+        assert_eq!(tasks.created_with(&id).unwrap().1, json!({"x": true}));
+        let options = tasks.options_of(&id).unwrap();
+        assert!(options.resolvers.is_empty() && options.watchers.is_empty());
+        assert_eq!(options.delay, None);
+        assert_eq!(options.tags.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn utask_fields_are_checked_at_run_time() {
+        let tasks = Arc::new(MemoryTasks::with_templates(&["child"]));
+        for (config, field) in [
+            (
+                json!({"template": "child", "json_input": "[1]"}),
+                "json_input",
+            ),
+            (
+                json!({"template": "child", "json_input": "{nope"}),
+                "json_input",
+            ),
+            (
+                json!({"template": "child", "resolver_usernames": "ada"}),
+                "resolver_usernames",
+            ),
+            (
+                json!({"template": "child", "watcher_groups": r#"["ops"]"#}),
+                "watcher_groups",
+            ),
+            (json!({"template": "child", "delay": "soon"}), "delay"),
+            (
+                json!({"template": "child", "input": {}, "inputs": {}}),
+                "input",
+            ),
+        ] {
+            let r = Subtask.run(config.clone(), ctx_with(tasks.clone())).await;
+            let Err(ActionError::Fatal { message }) = r else {
+                panic!("{config}: {r:?}")
+            };
+            assert!(message.contains(field), "{config}: {message}");
+        }
+        assert_eq!(tasks.count(), 0);
+    }
+
+    #[test]
+    fn validate_utask_fields() {
+        for config in [
+            json!({"template": "c", "input": {"a": 1}, "json_input": "{\"b\": 2}"}),
+            json!({"template": "c", "json_input": "{{ .step.x.output | toJson }}"}),
+            json!({"template": "c", "resolver_usernames": "[\"ada\"]", "watcher_usernames": ["b", "{{ x }}"]}),
+            json!({"template": "c", "resolver_usernames": "{{ .input.users }}"}),
+            json!({"template": "c", "resolver_groups": "[]", "watcher_groups": null}),
+            json!({"template": "c", "resolver_groups": "{{ .input.groups }}"}),
+            json!({"template": "c", "delay": "10m", "tags": {"k": "{{ v }}"}}),
+            json!({"template": "c", "delay": "{{ .input.delay }}"}),
+        ] {
+            assert_eq!(Subtask.validate(&config), Ok(()), "{config}");
+        }
+        for (config, field, says) in [
+            (
+                json!({"template": "c", "json_input": "[1]"}),
+                "json_input",
+                "object",
+            ),
+            (
+                json!({"template": "c", "json_input": {"a": 1}}),
+                "json_input",
+                "string",
+            ),
+            (
+                json!({"template": "c", "resolver_usernames": "ada"}),
+                "resolver_usernames",
+                "JSON",
+            ),
+            (
+                json!({"template": "c", "resolver_usernames": 5}),
+                "resolver_usernames",
+                "list",
+            ),
+            (
+                json!({"template": "c", "watcher_usernames": [""]}),
+                "watcher_usernames[0]",
+                "user name",
+            ),
+            (
+                json!({"template": "c", "resolver_groups": "[\"ops\"]"}),
+                "resolver_groups",
+                "no user groups",
+            ),
+            (
+                json!({"template": "c", "watcher_groups": ["ops"]}),
+                "watcher_groups",
+                "watcher_usernames",
+            ),
+            (
+                json!({"template": "c", "delay": "later"}),
+                "delay",
+                "duration",
+            ),
+            (
+                json!({"template": "c", "tags": {"k": 1}}),
+                "tags.k",
+                "string",
+            ),
+            (
+                json!({"template": "c", "tags": {PARENT_TAG: "x"}}),
+                "tags._utask_parent_task_id",
+                "parent",
+            ),
+            (
+                json!({"template": "c", "input": {}, "inputs": {}}),
+                "input",
+                "not both",
+            ),
+            (json!({"template": "c", "input": []}), "input", "object"),
+        ] {
+            let e = Subtask.validate(&config).expect_err(&config.to_string());
+            assert_eq!(e.field, field, "{config}: {e}");
+            assert!(e.message.contains(says), "{config}: {e}");
+        }
+    }
+
     #[test]
     fn validate() {
         assert_eq!(Subtask.validate(&json!({"template": "child"})), Ok(()));
@@ -274,7 +635,7 @@ mod tests {
         );
         assert_eq!(
             Subtask
-                .validate(&json!({"template": "c", "input": {}}))
+                .validate(&json!({"template": "c", "input": {}, "inputs": {}}))
                 .unwrap_err()
                 .field,
             "input"

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::{ActionContext, TaskService, TaskSnapshot};
+use crate::{ActionContext, SubtaskOptions, TaskService, TaskSnapshot};
 
 /// Tasks kept in memory; `create_subtask` is idempotent on its key like the real store.
 #[derive(Default)]
@@ -20,6 +20,7 @@ pub(crate) struct MemoryTasks {
 #[derive(Default)]
 struct Inner {
     tasks: HashMap<String, (TaskSnapshot, String, Value)>,
+    options: HashMap<String, SubtaskOptions>,
     by_key: HashMap<String, String>,
     next: u64,
 }
@@ -43,6 +44,11 @@ impl MemoryTasks {
         self.inner.lock().unwrap().tasks.len()
     }
 
+    /// The options a task was created with.
+    pub fn options_of(&self, id: &str) -> Option<SubtaskOptions> {
+        self.inner.lock().unwrap().options.get(id).cloned()
+    }
+
     /// Parent id and inputs a task was created with.
     pub fn created_with(&self, id: &str) -> Option<(String, Value)> {
         let inner = self.inner.lock().unwrap();
@@ -60,6 +66,7 @@ impl TaskService for MemoryTasks {
         parent_id: &str,
         template: &str,
         inputs: Value,
+        options: &SubtaskOptions,
         key: &str,
     ) -> Result<String, String> {
         if !self.templates.contains(template) {
@@ -82,6 +89,7 @@ impl TaskService for MemoryTasks {
         inner
             .tasks
             .insert(id.clone(), (snapshot, parent_id.to_string(), inputs));
+        inner.options.insert(id.clone(), options.clone());
         inner.by_key.insert(key.to_string(), id.clone());
         Ok(id)
     }

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::{Value, json};
-use taskhook_actions::{Registry, TaskService, TaskSnapshot};
+use taskhook_actions::{Registry, SubtaskOptions, TaskService, TaskSnapshot};
 use taskhook_model::input::resolve_inputs;
 use taskhook_model::{Function, StepState, TaskState, Template};
 use taskhook_store::{
@@ -1318,16 +1318,29 @@ impl TaskService for Tasks {
         parent_id: &str,
         template: &str,
         inputs: Value,
+        options: &SubtaskOptions,
         key: &str,
     ) -> Result<String, String> {
         let inner = self.inner.upgrade().ok_or("the engine is stopping")?;
+        let run_at = options
+            .delay
+            .map(|d| now_ms().saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)));
         let req = CreateTask {
             template: template.to_string(),
             inputs,
             requester: format!("task:{parent_id}"),
+            tags: options
+                .tags
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                .collect(),
             idempotency_key: Some(key.to_string()),
+            run_at,
             parent_id: Some(parent_id.to_string()),
-            ..Default::default()
+            people: taskhook_store::TaskPeople {
+                resolvers: options.resolvers.clone(),
+                watchers: options.watchers.clone(),
+            },
         };
         inner
             .create_task(req)
