@@ -69,6 +69,9 @@ struct ScriptConfig {
     stdin: Option<String>,
     #[serde(default, deserialize_with = "config::de_opt_duration")]
     timeout: Option<Duration>,
+    /// An older µTask form of `timeout`: whole seconds, as a number or its text.
+    #[serde(default)]
+    timeout_seconds: Option<Value>,
     #[serde(default, deserialize_with = "config::de_opt_u64")]
     max_output_bytes: Option<u64>,
     #[serde(default)]
@@ -87,6 +90,7 @@ const FIELDS: &[&str] = &[
     "environment",
     "stdin",
     "timeout",
+    "timeout_seconds",
     "max_output_bytes",
     "output_mode",
     "output_manual_delimiters",
@@ -184,6 +188,16 @@ fn env_text(v: &Value) -> String {
     }
 }
 
+/// µTask's `timeout_seconds`: a positive whole number of seconds, or its text.
+fn seconds(v: &Value) -> Option<Duration> {
+    let n = match v {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.trim().parse::<u64>().ok(),
+        _ => None,
+    }?;
+    (n > 0).then(|| Duration::from_secs(n))
+}
+
 /// A relative path with no `..`: the lexical half of the containment check.
 fn check_file(file: &str) -> Result<(), String> {
     if file.trim().is_empty() {
@@ -274,6 +288,21 @@ fn check(config: &Value, stage: Stage) -> Result<(), ConfigError> {
     }
     if let Some(v) = opt(map, "timeout") {
         c.positive_duration("timeout", v)?;
+    }
+    if let Some(v) = opt(map, "timeout_seconds") {
+        if opt(map, "timeout").is_some() {
+            return Err(ConfigError::new(
+                "timeout_seconds",
+                "also given as timeout: give one of them",
+            ));
+        }
+        let templated = v.as_str().is_some_and(|t| t.contains("{{"));
+        if !(templated && stage == Stage::Load) && seconds(v).is_none() {
+            return Err(ConfigError::new(
+                "timeout_seconds",
+                "must be a whole number of seconds greater than zero",
+            ));
+        }
     }
     if let Some(v) = opt(map, "max_output_bytes")
         && c.uint("max_output_bytes", v)? == Some(0)
@@ -715,7 +744,10 @@ impl Action for Script {
                 "scripts are disabled: start the server with --scripts-dir",
             ));
         };
-        let timeout = cfg.timeout.unwrap_or(DEFAULT_TIMEOUT);
+        let timeout = cfg
+            .timeout
+            .or_else(|| cfg.timeout_seconds.as_ref().and_then(seconds))
+            .unwrap_or(DEFAULT_TIMEOUT);
         if timeout.is_zero() {
             return Err(fatal("timeout", "must be greater than zero"));
         }
@@ -1105,6 +1137,35 @@ mod tests {
             ))
         );
         assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn utask_timeout_seconds_bounds_the_script() {
+        let r = script()
+            .run(json!({"file": "slow.sh", "timeout_seconds": "1"}), ctx())
+            .await;
+        assert_eq!(
+            r,
+            Err(ActionError::server("script \"slow.sh\" timed out after 1s"))
+        );
+        for bad in [
+            json!({"file": "x.sh", "timeout_seconds": "soon"}),
+            json!({"file": "x.sh", "timeout_seconds": 0}),
+            json!({"file": "x.sh", "timeout_seconds": 5, "timeout": "5s"}),
+        ] {
+            assert_eq!(
+                check(&bad, Stage::Load).map_err(|e| e.field),
+                Err("timeout_seconds".to_string()),
+                "{bad}"
+            );
+        }
+        assert!(
+            check(
+                &json!({"file": "x.sh", "timeout_seconds": "{{ .input.t }}"}),
+                Stage::Load
+            )
+            .is_ok()
+        );
     }
 
     #[tokio::test]
