@@ -56,10 +56,11 @@ pub fn detect(text: &str) -> Option<Language> {
                 .chars()
                 .next()
                 .is_none_or(|c| c.is_whitespace() || c == '-');
+        // Whether each byte of the action is inside a string literal: one pass, so that a
+        // long string costs linear time.
+        let quoted = quoted_bytes(action);
         // A raw string (`…`) is Go's alone; MiniJinja has no backquotes.
-        let raw_string = action
-            .char_indices()
-            .any(|(i, c)| c == '`' && !in_quotes(&action[..i]));
+        let raw_string = action.char_indices().any(|(i, c)| c == '`' && !quoted[i]);
         if action.starts_with('.')
             || action.starts_with('$')
             || action.starts_with("/*")
@@ -81,7 +82,7 @@ pub fn detect(text: &str) -> Option<Language> {
                 && bytes
                     .get(i + 1)
                     .is_some_and(|c| c.is_ascii_alphabetic() || *c == b'_')
-                && !in_quotes(&action[..i])
+                && !quoted[i]
             {
                 go = true;
             }
@@ -96,11 +97,14 @@ pub fn detect(text: &str) -> Option<Language> {
     }
 }
 
-/// Whether the end of `prefix` is inside a string literal ("…", '…' or `…`).
-fn in_quotes(prefix: &str) -> bool {
+/// For each byte of `action`, whether the text before it ends inside a string literal
+/// ("…", '…' or `…`).
+fn quoted_bytes(action: &str) -> Vec<bool> {
+    let mut out = vec![false; action.len() + 1];
     let mut quote: Option<char> = None;
     let mut escaped = false;
-    for c in prefix.chars() {
+    for (i, c) in action.char_indices() {
+        out[i] = quote.is_some();
         match quote {
             Some(q) => {
                 if escaped {
@@ -114,13 +118,26 @@ fn in_quotes(prefix: &str) -> bool {
             None if matches!(c, '"' | '\'' | '`') => quote = Some(c),
             None => {}
         }
+        for b in out.iter_mut().take(i + c.len_utf8()).skip(i + 1) {
+            *b = quote.is_some();
+        }
     }
-    quote.is_some()
+    out[action.len()] = quote.is_some();
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_action_is_read_in_one_pass() {
+        // Quadratic reading of these would take minutes; one pass takes microseconds.
+        let dots = format!("{{{{ x{} }}}}", " .a".repeat(200_000));
+        assert_eq!(detect(&dots), Some(Language::Go));
+        let quotes = format!("{{{{ input.x ~ \"{}\" }}}}", "`".repeat(400_000));
+        assert_eq!(detect(&quotes), Some(Language::Jinja));
+    }
 
     #[test]
     fn each_language_is_told_by_what_only_it_writes() {
