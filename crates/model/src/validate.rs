@@ -111,6 +111,9 @@ struct Ctx<'a> {
     /// The first field that shows Go, and the first that shows MiniJinja.
     go_at: Option<String>,
     jinja_at: Option<String>,
+    /// A template being put or validated, not one read back from the store: rules added
+    /// since a template may have been stored apply only here, so that its tasks still run.
+    intake: bool,
 }
 
 impl<'a> Ctx<'a> {
@@ -122,6 +125,7 @@ impl<'a> Ctx<'a> {
             lang,
             go_at: None,
             jinja_at: None,
+            intake: true,
         }
     }
 }
@@ -197,6 +201,7 @@ pub fn validate_template_with(
     }
     let lang = resolve_language(t, catalog, check_template)?;
     let mut cx = Ctx::new(t, catalog, Some(lang));
+    cx.intake = *limits != TemplateLimits::UNLIMITED;
     check_template(&mut cx);
     if cx.errors.is_empty() {
         Ok(lang)
@@ -406,7 +411,8 @@ fn check_step(cx: &mut Ctx<'_>, name: &str, step: &Step) {
                 cx.err(format!("{f}.then"), format!("unknown step {target:?}"));
                 continue;
             };
-            if target != "this"
+            if cx.intake
+                && target != "this"
                 && target != name
                 && !depends_on(cx.t, name, target)
                 && !depends_on(cx.t, target, name)
@@ -991,6 +997,26 @@ steps:
         let t = Template::parse(&steps_yaml(500)).unwrap();
         assert_eq!(validate_template(&t, &TestCatalog), Ok(Language::Jinja));
         let t = Template::parse(&steps_yaml(501)).unwrap();
+        assert_eq!(
+            validate_template_with(&t, &TestCatalog, &TemplateLimits::UNLIMITED),
+            Ok(Language::Jinja)
+        );
+    }
+
+    #[test]
+    fn a_condition_setting_a_step_off_its_chain_is_refused_at_intake_only() {
+        let t = Template::parse(
+            "name: t\nsteps:\n  a:\n    action: {type: echo}\n    conditions: [{type: check, if: [{value: x, operator: EQ, expected: x}], then: {b: PRUNE}}]\n  b:\n    action: {type: echo}\n",
+        )
+        .unwrap();
+        let fields: Vec<String> = validate_template(&t, &TestCatalog)
+            .unwrap_err()
+            .errors
+            .into_iter()
+            .map(|e| e.field)
+            .collect();
+        assert_eq!(fields, ["steps.a.conditions[0].then.b"]);
+        // Stored before the rule: its tasks still run.
         assert_eq!(
             validate_template_with(&t, &TestCatalog, &TemplateLimits::UNLIMITED),
             Ok(Language::Jinja)
