@@ -467,7 +467,7 @@ async fn a_blocked_task_reruns_from_a_step_and_the_steps_before_keep_their_outpu
     assert!(out.contains("again: check"), "{out}");
     let t = s.wait_state(&id, &["BLOCKED"]).await;
     for (body, status, field) in [
-        (json!({"from": "nope"}), 400, json!("from")),
+        (json!({"from": "nope"}), 404, Value::Null),
         (json!({"from": "each-0"}), 400, json!("from")),
         (json!({}), 400, Value::Null),
     ] {

@@ -553,18 +553,20 @@ impl Engine {
             .await?;
         let tpl = &compiled.template;
         if !tpl.steps.contains_key(from) {
-            let message = match steps.iter().find(|s| s.name == from) {
+            return Err(match steps.iter().find(|s| s.name == from) {
                 Some(StepRow {
                     foreach_parent: Some(parent),
                     ..
-                }) => format!(
-                    "{from:?} is one item of the foreach step {parent:?}: rerun from {parent:?}"
-                ),
-                _ => format!("the task's template has no step {from:?}"),
-            };
-            return Err(EngineError::Invalid {
-                field: "from".into(),
-                message,
+                }) => EngineError::Invalid {
+                    field: "from".into(),
+                    message: format!(
+                        "{from:?} is one item of the foreach step {parent:?}: rerun from {parent:?}"
+                    ),
+                },
+                // As for setting a step's state: a step the task does not have is not found.
+                _ => EngineError::NotFound {
+                    what: format!("step {from:?} of task {id}"),
+                },
             });
         }
         let mut again: std::collections::BTreeSet<&str> = [from].into();

@@ -279,6 +279,11 @@ fn constrain_bodies(doc: &mut Value) {
             },
         ),
         (
+            "RerunRequest",
+            "from",
+            json!({"type": "string", "minLength": 1, "maxLength": MAX_NAME_LEN, "pattern": "^[A-Za-z0-9_-]+$"}),
+        ),
+        (
             "CommentRequest",
             "content",
             json!({"type": "string", "minLength": 1, "maxLength": crate::task_ops::MAX_COMMENT_CHARS}),
