@@ -27,12 +27,13 @@ pub struct ServeArgs {
     #[arg(long, env = "TASKHOOK_DATABASE_URL")]
     database_url: Option<String>,
     /// What this process does, comma-separated: `api` (HTTP API and webhooks), `worker` (runs
-    /// tasks), `scheduler` (fires cron schedules). API nodes and workers scale apart.
+    /// tasks), `scheduler` (fires cron schedules), `sources` (consumes hooks' message-broker
+    /// sources). API nodes and workers scale apart.
     #[arg(
         long,
         env = "TASKHOOK_ROLES",
         value_delimiter = ',',
-        default_value = "api,worker,scheduler"
+        default_value = "api,worker,scheduler,sources"
     )]
     roles: Vec<Role>,
     /// Name of this instance in leases and audit entries (default: host name, pid and a random suffix).
@@ -165,6 +166,8 @@ pub enum Role {
     Api,
     Worker,
     Scheduler,
+    /// Runs hooks' `sources` subscriptions (message brokers, repositories).
+    Sources,
 }
 
 fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
@@ -639,6 +642,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             stop_sources.clone(),
         ))
     });
+    let sources = roles.contains(&Role::Sources).then(|| {
+        tokio::spawn(taskhook_sources::supervisor::run(
+            engine.clone(),
+            stop_sources.clone(),
+        ))
+    });
     tokio::spawn(prune_history(
         store.clone(),
         args.fire_retention,
@@ -652,6 +661,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             Role::Api => "api",
             Role::Worker => "worker",
             Role::Scheduler => "scheduler",
+            Role::Sources => "sources",
         })
         .collect();
     let first_signal = tokio_util::sync::CancellationToken::new();
@@ -702,6 +712,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     tracing::info!("shutting down: letting running steps finish (a second signal exits at once)");
     stop_sources.cancel();
     if let Some(s) = scheduler {
+        let _ = s.await;
+    }
+    if let Some(s) = sources {
         let _ = s.await;
     }
     engine.shutdown().await;

@@ -60,15 +60,43 @@ impl Engine {
                 message: format!("unknown template {:?}", hook.template),
             });
         }
-        if let Some(w) = &hook.webhook
-            && w.is_redacted()
-        {
-            let previous = self
-                .inner
+        let needs_previous = hook.webhook.as_ref().is_some_and(|w| w.is_redacted())
+            || hook.sources.iter().any(|s| s.is_redacted());
+        let previous = if needs_previous {
+            self.inner
                 .store
                 .get_hook(group, id)
                 .await?
-                .and_then(|r| serde_json::from_value::<Hook>(r.body).ok());
+                .and_then(|r| serde_json::from_value::<Hook>(r.body).ok())
+        } else {
+            None
+        };
+        for (i, source) in hook.sources.iter_mut().enumerate() {
+            if !source.is_redacted() {
+                continue;
+            }
+            // The same position of the stored hook, or failing that any stored source of the
+            // same kind, host and user, gives its password back.
+            let old = previous.as_ref().map(|p| &p.sources[..]).unwrap_or(&[]);
+            let restored = old
+                .get(i)
+                .and_then(|o| source.with_password_from(o))
+                .or_else(|| old.iter().find_map(|o| source.with_password_from(o)));
+            match restored {
+                Some(s) => *source = s,
+                None => {
+                    return Err(EngineError::Invalid {
+                        field: format!("sources[{i}].{}.url", source.kind()),
+                        message: "the password is masked and no stored source of the same \
+                                  kind, host and user has one; send the real password"
+                            .into(),
+                    });
+                }
+            }
+        }
+        if let Some(w) = &hook.webhook
+            && w.is_redacted()
+        {
             match previous.and_then(|p| p.webhook) {
                 Some(p) => hook.webhook = Some(w.with_secret_from(&p)),
                 None => {
@@ -84,6 +112,23 @@ impl Engine {
             field: e.field,
             message: e.message,
         })?;
+        for (i, source) in hook.sources.iter().enumerate() {
+            if let Some(name) = source.common().password_secret
+                && self
+                    .inner
+                    .store
+                    .secret_values(vec![name.to_string()])
+                    .await?
+                    .is_empty()
+            {
+                return Err(EngineError::Invalid {
+                    field: format!("sources[{i}].{}.password_secret", source.kind()),
+                    message: format!(
+                        "secret {name:?} does not exist; create it first (PUT /api/v1/secrets/{name})"
+                    ),
+                });
+            }
+        }
         let body = serde_json::to_value(&hook).map_err(|e| EngineError::Invalid {
             field: "hook".into(),
             message: e.to_string(),
@@ -94,7 +139,7 @@ impl Engine {
             .put_hook(group, id, body, &new_token())
             .await?;
         self.forget_hook(group, id);
-        self.inner.hooks_changed.notify_one();
+        self.inner.hooks_changed.send_modify(|n| *n += 1);
         Ok((row, created))
     }
 
@@ -143,7 +188,7 @@ impl Engine {
     pub async fn delete_hook(&self, group: &str, id: &str) -> Result<bool, EngineError> {
         self.forget_hook(group, id);
         let deleted = self.inner.store.delete_hook(group, id).await?;
-        self.inner.hooks_changed.notify_one();
+        self.inner.hooks_changed.send_modify(|n| *n += 1);
         Ok(deleted)
     }
 
@@ -169,7 +214,19 @@ impl Engine {
         event: Event,
         scheduled_for: Option<i64>,
     ) -> Result<FireResult, EngineError> {
-        self.inner.fire(row, hook, event, scheduled_for).await
+        self.inner.fire(row, hook, event, scheduled_for, None).await
+    }
+
+    /// Records an event the hook cannot take (e.g. a message over its source's size limit)
+    /// as a fire `error` with `reason`, deduplicated by delivery id like any fire.
+    pub async fn fire_error(
+        &self,
+        row: &HookRow,
+        hook: &Hook,
+        event: Event,
+        reason: String,
+    ) -> Result<FireResult, EngineError> {
+        self.inner.fire(row, hook, event, None, Some(reason)).await
     }
 
     /// Records an event that failed authentication, without its body.
@@ -188,9 +245,15 @@ impl Engine {
         }
     }
 
-    /// Notified whenever hooks are created, changed or deleted through this engine.
-    pub fn hooks_changed(&self) -> &tokio::sync::Notify {
-        &self.inner.hooks_changed
+    /// Changes whenever hooks are created, changed or deleted through this engine (or, on a
+    /// shared store, through another instance).
+    pub fn hooks_changed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.hooks_changed.subscribe()
+    }
+
+    /// What this process's source subscriptions report.
+    pub fn source_board(&self) -> &std::sync::Arc<crate::source_board::SourceBoard> {
+        &self.inner.source_board
     }
 
     /// For a hook with `overlap: queue`: once its previous task has ended, starts the task of
@@ -344,13 +407,18 @@ impl Inner {
         hook: &Hook,
         event: Event,
         scheduled_for: Option<i64>,
+        refusal: Option<String>,
     ) -> Result<FireResult, EngineError> {
         let mut fire = NewFire {
             payload: Some(stored_payload(&event.payload)),
             ..new_fire(row, &event, "created", scheduled_for)
         };
         let mut prepared = None;
-        match decide(hook, &event) {
+        let decision = match refusal {
+            Some(reason) => Err(reason),
+            None => decide(hook, &event),
+        };
+        match decision {
             Ok(Decision::Create(_)) if hook.scope_error().is_some() => {
                 fire.result = "error".into();
                 fire.error = hook.scope_error();

@@ -10,6 +10,7 @@ mod hooks;
 mod render;
 mod run;
 mod secrets;
+pub mod source_board;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -197,8 +198,11 @@ pub(crate) struct Inner {
     /// Recently read hooks, parsed: saves a read and a parse per webhook. Dropped on change
     /// by this process; trusted for [`CURRENT_VERSION_TTL`] otherwise.
     pub hooks: Mutex<HashMap<(String, String), CachedHook>>,
-    /// Wakes the scheduler: hooks were created, changed or deleted.
-    pub hooks_changed: Notify,
+    /// Counts hook changes (created, changed or deleted): wakes the scheduler and the
+    /// sources, each holding a receiver.
+    pub hooks_changed: tokio::sync::watch::Sender<u64>,
+    /// What each running source subscription of this process reports.
+    pub source_board: Arc<crate::source_board::SourceBoard>,
     /// Set by [`Engine::start`]: only a started engine runs tasks.
     pub started: std::sync::atomic::AtomicBool,
 }
@@ -273,7 +277,8 @@ impl Engine {
             resources,
             shutdown: CancellationToken::new(),
             started: std::sync::atomic::AtomicBool::new(false),
-            hooks_changed: Notify::new(),
+            hooks_changed: tokio::sync::watch::Sender::new(0),
+            source_board: Default::default(),
             hooks: Mutex::new(HashMap::new()),
         });
         follow_changes(&inner);
@@ -1302,7 +1307,7 @@ fn follow_changes(inner: &Arc<Inner>) {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clear();
-            inner.hooks_changed.notify_one();
+            inner.hooks_changed.send_modify(|n| *n += 1);
         }
     });
 }

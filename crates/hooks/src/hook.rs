@@ -9,6 +9,7 @@ use serde_json::{Map, Value, json};
 
 use crate::schedule::{Misfire, Schedule};
 use crate::signature::{WebhookSettings, validate_settings};
+use crate::source::{SourceSpec, validate_sources};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -69,6 +70,10 @@ pub struct Hook {
     /// Provider webhook settings (`provider` and `secret`); the secret is never returned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<WebhookSettings>,
+    /// Message-broker and repository subscriptions that fire the hook (see
+    /// [`crate::source`]); passwords in their URLs are never returned.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<SourceSpec>,
     /// HTTP methods the secret-token trigger accepts (default POST).
     #[serde(default = "default_methods")]
     pub methods: Vec<String>,
@@ -179,6 +184,7 @@ impl Hook {
         if let Some(w) = &self.webhook {
             validate_settings(w).map_err(|e| err(format!("webhook.{}", e.field), e.message))?;
         }
+        validate_sources(&self.sources)?;
         for (i, s) in self.scopes.iter().flatten().enumerate() {
             taskhook_model::scope::check(s).map_err(|e| err(format!("scopes[{i}]"), e))?;
         }
@@ -216,10 +222,11 @@ impl Hook {
         })
     }
 
-    /// The hook as the API shows it: webhook secrets masked.
+    /// The hook as the API shows it: webhook secrets and passwords in source URLs masked.
     pub fn redacted(&self) -> Hook {
         Hook {
             webhook: self.webhook.as_ref().map(|w| w.redacted()),
+            sources: self.sources.iter().map(SourceSpec::redacted).collect(),
             ..self.clone()
         }
     }

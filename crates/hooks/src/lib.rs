@@ -5,6 +5,7 @@
 pub mod hook;
 pub mod schedule;
 pub mod signature;
+pub mod source;
 
 pub use hook::{
     Decision, Event, Hook, HookError, HookMetadata, MAX_HOOK_PART_LEN, Overlap, check_payload,
@@ -12,3 +13,4 @@ pub use hook::{
 };
 pub use schedule::{Misfire, Schedule};
 pub use signature::WebhookSettings;
+pub use source::{Message, SourceSpec};

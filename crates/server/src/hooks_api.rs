@@ -162,6 +162,21 @@ pub async fn put_hook(
             format!("the hook would hold {missing:?}, which the caller does not hold"),
         ));
     }
+    // A source connecting with a named secret's password: the writer must be allowed to use it.
+    for (i, source) in hook.sources.iter().enumerate() {
+        if let Some(name) = source.common().password_secret
+            && taskhook_model::secret::first_unusable(&c.scopes, [name]).is_some()
+        {
+            return Err(Problem::field(
+                StatusCode::FORBIDDEN,
+                format!("sources[{i}].{}.password_secret", source.kind()),
+                format!(
+                    "this token lacks the scope {:?}",
+                    taskhook_model::secret::use_scope(name)
+                ),
+            ));
+        }
+    }
     let (row, created) = s.engine.put_hook(&group, &id, hook).await?;
     let stored: Hook = serde_json::from_value(row.body.clone())
         .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
@@ -237,7 +252,7 @@ pub async fn delete_hook(
     }
 }
 
-#[utoipa::path(get, path = "/api/v1/hooks/{group}/{id}/status", responses((status = 200, description = "Next due times and the last fire")))]
+#[utoipa::path(get, path = "/api/v1/hooks/{group}/{id}/status", responses((status = 200, description = "Next due times, the last fire, and each source's connection state on this instance")))]
 pub async fn hook_status(
     _c: Caller,
     State(s): State<AppState>,
@@ -271,8 +286,29 @@ pub async fn hook_status(
         .into_iter()
         .next()
         .map(FireOut::from);
+    let running = s.engine.source_board().of(&group, &id);
+    let sources: Vec<Value> = hook
+        .sources
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| match running.iter().find(|r| r.index == i) {
+            Some(r) => {
+                let mut v = json!(r);
+                v["running_here"] = Value::Bool(true);
+                v
+            }
+            None => json!({
+                "index": i,
+                "kind": spec.kind(),
+                "subscription": spec.describe(),
+                "connected": false,
+                "running_here": false,
+            }),
+        })
+        .collect();
     Ok(Json(json!({
         "enabled": hook.enabled,
+        "sources": sources,
         "next_scheduled": next,
         "last_scheduled_for": row.last_scheduled_for.map(time),
         "last_fire": last,

@@ -70,6 +70,7 @@ pub async fn run(engine: Engine, stop: CancellationToken) {
     let mut queue_check: Option<tokio::task::JoinHandle<()>> = None;
     let mut loaded_at = None::<tokio::time::Instant>;
     let slots = Arc::new(Semaphore::new(CONCURRENT_FIRES));
+    let mut changed = engine.hooks_changed();
     loop {
         if loaded_at.is_none_or(|t| t.elapsed() >= RELOAD_EVERY) {
             match refresh(&engine, std::mem::take(&mut hooks)).await {
@@ -182,7 +183,7 @@ pub async fn run(engine: Engine, stop: CancellationToken) {
                     line.flight = None;
                 }
             }
-            _ = engine.hooks_changed().notified() => loaded_at = None,
+            _ = changed.changed() => loaded_at = None,
             _ = stop.cancelled() => {
                 if let Some(h) = queue_check {
                     h.abort();

@@ -337,3 +337,116 @@ impl Server {
             .collect()
     }
 }
+
+/// The URL of an external service (a message broker) from environment variable `var`, or
+/// `default`; `None` after a visible message when nothing listens there (a failure when
+/// TASKHOOK_TEST_REQUIRE_SERVICES=1).
+pub async fn service_url(var: &str, default: &str) -> Option<String> {
+    let url = std::env::var(var).unwrap_or_else(|_| default.to_string());
+    let parsed = reqwest::Url::parse(&url).unwrap_or_else(|e| panic!("{var}={url}: {e}"));
+    let host = parsed.host_str().unwrap_or("127.0.0.1").to_string();
+    let port = parsed.port_or_known_default().unwrap_or(0);
+    let reachable = tokio::time::timeout(
+        Duration::from_secs(3),
+        tokio::net::TcpStream::connect((host.as_str(), port)),
+    )
+    .await
+    .is_ok_and(|c| c.is_ok());
+    if reachable {
+        return Some(url);
+    }
+    let required = std::env::var("TASKHOOK_TEST_REQUIRE_SERVICES").is_ok_and(|v| v == "1");
+    assert!(
+        !required,
+        "{url} ({var}) is required (TASKHOOK_TEST_REQUIRE_SERVICES=1) but not reachable"
+    );
+    eprintln!("SKIPPED: nothing listens at {url} (set {var} to a reachable one)");
+    None
+}
+
+impl Server {
+    /// Puts a hook from YAML; returns the status and the answer.
+    pub async fn put_hook(&self, group: &str, id: &str, yaml: &str) -> (u16, Value) {
+        let (st, _, v) = self
+            .req(
+                reqwest::Method::PUT,
+                &format!("/api/v1/hooks/{group}/{id}"),
+                Some((yaml, "application/yaml")),
+            )
+            .await;
+        (st, v)
+    }
+
+    /// Every fire of a hook, oldest first.
+    pub async fn fires(&self, group: &str, id: &str) -> Vec<Value> {
+        let mut all = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut path = format!("/api/v1/hooks/{group}/{id}/fires?limit=1000");
+            if let Some(c) = &cursor {
+                path.push_str(&format!("&cursor={c}"));
+            }
+            let (st, v) = self.get(&path).await;
+            assert_eq!(st, 200, "{v}");
+            all.extend(v["fires"].as_array().cloned().unwrap_or_default());
+            match v["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_string()),
+                None => break,
+            }
+        }
+        all.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+        all
+    }
+
+    /// Waits until a hook has at least `n` fires; panics with them after `limit`.
+    pub async fn wait_fires(&self, group: &str, id: &str, n: usize, limit: Duration) -> Vec<Value> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let fires = self.fires(group, id).await;
+            if fires.len() >= n {
+                return fires;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "hook {group}/{id} has {} fires, not {n}, after {limit:?}: {:#}",
+                    fires.len(),
+                    Value::Array(fires)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The `sources` of a hook's status.
+    pub async fn source_status(&self, group: &str, id: &str) -> Vec<Value> {
+        let (st, v) = self
+            .get(&format!("/api/v1/hooks/{group}/{id}/status"))
+            .await;
+        assert_eq!(st, 200, "{v}");
+        v["sources"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Waits until `check` holds for source `index` of a hook's status.
+    pub async fn wait_source(
+        &self,
+        group: &str,
+        id: &str,
+        index: usize,
+        limit: Duration,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let s = self.source_status(group, id).await;
+            if let Some(v) = s.get(index)
+                && check(v)
+            {
+                return v.clone();
+            }
+            if Instant::now() > deadline {
+                panic!("source {index} of hook {group}/{id} never got there: {s:#?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
