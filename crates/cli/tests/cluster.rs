@@ -51,33 +51,13 @@ impl Sink {
     }
 }
 
-fn start_cluster(url: &str, n: usize, extra: &[&str]) -> Vec<Server> {
-    // The instances share one key ring, as every instance of a cluster must.
-    let ring = support::fresh_dir().join("keys");
-    let ring = ring.to_str().unwrap();
-    let (code, _, err) = support::taskhook(None, &["keys", "generate", "--key-file", ring]);
-    assert_eq!(code, 0, "{err}");
-    let mut flags = vec![
-        "--database-url",
-        url,
-        "--database-pool",
-        "8",
-        "--key-file",
-        ring,
-    ];
-    flags.extend_from_slice(extra);
-    (0..n)
-        .map(|_| Server::start_in(support::fresh_dir(), &flags))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_instance_loses_no_task_and_runs_no_step_twice() {
     let Some(db) = support::postgres_url().await else {
         return;
     };
     let (sink, sink_url) = Sink::start().await;
-    let mut cluster = start_cluster(&db, 3, &["--lease", "2s", "--orphan-sweep", "500ms"]);
+    let mut cluster = support::start_cluster(&db, 3, &["--lease", "2s", "--orphan-sweep", "500ms"]);
     // `prepare` may run again after a crash; `charge` must never run twice.
     let template = format!(
         "name: order\nauto_runnable: true\ninputs: [{{name: n}}]\nsteps:\n  prepare:\n    idempotent: true\n    action: {{type: http, configuration: {{method: POST, url: '{sink_url}/hit/150'}}}}\n  charge:\n    dependencies: [prepare]\n    action: {{type: http, configuration: {{method: POST, url: '{sink_url}/hit/50'}}}}\n"
@@ -197,7 +177,7 @@ async fn schedules_fire_once_per_due_time_across_instances() {
     let Some(db) = support::postgres_url().await else {
         return;
     };
-    let mut cluster = start_cluster(&db, 3, &["--lease", "2s", "--orphan-sweep", "500ms"]);
+    let mut cluster = support::start_cluster(&db, 3, &["--lease", "2s", "--orphan-sweep", "500ms"]);
     let s = &cluster[0];
     let (st, v) = s
         .put_template(
@@ -321,7 +301,7 @@ async fn a_database_outage_costs_retries_not_data() {
     let upstream = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432));
     let proxy = Proxy::start(upstream).await;
     url.set_port(Some(proxy.addr.port())).unwrap();
-    let cluster = start_cluster(url.as_str(), 1, &[]);
+    let cluster = support::start_cluster(url.as_str(), 1, &[]);
     let s = &cluster[0];
     let (st, v) = s
         .put_template(

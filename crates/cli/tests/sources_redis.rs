@@ -481,3 +481,53 @@ async fn kill_9_mid_stream_loses_nothing_and_repeats_nothing() {
     assert_once_each(&fires, &stream, n);
     let _: () = con.del(&stream).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_on_postgresql_fire_each_entry_once() {
+    let Some((url, mut con)) = redis().await else {
+        return;
+    };
+    let Some(db) = support::postgres_url().await else {
+        return;
+    };
+    let cluster = support::start_cluster(&db, 2, &[]);
+    assert_eq!(cluster[0].put_template("job", TEMPLATE).await.0, 201);
+    let stream = stream();
+    assert_eq!(
+        cluster[0]
+            .put_hook("bus", "jobs", &hook(&url, &stream, ", max_in_flight: 16"))
+            .await
+            .0,
+        201
+    );
+    // The other instance learns of the hook through the database.
+    for s in &cluster {
+        s.wait_source("bus", "jobs", 0, Duration::from_secs(40), |v| {
+            v["connected"] == true
+        })
+        .await;
+    }
+    let n = 500;
+    for i in 0..n {
+        add(
+            &mut con,
+            &stream,
+            &json!({"kind": "build", "n": i}).to_string(),
+        )
+        .await;
+    }
+    let fires = wait_created(&cluster[0], n, Duration::from_secs(60)).await;
+    assert_once_each(&fires, &stream, n);
+    let mut per_instance = Vec::new();
+    for s in &cluster {
+        let st = s.source_status("bus", "jobs").await;
+        per_instance.push(st[0]["fired"].as_u64().unwrap());
+    }
+    // Both consumers of the group took entries, none twice.
+    assert!(
+        per_instance.iter().sum::<u64>() >= n as u64,
+        "{per_instance:?}"
+    );
+    eprintln!("entries fired per instance: {per_instance:?}");
+    let _: () = con.del(&stream).await.unwrap();
+}

@@ -450,3 +450,25 @@ impl Server {
         }
     }
 }
+
+/// Starts `n` instances sharing the PostgreSQL database `url` and one key ring, as every
+/// instance of a cluster must, each with `extra` flags.
+pub fn start_cluster(url: &str, n: usize, extra: &[&str]) -> Vec<Server> {
+    // The instances share one key ring, as every instance of a cluster must.
+    let ring = fresh_dir().join("keys");
+    let ring = ring.to_str().unwrap();
+    let (code, _, err) = taskhook(None, &["keys", "generate", "--key-file", ring]);
+    assert_eq!(code, 0, "{err}");
+    let mut flags = vec![
+        "--database-url",
+        url,
+        "--database-pool",
+        "8",
+        "--key-file",
+        ring,
+    ];
+    flags.extend_from_slice(extra);
+    (0..n)
+        .map(|_| Server::start_in(fresh_dir(), &flags))
+        .collect()
+}
