@@ -1,4 +1,5 @@
-//! Actions: the work a step does. One trait, one file per builtin action.
+//! Actions: the work a step does. One trait, one file per builtin action (`publish` keeps
+//! one file per broker in `publish/`).
 //!
 //! An action receives its configuration already templated (plain JSON) and an
 //! [`ActionContext`]; it returns an output and metadata or a classified error.
@@ -21,6 +22,7 @@ mod duration;
 mod echo;
 mod http;
 mod network;
+mod publish;
 mod script;
 mod sleep;
 mod subtask;
@@ -31,6 +33,7 @@ pub use duration::parse_duration;
 pub use echo::Echo;
 pub use http::Http;
 pub use network::{IpNet, NetworkPolicy};
+pub use publish::{Outgoing, Publish};
 pub use script::Script;
 pub use sleep::Sleep;
 pub use subtask::Subtask;
@@ -217,6 +220,9 @@ impl Registry {
             Script::new(settings.scripts_dir.clone())
                 .with_env_allow(settings.script_env_allow.clone()),
         ));
+        r.register(Arc::new(Publish::with_policy(
+            settings.http_networks.clone(),
+        )));
         r.register(Arc::new(Sleep));
         r.register(Arc::new(Subtask));
         r

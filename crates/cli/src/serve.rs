@@ -64,10 +64,10 @@ pub struct ServeArgs {
     /// Directory the `script` action may run executables from (scripts are off without it).
     #[arg(long, env = "TASKHOOK_SCRIPTS_DIR")]
     scripts_dir: Option<PathBuf>,
-    /// A network the `http` action may reach even if a deny entry covers it (CIDR or address; repeatable).
+    /// A network the `http` and `publish` actions may reach even if a deny entry covers it (CIDR or address; repeatable).
     #[arg(long = "http-allow-network", value_parser = taskhook_actions::NetworkPolicy::parse_network)]
     http_allow_networks: Vec<taskhook_actions::IpNet>,
-    /// A network the `http` action must not reach (CIDR or address; repeatable). Link-local and
+    /// A network the `http` and `publish` actions must not reach (CIDR or address; repeatable). Link-local and
     /// cloud metadata addresses are always denied unless --http-no-default-deny.
     #[arg(long = "http-deny-network", value_parser = taskhook_actions::NetworkPolicy::parse_network)]
     http_deny_networks: Vec<taskhook_actions::IpNet>,

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use axum::extract::{Path as UrlPath, State};
 use axum::http::HeaderMap;
 use serde_json::{Value, json};
-use support::Server;
 
 /// Counts calls per `Idempotency-Key`, answering after `/{ms}` milliseconds.
 #[derive(Clone, Default)]

@@ -1,0 +1,235 @@
+//! `publish`: sends one message to a message broker and ends DONE only once the broker
+//! confirmed it (stored it, or acknowledged it). The broker is named by the one key of the
+//! configuration that is a broker kind, as in a hook's `sources`:
+//!
+//! ```yaml
+//! action:
+//!   type: publish
+//!   configuration:
+//!     redis: {url: "redis://127.0.0.1:6379", stream: results}
+//!     body: {task: "{{ task.id }}", ok: true}     # a string is sent as is, anything else as JSON
+//!     headers: {kind: build}
+//! ```
+//!
+//! One file per broker under `publish/`. A broker that cannot be reached, or times out, is a
+//! server error (the step is retried); a broker refusing the message is a client error.
+//! The broker's address is checked against the same network policy as `http` steps.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::{Map, Value};
+
+use crate::config::{Check, Stage, opt};
+use crate::{Action, ActionContext, ActionError, ActionOutput, ConfigError, NetworkPolicy};
+
+mod redis;
+
+/// How long connecting and publishing may take together, unless `timeout` says otherwise.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The broker kinds, as configuration keys.
+const KINDS: &[&str] = &["redis"];
+const COMMON: &[&str] = &["body", "headers", "timeout"];
+
+/// The `publish` action.
+#[derive(Debug, Clone, Default)]
+pub struct Publish {
+    policy: NetworkPolicy,
+}
+
+impl Publish {
+    /// A publish action whose brokers must be allowed by `policy`.
+    pub fn with_policy(policy: NetworkPolicy) -> Self {
+        Publish { policy }
+    }
+}
+
+/// One message to send.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outgoing {
+    pub body: Vec<u8>,
+    pub headers: BTreeMap<String, String>,
+}
+
+impl Outgoing {
+    /// A body as configured: a string as its bytes, any other value as JSON.
+    pub fn new(body: &Value, headers: BTreeMap<String, String>) -> Outgoing {
+        let body = match body {
+            Value::String(s) => s.clone().into_bytes(),
+            Value::Null => Vec::new(),
+            other => other.to_string().into_bytes(),
+        };
+        Outgoing { body, headers }
+    }
+}
+
+fn check(config: &Value, stage: Stage) -> Result<(), ConfigError> {
+    let c = Check::new(stage);
+    let Some(map) = c.object("", config)? else {
+        return Ok(());
+    };
+    let allowed: Vec<&str> = KINDS.iter().chain(COMMON).copied().collect();
+    c.keys("", map, &allowed, &[])?;
+    let kinds: Vec<&str> = KINDS
+        .iter()
+        .copied()
+        .filter(|k| map.contains_key(*k))
+        .collect();
+    let kind = match kinds[..] {
+        [k] => k,
+        [] => {
+            return Err(ConfigError::new(
+                "",
+                format!("name the broker: one of {}", KINDS.join(", ")),
+            ));
+        }
+        _ => {
+            return Err(ConfigError::new(
+                kinds[1],
+                format!("one broker per step; {} is already given", kinds[0]),
+            ));
+        }
+    };
+    if let Some(v) = opt(map, "headers") {
+        c.string_map("headers", v)?;
+    }
+    if let Some(v) = opt(map, "timeout") {
+        c.positive_duration("timeout", v)?;
+    }
+    let Some(target) = c.object(kind, &map[kind])? else {
+        return Ok(());
+    };
+    match kind {
+        "redis" => redis::check(&c, target),
+        _ => Ok(()),
+    }
+}
+
+fn parse_error(e: ConfigError) -> ActionError {
+    ActionError::client(format!("invalid configuration: {e}"))
+}
+
+#[async_trait]
+impl Action for Publish {
+    fn name(&self) -> &'static str {
+        "publish"
+    }
+
+    fn validate(&self, config: &Value) -> Result<(), ConfigError> {
+        check(config, Stage::Load)
+    }
+
+    async fn run(&self, config: Value, ctx: ActionContext) -> Result<ActionOutput, ActionError> {
+        check(&config, Stage::Run).map_err(parse_error)?;
+        let map = config.as_object().cloned().unwrap_or_default();
+        let headers: BTreeMap<String, String> = opt(&map, "headers")
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let message = Outgoing::new(opt(&map, "body").unwrap_or(&Value::Null), headers);
+        let timeout = match opt(&map, "timeout") {
+            Some(v) => crate::parse_duration(v).map_err(ActionError::client)?,
+            None => DEFAULT_TIMEOUT,
+        };
+        let send = async {
+            if let Some(target) = map.get("redis").and_then(Value::as_object) {
+                return redis::publish(&self.policy, target, &message).await;
+            }
+            Err(ActionError::client("no broker named"))
+        };
+        tokio::select! {
+            r = tokio::time::timeout(timeout, send) => match r {
+                Ok(out) => out.map(|output| ActionOutput { output, metadata: Value::Null }),
+                Err(_) => Err(ActionError::server(format!(
+                    "the broker did not confirm the message within {timeout:?}"
+                ))),
+            },
+            _ = ctx.cancel.cancelled() => Err(ActionError::server("cancelled before the broker confirmed the message")),
+        }
+    }
+}
+
+/// Resolves `host:port` and checks every address against the network policy (a broker
+/// client then connects by name: names that resolve to a denied network are refused).
+pub(crate) async fn check_address(
+    policy: &NetworkPolicy,
+    host: &str,
+    port: u16,
+) -> Result<(), ActionError> {
+    let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| ActionError::server(format!("resolving {host}: {e}")))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(ActionError::server(format!("{host} has no address")));
+    }
+    for a in addrs {
+        if let Err(net) = policy.check(a.ip()) {
+            return Err(ActionError::client(format!(
+                "{host} resolves to {}, in the denied network {net}",
+                a.ip()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A required string field of a broker's configuration (checked already).
+pub(crate) fn field<'a>(target: &'a Map<String, Value>, key: &str) -> &'a str {
+    target.get(key).and_then(Value::as_str).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn configurations_name_their_faulty_field() {
+        let ok = json!({"redis": {"url": "redis://h", "stream": "s"}, "body": {"a": 1}});
+        assert!(check(&ok, Stage::Load).is_ok());
+        let cases = [
+            (json!({"body": "x"}), ""),
+            (
+                json!({"redis": {"url": "redis://h", "stream": "s"}, "bogus": 1}),
+                "bogus",
+            ),
+            (json!({"redis": {"url": "redis://h"}}), "redis.stream"),
+            (
+                json!({"redis": {"url": "amqp://h", "stream": "s"}}),
+                "redis.url",
+            ),
+            (
+                json!({"redis": {"url": "redis://h", "stream": "s"}, "headers": {"a": 1}}),
+                "headers.a",
+            ),
+            (
+                json!({"redis": {"url": "redis://h", "stream": "s"}, "timeout": "0s"}),
+                "timeout",
+            ),
+        ];
+        for (config, field) in cases {
+            let e = check(&config, Stage::Load).unwrap_err();
+            assert_eq!(e.field, field, "{config}: {e}");
+        }
+        // Templated values are checked when they are known.
+        let templated =
+            json!({"redis": {"url": "{{ secret.redis_url }}", "stream": "{{ input.s }}"}});
+        assert!(check(&templated, Stage::Load).is_ok());
+    }
+
+    #[test]
+    fn bodies_are_sent_as_written() {
+        assert_eq!(Outgoing::new(&json!("text"), BTreeMap::new()).body, b"text");
+        assert_eq!(
+            Outgoing::new(&json!({"a": 1}), BTreeMap::new()).body,
+            b"{\"a\":1}"
+        );
+    }
+}
