@@ -46,6 +46,14 @@ pub struct BenchArgs {
     /// that is dropped afterwards, instead of SQLite in a temporary directory.
     #[arg(long)]
     database_url: Option<String>,
+    /// A broker to measure, `KIND=URL` (e.g. `redis=redis://127.0.0.1:6379`); repeatable.
+    /// Each gets a fresh stream pre-filled with --source-messages messages, then a hook whose
+    /// source consumes it: messages per second into committed fires with their tasks.
+    #[arg(long = "source", value_name = "KIND=URL")]
+    sources: Vec<String>,
+    /// Messages pre-filled per --source.
+    #[arg(long, default_value_t = 20_000)]
+    source_messages: usize,
     /// Engines sharing the database, each with its own connection pool, as separate
     /// instances would (PostgreSQL only). Work is spread over them round-robin.
     #[arg(long, default_value_t = 1)]
@@ -440,6 +448,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     if args.schedules > 0 {
         bench_schedules(&engine, args.schedules, args.schedule_seconds).await?;
+    }
+    for source in &args.sources {
+        crate::bench_sources::bench_source(&engine, source, args.source_messages).await?;
+        writer.print(&store, "source");
     }
     println!(
         "memory at the end: peak RSS {} MB, current RSS {} MB",

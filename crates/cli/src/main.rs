@@ -3,6 +3,7 @@
 
 mod audit_cli;
 mod bench;
+mod bench_sources;
 mod client;
 mod hooks_cli;
 mod keys_cli;
