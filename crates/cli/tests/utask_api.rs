@@ -686,3 +686,75 @@ async fn utask_routes_are_authorized_as_their_taskhook_equivalents() {
         "{audit:#}"
     );
 }
+
+/// A µTask template named `Hello-World` is `hello-world` to µTask and its clients: stored so,
+/// read and used by that name on µTask's routes; a taskhook template keeps its case.
+#[tokio::test]
+async fn a_utask_template_is_named_as_utask_names_it() {
+    let s = Server::start();
+    // µTask's form (a bare `description:`), written in Go templates.
+    let yaml = "name: Hello-World\ndescription:\nauto_runnable: true\ninputs: [{name: who}]\n\
+        steps:\n  greet:\n    description:\n    action: {type: echo, configuration: {output: 'hello {{ .input.who }}'}}\n";
+    let (st, v) = s.put_template("Hello-World", yaml).await;
+    assert_eq!(st, 400, "{v:#}");
+    assert_eq!(v["field"], "name", "{v:#}");
+    assert!(
+        v["detail"].as_str().unwrap().contains("\"hello-world\""),
+        "{v:#}"
+    );
+    let (st, v) = s.put_template("hello-world", yaml).await;
+    assert_eq!(st, 201, "{v:#}");
+    assert_eq!(v["name"], "hello-world", "{v:#}");
+    // The CLI puts it at its µTask name too.
+    let dir = support::fresh_dir();
+    let file = dir.join("hello.yaml");
+    std::fs::write(&file, yaml.replace("hello {{", "hi {{")).unwrap();
+    let (code, out, err) =
+        support::taskhook(Some(&s), &["template", "put", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}\n{err}");
+
+    let c = Client {
+        s: &s,
+        auth: Some(basic("admin", TOKEN)),
+    };
+    let t = c.get("/template/hello-world").await;
+    assert_eq!(t.status, 200, "{:#}", t.body);
+    assert_eq!(t.body["name"], "hello-world");
+    let listed = c.get("/template").await;
+    assert!(
+        listed
+            .body
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["name"] == "hello-world"),
+        "{:#}",
+        listed.body
+    );
+    let task = c
+        .post(
+            "/task",
+            json!({"template_name": "hello-world", "input": {"who": "ada"}}),
+        )
+        .await;
+    assert_eq!(task.status, 201, "{:#}", task.body);
+    assert_eq!(task.body["template_name"], "hello-world");
+    let id = task.body["id"].as_str().unwrap();
+    let r = c.wait_resolution(id, &["DONE", "BLOCKED_BADREQUEST"]).await;
+    assert_eq!(r["state"], "DONE", "{r:#}");
+    // As in µTask, the name is looked up as given: the name as written is not µTask's.
+    assert_error(&c.get("/template/Hello-World").await, 404);
+    assert_error(
+        &c.post(
+            "/task",
+            json!({"template_name": "Hello-World", "input": {"who": "x"}}),
+        )
+        .await,
+        404,
+    );
+    // taskhook's own form keeps the name's case.
+    let own = "name: Mixed-Case\nauto_runnable: true\nsteps:\n  a: {action: {type: echo, configuration: {output: '{{ task.id }}'}}}\n";
+    let (st, v) = s.put_template("Mixed-Case", own).await;
+    assert_eq!(st, 201, "{v:#}");
+    assert_eq!(c.get("/template/Mixed-Case").await.status, 200);
+}
