@@ -33,7 +33,7 @@ pub use http::Http;
 pub use network::{IpNet, NetworkPolicy};
 pub use script::Script;
 pub use sleep::Sleep;
-pub use subtask::Subtask;
+pub use subtask::{PARENT_TAG, Subtask};
 
 /// What one successful attempt produced.
 #[derive(Debug, Clone, Default, PartialEq)]
