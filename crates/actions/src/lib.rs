@@ -36,7 +36,7 @@ pub use network::{IpNet, NetworkPolicy};
 pub use publish::{Outgoing, Publish};
 pub use script::Script;
 pub use sleep::Sleep;
-pub use subtask::Subtask;
+pub use subtask::{PARENT_TAG, Subtask};
 
 /// What one successful attempt produced.
 #[derive(Debug, Clone, Default, PartialEq)]

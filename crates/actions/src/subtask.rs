@@ -59,7 +59,8 @@ const FIELDS: &[&str] = &[
 ];
 
 /// The tag µTask puts on a subtask, naming its parent; templates may not set it.
-pub(crate) const PARENT_TAG: &str = "_utask_parent_task_id";
+/// The tag naming a subtask's parent task (µTask's): set by the engine, read-only to people.
+pub const PARENT_TAG: &str = "_utask_parent_task_id";
 /// As the API allows on a task.
 const MAX_PEOPLE: usize = 100;
 const MAX_USERNAME_CHARS: usize = 256;

@@ -46,6 +46,9 @@ pub enum TemplateCommand {
         #[arg(long)]
         functions: Option<PathBuf>,
     },
+    /// Print the JSON Schema (draft-07) of a template document, for editors: taskhook's own
+    /// form and µTask's habits (docs/template-schema.json is this output).
+    Schema,
     /// Create or replace templates from files (YAML or JSON).
     Put {
         files: Vec<PathBuf>,
@@ -491,6 +494,13 @@ pub async fn template(cmd: TemplateCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         TemplateCommand::Validate { files, functions } => validate_files(&files, &functions),
         TemplateCommand::ImportUtask { dir, functions } => import_utask(&dir, functions.as_deref()),
+        TemplateCommand::Schema => {
+            let actions =
+                taskhook_actions::Registry::builtin(&taskhook_actions::ActionSettings::default());
+            let names: Vec<&str> = actions.names().collect();
+            print_json(&taskhook_model::schema::template_schema(&names));
+            Ok(ExitCode::SUCCESS)
+        }
         TemplateCommand::Put { files, conn } => {
             let json_out = conn.json;
             let c = Client::new(conn)?;

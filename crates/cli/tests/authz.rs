@@ -168,6 +168,7 @@ fn body_of(route: &RouteScope, f: &Fixture) -> Option<(String, &'static str)> {
         | ("PUT", "/utask/resolution/{id}/step/{step}/state") => (r#"{"state": "DONE"}"#, json),
         ("POST", "/api/v1/tasks/{id}/rerun") => (r#"{"from": "a"}"#, json),
         ("POST", "/utask/task") => (r#"{"template_name": "alpha", "input": {}}"#, json),
+        ("PUT", "/utask/task/{id}") => (r#"{"input": {}, "tags": {"k": "v"}}"#, json),
         ("POST", "/utask/task/{id}/comment") => (r#"{"content": "matrix"}"#, json),
         ("POST", _) => ("{}", json),
         _ => return None,

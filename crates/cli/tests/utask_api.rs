@@ -686,3 +686,210 @@ async fn utask_routes_are_authorized_as_their_taskhook_equivalents() {
         "{audit:#}"
     );
 }
+
+/// A µTask template named `Hello-World` is `hello-world` to µTask and its clients: stored so,
+/// read and used by that name on µTask's routes; a taskhook template keeps its case.
+#[tokio::test]
+async fn a_utask_template_is_named_as_utask_names_it() {
+    let s = Server::start();
+    // µTask's form (a bare `description:`), written in Go templates.
+    let yaml = "name: Hello-World\ndescription:\nauto_runnable: true\ninputs: [{name: who}]\n\
+        steps:\n  greet:\n    description:\n    action: {type: echo, configuration: {output: 'hello {{ .input.who }}'}}\n";
+    let (st, v) = s.put_template("Hello-World", yaml).await;
+    assert_eq!(st, 400, "{v:#}");
+    assert_eq!(v["field"], "name", "{v:#}");
+    assert!(
+        v["detail"].as_str().unwrap().contains("\"hello-world\""),
+        "{v:#}"
+    );
+    let (st, v) = s.put_template("hello-world", yaml).await;
+    assert_eq!(st, 201, "{v:#}");
+    assert_eq!(v["name"], "hello-world", "{v:#}");
+    // The CLI puts it at its µTask name too.
+    let dir = support::fresh_dir();
+    let file = dir.join("hello.yaml");
+    std::fs::write(&file, yaml.replace("hello {{", "hi {{")).unwrap();
+    let (code, out, err) =
+        support::taskhook(Some(&s), &["template", "put", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}\n{err}");
+
+    let c = Client {
+        s: &s,
+        auth: Some(basic("admin", TOKEN)),
+    };
+    let t = c.get("/template/hello-world").await;
+    assert_eq!(t.status, 200, "{:#}", t.body);
+    assert_eq!(t.body["name"], "hello-world");
+    let listed = c.get("/template").await;
+    assert!(
+        listed
+            .body
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["name"] == "hello-world"),
+        "{:#}",
+        listed.body
+    );
+    let task = c
+        .post(
+            "/task",
+            json!({"template_name": "hello-world", "input": {"who": "ada"}}),
+        )
+        .await;
+    assert_eq!(task.status, 201, "{:#}", task.body);
+    assert_eq!(task.body["template_name"], "hello-world");
+    let id = task.body["id"].as_str().unwrap();
+    let r = c.wait_resolution(id, &["DONE", "BLOCKED_BADREQUEST"]).await;
+    assert_eq!(r["state"], "DONE", "{r:#}");
+    // As in µTask, the name is looked up as given: the name as written is not µTask's.
+    assert_error(&c.get("/template/Hello-World").await, 404);
+    assert_error(
+        &c.post(
+            "/task",
+            json!({"template_name": "Hello-World", "input": {"who": "x"}}),
+        )
+        .await,
+        404,
+    );
+    // taskhook's own form keeps the name's case.
+    let own = "name: Mixed-Case\nauto_runnable: true\nsteps:\n  a: {action: {type: echo, configuration: {output: '{{ task.id }}'}}}\n";
+    let (st, v) = s.put_template("Mixed-Case", own).await;
+    assert_eq!(st, 201, "{v:#}");
+    assert_eq!(c.get("/template/Mixed-Case").await.status, 200);
+}
+
+/// µTask's task edit, as a µTask client plays it: the requester reads a task waiting for a
+/// resolver, changes its input, watchers and tags and sends them back (the masked password
+/// as it was shown), then a resolver runs it with the new input.
+#[tokio::test]
+async fn a_todo_task_is_edited_then_run() {
+    let s = Server::start();
+    let yaml = "name: editable\ndescription: Waits for a resolver\n\
+        inputs: [{name: what}, {name: count, type: number, default: 1}, {name: secret, type: password}]\n\
+        title_format: 'edit {{ input.what }}'\n\
+        steps:\n  show: {action: {type: echo, configuration: {output: {what: '{{ input.what }}', count: '{{ input.count }}', long: '{{ input.secret | length }}'}}}}\n";
+    let (st, v) = s.put_template("editable", yaml).await;
+    assert_eq!(st, 201, "{v:#}");
+    let alice = token(
+        &s,
+        "alice",
+        &["tasks:create:editable", "tasks:read:editable"],
+    )
+    .await;
+    let a = Client {
+        s: &s,
+        auth: Some(basic("alice", &alice)),
+    };
+    let created = a
+        .post(
+            "/task",
+            json!({"template_name": "editable", "input": {"what": "a", "secret": "s3cret"},
+                   "watcher_usernames": ["bob"], "tags": {"env": "dev"}}),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{:#}", created.body);
+    let id = created.body["id"].as_str().unwrap().to_string();
+    let path = format!("/task/{id}");
+
+    // Read, change, send back: the password comes back masked and keeps its value.
+    let mut shown = a.get(&path).await.body;
+    assert_eq!(shown["input"]["secret"], "**__SECRET__**", "{shown:#}");
+    shown["input"]["what"] = json!("b");
+    shown["input"]["count"] = json!(3);
+    let body =
+        json!({"input": shown["input"], "watcher_usernames": ["carol"], "tags": {"env": "prod"}});
+    let edited = a.call(Method::PUT, &path, Some(body.clone())).await;
+    assert_eq!(edited.status, 200, "{:#}", edited.body);
+    let t = &edited.body;
+    assert_eq!(t["title"], "edit b", "{t:#}");
+    assert_eq!(t["input"]["what"], "b");
+    assert_eq!(t["input"]["count"], 3);
+    assert_eq!(t["input"]["secret"], "**__SECRET__**");
+    assert_eq!(t["watcher_usernames"], json!(["carol"]));
+    assert_eq!(t["tags"], json!({"env": "prod"}));
+    assert_eq!(t["state"], "TODO");
+    assert_eq!(a.get(&path).await.body["title"], "edit b");
+
+    // Bad edits are refused naming the field, and change nothing.
+    for (bad, field) in [
+        (json!({"input": {"what": 1, "secret": "x"}}), "input.what"),
+        (json!({"input": {"what": "c"}}), "input.secret"),
+        (
+            json!({"input": {"what": "c", "secret": "x", "nope": 1}}),
+            "input.nope",
+        ),
+        (json!({"input": "what=c"}), "input"),
+        (
+            json!({"input": body["input"], "watcher_groups": ["ops"]}),
+            "watcher_groups",
+        ),
+        (
+            json!({"input": body["input"], "watcher_usernames": [""]}),
+            "watcher_usernames",
+        ),
+        (json!({"input": body["input"], "tags": {"k": 1}}), "tags.k"),
+        (
+            json!({"input": body["input"], "tags": {"_utask_parent_task_id": "x"}}),
+            "tags._utask_parent_task_id",
+        ),
+    ] {
+        let r = a.call(Method::PUT, &path, Some(bad.clone())).await;
+        assert_error(&r, 400);
+        assert_eq!(r.body["field"], field, "{bad}: {:#}", r.body);
+    }
+    assert_error(&a.call(Method::PUT, &path, None).await, 400);
+    assert_eq!(a.get(&path).await.body["title"], "edit b");
+    // Someone who may only read it may not edit it.
+    let reader = token(&s, "dave", &["tasks:read:editable"]).await;
+    let d = Client {
+        s: &s,
+        auth: Some(basic("dave", &reader)),
+    };
+    assert_error(&d.call(Method::PUT, &path, Some(body.clone())).await, 403);
+    assert_error(
+        &a.call(
+            Method::PUT,
+            "/task/00000000-0000-0000-0000-000000000000",
+            Some(body.clone()),
+        )
+        .await,
+        404,
+    );
+
+    // A resolver runs it: the steps see the new input and the kept password.
+    let admin = Client {
+        s: &s,
+        auth: Some(basic("admin", TOKEN)),
+    };
+    let res = admin.post("/resolution", json!({"task_id": id})).await;
+    assert_eq!(res.status, 201, "{:#}", res.body);
+    let r = admin
+        .wait_resolution(&id, &["DONE", "BLOCKED_BADREQUEST", "BLOCKED_FATAL"])
+        .await;
+    assert_eq!(r["state"], "DONE", "{r:#}");
+    let step = admin.get(&format!("/resolution/{id}/step/show")).await.body;
+    assert_eq!(
+        step["output"],
+        json!({"what": "b", "count": 3, "long": 6}),
+        "{step:#}"
+    );
+    // Once it ran, it is no longer the requester's to edit, nor anyone's.
+    assert_error(&a.call(Method::PUT, &path, Some(body.clone())).await, 403);
+    assert_error(&admin.call(Method::PUT, &path, Some(body)).await, 409);
+
+    // The edit is in the task's trail, naming what changed and no value.
+    let (_, events) = s.get(&format!("/api/v1/tasks/{id}/events")).await;
+    let edit = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "edited")
+        .unwrap_or_else(|| panic!("{events:#}"));
+    assert_eq!(edit["actor"], "alice");
+    assert_eq!(
+        edit["detail"]["changed"],
+        json!(["input", "title", "tags", "watcher_usernames"])
+    );
+    assert!(!events.to_string().contains("s3cret"), "{events:#}");
+}

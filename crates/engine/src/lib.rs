@@ -159,6 +159,18 @@ pub(crate) fn invalid_input(what: &str, e: taskhook_model::InputError) -> Engine
     }
 }
 
+/// A person's edit of a task waiting for a person (µTask's `PUT /task/{id}`): each member
+/// replaces what the task has.
+#[derive(Debug, Clone, Default)]
+pub struct EditTask {
+    /// The task's whole input, checked against the template as at creation (defaults filled);
+    /// a value that is the password mask keeps the task's value.
+    pub inputs: Value,
+    /// The task's tags; the parent tag of a subtask cannot be added, changed or removed.
+    pub tags: serde_json::Map<String, Value>,
+    pub watchers: Vec<String>,
+}
+
 /// A request to start a task.
 #[derive(Debug, Clone, Default)]
 pub struct CreateTask {
@@ -243,6 +255,9 @@ fn person_event(actor: &str, kind: &str, detail: Value) -> NewEvent {
 
 /// The task states in which a person may edit steps (set a state, rerun from a step).
 const EDITABLE: &[TaskState] = &[TaskState::Blocked, TaskState::Paused];
+
+/// The task states in which a person may edit a task's inputs, tags and watchers.
+const EDITABLE_TASK: &[TaskState] = &[TaskState::Todo, TaskState::Paused];
 
 /// Names of the foreach children among `steps` whose parent `parent` selects.
 fn children_of(steps: &[StepRow], parent: impl Fn(&str) -> bool) -> Vec<String> {
@@ -620,6 +635,91 @@ impl Engine {
                 None,
                 ev,
             )
+            .await?;
+        Ok(())
+    }
+
+    /// Edits a task that waits for a person: one still waiting for a resolver (TODO), or one
+    /// paused (µTask allows a task without a resolution, or with a paused one). Its inputs,
+    /// tags and watchers are replaced, and its title rendered again from the new inputs; its
+    /// state, steps and resolvers stay. Recorded as an `edited` event naming what changed.
+    pub async fn edit_task(
+        &self,
+        id: &str,
+        edit: EditTask,
+        actor: &str,
+    ) -> Result<(), EngineError> {
+        let (task, _) = self.task_with_steps(id).await?;
+        if !EDITABLE_TASK.contains(&task.state) {
+            return Err(EngineError::Conflict(format!(
+                "the task is {}: it can be edited only when it is TODO or PAUSED",
+                task.state.as_str()
+            )));
+        }
+        let compiled = self
+            .inner
+            .template(&task.template, task.template_version)
+            .await?;
+        let t = &compiled.template;
+        // A masked password sent back as it was shown keeps its value.
+        let mut given = match edit.inputs {
+            Value::Null => Value::Object(Default::default()),
+            other => other,
+        };
+        if let (Value::Object(given), Value::Object(old)) = (&mut given, &task.inputs) {
+            for (k, v) in given.iter_mut() {
+                if v.as_str() == Some(taskhook_model::input::SECRET_MASK)
+                    && let Some(o) = old.get(k)
+                {
+                    *v = o.clone();
+                }
+            }
+        }
+        let inputs = resolve_inputs(&t.inputs, &given).map_err(|e| invalid_input("input", e))?;
+        let parent_tag = taskhook_actions::PARENT_TAG;
+        if edit.tags.get(parent_tag) != task.tags.get(parent_tag) {
+            return Err(EngineError::Invalid {
+                field: format!("tags.{parent_tag}"),
+                message: "names the parent of a subtask: it cannot be added, changed or removed"
+                    .into(),
+            });
+        }
+        let ctx = json!({"input": inputs, "task": {"id": task.id, "template": t.name, "requester": task.requester}});
+        let title = match &t.title_format {
+            Some(f) => {
+                render::text(t, compiled.language, f, &ctx).map_err(|e| EngineError::Invalid {
+                    field: "template.title_format".into(),
+                    message: e.message,
+                })?
+            }
+            None => t.name.clone(),
+        };
+        let title = secrets::mask_passwords_in(t, &inputs, title);
+        let inputs = Value::Object(inputs);
+        let tags = Value::Object(edit.tags);
+        let people = taskhook_store::TaskPeople {
+            resolvers: task.people.resolvers.clone(),
+            watchers: edit.watchers,
+        };
+        let changed: Vec<&str> = [
+            ("input", inputs != task.inputs),
+            ("title", title != task.title),
+            ("tags", tags != task.tags),
+            ("watcher_usernames", people.watchers != task.people.watchers),
+        ]
+        .into_iter()
+        .filter_map(|(f, c)| c.then_some(f))
+        .collect();
+        let ev = person_event(actor, "edited", json!({ "changed": changed }));
+        let edit = taskhook_store::TaskEdit {
+            title,
+            inputs,
+            tags,
+            people,
+        };
+        self.inner
+            .store
+            .edit_task(id, task.updated_at, EDITABLE_TASK, edit, ev)
             .await?;
         Ok(())
     }

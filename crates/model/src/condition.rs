@@ -3,9 +3,11 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A condition of a step: when all its assertions hold, the states of `then` are set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Condition {
     #[serde(rename = "type")]
@@ -13,8 +15,10 @@ pub struct Condition {
     /// All must hold (AND).
     #[serde(rename = "if")]
     pub asserts: Vec<Assert>,
-    /// Step name (or `this`) → state to set when the condition holds.
+    /// Step name (or `this`) → state to set when the condition holds: DONE, PRUNE,
+    /// TO_RETRY, RETRY_NOW, FATAL_ERROR, CLIENT_ERROR or a custom state of that step.
     pub then: BTreeMap<String, String>,
+    /// Recorded with the step when the condition holds (templated).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     /// Stop evaluating later conditions once this one held.
@@ -26,43 +30,62 @@ pub struct Condition {
     pub foreach: Option<ConditionForeach>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ConditionForeach {
+    /// On each item, with its `iterator` (the default).
     Children,
+    /// On the foreach step itself, before it expands.
     Parent,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ConditionKind {
+    /// Decided before the step runs: when it holds, the step does not run.
     Skip,
+    /// Decided after the step ran, on its output and metadata.
     Check,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One comparison of a condition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Assert {
+    /// The templated value compared.
     pub value: String,
     pub operator: Operator,
+    /// What `value` is compared with (templated).
     #[serde(default)]
     pub expected: String,
+    /// Separates the items of `expected` for IN and NOTIN (default `,`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub list_separator: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// How an assertion compares `value` with `expected`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Operator {
+    /// `value` is the text `expected`.
     Eq,
+    /// `value` is not the text `expected`.
     Ne,
+    /// Greater than, as numbers.
     Gt,
+    /// Less than, as numbers.
     Lt,
+    /// Greater than or equal, as numbers.
     Ge,
+    /// Less than or equal, as numbers.
     Le,
+    /// `value` matches the regular expression `expected`.
     Regexp,
+    /// `value` does not match the regular expression `expected`.
     Notregexp,
+    /// `value` is one of the items of `expected`.
     In,
+    /// `value` is none of the items of `expected`.
     Notin,
 }
 

@@ -1,5 +1,6 @@
 //! Task inputs: their declaration in a template and the check of given values.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -7,33 +8,41 @@ use serde_json::{Map, Value};
 pub const SECRET_MASK: &str = "**__SECRET__**";
 const MAX_INPUT_LEN: usize = 100_000;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One input of a template: its name, type and the values it takes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InputSpec {
+    /// Letters, digits, `_` and `-`.
     pub name: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
     #[serde(default, rename = "type")]
     pub kind: InputType,
+    /// A regular expression the whole value must match (not with `legal_values`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub regex: Option<String>,
+    /// The only values allowed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub legal_values: Vec<Value>,
     /// The value is a list, each element checked.
     #[serde(default)]
     pub collection: bool,
+    /// May be left out (it is then null).
     #[serde(default)]
     pub optional: bool,
+    /// The value when none is given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default: Option<Value>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum InputType {
+    /// Text (the default).
     #[default]
     String,
     Number,
+    /// `true` or `false`.
     Bool,
     /// A string never shown back: masked in API output and logs.
     Password,

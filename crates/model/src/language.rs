@@ -7,9 +7,10 @@
 //! both languages is refused (a template never mixes them), and one that shows neither is
 //! MiniJinja.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Language {
     /// MiniJinja (Jinja2 syntax), taskhook's own.
@@ -25,6 +26,16 @@ impl Language {
             Language::Jinja => "jinja",
             Language::Go => "go",
         }
+    }
+}
+
+/// Calls `f` with every string of `v`, object keys left out.
+pub fn each_string(v: &serde_json::Value, f: &mut impl FnMut(&str)) {
+    match v {
+        serde_json::Value::String(s) => f(s),
+        serde_json::Value::Array(items) => items.iter().for_each(|i| each_string(i, f)),
+        serde_json::Value::Object(m) => m.values().for_each(|i| each_string(i, f)),
+        _ => {}
     }
 }
 

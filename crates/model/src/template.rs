@@ -3,25 +3,33 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::condition::Condition;
 use crate::input::InputSpec;
 
-/// A declarative process definition.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+/// A taskhook template: a graph of steps that each task created from it runs with its own
+/// inputs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Template {
+    /// The template's name, also its URL segment: 1-128 letters, digits, `_`, `-` or `.`.
+    /// A µTask template (read through µTask's habits, or written in Go templates) is named
+    /// as µTask names it: trimmed and in lower case.
     pub name: String,
     /// The templating language of its strings: `jinja` (taskhook's) or `go` (µTask's); when
-    /// absent, told from the strings themselves (see [`crate::language`]).
+    /// absent, told from the strings themselves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub language: Option<crate::language::Language>,
+    /// What the template does, in one line.
     #[serde(default)]
     pub description: String,
+    /// A longer description, shown with the template.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub long_description: Option<String>,
+    /// A link to the template's documentation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub doc_link: Option<String>,
     /// Templated title of each task, rendered at creation.
@@ -30,23 +38,32 @@ pub struct Template {
     /// Templated result of each task, rendered when it reaches DONE.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result_format: Option<Value>,
+    /// The inputs a task is created with, read as `input.<name>`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub inputs: Vec<InputSpec>,
+    /// The inputs the resolver gives when starting a task (not with `auto_runnable`), read
+    /// as `resolver_input.<name>`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub resolver_inputs: Vec<InputSpec>,
+    /// Named values available to every templated string.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub variables: Vec<Variable>,
+    /// The steps, by name (at least one).
     #[serde(default)]
     pub steps: BTreeMap<String, Step>,
+    /// Configurations an action's `base_configuration` names, merged under its own.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub base_configurations: BTreeMap<String, Value>,
+    /// Tags given to every task (templated; the request's tags are added over them).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tags: BTreeMap<String, String>,
     /// Tasks start at once; otherwise they wait in TODO for a resolver.
     #[serde(default)]
     pub auto_runnable: bool,
+    /// Users who may resolve, read and retry this template's tasks.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_resolver_usernames: Vec<String>,
+    /// Every user may resolve this template's tasks.
     #[serde(default)]
     pub allow_all_resolver_usernames: bool,
     /// No task can be created from a blocked template.
@@ -91,24 +108,29 @@ impl Template {
 /// templates). Its `value` is itself templated; or, as in µTask, its `expression` is
 /// templated and then run as JavaScript (sandboxed, `expression_timeout` at most, 10 s by
 /// default), giving the result's string form.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Variable {
     pub name: String,
+    /// The value (templated); not with `expression`.
     #[serde(default)]
     pub value: Value,
+    /// JavaScript (templated first) whose result is the value; not with `value`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expression: Option<String>,
+    /// Longest an `expression` may run, e.g. `500ms` (at most and by default `10s`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expression_timeout: Option<String>,
 }
 
 /// A node of the task's graph.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Step {
+    /// What the step does.
     #[serde(default)]
     pub description: String,
+    /// What the step runs.
     pub action: Action,
     /// An action run before the main one on every attempt; its result is `{{ pre_hook.output }}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -116,17 +138,22 @@ pub struct Step {
     /// `step`, `step:STATE1,STATE2` or `step:ANY`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dependencies: Vec<String>,
+    /// States of its own the step may end in (set by its conditions), in capitals by habit.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub custom_states: Vec<String>,
+    /// `skip` conditions, decided before the step runs, and `check` conditions, after.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// Templated expression yielding a list; the step runs once per item as `{{ iterator }}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub foreach: Option<String>,
+    /// How a foreach step runs its items.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub foreach_strategy: Option<ForeachStrategy>,
+    /// How long the step waits between retries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_pattern: Option<RetryPattern>,
+    /// How many times the step is retried after a server error (default 10000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_retries: Option<u32>,
     /// Safe to run again after a crash interrupted it.
@@ -157,15 +184,20 @@ impl Step {
 }
 
 /// What a step does: an action type, its configuration, and how its output is shaped.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Action {
+    /// A builtin action, or a function of the template or of the server's library.
     #[serde(rename = "type")]
     pub kind: String,
+    /// The name of an entry of the template's `base_configurations`, merged under
+    /// `configuration`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_configuration: Option<String>,
+    /// The action's configuration (its strings templated); each action type checks its own.
     #[serde(default = "empty_object", skip_serializing_if = "Value::is_null")]
     pub configuration: Value,
+    /// How the action's output is shaped into the step's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<OutputSpec>,
 }
@@ -174,14 +206,15 @@ fn empty_object() -> Value {
     Value::Object(Default::default())
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OutputSpec {
     pub strategy: OutputStrategy,
+    /// The templated value, reading the action's output as `output`.
     pub format: Value,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OutputStrategy {
     /// The templated `format` object is merged into the action's output.
@@ -190,20 +223,25 @@ pub enum OutputStrategy {
     Template,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ForeachStrategy {
+    /// Every item at once (the default).
     #[default]
     Parallel,
+    /// One item after the other, in order.
     Sequence,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RetryPattern {
+    /// From 10 s, growing by a quarter each try, up to 10 minutes (the default).
     #[default]
     Seconds,
+    /// 1.6 minutes more each try, up to 30 minutes.
     Minutes,
+    /// From an hour, 10 minutes more each try, up to 3 hours.
     Hours,
 }
 
@@ -264,19 +302,24 @@ impl Dependency {
 
 /// A reusable named action with arguments: a step whose `action.type` names a function runs
 /// the function's action with the step's configuration available as `{{ function_args.x }}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Function {
     /// Required in a function document; inside a template's `functions` map the key names it.
     #[serde(default)]
     pub name: String,
+    /// What the function does.
     #[serde(default)]
     pub description: String,
+    /// What the function runs; `function_args.<name>` reads the calling step's configuration.
     pub action: Action,
+    /// An action run before the main one on every attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pre_hook: Option<Action>,
+    /// Conditions of every step calling the function, after the step's own.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// States of its own a step calling the function may end in.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub custom_states: Vec<String>,
 }
@@ -308,30 +351,36 @@ pub fn parse_document<T: for<'de> Deserialize<'de>>(text: &str) -> Result<T, Par
 /// Parses a document the way µTask reads it too: as written when it is taskhook's form
 /// (errors then point at the line), else after [`crate::utask`]'s normalisation, with the
 /// notes it took. A document neither way reads is refused with the path of what is wrong.
+/// The third member says whether µTask's normalisation was needed.
 fn parse_normalized<T: for<'de> Deserialize<'de>>(
     text: &str,
     normalize: fn(&mut Value, &mut crate::utask::Notes),
-) -> Result<(T, crate::utask::Notes), ParseError> {
+) -> Result<(T, crate::utask::Notes, bool), ParseError> {
     let typed_error = match parse_document::<T>(text) {
-        Ok(t) => return Ok((t, Default::default())),
+        Ok(t) => return Ok((t, Default::default(), false)),
         Err(e) => e,
     };
     // Not a document at all: the first error says why.
-    let Ok(mut doc) = parse_document::<Value>(text)
-        .or_else(|e| untab(text).map_or(Err(e), |spaced| parse_document::<Value>(&spaced)))
-    else {
+    let Ok(mut doc) = read_document(text) else {
         return Err(typed_error);
     };
     let mut notes = crate::utask::Notes::default();
     normalize(&mut doc, &mut notes);
     serde_path_to_error::deserialize(doc)
-        .map(|t| (t, notes))
+        .map(|t| (t, notes, true))
         .map_err(|e| ParseError {
             message: match e.path().to_string() {
                 p if p == "." => e.inner().to_string(),
                 p => format!("{p}: {}", e.inner()),
             },
         })
+}
+
+/// A YAML or JSON document as data, read as [`Template::parse`] reads it (a document indented
+/// with tabs, as µTask takes it, included): what the published template schema describes.
+pub fn read_document(text: &str) -> Result<Value, ParseError> {
+    parse_document::<Value>(text)
+        .or_else(|e| untab(text).map_or(Err(e), |spaced| parse_document::<Value>(&spaced)))
 }
 
 /// `text` with each tab that indents a line as four spaces, when a line is indented with
@@ -358,15 +407,49 @@ impl Template {
 
     /// [`Template::parse`], with what µTask's habits in the document mean here (see
     /// [`crate::utask`]).
+    ///
+    /// A µTask template (one that needed µTask's normalisation, or is written in Go
+    /// templates) is named as µTask names it ([`crate::utask::template_name`]: trimmed, in
+    /// lower case), with a note when that changed its name.
     pub fn parse_with_notes(text: &str) -> Result<(Template, crate::utask::Notes), ParseError> {
-        parse_normalized(text, crate::utask::template)
+        let (mut t, mut notes, utask_form): (Template, _, _) =
+            parse_normalized(text, crate::utask::template)?;
+        if utask_form || t.written_in_go() {
+            let name = crate::utask::template_name(&t.name);
+            if name != t.name {
+                notes.0.push(format!(
+                    "name: µTask names this template {name:?} (trimmed, in lower case): use that name in URLs"
+                ));
+                t.name = name;
+            }
+        }
+        Ok((t, notes))
+    }
+
+    /// Whether the template is written in Go templates (µTask's language): it says so, or
+    /// its strings show Go and none shows MiniJinja.
+    pub fn written_in_go(&self) -> bool {
+        match self.language {
+            Some(l) => l == crate::language::Language::Go,
+            None => {
+                let (mut go, mut jinja) = (false, false);
+                if let Ok(v) = serde_json::to_value(self) {
+                    crate::language::each_string(&v, &mut |s| match crate::language::detect(s) {
+                        Some(crate::language::Language::Go) => go = true,
+                        Some(crate::language::Language::Jinja) => jinja = true,
+                        None => {}
+                    });
+                }
+                go && !jinja
+            }
+        }
     }
 }
 
 impl Function {
     /// Parses a function document, µTask's habits included (see [`Template::parse`]).
     pub fn parse(text: &str) -> Result<Function, ParseError> {
-        parse_normalized(text, crate::utask::function).map(|(f, _)| f)
+        parse_normalized(text, crate::utask::function).map(|(f, _, _)| f)
     }
 }
 
@@ -381,6 +464,42 @@ mod tests {
         assert_eq!(t.steps.keys().collect::<Vec<_>>(), ["a", "b"]);
         // Spaces after tabs are not guessed at.
         assert!(untab("a:\n\t  b: 1\n").is_none());
+    }
+
+    #[test]
+    fn a_utask_template_is_named_as_utask_names_it() {
+        // Read through µTask's habits (a bare `description:`).
+        let (t, notes) = Template::parse_with_notes(
+            "name: ' Hello-World '\ndescription:\nsteps: {a: {action: {type: echo}}}\n",
+        )
+        .unwrap();
+        assert_eq!(t.name, "hello-world");
+        assert!(
+            notes
+                .0
+                .iter()
+                .any(|n| n.starts_with("name: ") && n.contains("\"hello-world\"")),
+            "{notes:?}"
+        );
+        // Written in Go templates, said or shown.
+        for yaml in [
+            "name: Hello-World\nlanguage: go\nsteps: {a: {action: {type: echo}}}\n",
+            "name: Hello-World\nsteps: {a: {action: {type: echo, configuration: {output: '{{ .task.id }}'}}}}\n",
+        ] {
+            assert_eq!(Template::parse(yaml).unwrap().name, "hello-world", "{yaml}");
+        }
+        // taskhook's own templates keep their names.
+        for yaml in [
+            "name: Hello-World\nsteps: {a: {action: {type: echo}}}\n",
+            "name: Hello-World\nsteps: {a: {action: {type: echo, configuration: {output: '{{ task.id }}'}}}}\n",
+        ] {
+            let (t, notes) = Template::parse_with_notes(yaml).unwrap();
+            assert_eq!(
+                (t.name.as_str(), notes.0.len()),
+                ("Hello-World", 0),
+                "{yaml}"
+            );
+        }
     }
 
     #[test]

@@ -15,7 +15,13 @@
 //! - an empty `foreach_strategy`, `retry_pattern`, input `type` or `base_configuration` is an
 //!   absent one; a negative `max_retries` (µTask: no limit) is the largest count;
 //! - fields µTask keeps on a step at run time (`name`, `state`, `output`, `children`, …) are
-//!   dropped when a document carries them.
+//!   dropped when a document carries them;
+//! - a template's name is µTask's identifier for it ([`template_name`]: trimmed, in lower
+//!   case), for a document read through these habits or written in Go templates (see
+//!   [`crate::Template::parse_with_notes`]); taskhook's own names keep their case.
+//!
+//! The published template schema ([`crate::schema`]) accepts these habits too: [`SCHEMA_EXTRAS`]
+//! lists the fields it adds for them.
 //!
 //! Fields µTask acts on and taskhook does not are accepted and reported as notes (with their
 //! path), so that a check of a µTask directory says what will not take effect; the notes never
@@ -34,9 +40,70 @@ impl Notes {
     }
 }
 
+/// A template's name as µTask makes it its identifier (`utils.NormalizeName`): surrounding
+/// spaces trimmed, letters in lower case. `Hello-World` is `hello-world` in every URL.
+pub fn template_name(name: &str) -> String {
+    name.trim().to_lowercase()
+}
+
+/// The fields a µTask document may carry that taskhook's own form has not, as the template
+/// schema describes them: the definition they belong to (`Template` is the document itself),
+/// the field, the JSON type of its value (`any` for any value) and what taskhook does with it.
+/// The normalisation in this module reads each of them (a test checks it).
+pub const SCHEMA_EXTRAS: &[(&str, &str, &str, &str)] = &[
+    (
+        "Template",
+        "allowed_resolver_groups",
+        "array",
+        "µTask's: taskhook has no user groups, so these groups may not resolve (a note says so)",
+    ),
+    (
+        "Template",
+        "allowed_resolver_tokens",
+        "array",
+        "µTask's: not taken (a note says so); give the token's user a tasks:resolve scope",
+    ),
+    (
+        "Template",
+        "allow_task_start_over",
+        "boolean",
+        "µTask's: not taken (a note says so); rerun a task from a step instead",
+    ),
+    (
+        "InputSpec",
+        "hidden",
+        "boolean",
+        "µTask's: not taken (a note says so); declare the input `type: password` to mask it",
+    ),
+    (
+        "Step",
+        "tags",
+        "object",
+        "µTask's step tags: not added to the task in taskhook (a note says so)",
+    ),
+    (
+        "Step",
+        "execution_delay",
+        "number",
+        "µTask's: not taken (a note says so)",
+    ),
+    (
+        "Action",
+        "base_output",
+        "any",
+        "µTask's older form of `output: {strategy: merge, format: …}`",
+    ),
+    (
+        "Assert",
+        "message",
+        "string",
+        "µTask's per-assertion message: ignored",
+    ),
+];
+
 /// Step fields µTask writes while a task runs; a template that carries them (e.g. exported
 /// from a resolution) means nothing by them.
-const STEP_RUNTIME_FIELDS: &[&str] = &[
+pub const STEP_RUNTIME_FIELDS: &[&str] = &[
     "name",
     "state",
     "output",

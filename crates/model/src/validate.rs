@@ -166,6 +166,16 @@ impl Ctx<'_> {
     }
 }
 
+/// The builtin states a condition's `then` may set (besides the target step's custom states).
+pub const CONDITION_STATES: [&str; 6] = [
+    "DONE",
+    "PRUNE",
+    "TO_RETRY",
+    "RETRY_NOW",
+    "FATAL_ERROR",
+    "CLIENT_ERROR",
+];
+
 /// Longest template or library function name.
 pub const MAX_NAME_LEN: usize = 128;
 
@@ -425,14 +435,7 @@ fn check_step(cx: &mut Ctx<'_>, name: &str, step: &Step) {
                 );
                 continue;
             }
-            let allowed = [
-                "DONE",
-                "PRUNE",
-                "TO_RETRY",
-                "RETRY_NOW",
-                "FATAL_ERROR",
-                "CLIENT_ERROR",
-            ];
+            let allowed = CONDITION_STATES;
             if !allowed.contains(&state.as_str())
                 && !cx.t.custom_states_of(target_step).any(|c| c == state)
             {

@@ -270,10 +270,17 @@ async fn put_template(
         return Err(Problem::field(
             StatusCode::BAD_REQUEST,
             "name",
-            format!(
-                "the template is named {:?} but the URL says {name:?}",
-                template.name
-            ),
+            if template.name == taskhook_model::utask::template_name(&name) {
+                format!(
+                    "this µTask template is named {:?}, as µTask names it (in lower case): put it at that URL",
+                    template.name
+                )
+            } else {
+                format!(
+                    "the template is named {:?} but the URL says {name:?}",
+                    template.name
+                )
+            },
         ));
     }
     crate::secrets_api::check_template_secrets(&s, &template, &c.scopes).await?;

@@ -12,7 +12,8 @@
 //! 3. otherwise nobody: 401.
 //!
 //! On top of scopes, people named on a task may act on it (µTask's model): its requester may
-//! read and cancel it; its resolvers (the task's `resolver_usernames` and its template's
+//! read and cancel it, and edit it while it waits for a resolver (µTask's `PUT /task/{id}`);
+//! its resolvers (the task's `resolver_usernames` and its template's
 //! `allowed_resolver_usernames` / `allow_all_resolver_usernames`) may read, resolve and retry
 //! it; its watchers (`watcher_usernames`) may read it.
 
@@ -374,6 +375,10 @@ async fn people_grant(s: &AppState, caller: &Caller, task: &TaskRow, route: &Rou
     match verb {
         "read" | "comment" => requester || task.people.is_watcher(user) || resolver().await,
         "cancel" => requester && route.path.ends_with("/cancel"),
+        // µTask lets the requester edit a task that has no resolution yet.
+        "resolve" if route.method == "PUT" && route.path == "/utask/task/{id}" => {
+            (requester && task.state == taskhook_model::TaskState::Todo) || resolver().await
+        }
         "resolve" => resolver().await,
         _ => false,
     }

@@ -238,6 +238,8 @@ pub const ROUTES: &[RouteScope] = &[
     filtered("GET", "/utask/task", "tasks:read:{template}"),
     row("POST", "/utask/task", "tasks:create:{body.template_name}"),
     row("GET", "/utask/task/{id}", "tasks:read:{template}"),
+    // edited as resolved: by its resolvers (µTask: the template's), or its requester while TODO
+    row("PUT", "/utask/task/{id}", "tasks:resolve:{template}"),
     // no taskhook equivalent: admin only, as in µTask
     row("DELETE", "/utask/task/{id}", "admin"),
     row(

@@ -41,7 +41,10 @@ pub fn routes() -> Router<AppState> {
         .route("/utask/template", get(list_templates))
         .route("/utask/template/{name}", get(get_template))
         .route("/utask/task", get(list_tasks).post(create_task))
-        .route("/utask/task/{id}", get(get_task).delete(delete_task))
+        .route(
+            "/utask/task/{id}",
+            get(get_task).put(update_task).delete(delete_task),
+        )
         .route("/utask/task/{id}/wontfix", post(wontfix_task))
         .route(
             "/utask/task/{id}/comment",
@@ -357,6 +360,57 @@ async fn get_task(
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<TaskOut>, Problem> {
+    Ok(Json(task_out(&s, &id).await?))
+}
+
+/// Body of `PUT /utask/task/{id}`: what µTask's task update takes. Each member replaces the
+/// task's (an absent one is empty, as in µTask); others are ignored.
+#[derive(Deserialize)]
+struct UpdateTaskIn {
+    #[serde(default)]
+    input: Value,
+    #[serde(default)]
+    watcher_usernames: Option<Vec<String>>,
+    #[serde(default)]
+    watcher_groups: Option<Vec<String>>,
+    #[serde(default)]
+    tags: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// `PUT /utask/task/{id}`: µTask's task update, on a task still waiting for a resolver
+/// (TODO) or paused (409 otherwise): its input (checked against the template, the title
+/// rendered again; a masked password keeps its value), watchers and tags are replaced. 200
+/// with the task.
+async fn update_task(
+    c: Caller,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Json<TaskOut>, Problem> {
+    let req: UpdateTaskIn = parse_json(&body(b)?)?;
+    no_groups("watcher_groups", &req.watcher_groups)?;
+    let watchers = usernames(
+        "watcher_usernames",
+        req.watcher_usernames.unwrap_or_default(),
+    )?;
+    if !matches!(req.input, Value::Object(_) | Value::Null) {
+        return Err(Problem::field(
+            StatusCode::BAD_REQUEST,
+            "input",
+            "must be an object of the task's inputs",
+        ));
+    }
+    let edit = taskhook_engine::EditTask {
+        inputs: req.input,
+        tags: req
+            .tags
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, Value::String(v)))
+            .collect(),
+        watchers,
+    };
+    s.engine.edit_task(&id, edit, &c.name).await?;
     Ok(Json(task_out(&s, &id).await?))
 }
 

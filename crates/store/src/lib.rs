@@ -471,6 +471,30 @@ pub(crate) fn check_step_edit(
     Ok(())
 }
 
+/// Whether a person may edit a task in `state`, as last changed at `updated_at`, having seen it
+/// changed at `seen`: its state is one of `allowed` and it did not change since.
+pub(crate) fn check_task_edit(
+    state: &taskhook_model::TaskState,
+    updated_at: i64,
+    seen: i64,
+    allowed: &[taskhook_model::TaskState],
+) -> Result<()> {
+    if !allowed.contains(state) {
+        let allowed: Vec<&str> = allowed.iter().map(|s| s.as_str()).collect();
+        return Err(StoreError::Conflict(format!(
+            "the task is {}: it can be edited only when it is {}",
+            state.as_str(),
+            allowed.join(" or ")
+        )));
+    }
+    if updated_at != seen {
+        return Err(StoreError::Conflict(
+            "the task changed since it was read: read it again".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Whether `task` may be given more runs: it is BLOCKED because it ran `run_max` times.
 pub(crate) fn check_extend(task: &TaskRow) -> Result<()> {
     if task.state != taskhook_model::TaskState::Blocked

@@ -1083,6 +1083,41 @@ impl PgStore {
         Ok(())
     }
 
+    pub async fn edit_task(
+        &self,
+        task_id: &str,
+        seen_updated_at: i64,
+        allowed: &'static [TaskState],
+        edit: crate::TaskEdit,
+        event: NewEvent,
+    ) -> Result<()> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        let row = query_opt(
+            &tx,
+            "SELECT state, updated_at FROM tasks WHERE id = $1 FOR UPDATE",
+            &[&task_id],
+        )
+        .await?
+        .ok_or_else(|| StoreError::NotFound {
+            what: format!("task {task_id}"),
+        })?;
+        let state = parse_state(row.try_get(0)?)?;
+        let updated_at: i64 = row.try_get(1)?;
+        crate::check_task_edit(&state, updated_at, seen_updated_at, allowed)?;
+        let now = now_ms().max(updated_at + 1);
+        let (inputs, tags, people) = (json(&edit.inputs), json(&edit.tags), edit.people.to_json());
+        execute(
+            &tx,
+            "UPDATE tasks SET title = $2, inputs = $3, tags = $4, people = $5, updated_at = $6 WHERE id = $1",
+            &[&task_id, &edit.title, &inputs, &tags, &people, &now],
+        )
+        .await?;
+        insert_event(&tx, task_id, now, &event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     pub async fn put_steps(
         &self,
         task_id: &str,

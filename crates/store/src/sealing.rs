@@ -462,6 +462,29 @@ impl Store {
         backend!(self, extend_run_max(task_id, more, event))
     }
 
+    /// A person edits a task that waits for a person (its state is one of `allowed`), as they
+    /// saw it: [`StoreError::Conflict`] when it is in another state or changed after
+    /// `seen_updated_at`. Title, inputs, tags and people are replaced; the state stays;
+    /// `event` records the edit.
+    pub async fn edit_task(
+        &self,
+        task_id: &str,
+        seen_updated_at: i64,
+        allowed: &'static [TaskState],
+        mut edit: crate::TaskEdit,
+        mut event: NewEvent,
+    ) -> Result<()> {
+        let s = self.sealer();
+        edit.title = s.sealed_text(&edit.title)?;
+        edit.inputs = s.sealed(&edit.inputs)?;
+        edit.tags = s.sealed(&edit.tags)?;
+        s.event(&mut event)?;
+        backend!(
+            self,
+            edit_task(task_id, seen_updated_at, allowed, edit, event)
+        )
+    }
+
     /// A person writes steps of a task that is not running (its state is one of `allowed`),
     /// as they saw it: the write fails with [`StoreError::Conflict`] when the task changed
     /// after `seen_updated_at`. The task keeps its state; `event` records the edit.

@@ -1178,6 +1178,37 @@ impl SqliteStore {
         .await
     }
 
+    pub async fn edit_task(
+        &self,
+        task_id: &str,
+        seen_updated_at: i64,
+        allowed: &'static [TaskState],
+        edit: crate::TaskEdit,
+        event: NewEvent,
+    ) -> Result<()> {
+        let task_id = task_id.to_string();
+        self.write(move |c| {
+            let task = load_task(c, &task_id)?.ok_or_else(|| StoreError::NotFound {
+                what: format!("task {task_id}"),
+            })?;
+            crate::check_task_edit(&task.state, task.updated_at, seen_updated_at, allowed)?;
+            let now = now_ms().max(task.updated_at + 1);
+            c.prepare_cached(
+                "UPDATE tasks SET title = ?2, inputs = ?3, tags = ?4, people = ?5, updated_at = ?6 WHERE id = ?1",
+            )?
+            .execute(params![
+                task_id,
+                edit.title,
+                json(&edit.inputs),
+                json(&edit.tags),
+                edit.people.to_json(),
+                now
+            ])?;
+            insert_event(c, &task_id, now, &event)
+        })
+        .await
+    }
+
     pub async fn extend_run_max(&self, task_id: &str, more: u32, event: NewEvent) -> Result<()> {
         let task_id = task_id.to_string();
         self.write(move |c| {

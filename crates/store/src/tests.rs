@@ -35,6 +35,7 @@ crate::on_both_stores!(
     crashes_are_counted_at_recovery_and_cleared_by_a_run_end_or_a_person,
     comments_are_sealed_kept_in_order_bounded_and_pruned_with_their_task,
     a_persons_step_edit_writes_and_deletes_rows_as_they_saw_the_task,
+    a_persons_task_edit_replaces_its_inputs_tags_and_people_as_they_saw_it,
     a_child_closed_as_wontfix_wakes_its_parent,
     deleting_a_task_takes_its_rows_and_only_when_finished,
 );
@@ -1517,6 +1518,68 @@ async fn a_persons_step_edit_writes_and_deletes_rows_as_they_saw_the_task(db: Te
     assert_eq!(
         kinds(&s, "t").await.last().map(String::as_str),
         Some("rerun")
+    );
+}
+
+async fn a_persons_task_edit_replaces_its_inputs_tags_and_people_as_they_saw_it(db: TestDb) {
+    let s = db.open().await;
+    let mut todo = new_task("t", None);
+    todo.state = TaskState::Todo;
+    todo.due_at = None;
+    s.create_task(todo, created()).await.unwrap();
+    let (task, _) = s.get_task("t").await.unwrap().unwrap();
+    let edit = TaskEdit {
+        title: "new title".into(),
+        inputs: json!({"a": 2}),
+        tags: json!({"k": "v"}),
+        people: TaskPeople {
+            resolvers: vec![],
+            watchers: vec!["wendy".into()],
+        },
+    };
+    let todo_only: &[TaskState] = &[TaskState::Todo];
+    // Seen before a change, or in a state it may not be edited in: refused, nothing written.
+    let stale = s
+        .edit_task(
+            "t",
+            task.updated_at - 1,
+            todo_only,
+            edit.clone(),
+            human("edited"),
+        )
+        .await;
+    assert!(matches!(stale, Err(StoreError::Conflict(_))), "{stale:?}");
+    let wrong = s
+        .edit_task(
+            "t",
+            task.updated_at,
+            &[TaskState::Paused],
+            edit.clone(),
+            human("edited"),
+        )
+        .await;
+    assert!(matches!(wrong, Err(StoreError::Conflict(_))), "{wrong:?}");
+    assert_eq!(s.get_task("t").await.unwrap().unwrap().0, task);
+    let missing = s
+        .edit_task("nope", 0, todo_only, edit.clone(), human("edited"))
+        .await;
+    assert!(
+        matches!(missing, Err(StoreError::NotFound { .. })),
+        "{missing:?}"
+    );
+    s.edit_task("t", task.updated_at, todo_only, edit, human("edited"))
+        .await
+        .unwrap();
+    let (after, _) = s.get_task("t").await.unwrap().unwrap();
+    assert_eq!(after.title, "new title");
+    assert_eq!(after.inputs, json!({"a": 2}));
+    assert_eq!(after.tags, json!({"k": "v"}));
+    assert_eq!(after.people.watchers, ["wendy"]);
+    assert_eq!(after.state, TaskState::Todo);
+    assert!(after.updated_at > task.updated_at);
+    assert_eq!(
+        kinds(&s, "t").await.last().map(String::as_str),
+        Some("edited")
     );
 }
 

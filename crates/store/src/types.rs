@@ -116,6 +116,16 @@ impl TaskPeople {
     }
 }
 
+/// A person's edit of a task waiting for a person (µTask's task update): its inputs, the title
+/// rendered from them, its tags and its people, each written as given.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskEdit {
+    pub title: String,
+    pub inputs: Value,
+    pub tags: Value,
+    pub people: TaskPeople,
+}
+
 /// A person's edit of a task's steps: rows written as given, rows deleted by name (e.g. the
 /// children of a foreach step sent back to TODO, which expands again).
 #[derive(Debug, Clone, Default)]

@@ -153,6 +153,8 @@ impl Server {
         (s, v)
     }
 
+    /// Puts a template; every template the server accepts must be accepted by the published
+    /// template schema too (`docs/template-schema.json`), so each test's templates check it.
     pub async fn put_template(&self, name: &str, yaml: &str) -> (u16, Value) {
         let (s, _, v) = self
             .req(
@@ -161,6 +163,9 @@ impl Server {
                 Some((yaml, "application/yaml")),
             )
             .await;
+        if s == 200 || s == 201 {
+            assert_schema_accepts(yaml);
+        }
         (s, v)
     }
 
@@ -216,6 +221,36 @@ pub async fn target() -> String {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     format!("http://{addr}")
+}
+
+/// The published template schema, `docs/template-schema.json`, compiled once. The
+/// `jsonschema` crate is built without its HTTP resolver: the schema's only references are
+/// its own definitions, and nothing is fetched.
+pub fn template_schema() -> &'static jsonschema::Validator {
+    static SCHEMA: std::sync::OnceLock<jsonschema::Validator> = std::sync::OnceLock::new();
+    SCHEMA.get_or_init(|| {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../docs/template-schema.json"
+        );
+        let text = std::fs::read_to_string(path).unwrap();
+        let schema: Value = serde_json::from_str(&text).unwrap();
+        jsonschema::draft7::new(&schema).unwrap()
+    })
+}
+
+/// Panics with every error when the published template schema refuses the document `text`
+/// (YAML or JSON, read as the server reads it).
+pub fn assert_schema_accepts(text: &str) {
+    let doc = taskhook_model::template::read_document(text).unwrap();
+    let errors: Vec<String> = template_schema()
+        .iter_errors(&doc)
+        .map(|e| format!("{}: {e}", e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "docs/template-schema.json refuses a template the server accepts:\n{text}\n{errors:#?}"
+    );
 }
 
 /// Runs the `taskhook` binary with `args`, pointed at `server` (or at nothing: no URL, no
