@@ -21,7 +21,7 @@ pub use input::{InputError, InputSpec, InputType};
 pub use language::Language;
 pub use state::{StepState, TaskState, TransitionError};
 pub use template::{
-    Action, Dependency, ForeachStrategy, Function, OutputStrategy, RetryPattern, Step, Template,
-    Variable,
+    Action, Dependency, ForeachStrategy, Function, FunctionChainError, MAX_FUNCTION_DEPTH,
+    OutputSpec, OutputStrategy, RetryPattern, Step, Template, Variable,
 };
 pub use validate::{Catalog, TemplateError, TemplateLimits, ValidationError};
