@@ -9,6 +9,7 @@ pub mod duration;
 pub mod input;
 pub mod language;
 pub mod name;
+pub mod schema_path;
 pub mod scope;
 pub mod secret;
 pub mod state;

@@ -807,6 +807,9 @@ fn check_template_text(cx: &mut Ctx<'_>, field: &str, text: &str, step: Option<&
             "step" if second == "this" && step.is_none() => {
                 cx.err(field, "step.this is only defined inside a step")
             }
+            "step" if cx.intake && second != "this" && step != Some(second) => {
+                check_output_path(cx, field, lang, &r, &parts)
+            }
             "input" if !cx.t.inputs.iter().any(|i| i.name == second) => cx.err(
                 field,
                 format!("{r:?} refers to undeclared input {second:?}"),
@@ -821,6 +824,45 @@ fn check_template_text(cx: &mut Ctx<'_>, field: &str, text: &str, step: Option<&
             ),
             _ => {}
         }
+    }
+}
+
+/// A path read below a step's output (`step.X.output.a.b`) must be one the step's
+/// `json_schema` lets its output have (see [`crate::schema_path`]). Only at intake: stored
+/// versions keep running. A foreach step's schema is its children's, so its own output is
+/// not looked at; nor is a step's output read inside that step (`output.format` reads the
+/// action's output, before the schema applies).
+fn check_output_path(cx: &mut Ctx<'_>, field: &str, lang: Language, r: &str, parts: &[&str]) {
+    let (Some(name), Some(&"output")) = (parts.get(1), parts.get(2)) else {
+        return;
+    };
+    let Some(target) = cx.t.steps.get(*name) else {
+        return;
+    };
+    let (Some(schema), None) = (&target.json_schema, &target.foreach) else {
+        return;
+    };
+    let mut path = &parts[3..];
+    // MiniJinja reads a map's methods as attributes: `output.items()` reads `items`.
+    if lang == Language::Jinja
+        && let Some((last, before)) = path.split_last()
+        && matches!(*last, "items" | "keys" | "values" | "get")
+    {
+        path = before;
+    }
+    if let Err(refused) = crate::schema_path::check(schema, path) {
+        let key = path[..=refused.at].join(".");
+        let allowed = if refused.allowed.is_empty() {
+            "no properties there".to_string()
+        } else {
+            format!("only {}", refused.allowed.join(", "))
+        };
+        cx.err(
+            field,
+            format!(
+                "{r:?} reads {key:?} from the output of step {name:?}, which its json_schema does not allow ({allowed})"
+            ),
+        );
     }
 }
 
@@ -1288,6 +1330,49 @@ steps:
         let inner = Function::parse("name: inner\naction: {type: outer}\n").unwrap();
         let e = validate_function(&inner, &library, &TestCatalog).unwrap_err();
         assert!(e.to_string().contains("inner -> outer -> inner"), "{e}");
+    }
+
+    #[test]
+    fn output_paths_are_checked_against_the_json_schema_at_intake_only() {
+        let y = r##"
+name: lint
+steps:
+  one:
+    json_schema:
+      type: object
+      definitions: {foo: {type: object, properties: {bar: {type: string}}}}
+      properties: {value: {type: string}, foo: {$ref: "#/definitions/foo"}}
+    action:
+      type: echo
+      configuration: {output: {value: x}}
+      output: {strategy: merge, format: {foo: "{{ step.one.output.anything }}"}}
+  two:
+    action: {type: echo, configuration: {output: "{{ step.one.output.foo.bar }} {{ step.one.output.value }} {{ step.one.output }}"}}
+  three:
+    conditions:
+      - type: skip
+        if: [{value: "{{ step.one.output.notfound }}", operator: EQ, expected: x}]
+        then: {this: PRUNE}
+    action: {type: echo, configuration: {output: "{{ step.one.output.foo.baz }}"}}
+  four:
+    foreach: "{{ step.one.output.value }}"
+    json_schema: {type: object, properties: {a: {}}}
+    action: {type: echo}
+  five:
+    action: {type: echo, configuration: {output: "{{ step.four.output.b }} {{ step.one.output.foo.items }}"}}
+"##;
+        assert_eq!(
+            errors(y),
+            vec![
+                "steps.three.action.configuration.output: \"step.one.output.foo.baz\" reads \"foo.baz\" from the output of step \"one\", which its json_schema does not allow (only bar)".to_string(),
+                "steps.three.conditions[0].if[0].value: \"step.one.output.notfound\" reads \"notfound\" from the output of step \"one\", which its json_schema does not allow (only foo, value)".to_string(),
+            ]
+        );
+        let t = Template::parse(y).unwrap();
+        assert_eq!(
+            validate_template_with(&t, &TestCatalog, &TemplateLimits::UNLIMITED),
+            Ok(Language::Jinja)
+        );
     }
 
     #[test]
