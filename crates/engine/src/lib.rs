@@ -1389,10 +1389,27 @@ impl TaskService for Tasks {
             .await
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("task {id} not found"))?;
+        // Who resolved it is read from its events, and only once it has ended: the parent
+        // reads it then (µTask's subtask output carries it).
+        let resolver = if t.state.is_final() {
+            inner
+                .store
+                .task_events(id)
+                .await
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .rev()
+                .find(|e| e.kind == "resolved")
+                .map(|e| e.actor)
+        } else {
+            None
+        };
         Ok(TaskSnapshot {
             id: t.id,
             state: t.state.as_str().to_string(),
             result: t.result,
+            requester: t.requester,
+            resolver,
         })
     }
 }

@@ -885,6 +885,7 @@ impl Run {
                 inner: inner.clone(),
             }
             .task_service(),
+            language: self.compiled.language,
         };
         let step_name = name.clone();
         let (task_id, epoch) = (self.task.id.clone(), self.task.lease_epoch);
