@@ -118,6 +118,10 @@ pub struct TaskSnapshot {
     /// Task state name (`TODO`, `RUNNING`, `WAITING`, `BLOCKED`, `DONE`, `CANCELLED`, `WONTFIX`).
     pub state: String,
     pub result: Value,
+    /// Who asked for it (a subtask's is `task:<parent id>`).
+    pub requester: String,
+    /// Who resolved it, when a person did.
+    pub resolver: Option<String>,
 }
 
 /// What a subtask is created with besides its template and inputs.
@@ -164,6 +168,9 @@ pub struct ActionContext {
     /// Cancelled when the task is cancelled or the step times out; long actions must watch it.
     pub cancel: CancellationToken,
     pub tasks: Arc<dyn TaskService>,
+    /// The templating language of the task's template: actions whose output µTask shapes
+    /// differently give µTask's shape to Go (µTask) templates.
+    pub language: taskhook_model::Language,
 }
 
 #[async_trait]

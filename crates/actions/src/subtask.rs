@@ -10,7 +10,10 @@ use serde_json::{Map, Value, json};
 
 use crate::config::{self, Check, Stage, opt};
 use crate::duration::kind;
-use crate::{Action, ActionContext, ActionError, ActionOutput, ConfigError, SubtaskOptions};
+use crate::{
+    Action, ActionContext, ActionError, ActionOutput, ConfigError, SubtaskOptions, TaskSnapshot,
+};
+use taskhook_model::Language;
 
 /// The `subtask` action.
 #[derive(Debug, Clone, Copy, Default)]
@@ -202,6 +205,22 @@ fn json_input(text: &str) -> Result<Map<String, Value>, String> {
     }
 }
 
+/// The step's output once the child has ended: in taskhook's templates, the child's result;
+/// in µTask's (Go) templates, µTask's summary of the child, its result under `result` (`{}`
+/// when it has none, as a µTask task's result is never null).
+fn step_output(child: &TaskSnapshot, language: Language) -> Value {
+    match language {
+        Language::Jinja => child.result.clone(),
+        Language::Go => json!({
+            "id": child.id,
+            "state": child.state,
+            "result": if child.result.is_null() { json!({}) } else { child.result.clone() },
+            "resolver_username": child.resolver.clone().unwrap_or_default(),
+            "requester_username": child.requester,
+        }),
+    }
+}
+
 fn waiting(metadata: Value) -> ActionError {
     ActionError::Waiting {
         metadata,
@@ -284,9 +303,10 @@ impl Action for Subtask {
             .task_snapshot(id)
             .await
             .map_err(|e| ActionError::server(format!("cannot read subtask {id}: {e}")))?;
+        let output = step_output(&snapshot, ctx.language);
         match snapshot.state.as_str() {
             "DONE" => Ok(ActionOutput {
-                output: snapshot.result,
+                output,
                 metadata: json!({ "task_id": id, "state": "DONE" }),
             }),
             state @ ("CANCELLED" | "WONTFIX") => Err(ActionError::Client {
@@ -299,7 +319,7 @@ impl Action for Subtask {
                     }
                 ),
                 output: Some(ActionOutput {
-                    output: snapshot.result,
+                    output,
                     metadata: json!({ "task_id": id, "state": state }),
                 }),
             }),
@@ -364,6 +384,43 @@ mod tests {
             })
         );
         assert_eq!(tasks.count(), 1);
+    }
+
+    #[tokio::test]
+    async fn utask_templates_get_utasks_summary_of_the_child() {
+        let tasks = Arc::new(MemoryTasks::with_templates(&["child"]));
+        let mut ctx = ctx_with(tasks.clone());
+        ctx.language = Language::Go;
+        let config = json!({"template": "child"});
+        let id = task_id(Subtask.run(config.clone(), ctx.clone()).await);
+        let next = next_attempt(&ctx, json!({"task_id": id}));
+        tasks.set(&id, "DONE", json!({"answer": 42}));
+        let r = Subtask.run(config.clone(), next.clone()).await.unwrap();
+        assert_eq!(
+            r.output,
+            json!({
+                "id": id,
+                "state": "DONE",
+                "result": {"answer": 42},
+                "resolver_username": "",
+                "requester_username": "task:t1",
+            })
+        );
+        assert_eq!(r.metadata, json!({"task_id": id, "state": "DONE"}));
+        // A child without a result gives an empty one, as µTask's tasks have.
+        tasks.set(&id, "DONE", Value::Null);
+        let r = Subtask.run(config.clone(), next.clone()).await.unwrap();
+        assert_eq!(r.output["result"], json!({}));
+        // A cancelled child: the same summary beside the client error.
+        tasks.set(&id, "CANCELLED", Value::Null);
+        let Err(ActionError::Client {
+            output: Some(out), ..
+        }) = Subtask.run(config, next).await
+        else {
+            panic!("expected a client error")
+        };
+        assert_eq!(out.output["state"], "CANCELLED");
+        assert_eq!(out.output["id"], json!(id));
     }
 
     #[tokio::test]

@@ -85,6 +85,8 @@ impl TaskService for MemoryTasks {
             id: id.clone(),
             state: "TODO".into(),
             result: Value::Null,
+            requester: format!("task:{parent_id}"),
+            resolver: None,
         };
         inner
             .tasks
@@ -114,6 +116,7 @@ pub(crate) fn ctx_with(tasks: Arc<dyn TaskService>) -> ActionContext {
         previous_metadata: None,
         cancel: CancellationToken::new(),
         tasks,
+        language: taskhook_model::Language::Jinja,
     }
 }
 

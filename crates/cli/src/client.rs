@@ -617,15 +617,22 @@ impl OfflineChecker {
         let mut library = BTreeMap::new();
         {
             let catalog = taskhook_engine::ActionCatalog { actions: &registry };
+            let mut files = Vec::new();
             for f in document_files(function_paths)? {
                 let text = std::fs::read_to_string(&f)
                     .with_context(|| format!("reading {}", f.display()))?;
                 let function = taskhook_model::Function::parse(&text)
                     .map_err(|e| anyhow::anyhow!("{}: {}", f.display(), e.message))?;
-                if let Err(e) = taskhook_model::validate::validate_function(&function, &catalog) {
+                library.insert(function.name.clone(), function.clone());
+                files.push((f, function));
+            }
+            // Functions may call each other: each is checked with all of them at hand.
+            for (f, function) in &files {
+                if let Err(e) =
+                    taskhook_model::validate::validate_function(function, &library, &catalog)
+                {
                     bail!("{}: {e}", f.display());
                 }
-                library.insert(function.name.clone(), function);
             }
         }
         Ok(OfflineChecker { registry, library })
@@ -645,11 +652,18 @@ impl OfflineChecker {
                     }],
                 }
             })?;
-        for step in template.steps.values() {
-            if let Some(f) = self.library.get(&step.action.kind)
-                && !template.functions.contains_key(&step.action.kind)
-            {
-                template.functions.insert(f.name.clone(), f.clone());
+        // The functions the steps call, and those they call, as the server embeds them.
+        loop {
+            let wanted: Vec<taskhook_model::Function> = template
+                .missing_functions(|k| self.registry.get(k).is_some())
+                .iter()
+                .filter_map(|k| self.library.get(k).cloned())
+                .collect();
+            if wanted.is_empty() {
+                break;
+            }
+            for f in wanted {
+                template.functions.insert(f.name.clone(), f);
             }
         }
         let catalog = taskhook_engine::ActionCatalog {

@@ -602,15 +602,26 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         for f in crate::client::document_files(std::slice::from_ref(dir))? {
             let text =
                 std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
-            match engine.parse_function(&text) {
-                Ok(func) => parsed.push(func),
-                Err(e) => problems.extend(
+            match taskhook_model::Function::parse(&text) {
+                Ok(func) => parsed.push((f, func)),
+                Err(e) => problems.push(format!("{}: function: {}", f.display(), e.message)),
+            }
+        }
+        // Functions may call each other: each is checked with the whole directory at hand.
+        let dir_set: std::collections::BTreeMap<String, taskhook_model::Function> = parsed
+            .iter()
+            .map(|(_, func)| (func.name.clone(), func.clone()))
+            .collect();
+        for (f, func) in &parsed {
+            if let Err(e) = engine.check_function(func, &dir_set).await {
+                problems.extend(
                     e.errors
                         .iter()
                         .map(|e| format!("{}: {}: {}", f.display(), e.field, e.message)),
-                ),
+                );
             }
         }
+        let parsed: Vec<taskhook_model::Function> = parsed.into_iter().map(|(_, f)| f).collect();
         if !problems.is_empty() {
             bail!("invalid functions:\n  {}", problems.join("\n  "));
         }

@@ -273,3 +273,71 @@ async fn utask_subtask_groups_are_refused_when_the_template_is_put() {
     assert!(v.to_string().contains("resolver_groups"), "{v:#}");
     assert!(v.to_string().contains("no user groups"), "{v:#}");
 }
+
+/// µTask's `subtask` output is its summary of the child: `id`, `state`, `result`,
+/// `resolver_username`, `requester_username`; a µTask template reads the child's result as
+/// `.step.X.output.result`.
+#[tokio::test]
+async fn a_utask_subtask_output_is_utasks_summary_of_the_child() {
+    let s = Server::start();
+    let child = r#"
+name: summary-child
+auto_runnable: true
+inputs:
+  - name: who
+steps:
+  greet:
+    action:
+      type: echo
+      configuration:
+        output: {greeting: 'hello {{ .input.who }}'}
+result_format:
+  greeting: '{{ .step.greet.output.greeting }}'
+"#;
+    let parent = r#"
+name: summary-parent
+auto_runnable: true
+steps:
+  child:
+    action:
+      type: subtask
+      configuration:
+        template: summary-child
+        input: {who: ada}
+  after:
+    dependencies: [child]
+    action:
+      type: echo
+      configuration:
+        output: '{{ .step.child.output.result.greeting }} ({{ .step.child.output.state }}, {{ .step.child.output.id | len }})'
+"#;
+    for (name, yaml) in [("summary-child", child), ("summary-parent", parent)] {
+        let (st, v) = s.put_template(name, yaml).await;
+        assert_eq!(st, 201, "{name}: {v:#}");
+    }
+    let (_, c) = s
+        .post("/api/v1/tasks", json!({"template": "summary-parent"}))
+        .await;
+    let t = s
+        .wait_state(c["id"].as_str().unwrap(), &["DONE", "BLOCKED"])
+        .await;
+    assert_eq!(t["state"], "DONE", "{t:#}");
+    let out = &t["steps"]["child"]["output"];
+    let child_id = t["steps"]["child"]["metadata"]["task_id"].as_str().unwrap();
+    assert_eq!(
+        out,
+        &json!({
+            "id": child_id,
+            "state": "DONE",
+            "result": {"greeting": "hello ada"},
+            "resolver_username": "",
+            "requester_username": format!("task:{}", c["id"].as_str().unwrap()),
+        }),
+        "{t:#}"
+    );
+    assert_eq!(
+        t["steps"]["after"]["output"],
+        format!("hello ada (DONE, {})", child_id.len()),
+        "{t:#}"
+    );
+}

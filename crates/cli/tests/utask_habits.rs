@@ -178,6 +178,83 @@ async fn what_utask_refuses_is_refused_naming_the_field() {
     assert_eq!(st, 201, "{out:#}");
 }
 
+/// A step's `json_schema` describes its output: reading a property the schema does not
+/// allow is refused, through `$ref` into `definitions` and `anyOf`, in the manner of µTask's
+/// linting tests; a path the schema allows is taken and runs.
+const LINTED: &str = r##"
+name: linted
+auto_runnable: true
+steps:
+  stepOne:
+    json_schema:
+      "$schema": "http://json-schema.org/draft-07/schema#"
+      type: object
+      definitions:
+        node:
+          type: object
+          properties:
+            child:
+              anyOf:
+                - "$ref": "#/definitions/node"
+                - "$ref": "#/definitions/leaf"
+            label:
+              type: string
+        leaf:
+          type: string
+      properties:
+        tree:
+          "$ref": "#/definitions/node"
+        name:
+          type: string
+    action:
+      type: echo
+      configuration:
+        output:
+          name: root
+          tree: {label: top, child: {label: below, child: leaf}}
+  stepTwo:
+    dependencies: [stepOne]
+    action:
+      type: echo
+      configuration:
+        output: '{{ .step.stepOne.output.tree.child.label }}/READ'
+"##;
+
+#[tokio::test]
+async fn output_paths_outside_the_json_schema_are_refused() {
+    let s = Server::start();
+    let (st, v) = s.put_template("linted", LINTED).await;
+    assert_eq!(st, 201, "{v:#}");
+    let (_, c) = s.post("/api/v1/tasks", json!({"template": "linted"})).await;
+    let t = s
+        .wait_state(c["id"].as_str().unwrap(), &["DONE", "BLOCKED"])
+        .await;
+    assert_eq!(t["steps"]["stepTwo"]["output"], "below/READ", "{t:#}");
+
+    for (read, key) in [
+        (".step.stepOne.output.notfound", "notfound"),
+        // A property of a definition is not a property of the output itself.
+        (".step.stepOne.output.label", "label"),
+        (".step.stepOne.output.tree.child.nope", "tree.child.nope"),
+    ] {
+        let doc = LINTED.replace(".step.stepOne.output.tree.child.label", read);
+        let (st, v) = s.put_template("linted", &doc).await;
+        assert_eq!(st, 400, "{read}: {v:#}");
+        let e = &v["errors"][0];
+        assert_eq!(
+            e["field"], "steps.stepTwo.action.configuration.output",
+            "{v:#}"
+        );
+        let message = e["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!(
+                "reads {key:?} from the output of step \"stepOne\""
+            )),
+            "{read}: {message}"
+        );
+    }
+}
+
 #[test]
 fn import_utask_reports_per_file_what_runs_unchanged_and_what_does_not() {
     let dir = support::fresh_dir();

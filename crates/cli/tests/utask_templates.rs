@@ -390,3 +390,213 @@ steps:
         );
     }
 }
+
+/// µTask's nested functions: a function whose action is another function. Each level's
+/// `configuration`, rendered with that level's arguments, is the next one's arguments; the
+/// `base_output`s merge under the action's output, innermost first; conditions run innermost
+/// first, so the outer ones see the states the inner ones set.
+const GREET_HELLO: &str = r#"
+name: greet::hello
+action:
+  type: echo
+  configuration:
+    output:
+      value: 'Hello {{ .function_args.name }} !'
+"#;
+
+const GREET_INNER: &str = r#"
+name: greet::inner
+action:
+  type: greet::hello
+  base_output:
+    level: inner
+    inner: 'yes'
+    value: never shown
+  configuration:
+    name: '{{ .function_args.who }}'
+custom_states: [INNER_ONE, INNER_TWO]
+conditions:
+  - type: check
+    if:
+      - value: '{{.step.this.output.value}}'
+        operator: EQ
+        expected: 'Hello grace !'
+    then:
+      this: INNER_ONE
+  - type: check
+    if:
+      - value: '{{.step.this.state}}'
+        operator: EQ
+        expected: INNER_ONE
+    then:
+      this: INNER_TWO
+"#;
+
+const GREET_OUTER: &str = r#"
+name: greet::outer
+action:
+  type: greet::inner
+  base_output:
+    level: outer
+    outer: '{{ .function_args.name }}'
+  configuration:
+    who: '{{ .function_args.name | lower }}'
+custom_states: [OUTER]
+conditions:
+  - type: check
+    if:
+      - value: '{{.step.this.state}}'
+        operator: EQ
+        expected: INNER_TWO
+    then:
+      this: OUTER
+"#;
+
+const NESTED: &str = r#"
+name: nested-greeting
+auto_runnable: true
+inputs:
+  - name: name
+steps:
+  greet:
+    action:
+      type: greet::outer
+      base_output:
+        from_step: '{{ .input.name }}'
+      configuration:
+        name: '{{ .input.name }}'
+    custom_states: [GREETED]
+    conditions:
+      - type: check
+        if:
+          - value: '{{.step.this.state}}'
+            operator: EQ
+            expected: OUTER
+        then:
+          this: GREETED
+  after:
+    dependencies: ['greet:GREETED,INNER_TWO']
+    action:
+      type: echo
+      configuration:
+        output: '{{ .step.greet.output.outer }}/{{ .step.greet.output.level }}'
+"#;
+
+#[tokio::test]
+async fn nested_functions_chain_their_arguments_outputs_and_states() {
+    let functions = support::fresh_dir();
+    for (file, text) in [
+        ("hello.yaml", GREET_HELLO),
+        ("inner.yaml", GREET_INNER),
+        ("outer.yaml", GREET_OUTER),
+    ] {
+        std::fs::write(functions.join(file), text).unwrap();
+    }
+    let s = Server::start_in(
+        support::fresh_dir(),
+        &["--functions", functions.to_str().unwrap()],
+    );
+    let (st, v) = s.put_template("nested-greeting", NESTED).await;
+    assert_eq!(st, 201, "{v:#}");
+    // The stored version carries the whole chain, not only the function the step names.
+    let (_, stored) = s.get("/api/v1/templates/nested-greeting").await;
+    let embedded = stored["template"]["functions"]
+        .as_object()
+        .unwrap_or_else(|| panic!("{stored:#}"));
+    let mut names: Vec<&str> = embedded.keys().map(String::as_str).collect();
+    names.sort();
+    assert_eq!(names, ["greet::hello", "greet::inner", "greet::outer"]);
+
+    let (st, c) = s
+        .post(
+            "/api/v1/tasks",
+            json!({"template": "nested-greeting", "inputs": {"name": "Grace"}}),
+        )
+        .await;
+    assert_eq!(st, 201, "{c:#}");
+    let t = s
+        .wait_state(c["id"].as_str().unwrap(), &["DONE", "BLOCKED"])
+        .await;
+    assert_eq!(t["state"], "DONE", "{t:#}");
+    let greet = &t["steps"]["greet"];
+    assert_eq!(greet["state"], "GREETED", "{t:#}");
+    assert_eq!(
+        greet["output"],
+        json!({
+            "value": "Hello grace !",
+            "level": "inner",
+            "inner": "yes",
+            "outer": "Grace",
+            "from_step": "Grace",
+        }),
+        "{t:#}"
+    );
+    assert_eq!(t["steps"]["after"]["output"], "Grace/inner", "{t:#}");
+}
+
+#[tokio::test]
+async fn functions_calling_themselves_are_refused_at_load() {
+    // In a template's own functions: the API names each function of the cycle.
+    let s = Server::start();
+    let yaml = "name: loops\nsteps:\n  a:\n    action: {type: ping::one, configuration: {}}\nfunctions:\n  ping::one:\n    action: {type: ping::two, configuration: {}}\n  ping::two:\n    action: {type: ping::one, configuration: {}}\n";
+    let (st, v) = s.put_template("loops", yaml).await;
+    assert_eq!(st, 400, "{v:#}");
+    let errors = v["errors"].as_array().unwrap();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e["field"] == "functions.ping::one.action.type"
+                && e["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("ping::one -> ping::two -> ping::one")),
+        "{v:#}"
+    );
+
+    // In the server's functions directory: the server does not start, and says which.
+    let functions = support::fresh_dir();
+    std::fs::write(functions.join("hello.yaml"), GREET_HELLO).unwrap();
+    std::fs::write(
+        functions.join("a.yaml"),
+        "name: loop::a\naction:\n  type: loop::b\n  configuration: {}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        functions.join("b.yaml"),
+        "name: loop::b\naction:\n  type: loop::a\n  configuration: {}\n",
+    )
+    .unwrap();
+    let mut serve = std::process::Command::new(env!("CARGO_BIN_EXE_taskhook"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(support::fresh_dir())
+        .arg("--functions")
+        .arg(&functions)
+        .env("TASKHOOK_ADMIN_TOKEN", support::TOKEN)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = serve.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = serve.kill();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut serve.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(status.is_some_and(|s| !s.success()), "{status:?}: {err}");
+    assert!(
+        err.contains("a.yaml: functions.loop::a.action.type"),
+        "{err}"
+    );
+    assert!(err.contains("loop::a -> loop::b -> loop::a"), "{err}");
+    assert!(
+        err.contains("b.yaml: functions.loop::b.action.type"),
+        "{err}"
+    );
+}

@@ -334,49 +334,79 @@ impl Engine {
         Ok(template)
     }
 
-    /// Copies the library functions a template calls into its `functions`, so that the
-    /// stored version carries them and later library changes do not reach its tasks.
+    /// Copies the library functions a template calls into its `functions`, and the
+    /// functions those call, and so on, so that the stored version carries every function
+    /// its steps run through and later library changes do not reach its tasks.
     async fn embed_library_functions(&self, template: &mut Template) -> Result<(), TemplateError> {
-        let wanted: std::collections::BTreeSet<String> = template
-            .steps
-            .values()
-            .map(|s| s.action.kind.clone())
-            .filter(|k| self.inner.actions.get(k).is_none() && !template.functions.contains_key(k))
-            .collect();
-        for name in wanted {
-            let body = self
-                .inner
-                .store
-                .get_function(&name)
-                .await
-                .map_err(|e| TemplateError {
-                    errors: vec![taskhook_model::validate::ValidationError {
-                        field: "functions".into(),
-                        message: e.to_string(),
-                    }],
-                })?;
-            if let Some(f) = body.and_then(|b| serde_json::from_value::<Function>(b).ok()) {
-                template.functions.insert(name, f);
+        let mut tried = std::collections::BTreeSet::new();
+        loop {
+            let wanted: Vec<String> = template
+                .missing_functions(|k| self.inner.actions.get(k).is_some())
+                .into_iter()
+                .filter(|k| !tried.contains(k))
+                .collect();
+            if wanted.is_empty() {
+                return Ok(());
+            }
+            for name in wanted {
+                if let Some(f) = self.library_function(&name).await? {
+                    template.functions.insert(name.clone(), f);
+                }
+                tried.insert(name);
             }
         }
-        Ok(())
     }
 
-    /// Parses and validates a library function document.
-    pub fn parse_function(&self, text: &str) -> Result<Function, TemplateError> {
+    /// A function of the library, by name.
+    async fn library_function(&self, name: &str) -> Result<Option<Function>, TemplateError> {
+        let body = self
+            .inner
+            .store
+            .get_function(name)
+            .await
+            .map_err(|e| TemplateError {
+                errors: vec![taskhook_model::validate::ValidationError {
+                    field: "functions".into(),
+                    message: e.to_string(),
+                }],
+            })?;
+        Ok(body.and_then(|b| serde_json::from_value::<Function>(b).ok()))
+    }
+
+    /// Parses and validates a library function document; the functions it calls are looked
+    /// up in the library.
+    pub async fn parse_function(&self, text: &str) -> Result<Function, TemplateError> {
         let f = Function::parse(text).map_err(|e| TemplateError {
             errors: vec![taskhook_model::validate::ValidationError {
                 field: "function".into(),
                 message: e.message,
             }],
         })?;
+        self.check_function(&f, &Default::default()).await?;
+        Ok(f)
+    }
+
+    /// Validates a library function. The functions it calls (and those call, and so on) are
+    /// taken from `others` (say, the rest of a directory being loaded), else the library.
+    pub async fn check_function(
+        &self,
+        f: &Function,
+        others: &std::collections::BTreeMap<String, Function>,
+    ) -> Result<(), TemplateError> {
+        // The functions it may reach, gathered as a template would embed them.
+        let mut holder = Template {
+            functions: others.clone(),
+            ..Template::default()
+        };
+        holder.functions.insert(f.name.clone(), f.clone());
+        self.embed_library_functions(&mut holder).await?;
         taskhook_model::validate::validate_function(
-            &f,
+            f,
+            &holder.functions,
             &ActionCatalog {
                 actions: &self.inner.actions,
             },
-        )?;
-        Ok(f)
+        )
     }
 
     /// Stores a library function; returns whether it is new. Templates already stored keep
@@ -1464,10 +1494,27 @@ impl TaskService for Tasks {
             .await
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("task {id} not found"))?;
+        // Who resolved it is read from its events, and only once it has ended: the parent
+        // reads it then (µTask's subtask output carries it).
+        let resolver = if t.state.is_final() {
+            inner
+                .store
+                .task_events(id)
+                .await
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .rev()
+                .find(|e| e.kind == "resolved")
+                .map(|e| e.actor)
+        } else {
+            None
+        };
         Ok(TaskSnapshot {
             id: t.id,
             state: t.state.as_str().to_string(),
             result: t.result,
+            requester: t.requester,
+            resolver,
         })
     }
 }

@@ -628,8 +628,8 @@ impl Run {
                 .clone()
                 .unwrap_or_else(|| c.to_string())
         });
-        if let Some(args) = called.and_then(|c| self.compiled.function_args.get(&c)) {
-            match self.render_value(args, &ctx) {
+        if let Some(call) = called.and_then(|c| self.compiled.calls.get(&c)) {
+            match self.render_value(&call.args[0], &ctx) {
                 Ok(v) => ctx["function_args"] = v,
                 // Left undefined: the function's configuration then fails naming `function_args`.
                 Err(e) => {
@@ -638,6 +638,44 @@ impl Run {
             }
         }
         ctx
+    }
+
+    /// The function call a step (or a foreach child's parent) makes, if any.
+    fn call_of(&self, name: &str) -> Option<&crate::catalog::FunctionCall> {
+        let parent = self
+            .steps
+            .get(name)
+            .and_then(|s| s.foreach_parent.as_deref())
+            .unwrap_or(name);
+        self.compiled.calls.get(parent)
+    }
+
+    /// `ctx`, a step's context (whose `function_args` are its first function's), with the
+    /// arguments of function `level` of its call instead: each function's arguments are the
+    /// configuration of the one calling it, rendered with that one's arguments.
+    fn with_call_args(&self, name: &str, mut ctx: Value, level: usize) -> Result<Value, String> {
+        let Some(call) = self.call_of(name) else {
+            return Ok(ctx);
+        };
+        for i in 1..=level.min(call.args.len() - 1) {
+            let args = self
+                .render_value(&call.args[i], &ctx)
+                .map_err(|e| format!("arguments of function {:?}: {e}", call.names[i]))?;
+            ctx["function_args"] = args;
+        }
+        Ok(ctx)
+    }
+
+    /// The context a part of a step reads: the arguments of function `level` of its call.
+    fn context_at(&self, name: &str, level: usize) -> Result<Value, String> {
+        self.with_call_args(name, self.context(Some(name), None), level)
+    }
+
+    /// The index of the function arguments condition `i` of a step reads.
+    fn condition_level(&self, name: &str, i: usize) -> usize {
+        self.call_of(name)
+            .and_then(|c| c.condition_args.get(i).copied())
+            .unwrap_or(0)
     }
 
     /// Evaluates skip conditions; true when one held (the step does not run). On a foreach
@@ -650,20 +688,21 @@ impl Run {
         let skips: Vec<_> = def
             .conditions
             .iter()
-            .filter(|c| {
+            .enumerate()
+            .filter(|(_, c)| {
                 c.kind == ConditionKind::Skip
                     && (c.foreach == Some(taskhook_model::ConditionForeach::Parent)) == parent
             })
-            .cloned()
+            .map(|(i, c)| (self.condition_level(name, i), c.clone()))
             .collect();
         if skips.is_empty() {
             return false;
         }
         let mut held = false;
-        for cond in &skips {
-            let ctx = self.context(Some(name), None);
-            match evaluate(&self.compiled, cond, &ctx) {
-                Ok(true) => {
+        for (level, cond) in &skips {
+            let ctx = self.context_at(name, *level);
+            match ctx.and_then(|ctx| evaluate(&self.compiled, cond, &ctx).map(|r| (r, ctx))) {
+                Ok((true, ctx)) => {
                     held = true;
                     let message = cond
                         .message
@@ -687,7 +726,7 @@ impl Run {
                         break;
                     }
                 }
-                Ok(false) => {}
+                Ok((false, _)) => {}
                 Err(e) => {
                     self.set(name, |s| {
                         s.state = StepState::FatalError;
@@ -803,12 +842,24 @@ impl Run {
         let timeout = self.compiled.timeouts.get(&parent_name).copied();
         let inner = self.inner.clone();
         let compiled = self.compiled.clone();
+        let call = self.compiled.calls.get(&parent_name);
         let needs_ctx = def.pre_hook.is_some()
-            || self.compiled.function_args.contains_key(&parent_name)
+            || call.is_some()
             || taskhook_expr::Renderer::value_is_templated(&def.action.configuration)
             || def.action.base_configuration.is_some()
             || def.action.output.is_some();
         let ctx = needs_ctx.then(|| self.context(Some(&name), None));
+        // In a function call, the pre-hook and the action read the arguments of the
+        // functions that bring them.
+        let ctxs: Result<(Option<Value>, Option<Value>), String> = match (ctx, call) {
+            (Some(ctx), Some(call)) => self
+                .with_call_args(&name, ctx.clone(), call.pre_hook_args)
+                .and_then(|pre| {
+                    let action = self.with_call_args(&name, ctx, call.action_args())?;
+                    Ok((Some(pre), Some(action)))
+                }),
+            (ctx, _) => Ok((ctx.clone(), ctx)),
+        };
         let base = def
             .action
             .base_configuration
@@ -834,6 +885,7 @@ impl Run {
                 inner: inner.clone(),
             }
             .task_service(),
+            language: self.compiled.language,
         };
         let step_name = name.clone();
         let (task_id, epoch) = (self.task.id.clone(), self.task.lease_epoch);
@@ -875,8 +927,11 @@ impl Run {
             // FATAL_ERROR with the panic's message and the task waits for a person.
             let work = async {
                 use futures_util::FutureExt as _;
+                let (pre_ctx, ctx) = ctxs.map_err(|e| {
+                    ActionError::fatal(format!("templating error in configuration: {e}"))
+                })?;
                 let caught = std::panic::AssertUnwindSafe(attempt(
-                    &inner, &compiled, &def, base, pre_base, ctx, action_ctx,
+                    &inner, &compiled, &def, base, pre_base, pre_ctx, ctx, action_ctx,
                 ))
                 .catch_unwind()
                 .await;
@@ -958,10 +1013,19 @@ impl Run {
         let mut output = output;
         let mut error = error;
         if state == StepState::Done {
-            if let Some(spec) = &def.action.output {
+            // The output shapes: a function call's, each with its function's arguments (the
+            // innermost function's first), else the step's own.
+            let shapes: Vec<(taskhook_model::OutputSpec, usize)> = match self.call_of(&name) {
+                Some(call) => call.outputs.clone(),
+                None => def.action.output.iter().map(|o| (o.clone(), 0)).collect(),
+            };
+            for (spec, level) in &shapes {
                 self.set(&name, |s| s.output = output.clone());
-                let ctx = self.context(Some(&name), None);
-                match self.render_value(&spec.format, &ctx) {
+                let formatted = self.context_at(&name, *level).and_then(|ctx| {
+                    self.render_value(&spec.format, &ctx)
+                        .map_err(|e| e.to_string())
+                });
+                match formatted {
                     Ok(formatted) => {
                         output = match spec.strategy {
                             OutputStrategy::Template => formatted,
@@ -976,6 +1040,7 @@ impl Run {
                     Err(e) => {
                         state = StepState::FatalError;
                         error = Some(format!("output format: {e}"));
+                        break;
                     }
                 }
             }
@@ -1036,13 +1101,14 @@ impl Run {
             let checks: Vec<_> = def
                 .conditions
                 .iter()
-                .filter(|c| c.kind == ConditionKind::Check)
-                .cloned()
+                .enumerate()
+                .filter(|(_, c)| c.kind == ConditionKind::Check)
+                .map(|(i, c)| (self.condition_level(&name, i), c.clone()))
                 .collect();
-            for cond in &checks {
-                let ctx = self.context(Some(&name), None);
-                match evaluate(&self.compiled, cond, &ctx) {
-                    Ok(true) => {
+            for (level, cond) in &checks {
+                let ctx = self.context_at(&name, *level);
+                match ctx.and_then(|ctx| evaluate(&self.compiled, cond, &ctx).map(|r| (r, ctx))) {
+                    Ok((true, ctx)) => {
                         let message = cond
                             .message
                             .as_ref()
@@ -1052,7 +1118,7 @@ impl Run {
                             break;
                         }
                     }
-                    Ok(false) => {}
+                    Ok((false, _)) => {}
                     Err(e) => {
                         self.set(&name, |s| {
                             s.state = StepState::FatalError;
@@ -1377,21 +1443,31 @@ fn evaluate(
     Ok(true)
 }
 
-/// Runs the pre-hook (if any) and the action of one attempt with templated configuration.
+/// Runs the pre-hook (if any) and the action of one attempt with templated configuration:
+/// the pre-hook in `pre_ctx`, the action in `ctx` with the pre-hook's result.
+#[allow(clippy::too_many_arguments)]
 async fn attempt(
     inner: &Inner,
     compiled: &CompiledTemplate,
     def: &Step,
     base: Option<Value>,
     pre_base: Option<Value>,
+    pre_ctx: Option<Value>,
     ctx: Option<Value>,
     actx: ActionContext,
 ) -> Result<ActionOutput, ActionError> {
     let mut ctx = ctx;
     if let Some(pre) = &def.pre_hook {
-        let out = run_action(inner, compiled, pre, pre_base, ctx.as_ref(), actx.clone())
-            .await
-            .map_err(|e| ActionError::fatal(format!("pre_hook failed: {e}")))?;
+        let out = run_action(
+            inner,
+            compiled,
+            pre,
+            pre_base,
+            pre_ctx.as_ref(),
+            actx.clone(),
+        )
+        .await
+        .map_err(|e| ActionError::fatal(format!("pre_hook failed: {e}")))?;
         if let Some(c) = ctx.as_mut() {
             c["pre_hook"] = json!({"output": out.output, "metadata": out.metadata});
         }

@@ -2390,6 +2390,7 @@ async fn functions_inline_and_from_the_library_run_with_their_arguments(b: Backe
         .parse_function(
             "name: greet\ncustom_states: [GREETED]\naction:\n  type: echo\n  configuration:\n    output: \"hello {{ function_args.who }} from {{ task.template }}\"\nconditions:\n  - type: check\n    if: [{value: \"{{ function_args.mark }}\", operator: EQ, expected: \"yes\"}]\n    then: {this: GREETED}\n",
         )
+        .await
         .unwrap();
     assert!(fx.engine.put_function(lib).await.unwrap());
     fx.put(
@@ -2423,6 +2424,7 @@ steps:
     let changed = fx
         .engine
         .parse_function("name: greet\naction: {type: echo, configuration: {output: \"changed {{ function_args.who }}\"}}\n")
+        .await
         .unwrap();
     assert!(!fx.engine.put_function(changed).await.unwrap());
     let id2 = fx.create("uses-functions", json!({"who": "bob"})).await;
@@ -2446,8 +2448,76 @@ steps:
     let err = fx
         .engine
         .parse_function("name: f\naction: {type: nope}\n")
+        .await
         .unwrap_err();
     assert_eq!(err.errors[0].field, "functions.f.action.type");
+}
+
+/// A library function whose action is another function: the arguments chain (the outer
+/// function's configuration, rendered with its arguments, is the inner one's), each level's
+/// output shape and conditions apply with its own arguments, innermost first, and the
+/// template keeps the whole chain as it was when it was put.
+async fn functions_calling_functions_chain_their_arguments(b: Backend) {
+    let fx = Fx::new(b).await;
+    let inner = "name: hello::world\ncustom_states: [GREETED]\naction:\n  type: echo\n  configuration:\n    output: {value: \"Hello {{ function_args.name }} !\"}\nconditions:\n  - type: check\n    if: [{value: \"{{ step.this.output.value }}\", operator: EQ, expected: \"Hello ada lovelace !\"}]\n    then: {this: GREETED}\n";
+    let outer = "name: hello::full\ncustom_states: [FULL]\naction:\n  type: hello::world\n  configuration: {name: \"{{ function_args.first }} {{ function_args.last }}\"}\n  output: {strategy: merge, format: {by: \"{{ function_args.first }}\"}}\nconditions:\n  - type: check\n    if:\n      - {value: \"{{ step.this.state }}\", operator: EQ, expected: GREETED}\n      - {value: \"{{ function_args.first }}\", operator: EQ, expected: ada}\n    then: {this: FULL}\n";
+    // The outer one cannot be stored before the one it calls.
+    let err = fx.engine.parse_function(outer).await.unwrap_err();
+    assert_eq!(
+        err.errors[0].field, "functions.hello::full.action.type",
+        "{err}"
+    );
+    for text in [inner, outer] {
+        let f = fx.engine.parse_function(text).await.unwrap();
+        assert!(fx.engine.put_function(f).await.unwrap());
+    }
+    fx.put(
+        r#"
+name: nested
+auto_runnable: true
+inputs: [{name: first}]
+steps:
+  a:
+    action:
+      type: hello::full
+      configuration: {first: "{{ input.first }}", last: lovelace}
+      output: {strategy: merge, format: {from_step: "yes"}}
+  b:
+    dependencies: ["a:FULL"]
+    action: {type: echo, configuration: {output: "{{ step.a.output.by }}"}}
+"#,
+    )
+    .await;
+    // Changed later, the inner function does not reach the stored template.
+    let changed = fx
+        .engine
+        .parse_function("name: hello::world\naction: {type: echo, configuration: {output: {value: \"changed {{ function_args.name }}\"}}}\n")
+        .await
+        .unwrap();
+    assert!(!fx.engine.put_function(changed).await.unwrap());
+    let id = fx.create("nested", json!({"first": "ada"})).await;
+    let (task, steps) = fx
+        .wait_final(&id, &[TaskState::Done, TaskState::Blocked])
+        .await;
+    let by_name: std::collections::HashMap<_, _> =
+        steps.iter().map(|s| (s.name.as_str(), s)).collect();
+    assert_eq!(
+        by_name["a"].output,
+        json!({"value": "Hello ada lovelace !", "by": "ada", "from_step": "yes"}),
+        "{task:?} {steps:#?}"
+    );
+    assert_eq!(by_name["a"].state, StepState::Custom("FULL".into()));
+    assert_eq!(by_name["b"].output, json!("ada"));
+
+    // A library function changed to call its caller would make a cycle: refused by name.
+    let looping =
+        "name: hello::world\naction: {type: hello::full, configuration: {first: a, last: b}}\n";
+    let err = fx.engine.parse_function(looping).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("hello::world -> hello::full -> hello::world"),
+        "{err}"
+    );
 }
 
 /// Regression: a task whose run ended without recording it (a store error mid-run) stayed
@@ -2558,5 +2628,6 @@ on_both!(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] =>
 on_both!(#[tokio::test] =>
     a_panicking_action_fails_its_step_and_the_run_goes_on,
     functions_inline_and_from_the_library_run_with_their_arguments,
+    functions_calling_functions_chain_their_arguments,
     a_task_left_running_by_a_failed_run_is_picked_up_again,
 );

@@ -10,6 +10,7 @@ pub mod input;
 pub mod language;
 pub mod name;
 pub mod schema;
+pub mod schema_path;
 pub mod scope;
 pub mod secret;
 pub mod state;
@@ -22,7 +23,7 @@ pub use input::{InputError, InputSpec, InputType};
 pub use language::Language;
 pub use state::{StepState, TaskState, TransitionError};
 pub use template::{
-    Action, Dependency, ForeachStrategy, Function, OutputStrategy, RetryPattern, Step, Template,
-    Variable,
+    Action, Dependency, ForeachStrategy, Function, FunctionChainError, MAX_FUNCTION_DEPTH,
+    OutputSpec, OutputStrategy, RetryPattern, Step, Template, Variable,
 };
 pub use validate::{Catalog, TemplateError, TemplateLimits, ValidationError};

@@ -1,7 +1,7 @@
 //! The template document: what a task is made of. Parsed from YAML or JSON with
 //! unknown fields rejected; [`crate::validate`] checks the rules that serde cannot.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -94,14 +94,81 @@ impl Template {
         self.functions.get(&step.action.kind)
     }
 
-    /// A step's custom states, including those its function declares.
+    /// The functions an action of type `kind` runs through, outermost first, each with its
+    /// name: empty when `kind` names no function; the last one's action is not a function.
+    /// A function reached twice (a cycle) or a chain longer than [`MAX_FUNCTION_DEPTH`] is
+    /// an error carrying the names walked.
+    pub fn function_chain(&self, kind: &str) -> Result<Vec<(&str, &Function)>, FunctionChainError> {
+        let mut chain: Vec<(&str, &Function)> = Vec::new();
+        let mut next = kind;
+        while let Some((name, f)) = self.functions.get_key_value(next) {
+            let names = |chain: &[(&str, &Function)]| -> Vec<String> {
+                chain
+                    .iter()
+                    .map(|(n, _)| n.to_string())
+                    .chain(std::iter::once(name.clone()))
+                    .collect()
+            };
+            if chain.iter().any(|(n, _)| *n == name) {
+                return Err(FunctionChainError::Cycle(names(&chain)));
+            }
+            if chain.len() == MAX_FUNCTION_DEPTH {
+                return Err(FunctionChainError::TooDeep(names(&chain)));
+            }
+            chain.push((name.as_str(), f));
+            next = &f.action.kind;
+        }
+        Ok(chain)
+    }
+
+    /// [`Template::function_chain`] as far as it goes: the functions before a cycle or past
+    /// the depth limit are left out (validation refuses such templates).
+    pub fn functions_called<'a>(&'a self, kind: &str) -> Vec<&'a Function> {
+        let mut chain: Vec<(&String, &Function)> = Vec::new();
+        let mut next = kind;
+        while let Some((name, f)) = self.functions.get_key_value(next) {
+            if chain.len() == MAX_FUNCTION_DEPTH || chain.iter().any(|(n, _)| *n == name) {
+                break;
+            }
+            chain.push((name, f));
+            next = &f.action.kind;
+        }
+        chain.into_iter().map(|(_, f)| f).collect()
+    }
+
+    /// A step's custom states, including those of every function it calls.
     pub fn custom_states_of<'a>(&'a self, step: &'a Step) -> impl Iterator<Item = &'a String> + 'a {
         step.custom_states.iter().chain(
-            self.function_of(step)
+            self.functions_called(&step.action.kind)
                 .into_iter()
                 .flat_map(|f| f.custom_states.iter()),
         )
     }
+
+    /// Action types the steps and functions name that are neither functions of the template
+    /// nor actions `is_action` knows: the functions to fetch from a library.
+    pub fn missing_functions(&self, is_action: impl Fn(&str) -> bool) -> BTreeSet<String> {
+        let kinds = self.steps.values().map(|s| &s.action.kind);
+        let from_functions = self.functions.values().map(|f| &f.action.kind);
+        kinds
+            .chain(from_functions)
+            .filter(|k| !is_action(k) && !self.functions.contains_key(*k))
+            .cloned()
+            .collect()
+    }
+}
+
+/// Most functions one step may run through: a step calling a function that calls another
+/// function, and so on.
+pub const MAX_FUNCTION_DEPTH: usize = 10;
+
+/// Why an action type does not resolve through functions to an action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FunctionChainError {
+    /// The names walked, ending with the one met again.
+    Cycle(Vec<String>),
+    /// The names walked, one past [`MAX_FUNCTION_DEPTH`].
+    TooDeep(Vec<String>),
 }
 
 /// A named value available to templating as `{{ var.<name> }}` (`{{ eval "<name>" }}` in Go
@@ -302,6 +369,9 @@ impl Dependency {
 
 /// A reusable named action with arguments: a step whose `action.type` names a function runs
 /// the function's action with the step's configuration available as `{{ function_args.x }}`.
+/// The function's action may itself name a function (as in µTask): its configuration,
+/// rendered with this function's arguments, is that function's arguments, and so on down
+/// to an action (see [`Template::function_chain`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Function {

@@ -8,7 +8,9 @@ use serde_json::Value;
 
 use crate::language::Language;
 use crate::state::StepState;
-use crate::template::{Action, DependencyStates, Function, Step, Template};
+use crate::template::{
+    Action, DependencyStates, Function, FunctionChainError, MAX_FUNCTION_DEPTH, Step, Template,
+};
 
 /// One problem in a template, with where it is.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -516,12 +518,21 @@ fn check_action(cx: &mut Ctx<'_>, field: &str, action: &Action, step: Option<&st
     }
 }
 
-/// Validates a library function document on its own.
-pub fn validate_function(f: &Function, catalog: &dyn Catalog) -> Result<(), TemplateError> {
-    let holder = Template {
+/// Validates a library function document; `library` holds the functions it may call (the
+/// functions they call, and so on); an entry named as `f` is replaced by `f`.
+pub fn validate_function(
+    f: &Function,
+    library: &BTreeMap<String, Function>,
+    catalog: &dyn Catalog,
+) -> Result<(), TemplateError> {
+    let mut holder = Template {
         name: "function".into(),
+        functions: library.clone(),
         ..Template::default()
     };
+    if !f.name.is_empty() {
+        holder.functions.insert(f.name.clone(), f.clone());
+    }
     let checks = |cx: &mut Ctx<'_>| {
         if f.name.is_empty() {
             cx.err("name", "a function needs a name");
@@ -569,7 +580,8 @@ fn depends_on(t: &Template, from: &str, on: &str) -> bool {
     false
 }
 
-/// A function body: a builtin action (functions do not call functions), its conditions and states.
+/// A function body: an action or a call of another function (no cycle, at most
+/// [`MAX_FUNCTION_DEPTH`] deep), its pre-hook, conditions and states.
 fn check_function(cx: &mut Ctx<'_>, name: &str, f: &Function) {
     let at = format!("functions.{name}");
     if !crate::name::is_valid_function(name, MAX_NAME_LEN) {
@@ -581,12 +593,43 @@ fn check_function(cx: &mut Ctx<'_>, name: &str, f: &Function) {
             format!("the function is named {:?} but listed as {name:?}", f.name),
         );
     }
-    if cx.t.functions.contains_key(&f.action.kind) {
+    let chain = match cx.t.function_chain(name) {
+        Ok(chain) => chain,
+        Err(FunctionChainError::Cycle(names)) => {
+            cx.err(
+                format!("{at}.action.type"),
+                if names.first() == names.last() {
+                    format!("function {name:?} calls itself: {}", names.join(" -> "))
+                } else {
+                    format!(
+                        "function {name:?} calls functions that call each other in a cycle: {}",
+                        names.join(" -> ")
+                    )
+                },
+            );
+            return;
+        }
+        Err(FunctionChainError::TooDeep(names)) => {
+            cx.err(
+                format!("{at}.action.type"),
+                format!(
+                    "function {name:?} calls functions more than {MAX_FUNCTION_DEPTH} deep: {}",
+                    names.join(" -> ")
+                ),
+            );
+            return;
+        }
+    };
+    // A step runs one pre-hook: at most one function of a chain may bring it.
+    if f.pre_hook.is_some()
+        && let Some((other, _)) = chain.iter().skip(1).find(|(_, g)| g.pre_hook.is_some())
+    {
         cx.err(
-            format!("{at}.action.type"),
-            "a function cannot call another function",
+            format!("{at}.pre_hook"),
+            format!(
+                "function {name:?} calls function {other:?}, which has a pre_hook too; a step runs one pre_hook"
+            ),
         );
-        return;
     }
     for s in &f.custom_states {
         if StepState::is_builtin_name(s) || s == "ANY" {
@@ -597,7 +640,10 @@ fn check_function(cx: &mut Ctx<'_>, name: &str, f: &Function) {
         }
     }
     // Some(""): a function body runs inside whichever step calls it, so `step.this` is defined.
-    check_action(cx, &format!("{at}.action"), &f.action, Some(""));
+    match cx.t.functions.get(&f.action.kind) {
+        Some(called) => check_function_call(cx, &format!("{at}.action"), &f.action, called, ""),
+        None => check_action(cx, &format!("{at}.action"), &f.action, Some("")),
+    }
     if let Some(pre) = &f.pre_hook {
         check_action(cx, &format!("{at}.pre_hook"), pre, Some(""));
     }
@@ -631,7 +677,8 @@ fn collect_strings(v: &Value, out: &mut Vec<String>) {
     }
 }
 
-/// A step calling a function: its configuration holds the function's arguments.
+/// A step (or a function) calling a function: its configuration holds the function's
+/// arguments; its `output` shapes what the function gives, as on any action.
 fn check_function_call(cx: &mut Ctx<'_>, field: &str, action: &Action, f: &Function, step: &str) {
     let Value::Object(args) = &action.configuration else {
         cx.err(
@@ -640,10 +687,18 @@ fn check_function_call(cx: &mut Ctx<'_>, field: &str, action: &Action, f: &Funct
         );
         return;
     };
-    if action.base_configuration.is_some() || action.output.is_some() {
+    if action.base_configuration.is_some() {
         cx.err(
-            field.to_string(),
-            "a function call takes only `type` and `configuration` (its arguments)",
+            format!("{field}.base_configuration"),
+            "a function call takes no base_configuration: its configuration holds the function's arguments",
+        );
+    }
+    if let Some(out) = &action.output {
+        check_templates_in(
+            cx,
+            &format!("{field}.output.format"),
+            &out.format,
+            Some(step),
         );
     }
     for arg in function_args_read(cx, f) {
@@ -728,9 +783,9 @@ fn check_template_text(cx: &mut Ctx<'_>, field: &str, text: &str, step: Option<&
         }
     };
     for r in refs {
-        let mut parts = r.split('.');
-        let root = parts.next().unwrap_or_default();
-        let second = parts.next();
+        let parts: Vec<&str> = r.split('.').collect();
+        let root = parts[0];
+        let second = parts.get(1).copied();
         if !ROOTS.contains(&root) {
             // Names bound inside the template itself ({% set %}, loop variables) are fine;
             // minijinja only reports free variables, so anything else is a typo.
@@ -755,6 +810,9 @@ fn check_template_text(cx: &mut Ctx<'_>, field: &str, text: &str, step: Option<&
             "step" if second == "this" && step.is_none() => {
                 cx.err(field, "step.this is only defined inside a step")
             }
+            "step" if cx.intake && second != "this" && step != Some(second) => {
+                check_output_path(cx, field, lang, &r, &parts)
+            }
             "input" if !cx.t.inputs.iter().any(|i| i.name == second) => cx.err(
                 field,
                 format!("{r:?} refers to undeclared input {second:?}"),
@@ -769,6 +827,45 @@ fn check_template_text(cx: &mut Ctx<'_>, field: &str, text: &str, step: Option<&
             ),
             _ => {}
         }
+    }
+}
+
+/// A path read below a step's output (`step.X.output.a.b`) must be one the step's
+/// `json_schema` lets its output have (see [`crate::schema_path`]). Only at intake: stored
+/// versions keep running. A foreach step's schema is its children's, so its own output is
+/// not looked at; nor is a step's output read inside that step (`output.format` reads the
+/// action's output, before the schema applies).
+fn check_output_path(cx: &mut Ctx<'_>, field: &str, lang: Language, r: &str, parts: &[&str]) {
+    let (Some(name), Some(&"output")) = (parts.get(1), parts.get(2)) else {
+        return;
+    };
+    let Some(target) = cx.t.steps.get(*name) else {
+        return;
+    };
+    let (Some(schema), None) = (&target.json_schema, &target.foreach) else {
+        return;
+    };
+    let mut path = &parts[3..];
+    // MiniJinja reads a map's methods as attributes: `output.items()` reads `items`.
+    if lang == Language::Jinja
+        && let Some((last, before)) = path.split_last()
+        && matches!(*last, "items" | "keys" | "values" | "get")
+    {
+        path = before;
+    }
+    if let Err(refused) = crate::schema_path::check(schema, path) {
+        let key = path[..=refused.at].join(".");
+        let allowed = if refused.allowed.is_empty() {
+            "no properties there".to_string()
+        } else {
+            format!("only {}", refused.allowed.join(", "))
+        };
+        cx.err(
+            field,
+            format!(
+                "{r:?} reads {key:?} from the output of step {name:?}, which its json_schema does not allow ({allowed})"
+            ),
+        );
     }
 }
 
@@ -1109,10 +1206,175 @@ steps:
         assert_eq!(
             errors(y),
             vec![
-                "functions.bad.action.type: a function cannot call another function".to_string(),
+                "functions.bad.action.configuration: function \"notify\" needs argument \"channel\""
+                    .to_string(),
+                "functions.bad.action.configuration: function \"notify\" needs argument \"text\""
+                    .to_string(),
                 "steps.b.action.configuration: function \"notify\" needs argument \"text\""
                     .to_string(),
             ]
+        );
+    }
+
+    #[test]
+    fn functions_call_functions_with_their_arguments_and_states() {
+        let y = r#"
+name: nest
+functions:
+  inner:
+    custom_states: [INNER_DONE]
+    action: {type: echo, configuration: {output: "{{ function_args.text }}"}}
+  outer:
+    custom_states: [OUTER_DONE]
+    action:
+      type: inner
+      configuration: {text: "{{ function_args.who }}!"}
+      output: {strategy: merge, format: {by: "{{ function_args.who }}"}}
+  forgetful:
+    action: {type: inner, configuration: {nope: 1}}
+  based:
+    action: {type: inner, base_configuration: api, configuration: {text: x}}
+steps:
+  a: {action: {type: outer, configuration: {who: ada}, output: {strategy: template, format: "{{ step.this.output }}"}}}
+  b: {dependencies: ["a:INNER_DONE"], action: {type: echo}}
+  c: {dependencies: ["a:OUTER_DONE"], action: {type: echo}}
+  d: {action: {type: outer, configuration: {}}}
+"#;
+        assert_eq!(
+            errors(y),
+            vec![
+                "functions.based.action.base_configuration: a function call takes no base_configuration: its configuration holds the function's arguments".to_string(),
+                "functions.forgetful.action.configuration: function \"inner\" needs argument \"text\""
+                    .to_string(),
+                "steps.d.action.configuration: function \"outer\" needs argument \"who\""
+                    .to_string(),
+            ]
+        );
+    }
+
+    #[test]
+    fn functions_calling_themselves_or_too_deep_are_refused_by_name() {
+        let y = r#"
+name: cycles
+functions:
+  ping: {action: {type: pong}}
+  pong: {action: {type: ping}}
+  loop: {action: {type: loop}}
+  lead: {action: {type: ping}}
+steps:
+  a: {action: {type: lead}}
+  b: {action: {type: loop}}
+"#;
+        assert_eq!(
+            errors(y),
+            vec![
+                "functions.lead.action.type: function \"lead\" calls functions that call each other in a cycle: lead -> ping -> pong -> ping".to_string(),
+                "functions.loop.action.type: function \"loop\" calls itself: loop -> loop".to_string(),
+                "functions.ping.action.type: function \"ping\" calls itself: ping -> pong -> ping".to_string(),
+                "functions.pong.action.type: function \"pong\" calls itself: pong -> ping -> pong".to_string(),
+            ]
+        );
+        // Eleven functions deep is one too many; ten is fine.
+        let mut y = String::from("name: deep\nfunctions:\n");
+        for i in 0..11 {
+            let next = if i == 10 {
+                "echo".to_string()
+            } else {
+                format!("f{}", i + 1)
+            };
+            y.push_str(&format!("  f{i}: {{action: {{type: {next}}}}}\n"));
+        }
+        y.push_str("steps:\n  a: {action: {type: f1}}\n");
+        let got = errors(&y);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(
+            got[0].starts_with("functions.f0.action.type: function \"f0\" calls functions more than 10 deep: f0 -> f1"),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn one_pre_hook_per_chain_of_functions() {
+        let y = r#"
+name: hooks
+functions:
+  inner:
+    pre_hook: {type: echo, configuration: {output: 1}}
+    action: {type: echo}
+  outer:
+    pre_hook: {type: echo, configuration: {output: 2}}
+    action: {type: inner}
+steps:
+  a: {action: {type: outer}}
+"#;
+        assert_eq!(
+            errors(y),
+            vec![
+                "functions.outer.pre_hook: function \"outer\" calls function \"inner\", which has a pre_hook too; a step runs one pre_hook".to_string(),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_library_function_may_call_the_library() {
+        let library: BTreeMap<String, Function> = [(
+            "inner".to_string(),
+            Function::parse("name: inner\naction: {type: echo, configuration: {output: '{{ function_args.x }}'}}\n").unwrap(),
+        )]
+        .into();
+        let outer =
+            Function::parse("name: outer\naction: {type: inner, configuration: {x: 1}}\n").unwrap();
+        assert_eq!(validate_function(&outer, &library, &TestCatalog), Ok(()));
+        let e = validate_function(&outer, &BTreeMap::new(), &TestCatalog).unwrap_err();
+        assert_eq!(e.errors[0].field, "functions.outer.action.type", "{e}");
+        // Replacing a library function by one calling its caller makes a cycle.
+        let mut library = library;
+        library.insert("outer".into(), outer);
+        let inner = Function::parse("name: inner\naction: {type: outer}\n").unwrap();
+        let e = validate_function(&inner, &library, &TestCatalog).unwrap_err();
+        assert!(e.to_string().contains("inner -> outer -> inner"), "{e}");
+    }
+
+    #[test]
+    fn output_paths_are_checked_against_the_json_schema_at_intake_only() {
+        let y = r##"
+name: lint
+steps:
+  one:
+    json_schema:
+      type: object
+      definitions: {foo: {type: object, properties: {bar: {type: string}}}}
+      properties: {value: {type: string}, foo: {$ref: "#/definitions/foo"}}
+    action:
+      type: echo
+      configuration: {output: {value: x}}
+      output: {strategy: merge, format: {foo: "{{ step.one.output.anything }}"}}
+  two:
+    action: {type: echo, configuration: {output: "{{ step.one.output.foo.bar }} {{ step.one.output.value }} {{ step.one.output }}"}}
+  three:
+    conditions:
+      - type: skip
+        if: [{value: "{{ step.one.output.notfound }}", operator: EQ, expected: x}]
+        then: {this: PRUNE}
+    action: {type: echo, configuration: {output: "{{ step.one.output.foo.baz }}"}}
+  four:
+    foreach: "{{ step.one.output.value }}"
+    json_schema: {type: object, properties: {a: {}}}
+    action: {type: echo}
+  five:
+    action: {type: echo, configuration: {output: "{{ step.four.output.b }} {{ step.one.output.foo.items }}"}}
+"##;
+        assert_eq!(
+            errors(y),
+            vec![
+                "steps.three.action.configuration.output: \"step.one.output.foo.baz\" reads \"foo.baz\" from the output of step \"one\", which its json_schema does not allow (only bar)".to_string(),
+                "steps.three.conditions[0].if[0].value: \"step.one.output.notfound\" reads \"notfound\" from the output of step \"one\", which its json_schema does not allow (only foo, value)".to_string(),
+            ]
+        );
+        let t = Template::parse(y).unwrap();
+        assert_eq!(
+            validate_template_with(&t, &TestCatalog, &TemplateLimits::UNLIMITED),
+            Ok(Language::Jinja)
         );
     }
 

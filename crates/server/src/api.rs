@@ -390,6 +390,7 @@ async fn put_function(
     let function = s
         .engine
         .parse_function(text)
+        .await
         .map_err(|e| Problem::from(taskhook_engine::EngineError::Template(e)))?;
     if function.name != name {
         return Err(Problem::field(
