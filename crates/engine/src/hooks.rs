@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 use taskhook_hooks::{Decision, Event, Hook, Overlap, decide};
-use taskhook_store::{FireOutcome, FireRow, HookRow, NewFire, TaskRow, now_ms};
+use taskhook_store::{FireCursor, FireOutcome, FireRow, HookRow, NewFire, TaskRow, now_ms};
 
 use crate::{CreateTask, Engine, EngineError, Inner};
 
@@ -214,7 +214,9 @@ impl Engine {
         event: Event,
         scheduled_for: Option<i64>,
     ) -> Result<FireResult, EngineError> {
-        self.inner.fire(row, hook, event, scheduled_for, None).await
+        self.inner
+            .fire(row, hook, event, scheduled_for, None, None)
+            .await
     }
 
     /// Records an event the hook cannot take (e.g. a message over its source's size limit)
@@ -226,7 +228,26 @@ impl Engine {
         event: Event,
         reason: String,
     ) -> Result<FireResult, EngineError> {
-        self.inner.fire(row, hook, event, None, Some(reason)).await
+        self.inner
+            .fire(row, hook, event, None, Some(reason), None)
+            .await
+    }
+
+    /// Fires `event` from a polling source and moves the source's cursor in the same write
+    /// (on a repeated delivery too); fails with `Conflict`, writing nothing, when
+    /// `cursor.owner` no longer holds the source's lease (see `Store::lease_source`). With
+    /// `refusal`, the fire is recorded as `error` with that reason, as [`Engine::fire_error`].
+    pub async fn fire_at_cursor(
+        &self,
+        row: &HookRow,
+        hook: &Hook,
+        event: Event,
+        refusal: Option<String>,
+        cursor: FireCursor,
+    ) -> Result<FireResult, EngineError> {
+        self.inner
+            .fire(row, hook, event, None, refusal, Some(cursor))
+            .await
     }
 
     /// Records an event that failed authentication, without its body.
@@ -392,6 +413,7 @@ fn new_fire(row: &HookRow, event: &Event, result: &str, scheduled_for: Option<i6
         error: None,
         delivery_id: event.delivery_id.clone(),
         payload: None,
+        cursor: None,
     }
 }
 
@@ -408,9 +430,11 @@ impl Inner {
         event: Event,
         scheduled_for: Option<i64>,
         refusal: Option<String>,
+        cursor: Option<FireCursor>,
     ) -> Result<FireResult, EngineError> {
         let mut fire = NewFire {
             payload: Some(stored_payload(&event.payload)),
+            cursor,
             ..new_fire(row, &event, "created", scheduled_for)
         };
         let mut prepared = None;

@@ -38,6 +38,13 @@ pub struct SourceStatus {
     /// the broker tells.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lag: Option<u64>,
+    /// For a source polled by one instance at a time (`git`): true while another instance
+    /// holds its lease and this one waits to take over.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub standby: Option<bool>,
+    /// The instance holding the lease, when it is not this one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_holder: Option<String>,
 }
 
 type Key = (String, String);

@@ -86,6 +86,12 @@ fn default_max_message_bytes() -> u64 {
 fn default_group() -> String {
     "taskhook".into()
 }
+fn default_branches() -> Vec<String> {
+    vec!["**".into()]
+}
+fn default_git_interval() -> Value {
+    Value::String("60s".into())
+}
 
 source_struct! {
 /// A Redis stream read by a consumer group.
@@ -103,11 +109,27 @@ pub struct RedisSource {
 }
 }
 
+source_struct! {
+/// A git repository polled for pushes to its branches.
+pub struct GitSource {
+    /// `https://…`, `http://…` or `file:///…` (a password in it is the HTTP password).
+    pub url: String,
+    /// Branch name patterns: `*` any run of characters but `/`, `**` any run, `?` one
+    /// character but `/`.
+    #[serde(default = "default_branches")]
+    pub branches: Vec<String>,
+    /// Time between polls (`"60s"`, `"5m"`, or seconds), at least [`GIT_MIN_INTERVAL`].
+    #[serde(default = "default_git_interval")]
+    pub interval: Value,
+}
+}
+
 /// One subscription of a hook.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SourceSpec {
     Redis(RedisSource),
+    Git(GitSource),
 }
 
 impl SourceSpec {
@@ -115,6 +137,7 @@ impl SourceSpec {
     pub fn kind(&self) -> &'static str {
         match self {
             SourceSpec::Redis(_) => "redis",
+            SourceSpec::Git(_) => "git",
         }
     }
 
@@ -122,18 +145,21 @@ impl SourceSpec {
     pub fn url(&self) -> &str {
         match self {
             SourceSpec::Redis(s) => &s.url,
+            SourceSpec::Git(s) => &s.url,
         }
     }
 
     fn url_mut(&mut self) -> &mut String {
         match self {
             SourceSpec::Redis(s) => &mut s.url,
+            SourceSpec::Git(s) => &mut s.url,
         }
     }
 
     pub fn common(&self) -> Common<'_> {
         match self {
             SourceSpec::Redis(s) => s.common(),
+            SourceSpec::Git(s) => s.common(),
         }
     }
 
@@ -141,6 +167,11 @@ impl SourceSpec {
     pub fn describe(&self) -> String {
         match self {
             SourceSpec::Redis(s) => format!("redis stream {} (group {})", s.stream, s.group),
+            SourceSpec::Git(s) => format!(
+                "git {} (branches {})",
+                without_credentials(&s.url),
+                s.branches.join(", ")
+            ),
         }
     }
 
@@ -148,6 +179,7 @@ impl SourceSpec {
     fn schemes(&self) -> &'static [&'static str] {
         match self {
             SourceSpec::Redis(_) => &["redis", "rediss"],
+            SourceSpec::Git(_) => &["https", "http", "file"],
         }
     }
 
@@ -158,6 +190,13 @@ impl SourceSpec {
                 format!("not a URL: {e}{}", hint(self.url())),
             )
         })?;
+        if matches!(self, SourceSpec::Git(_)) && url.scheme() == "ssh" {
+            return Err(err(
+                format!("{field}.url"),
+                "ssh is not supported (it would need keys on the server): use https, with a \
+                 token in password_secret",
+            ));
+        }
         if !self.schemes().contains(&url.scheme()) {
             return Err(err(
                 format!("{field}.url"),
@@ -168,7 +207,7 @@ impl SourceSpec {
                 ),
             ));
         }
-        if url.host_str().is_none_or(str::is_empty) {
+        if url.scheme() != "file" && url.host_str().is_none_or(str::is_empty) {
             return Err(err(format!("{field}.url"), "the URL has no host"));
         }
         if url.password() == Some(REDACTED_SECRET) {
@@ -198,6 +237,25 @@ impl SourceSpec {
             SourceSpec::Redis(s) => {
                 nonempty(&s.stream, &format!("{field}.stream"))?;
                 nonempty(&s.group, &format!("{field}.group"))?;
+            }
+            SourceSpec::Git(s) => {
+                s.interval()
+                    .map_err(|e| err(format!("{field}.interval"), e))?;
+                if s.branches.is_empty() {
+                    return Err(err(
+                        format!("{field}.branches"),
+                        "list at least one branch pattern (\"**\" is every branch)",
+                    ));
+                }
+                for (j, b) in s.branches.iter().enumerate() {
+                    nonempty(b, &format!("{field}.branches[{j}]"))?;
+                    if b.starts_with("refs/") || b.contains(char::is_whitespace) {
+                        return Err(err(
+                            format!("{field}.branches[{j}]"),
+                            "a branch name or pattern without refs/heads/ and without spaces",
+                        ));
+                    }
+                }
             }
         }
         Ok(())
@@ -279,8 +337,125 @@ pub fn validate_sources(sources: &[SourceSpec]) -> Result<(), HookError> {
     }
     for (i, s) in sources.iter().enumerate() {
         s.validate(&format!("sources[{i}].{}", s.kind()))?;
+        // A git source's cursor is keyed by its repository: one source per repository.
+        if let SourceSpec::Git(g) = s
+            && sources[..i]
+                .iter()
+                .any(|o| matches!(o, SourceSpec::Git(p) if p.key() == g.key()))
+        {
+            return Err(err(
+                format!("sources[{i}].git.url"),
+                "another git source of this hook polls this repository: list all its \
+                 branches in one",
+            ));
+        }
     }
     Ok(())
+}
+
+/// Fewest time between two polls of a git source.
+pub const GIT_MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// Most time between two polls of a git source.
+pub const GIT_MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+
+impl GitSource {
+    /// The time between polls.
+    pub fn interval(&self) -> Result<Duration, String> {
+        let d = taskhook_model::duration::parse_duration(&self.interval)?;
+        if !(GIT_MIN_INTERVAL..=GIT_MAX_INTERVAL).contains(&d) {
+            return Err(format!(
+                "must be between {}s and {}h",
+                GIT_MIN_INTERVAL.as_secs(),
+                GIT_MAX_INTERVAL.as_secs() / 3600
+            ));
+        }
+        Ok(d)
+    }
+
+    /// Whether branch `name` (without `refs/heads/`) is watched.
+    pub fn watches(&self, name: &str) -> bool {
+        self.branches.iter().any(|p| branch_matches(p, name))
+    }
+
+    /// The source's key among its hook's polling sources (its cursor's key in the store):
+    /// `git:` and a digest of the URL without credentials, so a new password keeps the
+    /// cursor and another repository starts afresh.
+    pub fn key(&self) -> String {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(without_credentials(&self.url).as_bytes());
+        format!("git:{}", &hex::encode(digest)[..16])
+    }
+
+    /// The URL to hand to `git` (without credentials) and, when the URL carries a user or
+    /// password, the `Authorization` header value that carries them instead (HTTP basic; a
+    /// password without a user goes with the user name `git`).
+    pub fn remote(&self) -> (String, Option<String>) {
+        use base64::Engine as _;
+        let plain = without_credentials(&self.url);
+        let Ok(url) = url::Url::parse(&self.url) else {
+            return (plain, None);
+        };
+        // Percent-decoding (`+` stays itself, as in a URL's user part).
+        let decode = |s: &str| {
+            let b = s.as_bytes();
+            let mut out = Vec::with_capacity(b.len());
+            let mut i = 0;
+            while i < b.len() {
+                let hex = b
+                    .get(i + 1..i + 3)
+                    .and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok());
+                match (b[i], hex) {
+                    (b'%', Some(v)) => {
+                        out.push(v);
+                        i += 3;
+                    }
+                    (c, _) => {
+                        out.push(c);
+                        i += 1;
+                    }
+                }
+            }
+            String::from_utf8_lossy(&out).into_owned()
+        };
+        let user = decode(url.username());
+        let password = url.password().map(decode).unwrap_or_default();
+        if user.is_empty() && password.is_empty() {
+            return (plain, None);
+        }
+        let user = if user.is_empty() { "git".into() } else { user };
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        (plain, Some(format!("Basic {token}")))
+    }
+}
+
+/// A URL without its user and password (as shown in events and logs).
+pub fn without_credentials(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        Err(_) => url.to_string(),
+    }
+}
+
+/// Glob match of a branch name: `**` any run of characters, `*` any run without `/`, `?` one
+/// character but `/`; anything else matches itself.
+pub fn branch_matches(pattern: &str, name: &str) -> bool {
+    fn go(p: &[u8], n: &[u8]) -> bool {
+        match p {
+            [] => n.is_empty(),
+            [b'*', b'*', rest @ ..] => (0..=n.len()).any(|i| go(rest, &n[i..])),
+            [b'*', rest @ ..] => {
+                let stop = n.iter().position(|&c| c == b'/').unwrap_or(n.len());
+                (0..=stop).any(|i| go(rest, &n[i..]))
+            }
+            [b'?', rest @ ..] => matches!(n, [c, tail @ ..] if *c != b'/' && go(rest, tail)),
+            [c, rest @ ..] => matches!(n, [d, tail @ ..] if d == c && go(rest, tail)),
+        }
+    }
+    go(pattern.as_bytes(), name.as_bytes())
 }
 
 /// A message body as `event.payload`: JSON when it parses as JSON, else text (invalid UTF-8
@@ -417,6 +592,72 @@ mod tests {
         assert!(e.payload.is_null());
         assert!(error.unwrap().contains("max_message_bytes"));
         assert_eq!(payload_of(b"plain"), Value::String("plain".into()));
+    }
+
+    fn git(v: Value) -> Result<(), HookError> {
+        let s: SourceSpec = serde_json::from_value(serde_json::json!({ "git": v })).unwrap();
+        validate_sources(&[s])
+    }
+
+    #[test]
+    fn git_sources_are_checked() {
+        git(serde_json::json!({"url": "https://host/org/repo.git", "branches": ["main", "release/*"], "interval": "60s"})).unwrap();
+        git(serde_json::json!({"url": "file:///srv/repo.git", "interval": 5})).unwrap();
+        let e = git(serde_json::json!({"url": "ssh://git@host/org/repo.git"})).unwrap_err();
+        assert_eq!(e.field, "sources[0].git.url");
+        assert!(e.message.contains("ssh is not supported"), "{e}");
+        let e = git(serde_json::json!({"url": "https://h/r", "interval": "500ms"})).unwrap_err();
+        assert_eq!(e.field, "sources[0].git.interval");
+        let e = git(serde_json::json!({"url": "https://h/r", "branches": []})).unwrap_err();
+        assert_eq!(e.field, "sources[0].git.branches");
+        let e = git(serde_json::json!({"url": "https://h/r", "branches": ["refs/heads/main"]}))
+            .unwrap_err();
+        assert_eq!(e.field, "sources[0].git.branches[0]");
+        let two: Vec<SourceSpec> = serde_json::from_value(serde_json::json!([
+            {"git": {"url": "https://h/r", "branches": ["a"]}},
+            {"git": {"url": "https://u:p@h/r", "branches": ["b"]}}
+        ]))
+        .unwrap();
+        assert_eq!(
+            validate_sources(&two).unwrap_err().field,
+            "sources[1].git.url"
+        );
+    }
+
+    #[test]
+    fn git_credentials_leave_the_url_for_a_header() {
+        let s: SourceSpec = serde_json::from_value(serde_json::json!(
+            {"git": {"url": "https://bot:t%40k@host/org/repo.git"}}
+        ))
+        .unwrap();
+        let SourceSpec::Git(g) = &s else { panic!() };
+        let (url, header) = g.remote();
+        assert_eq!(url, "https://host/org/repo.git");
+        // base64("bot:t@k")
+        assert_eq!(header.as_deref(), Some("Basic Ym90OnRAaw=="));
+        assert!(!s.describe().contains("t%40k"));
+        let SourceSpec::Git(bare) = s.redacted() else {
+            panic!()
+        };
+        assert_eq!(bare.key(), g.key());
+        let (_, none) = GitSource {
+            url: "https://host/r".into(),
+            ..g.clone()
+        }
+        .remote();
+        assert_eq!(none, None);
+    }
+
+    #[test]
+    fn branch_patterns() {
+        assert!(branch_matches("main", "main"));
+        assert!(!branch_matches("main", "main2"));
+        assert!(branch_matches("release/*", "release/1.2"));
+        assert!(!branch_matches("release/*", "release/1/hotfix"));
+        assert!(branch_matches("release/**", "release/1/hotfix"));
+        assert!(branch_matches("**", "a/b/c"));
+        assert!(branch_matches("v?", "v1"));
+        assert!(!branch_matches("*", "a/b"));
     }
 
     #[test]

@@ -197,5 +197,6 @@ async fn with_password(engine: &Engine, spec: &SourceSpec) -> Result<SourceSpec,
 fn make(spec: &SourceSpec) -> Box<dyn Source> {
     match spec {
         SourceSpec::Redis(s) => Box::new(crate::redis::Redis::new(s.clone())),
+        SourceSpec::Git(s) => Box::new(crate::git::Git::new(s.clone())),
     }
 }

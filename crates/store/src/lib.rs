@@ -342,6 +342,20 @@ delegate! {
 
     pub async fn delete_hook(&self, group: &str, id: &str) -> Result<bool>;
 
+    /// Takes (or keeps) the lease on a polling source of a hook (its `key` among the hook's
+    /// sources) for `owner`, until `ttl_ms` from now: when no one holds it, its holder's lease
+    /// ran out, or `owner` holds it already. Then it answers the cursor as last committed
+    /// (by a fire's [`FireCursor`] or [`Store::set_source_cursor`]); else who holds it.
+    /// `NotFound` when the hook does not exist. Deleting the hook deletes its cursors.
+    pub async fn lease_source(&self, group: &str, id: &str, key: &str, owner: &str, ttl_ms: i64) -> Result<SourceLease>;
+
+    /// Moves a polling source's cursor without a fire (a baseline, a branch gone): merges
+    /// `cursor.patch` into it. `Conflict` when `cursor.owner` does not hold the lease.
+    pub async fn set_source_cursor(&self, group: &str, id: &str, cursor: FireCursor) -> Result<()>;
+
+    /// Gives up `owner`'s lease on a polling source, so another instance may take it at once.
+    pub async fn release_source(&self, group: &str, id: &str, key: &str, owner: &str) -> Result<()>;
+
     /// `(scheduled_for, received_at)` of every scheduled fire received since `since` (unix ms):
     /// how late schedules fire.
     pub async fn schedule_lateness(&self, since: i64) -> Result<Vec<(i64, i64)>>;

@@ -92,6 +92,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         15,
         include_str!("../migrations/postgres/0015_task_comments.sql"),
     ),
+    (
+        16,
+        include_str!("../migrations/postgres/0016_source_cursors.sql"),
+    ),
 ];
 
 type Param<'a> = &'a (dyn ToSql + Sync);
@@ -516,6 +520,34 @@ impl StepArrays {
     }
 }
 
+/// Merges a cursor's patch into the stored cursor, when its owner holds the lease (else
+/// `Conflict`, having written nothing). Holds the cursor's row until the commit.
+async fn write_cursor(
+    c: &impl GenericClient,
+    group: &str,
+    id: &str,
+    cursor: &FireCursor,
+) -> Result<()> {
+    let patch = json(&cursor.patch);
+    let rows = query(
+        c,
+        "UPDATE source_cursors SET \
+           cursor = jsonb_strip_nulls(COALESCE(cursor::jsonb, '{}'::jsonb) || $4::text::jsonb)::text, updated_at = $5 \
+         WHERE hook_group = $1 AND hook_id = $2 AND source_key = $3 AND owner = $6 RETURNING 1",
+        &[&group, &id, &cursor.key, &patch, &now_ms(), &cursor.owner],
+    )
+    .await?;
+    if rows.is_empty() {
+        return Err(crate::sqlite::lease_taken(
+            group,
+            id,
+            &cursor.key,
+            &cursor.owner,
+        ));
+    }
+    Ok(())
+}
+
 /// Key of the advisory lock that serialises the fires of one hook.
 fn hook_lock_key(group: &str, id: &str) -> String {
     format!("taskhook-hook:{}:{group}/{id}", group.len())
@@ -532,6 +564,18 @@ fn fire_lock_key(
 ) -> Option<String> {
     if overlap.is_some() || fire.scheduled_for.is_some() {
         return Some(hook_lock_key(&fire.hook_group, &fire.hook_id));
+    }
+    // The fires of one polling source write its cursor: one at a time. (Their delivery ids
+    // are the source's own, so this covers their dedupe too.)
+    if let Some(c) = &fire.cursor {
+        return Some(format!(
+            "taskhook-cursor:{}:{}/{}:{}:{}",
+            fire.hook_group.len(),
+            fire.hook_group,
+            fire.hook_id.len(),
+            fire.hook_id,
+            c.key
+        ));
     }
     let delivery = fire
         .delivery_id
@@ -1401,6 +1445,75 @@ impl PgStore {
             self.announce(Signal::Hooks as u8);
         }
         Ok(deleted)
+    }
+
+    pub async fn lease_source(
+        &self,
+        group: &str,
+        id: &str,
+        key: &str,
+        owner: &str,
+        ttl_ms: i64,
+    ) -> Result<SourceLease> {
+        let c = self.client().await?;
+        let now = now_ms();
+        let until = now.saturating_add(ttl_ms);
+        // The upsert waits for a fire committing the cursor (it holds the row), so the cursor
+        // it returns is the latest committed.
+        let taken = query_opt(
+            &c,
+            "INSERT INTO source_cursors (hook_group, hook_id, source_key, owner, lease_until, cursor, updated_at) \
+             SELECT $1, $2, $3, $4, $5, NULL, $6 WHERE EXISTS (SELECT 1 FROM hooks WHERE hook_group = $1 AND hook_id = $2) \
+             ON CONFLICT (hook_group, hook_id, source_key) DO UPDATE SET owner = excluded.owner, lease_until = excluded.lease_until \
+             WHERE source_cursors.owner = excluded.owner OR source_cursors.lease_until <= $6 \
+             RETURNING cursor",
+            &[&group, &id, &key, &owner, &until, &now],
+        )
+        .await?;
+        if let Some(row) = taken {
+            let cursor: Option<String> = row.try_get(0)?;
+            return Ok(SourceLease::Held(
+                cursor.as_deref().map(parse_json).transpose()?,
+            ));
+        }
+        let holder = query_opt(
+            &c,
+            "SELECT owner, lease_until FROM source_cursors WHERE hook_group = $1 AND hook_id = $2 AND source_key = $3",
+            &[&group, &id, &key],
+        )
+        .await?;
+        match holder {
+            Some(r) => Ok(SourceLease::Elsewhere {
+                owner: r.try_get(0)?,
+                until: r.try_get(1)?,
+            }),
+            None => Err(StoreError::NotFound {
+                what: format!("hook {group}/{id}"),
+            }),
+        }
+    }
+
+    pub async fn set_source_cursor(&self, group: &str, id: &str, cursor: FireCursor) -> Result<()> {
+        let c = self.client().await?;
+        write_cursor(&c, group, id, &cursor).await
+    }
+
+    pub async fn release_source(
+        &self,
+        group: &str,
+        id: &str,
+        key: &str,
+        owner: &str,
+    ) -> Result<()> {
+        let c = self.client().await?;
+        execute(
+            &c,
+            "UPDATE source_cursors SET lease_until = 0 \
+             WHERE hook_group = $1 AND hook_id = $2 AND source_key = $3 AND owner = $4",
+            &[&group, &id, &key, &owner],
+        )
+        .await?;
+        Ok(())
     }
 
     pub async fn set_hook_token(&self, group: &str, id: &str, token: &str) -> Result<bool> {

@@ -39,6 +39,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0013_fires_committed_at.sql"),
     include_str!("../migrations/sqlite/0014_blocked_reason.sql"),
     include_str!("../migrations/sqlite/0015_task_comments.sql"),
+    include_str!("../migrations/sqlite/0016_source_cursors.sql"),
 ];
 /// Most writes one transaction takes; beyond it the next batch starts.
 const MAX_BATCH: usize = 2048;
@@ -727,6 +728,10 @@ impl SqliteStore {
         overlap: Option<&'static str>,
     ) -> Result<FireOutcome> {
         self.write(move |c| {
+            // First, so that a source whose lease another instance took writes nothing.
+            if let Some(cursor) = &fire.cursor {
+                write_cursor(c, &fire.hook_group, &fire.hook_id, cursor)?;
+            }
             if let (Some(delivery), Some(since)) = (&fire.delivery_id, dedupe_since)
                 && let Some(first) = first_delivery(c, &fire.hook_group, &fire.hook_id, delivery, since)?
             {
@@ -785,6 +790,81 @@ impl SqliteStore {
             }
             let state = row.as_ref().map(|t| t.state);
             Ok(FireOutcome::Recorded(FireRow::from_new(fire, state), row.map(Box::new)))
+        })
+        .await
+    }
+
+    /// Takes (or keeps) the lease on a polling source of a hook for `owner`, until
+    /// `ttl_ms` from now: when no one holds it, its holder's lease ran out, or `owner` holds
+    /// it already. `NotFound` when the hook does not exist.
+    pub async fn lease_source(
+        &self,
+        group: &str,
+        id: &str,
+        key: &str,
+        owner: &str,
+        ttl_ms: i64,
+    ) -> Result<SourceLease> {
+        let (group, id, key, owner) = (
+            group.to_string(),
+            id.to_string(),
+            key.to_string(),
+            owner.to_string(),
+        );
+        self.write(move |c| {
+            let now = now_ms();
+            c.prepare_cached(
+                "INSERT INTO source_cursors (hook_group, hook_id, source_key, owner, lease_until, cursor, updated_at) \
+                 SELECT ?1, ?2, ?3, ?4, ?5, NULL, ?6 WHERE EXISTS (SELECT 1 FROM hooks WHERE hook_group = ?1 AND hook_id = ?2) \
+                 ON CONFLICT (hook_group, hook_id, source_key) DO UPDATE SET owner = excluded.owner, lease_until = excluded.lease_until \
+                 WHERE source_cursors.owner = excluded.owner OR source_cursors.lease_until <= ?6",
+            )?
+            .execute(params![group, id, key, owner, now.saturating_add(ttl_ms), now])?;
+            let row: Option<(String, i64, Option<String>)> = c
+                .prepare_cached(
+                    "SELECT owner, lease_until, cursor FROM source_cursors WHERE hook_group = ?1 AND hook_id = ?2 AND source_key = ?3",
+                )?
+                .query_row(params![group, id, key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()?;
+            match row {
+                None => Err(StoreError::NotFound { what: format!("hook {group}/{id}") }),
+                Some((holder, _, cursor)) if holder == owner => {
+                    Ok(SourceLease::Held(cursor.map(parse_json).transpose()?))
+                }
+                Some((holder, until, _)) => Ok(SourceLease::Elsewhere { owner: holder, until }),
+            }
+        })
+        .await
+    }
+
+    /// Moves a polling source's cursor without a fire (merging `patch` into it); `Conflict`
+    /// when `owner` does not hold the source's lease.
+    pub async fn set_source_cursor(&self, group: &str, id: &str, cursor: FireCursor) -> Result<()> {
+        let (group, id) = (group.to_string(), id.to_string());
+        self.write(move |c| write_cursor(c, &group, &id, &cursor))
+            .await
+    }
+
+    /// Gives up `owner`'s lease on a polling source (another instance may take it at once).
+    pub async fn release_source(
+        &self,
+        group: &str,
+        id: &str,
+        key: &str,
+        owner: &str,
+    ) -> Result<()> {
+        let (group, id, key, owner) = (
+            group.to_string(),
+            id.to_string(),
+            key.to_string(),
+            owner.to_string(),
+        );
+        self.write(move |c| {
+            c.prepare_cached(
+                "UPDATE source_cursors SET lease_until = 0 WHERE hook_group = ?1 AND hook_id = ?2 AND source_key = ?3 AND owner = ?4",
+            )?
+            .execute(params![group, id, key, owner])?;
+            Ok(())
         })
         .await
     }
@@ -1562,6 +1642,27 @@ fn insert_fire(c: &Connection, fire: &NewFire) -> Result<()> {
         now_ms()
     ])?;
     Ok(())
+}
+
+/// Merges a cursor's patch into the stored cursor, when its owner holds the lease.
+fn write_cursor(c: &Connection, group: &str, id: &str, cursor: &FireCursor) -> Result<()> {
+    let n = c
+        .prepare_cached(
+            "UPDATE source_cursors SET cursor = json_patch(COALESCE(cursor, '{}'), ?4), updated_at = ?5 \
+             WHERE hook_group = ?1 AND hook_id = ?2 AND source_key = ?3 AND owner = ?6",
+        )?
+        .execute(params![group, id, cursor.key, json(&cursor.patch), now_ms(), cursor.owner])?;
+    if n == 0 {
+        return Err(lease_taken(group, id, &cursor.key, &cursor.owner));
+    }
+    Ok(())
+}
+
+/// The refusal of a cursor write by an instance that does not hold the source's lease.
+pub(crate) fn lease_taken(group: &str, id: &str, key: &str, owner: &str) -> StoreError {
+    StoreError::Conflict(format!(
+        "source {key} of hook {group}/{id} is not leased to {owner}: another instance polls it"
+    ))
 }
 
 fn hook_has_queued_fire(c: &Connection, group: &str, id: &str) -> Result<bool> {

@@ -38,6 +38,8 @@ crate::on_both_stores!(
     a_persons_task_edit_replaces_its_inputs_tags_and_people_as_they_saw_it,
     a_child_closed_as_wontfix_wakes_its_parent,
     deleting_a_task_takes_its_rows_and_only_when_finished,
+    a_second_owner_cannot_write_the_cursor_while_the_lease_is_held,
+    cursor_and_fire_commit_together,
 );
 
 fn new_task(id: &str, key: Option<&str>) -> NewTask {
@@ -314,6 +316,7 @@ fn scheduled_fire(id: &str, due: i64) -> NewFire {
         error: None,
         delivery_id: None,
         payload: None,
+        cursor: None,
     }
 }
 
@@ -551,6 +554,7 @@ async fn race_one_delivery(
             error: None,
             delivery_id: Some(delivery.into()),
             payload: Some(json!({"n": i})),
+            cursor: None,
         };
         let task = new_task(&format!("{hook}-t{i}"), None);
         racers.push(tokio::spawn(async move {
@@ -1665,4 +1669,225 @@ async fn deleting_a_task_takes_its_rows_and_only_when_finished(db: TestDb) {
     assert!(s.comments("done").await.unwrap().is_empty());
     assert!(!s.delete_task("done").await.unwrap(), "already gone");
     assert!(s.get_task("open").await.unwrap().is_some());
+}
+
+fn cursor_fire(id: &str, delivery: &str, owner: &str, patch: Value) -> NewFire {
+    NewFire {
+        id: id.into(),
+        hook_group: "g".into(),
+        hook_id: "h".into(),
+        fired_by: "git".into(),
+        received_at: now_ms(),
+        scheduled_for: None,
+        result: "created".into(),
+        task_id: None,
+        error: None,
+        delivery_id: Some(delivery.into()),
+        payload: Some(json!({"d": delivery})),
+        cursor: Some(FireCursor {
+            key: "git:k".into(),
+            owner: owner.into(),
+            patch,
+        }),
+    }
+}
+
+fn cursor_patch(owner: &str, patch: Value) -> FireCursor {
+    FireCursor {
+        key: "git:k".into(),
+        owner: owner.into(),
+        patch,
+    }
+}
+
+async fn a_second_owner_cannot_write_the_cursor_while_the_lease_is_held(db: TestDb) {
+    let s = db.open().await;
+    let other = second_handle(&db, &s).await;
+    // No hook, no lease.
+    assert!(matches!(
+        s.lease_source("g", "h", "git:k", "a", 60_000).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    s.put_hook("g", "h", json!({"template": "t"}), "tok")
+        .await
+        .unwrap();
+    assert_eq!(
+        s.lease_source("g", "h", "git:k", "a", 60_000)
+            .await
+            .unwrap(),
+        SourceLease::Held(None)
+    );
+    // Held by a: b is told who holds it, and can write nothing.
+    match other
+        .lease_source("g", "h", "git:k", "b", 60_000)
+        .await
+        .unwrap()
+    {
+        SourceLease::Elsewhere { owner, until } => {
+            assert_eq!(owner, "a");
+            assert!(until > now_ms());
+        }
+        held => panic!("b took a held lease: {held:?}"),
+    }
+    let refused = other
+        .set_source_cursor("g", "h", cursor_patch("b", json!({"main": "b1"})))
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::Conflict(_))),
+        "{refused:?}"
+    );
+    let refused = other
+        .record_fire(
+            cursor_fire("f-b", "d-b", "b", json!({"main": "b2"})),
+            Some((new_task("t-b", None), created())),
+            Some(0),
+            None,
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::Conflict(_))),
+        "{refused:?}"
+    );
+    assert!(s.list_fires("g", "h", None, 10).await.unwrap().is_empty());
+    assert_eq!(s.count_tasks(TaskState::Ready).await.unwrap(), 0);
+    // a renews and writes.
+    assert_eq!(
+        s.lease_source("g", "h", "git:k", "a", 60_000)
+            .await
+            .unwrap(),
+        SourceLease::Held(None)
+    );
+    s.set_source_cursor("g", "h", cursor_patch("a", json!({"main": "a1"})))
+        .await
+        .unwrap();
+    // Released (or run out), the lease goes to b with the cursor a committed; then a's
+    // writes are refused.
+    s.release_source("g", "h", "git:k", "a").await.unwrap();
+    assert_eq!(
+        other.lease_source("g", "h", "git:k", "b", 1).await.unwrap(),
+        SourceLease::Held(Some(json!({"main": "a1"})))
+    );
+    let refused = s
+        .record_fire(
+            cursor_fire("f-a", "d-a", "a", json!({"main": "a2"})),
+            None,
+            Some(0),
+            None,
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::Conflict(_))),
+        "{refused:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    // b's lease ran out: a takes it back.
+    assert_eq!(
+        s.lease_source("g", "h", "git:k", "a", 60_000)
+            .await
+            .unwrap(),
+        SourceLease::Held(Some(json!({"main": "a1"})))
+    );
+    // Deleting the hook deletes its cursors.
+    assert!(s.delete_hook("g", "h").await.unwrap());
+    s.put_hook("g", "h", json!({"template": "t"}), "tok")
+        .await
+        .unwrap();
+    assert_eq!(
+        other
+            .lease_source("g", "h", "git:k", "b", 60_000)
+            .await
+            .unwrap(),
+        SourceLease::Held(None)
+    );
+}
+
+async fn cursor_and_fire_commit_together(db: TestDb) {
+    let s = db.open().await;
+    let other = second_handle(&db, &s).await;
+    s.put_hook("g", "h", json!({"template": "t"}), "tok")
+        .await
+        .unwrap();
+    s.lease_source("g", "h", "git:k", "a", 60_000)
+        .await
+        .unwrap();
+    s.set_source_cursor(
+        "g",
+        "h",
+        cursor_patch("a", json!({"main": "s0", "gone": "s0"})),
+    )
+    .await
+    .unwrap();
+    let out = s
+        .record_fire(
+            cursor_fire("f1", "d1", "a", json!({"main": "s1", "gone": null})),
+            Some((new_task("t1", None), created())),
+            Some(0),
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(out, FireOutcome::Recorded(_, Some(_))));
+    let cursor = |s: Store| async move {
+        match s
+            .lease_source("g", "h", "git:k", "a", 60_000)
+            .await
+            .unwrap()
+        {
+            SourceLease::Held(c) => c.unwrap(),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(cursor(s.clone()).await, json!({"main": "s1"}));
+    // A repeated delivery moves the cursor too (its first fire committed it, or another
+    // instance's did).
+    let out = s
+        .record_fire(
+            cursor_fire("f1-again", "d1", "a", json!({"dev": "s2"})),
+            Some((new_task("t1-again", None), created())),
+            Some(0),
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(out, FireOutcome::Duplicate(_)));
+    assert_eq!(cursor(s.clone()).await, json!({"main": "s1", "dev": "s2"}));
+    // Many fires of one source at once, from two handles: every one is recorded with its
+    // task, and every cursor key it carried is kept.
+    let mut racers = Vec::new();
+    for i in 0..8 {
+        let st = if i % 2 == 0 { s.clone() } else { other.clone() };
+        let fire = cursor_fire(
+            &format!("r{i}"),
+            &format!("dr{i}"),
+            "a",
+            json!({ format!("b{i}"): format!("x{i}") }),
+        );
+        let task = new_task(&format!("tr{i}"), None);
+        racers.push(tokio::spawn(async move {
+            st.record_fire(fire, Some((task, created())), Some(0), None)
+                .await
+        }));
+    }
+    for r in racers {
+        assert!(matches!(
+            r.await.unwrap().unwrap(),
+            FireOutcome::Recorded(_, Some(_))
+        ));
+    }
+    let c = cursor(s.clone()).await;
+    for i in 0..8 {
+        assert_eq!(c[format!("b{i}")], json!(format!("x{i}")), "{c}");
+    }
+    assert_eq!(s.count_tasks(TaskState::Ready).await.unwrap(), 9);
+    // A fire whose task cannot be written (its id is taken) rolls its cursor back with it.
+    let failed = s
+        .record_fire(
+            cursor_fire("f-bad", "d-bad", "a", json!({"main": "bad"})),
+            Some((new_task("t1", None), created())),
+            Some(0),
+            None,
+        )
+        .await;
+    assert!(failed.is_err(), "{failed:?}");
+    assert_eq!(cursor(s.clone()).await["main"], "s1");
 }

@@ -301,6 +301,31 @@ pub struct NewFire {
     pub error: Option<String>,
     pub delivery_id: Option<String>,
     pub payload: Option<Value>,
+    /// A polling source's position, written in the same transaction as the fire (on the
+    /// duplicate path too), by the holder of the source's lease only.
+    pub cursor: Option<FireCursor>,
+}
+
+/// The position a fire moves its polling source's cursor to (see [`crate::Store::lease_source`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FireCursor {
+    /// The source, among the hook's polling sources.
+    pub key: String,
+    /// The instance that must hold the source's lease; the fire fails with `Conflict` (and
+    /// writes nothing) when another one does.
+    pub owner: String,
+    /// A JSON object merged into the stored cursor (RFC 7396 merge patch, one level: a key
+    /// set to `null` is removed).
+    pub patch: Value,
+}
+
+/// The answer to [`crate::Store::lease_source`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourceLease {
+    /// This instance holds the lease; the cursor as last committed (`None` before any).
+    Held(Option<Value>),
+    /// Another instance holds it until `until` (unix ms).
+    Elsewhere { owner: String, until: i64 },
 }
 
 /// One entry of the fire ledger, with the current state of the task it created.

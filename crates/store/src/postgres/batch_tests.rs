@@ -116,6 +116,7 @@ fn scheduled_fire(id: &str, hook: &str, due: i64) -> NewFire {
         error: None,
         delivery_id: None,
         payload: None,
+        cursor: None,
     }
 }
 

@@ -104,6 +104,11 @@ pub(super) async fn record_fire(
             fire.hook_group, fire.hook_id
         )));
     }
+    // Before anything is written: a source whose lease another instance took writes
+    // nothing (its refusal leaves the batch usable).
+    if let Some(cursor) = &fire.cursor {
+        write_cursor(tx, &fire.hook_group, &fire.hook_id, cursor).await?;
+    }
     if let Some(first) = first_delivery? {
         let first = fire_from(&first)?;
         // The repeat is in the ledger too, pointing at the first fire's task.
