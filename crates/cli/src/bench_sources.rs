@@ -25,10 +25,8 @@ pub(crate) async fn bench_source(engine: &Engine, spec: &str, n: usize) -> anyho
         }
         other => bail!("--source {other}=…: the bench measures redis"),
     };
-    let hook = taskhook_hooks::Hook::parse(&format!(
-        "template: bench-one\nsources: [{source}]\n"
-    ))
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let hook = taskhook_hooks::Hook::parse(&format!("template: bench-one\nsources: [{source}]\n"))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let id = format!("source-{kind}");
     engine.put_hook("bench", &id, hook).await?;
     let stop = CancellationToken::new();
