@@ -197,5 +197,7 @@ async fn with_password(engine: &Engine, spec: &SourceSpec) -> Result<SourceSpec,
 fn make(spec: &SourceSpec) -> Box<dyn Source> {
     match spec {
         SourceSpec::Redis(s) => Box::new(crate::redis::Redis::new(s.clone())),
+        SourceSpec::Amqp(s) => Box::new(crate::amqp::Amqp::new(s.clone())),
+        SourceSpec::Nats(s) => Box::new(crate::nats::Nats::new(s.clone())),
     }
 }
