@@ -401,6 +401,37 @@ async fn messages_fire_the_hook_once_each_and_are_acknowledged() {
         .await;
     assert_eq!(status["received"], 8, "{status:?}");
     assert_eq!(status["fired"], 8, "{status:?}");
+
+    // A disabled hook consumes nothing (its queue keeps the messages); enabled again, it
+    // takes what came meanwhile.
+    let doc = hook(
+        &b.url,
+        &queue,
+        &bound(&exchange, "['build.#', 'release.*']"),
+        "",
+    );
+    let off = format!("{doc}enabled: false\n");
+    assert_eq!(s.put_hook("bus", "jobs", &off).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    b.publish(
+        &exchange,
+        "build.eu",
+        &json_msg(json!({"kind": "build", "n": 5})),
+        BasicProperties::default(),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        s.fires("bus", "jobs").await.len(),
+        8,
+        "a disabled hook fired"
+    );
+    assert_eq!(b.depth(&queue).await, (1, 0));
+    assert_eq!(s.put_hook("bus", "jobs", &doc).await.0, 200);
+    let fires = s
+        .wait_fires("bus", "jobs", 9, Duration::from_secs(10))
+        .await;
+    assert_eq!(fires[8]["result"], "created");
     b.cleanup(&queue, Some(&exchange)).await;
 }
 

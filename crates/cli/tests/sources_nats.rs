@@ -355,6 +355,35 @@ async fn messages_fire_the_hook_once_each_and_are_acknowledged() {
         .await;
     assert_eq!(status["received"], 6, "{status:?}");
     assert_eq!(status["fired"], 6, "{status:?}");
+
+    // A disabled hook consumes nothing; enabled again, it takes what came meanwhile, without
+    // waiting for an ack wait.
+    let doc = hook(
+        &url,
+        &stream,
+        &format!(", subjects: ['{stream}.build.>'], durable: {durable}"),
+    );
+    let off = format!("{doc}enabled: false\n");
+    assert_eq!(s.put_hook("bus", "jobs", &off).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    publish(
+        &js,
+        &format!("{stream}.build.4"),
+        json!({"kind": "build", "n": 4}),
+        None,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        s.fires("bus", "jobs").await.len(),
+        6,
+        "a disabled hook fired"
+    );
+    assert_eq!(s.put_hook("bus", "jobs", &doc).await.0, 200);
+    let fires = s
+        .wait_fires("bus", "jobs", 7, Duration::from_secs(10))
+        .await;
+    assert_eq!(fires[6]["result"], "created");
     js.delete_stream(&stream).await.unwrap();
 }
 

@@ -7,7 +7,8 @@
 //! (named by `durable`, by default after the hook), with explicit acks, `max_ack_pending` =
 //! `max_in_flight`, and the filter subjects of `subjects`; it is created when missing (then
 //! `from` says where it starts) and updated when it exists, keeping its position. Several
-//! instances pull from the one consumer, so each message goes to one of them.
+//! instances pull from the one consumer, so each message goes to one of them. A subscription
+//! that stops (the hook changed or was disabled) gives back what it received and did not fire.
 //!
 //! Delivery ids are `nats:<stream>:<stream sequence>`, which a redelivery keeps.
 //!
@@ -168,7 +169,10 @@ impl Source for Nats {
         loop {
             let first = tokio::select! {
                 biased;
-                _ = cx.stop.cancelled() => return Ok(()),
+                _ = cx.stop.cancelled() => {
+                    give_back(&client, &mut messages, Vec::new()).await;
+                    return Ok(());
+                }
                 event = events.recv() => {
                     match event {
                         Some(Event::Disconnected) | Some(Event::Closed) | None => {
@@ -206,9 +210,10 @@ impl Source for Nats {
                     None => break,
                 }
             }
-            // Messages taken after the hook changed or was disabled are not fired: the server
-            // delivers them again after the ack wait, to the next subscription.
+            // Messages taken after the hook changed or was disabled are not fired: they are
+            // given back, for the next subscription.
             if cx.stop.is_cancelled() {
+                give_back(&client, &mut messages, batch).await;
                 return Ok(());
             }
             let fired = cx
@@ -231,6 +236,23 @@ impl Source for Nats {
             }
         }
     }
+}
+
+/// Gives `batch`, and the messages already received and not yet taken, back to the server
+/// at once (`-NAK` without delay), so that the next subscription has them without waiting
+/// for the ack wait. Best effort: what is not given back comes again after the ack wait.
+async fn give_back(
+    client: &async_nats::Client,
+    messages: &mut consumer::pull::Stream,
+    mut batch: Vec<jetstream::Message>,
+) {
+    while let Some(Some(Ok(m))) = messages.next().now_or_never() {
+        batch.push(m);
+    }
+    for m in &batch {
+        let _ = m.ack_with(AckKind::Nak(None)).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
 }
 
 fn is_not_found(e: &jetstream::context::ConsumerInfoError) -> bool {
