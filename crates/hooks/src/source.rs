@@ -124,12 +124,88 @@ pub struct GitSource {
 }
 }
 
+/// A RabbitMQ (AMQP 0-9-1) queue, declared durable, optionally bound to an exchange.
+pub struct AmqpSource {
+    /// `amqp://[user:password@]host[:port][/vhost]` or `amqps://…`.
+    pub url: String,
+    /// The queue consumed: declared durable, not exclusive, not auto-deleted (an existing
+    /// queue declared otherwise is an error).
+    pub queue: String,
+    /// An exchange, which must already exist, the queue is bound to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exchange: Option<String>,
+    /// The binding keys of the queue to `exchange` (default `#`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing_keys: Option<Vec<String>>,
+}
+}
+
+impl AmqpSource {
+    /// The binding keys in force: the written ones, else `#`.
+    pub fn routing_keys(&self) -> Vec<String> {
+        self.routing_keys
+            .clone()
+            .unwrap_or_else(|| vec!["#".to_string()])
+    }
+}
+
+source_struct! {
+/// A NATS JetStream stream read by a durable pull consumer.
+pub struct NatsSource {
+    /// `nats://[user:password@]host[:port]` or `tls://…`; a token is written as the password
+    /// with no user name (`nats://:TOKEN@host`).
+    pub url: String,
+    /// The stream, which must already exist.
+    pub stream: String,
+    /// Filter subjects (default: every subject of the stream).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subjects: Vec<String>,
+    /// The durable consumer's name (default: derived from the hook's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub durable: Option<String>,
+    /// Where a new consumer starts.
+    #[serde(default)]
+    pub from: StartFrom,
+}
+}
+
+impl NatsSource {
+    /// The durable consumer's name: the written one, else `taskhook-<group>-<id>-<hash>`,
+    /// where the characters NATS refuses in names are replaced by `_` and the hash (of
+    /// `group/id`, 8 hex digits) keeps names of different hooks apart.
+    pub fn durable_name(&self, group: &str, id: &str) -> String {
+        if let Some(d) = &self.durable {
+            return d.clone();
+        }
+        let clean = |s: &str| -> String {
+            s.chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect()
+        };
+        // FNV-1a: stable across releases and platforms, unlike the standard library's hasher.
+        let hash = format!("{group}/{id}")
+            .bytes()
+            .fold(0x811c_9dc5u32, |h, b| {
+                (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+            });
+        format!("taskhook-{}-{}-{hash:08x}", clean(group), clean(id))
+    }
+}
+
 /// One subscription of a hook.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SourceSpec {
     Redis(RedisSource),
     Git(GitSource),
+    Amqp(AmqpSource),
+    Nats(NatsSource),
 }
 
 impl SourceSpec {
@@ -138,6 +214,8 @@ impl SourceSpec {
         match self {
             SourceSpec::Redis(_) => "redis",
             SourceSpec::Git(_) => "git",
+            SourceSpec::Amqp(_) => "amqp",
+            SourceSpec::Nats(_) => "nats",
         }
     }
 
@@ -146,6 +224,8 @@ impl SourceSpec {
         match self {
             SourceSpec::Redis(s) => &s.url,
             SourceSpec::Git(s) => &s.url,
+            SourceSpec::Amqp(s) => &s.url,
+            SourceSpec::Nats(s) => &s.url,
         }
     }
 
@@ -153,6 +233,8 @@ impl SourceSpec {
         match self {
             SourceSpec::Redis(s) => &mut s.url,
             SourceSpec::Git(s) => &mut s.url,
+            SourceSpec::Amqp(s) => &mut s.url,
+            SourceSpec::Nats(s) => &mut s.url,
         }
     }
 
@@ -160,6 +242,8 @@ impl SourceSpec {
         match self {
             SourceSpec::Redis(s) => s.common(),
             SourceSpec::Git(s) => s.common(),
+            SourceSpec::Amqp(s) => s.common(),
+            SourceSpec::Nats(s) => s.common(),
         }
     }
 
@@ -172,6 +256,26 @@ impl SourceSpec {
                 without_credentials(&s.url),
                 s.branches.join(", ")
             ),
+            SourceSpec::Amqp(s) => match &s.exchange {
+                Some(x) => format!(
+                    "amqp queue {} (bound to exchange {x} with {})",
+                    s.queue,
+                    s.routing_keys().join(", ")
+                ),
+                None => format!("amqp queue {}", s.queue),
+            },
+            SourceSpec::Nats(s) => {
+                let durable = s.durable.as_deref().unwrap_or("derived from the hook");
+                if s.subjects.is_empty() {
+                    format!("nats stream {} (consumer {durable})", s.stream)
+                } else {
+                    format!(
+                        "nats stream {} subjects {} (consumer {durable})",
+                        s.stream,
+                        s.subjects.join(", ")
+                    )
+                }
+            }
         }
     }
 
@@ -180,6 +284,8 @@ impl SourceSpec {
         match self {
             SourceSpec::Redis(_) => &["redis", "rediss"],
             SourceSpec::Git(_) => &["https", "http", "file"],
+            SourceSpec::Amqp(_) => &["amqp", "amqps"],
+            SourceSpec::Nats(_) => &["nats", "tls"],
         }
     }
 
@@ -187,7 +293,7 @@ impl SourceSpec {
         let url = url::Url::parse(self.url()).map_err(|e| {
             err(
                 format!("{field}.url"),
-                format!("not a URL: {e}{}", hint(self.url())),
+                format!("not a URL: {e}{}", hint(self.url(), self.kind())),
             )
         })?;
         if matches!(self, SourceSpec::Git(_)) && url.scheme() == "ssh" {
@@ -257,6 +363,49 @@ impl SourceSpec {
                     }
                 }
             }
+            SourceSpec::Amqp(s) => {
+                amqp_name(&s.queue, &format!("{field}.queue"))?;
+                if s.queue.starts_with("amq.") {
+                    return Err(err(
+                        format!("{field}.queue"),
+                        "names starting with 'amq.' are reserved for the broker",
+                    ));
+                }
+                if let Some(x) = &s.exchange {
+                    amqp_name(x, &format!("{field}.exchange"))?;
+                }
+                if let Some(keys) = &s.routing_keys {
+                    let at = format!("{field}.routing_keys");
+                    if s.exchange.is_none() {
+                        return Err(err(at, "binding keys need an exchange to bind to"));
+                    }
+                    if keys.is_empty() {
+                        return Err(err(at, "must not be empty (leave it out for '#')"));
+                    }
+                    if keys.iter().any(|k| k.len() > 255) {
+                        return Err(err(at, "a binding key has at most 255 bytes"));
+                    }
+                }
+            }
+            SourceSpec::Nats(s) => {
+                if url.password().is_none()
+                    && !url.username().is_empty()
+                    && c.password_secret.is_none()
+                {
+                    return Err(err(
+                        format!("{field}.url"),
+                        "a user without a password; a token is written as the password with \
+                         no user (nats://:TOKEN@host), so that it is masked",
+                    ));
+                }
+                nats_name(&s.stream, &format!("{field}.stream"))?;
+                if let Some(d) = &s.durable {
+                    nats_name(d, &format!("{field}.durable"))?;
+                }
+                for (j, subject) in s.subjects.iter().enumerate() {
+                    nats_subject(subject, &format!("{field}.subjects[{j}]"))?;
+                }
+            }
         }
         Ok(())
     }
@@ -308,12 +457,63 @@ impl SourceSpec {
     }
 }
 
-fn hint(url: &str) -> &'static str {
+fn hint(url: &str, kind: &str) -> String {
     if url.contains("://") {
-        ""
-    } else {
-        " (write it with its scheme, e.g. redis://127.0.0.1:6379)"
+        return String::new();
     }
+    let example = match kind {
+        "amqp" => "amqp://127.0.0.1:5672",
+        "nats" => "nats://127.0.0.1:4222",
+        _ => "redis://127.0.0.1:6379",
+    };
+    format!(" (write it with its scheme, e.g. {example})")
+}
+
+/// A queue or exchange name: 1 to 255 bytes.
+fn amqp_name(v: &str, field: &str) -> Result<(), HookError> {
+    nonempty(v, field)?;
+    if v.len() > 255 {
+        return Err(err(field, "has at most 255 bytes"));
+    }
+    Ok(())
+}
+
+/// A stream or consumer name as NATS takes it: no whitespace, `.`, `*`, `>`, path
+/// separators or control characters, at most 255 bytes.
+fn nats_name(v: &str, field: &str) -> Result<(), HookError> {
+    nonempty(v, field)?;
+    if v.len() > 255
+        || v.chars().any(|c| {
+            c.is_whitespace() || c.is_control() || matches!(c, '.' | '*' | '>' | '/' | '\\')
+        })
+    {
+        return Err(err(
+            field,
+            "must be at most 255 bytes without whitespace, '.', '*', '>', '/' or '\\'",
+        ));
+    }
+    Ok(())
+}
+
+/// A filter subject: tokens separated by `.`, none empty, no whitespace; `>` only last.
+fn nats_subject(v: &str, field: &str) -> Result<(), HookError> {
+    let tokens: Vec<&str> = v.split('.').collect();
+    let bad = v.is_empty()
+        || v.chars().any(|c| c.is_whitespace() || c.is_control())
+        || tokens.iter().any(|t| t.is_empty())
+        || tokens
+            .iter()
+            .enumerate()
+            .any(|(i, t)| t.contains('>') && (*t != ">" || i + 1 != tokens.len()))
+        || tokens.iter().any(|t| t.contains('*') && *t != "*");
+    if bad {
+        return Err(err(
+            field,
+            "not a subject: tokens separated by '.', none empty, no whitespace, '*' a whole \
+             token, '>' only the last one",
+        ));
+    }
+    Ok(())
 }
 
 fn nonempty(v: &str, field: &str) -> Result<(), HookError> {
@@ -348,6 +548,26 @@ pub fn validate_sources(sources: &[SourceSpec]) -> Result<(), HookError> {
                 "another git source of this hook polls this repository: list all its \
                  branches in one",
             ));
+        }
+    }
+    // Two NATS sources sharing a durable consumer would split the stream's messages between
+    // them; each must have its own.
+    for (j, s) in sources.iter().enumerate() {
+        let SourceSpec::Nats(b) = s else { continue };
+        for (i, earlier) in sources[..j].iter().enumerate() {
+            if let SourceSpec::Nats(a) = earlier
+                && a.stream == b.stream
+                && a.durable == b.durable
+            {
+                return Err(err(
+                    format!("sources[{j}].nats.durable"),
+                    format!(
+                        "sources[{i}] reads stream {:?} with the same durable consumer; give \
+                         one of them a durable name of its own",
+                        b.stream
+                    ),
+                ));
+            }
         }
     }
     Ok(())
@@ -576,6 +796,148 @@ mod tests {
         assert_eq!(elsewhere.with_password_from(&s), None);
         // No password: nothing to mask.
         assert_eq!(redis("redis://h").redacted(), redis("redis://h"));
+    }
+
+    fn parse(v: serde_json::Value) -> Vec<SourceSpec> {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn field_of(v: serde_json::Value) -> String {
+        validate_sources(&parse(v)).unwrap_err().field
+    }
+
+    #[test]
+    fn amqp_sources_bind_only_to_a_named_exchange() {
+        let v = parse(serde_json::json!([
+            {"amqp": {"url": "amqp://h", "queue": "q", "exchange": "x"}}
+        ]));
+        validate_sources(&v).unwrap();
+        let SourceSpec::Amqp(a) = &v[0] else { panic!() };
+        assert_eq!(a.routing_keys(), ["#"]);
+        assert_eq!(v[0].kind(), "amqp");
+        assert!(
+            v[0].describe().contains("exchange x with #"),
+            "{}",
+            v[0].describe()
+        );
+        // Nothing written, nothing shown.
+        assert_eq!(
+            serde_json::to_value(&v[0]).unwrap()["amqp"].get("routing_keys"),
+            None
+        );
+        for (source, field) in [
+            (serde_json::json!({"url": "amqp://h", "queue": ""}), "queue"),
+            (
+                serde_json::json!({"url": "amqp://h", "queue": "amq.x"}),
+                "queue",
+            ),
+            (
+                serde_json::json!({"url": "amqp://h", "queue": "q", "exchange": ""}),
+                "exchange",
+            ),
+            (
+                serde_json::json!({"url": "amqp://h", "queue": "q", "routing_keys": ["a"]}),
+                "routing_keys",
+            ),
+            (
+                serde_json::json!({"url": "amqp://h", "queue": "q", "exchange": "x", "routing_keys": []}),
+                "routing_keys",
+            ),
+            (serde_json::json!({"url": "nats://h", "queue": "q"}), "url"),
+        ] {
+            assert_eq!(
+                field_of(serde_json::json!([{ "amqp": source }])),
+                format!("sources[0].amqp.{field}")
+            );
+        }
+    }
+
+    #[test]
+    fn nats_sources_name_streams_consumers_and_subjects_as_nats_does() {
+        let ok = serde_json::json!([
+            {"nats": {"url": "nats://h", "stream": "s", "subjects": ["a.*.c", "b.>"]}},
+            {"nats": {"url": "tls://:tok@h", "stream": "s", "durable": "other"}}
+        ]);
+        validate_sources(&parse(ok)).unwrap();
+        for (source, field) in [
+            (
+                serde_json::json!({"url": "nats://h", "stream": "a.b"}),
+                "stream",
+            ),
+            (
+                serde_json::json!({"url": "nats://h", "stream": "s", "durable": "a*"}),
+                "durable",
+            ),
+            (
+                serde_json::json!({"url": "nats://h", "stream": "s", "subjects": ["a.>.b"]}),
+                "subjects[0]",
+            ),
+            (
+                serde_json::json!({"url": "nats://h", "stream": "s", "subjects": ["a.b*"]}),
+                "subjects[0]",
+            ),
+            (
+                serde_json::json!({"url": "nats://h", "stream": "s", "subjects": [""]}),
+                "subjects[0]",
+            ),
+            (
+                serde_json::json!({"url": "nats://token@h", "stream": "s"}),
+                "url",
+            ),
+        ] {
+            assert_eq!(
+                field_of(serde_json::json!([{ "nats": source }])),
+                format!("sources[0].nats.{field}")
+            );
+        }
+        // A user with its password in a secret is fine.
+        validate_sources(&parse(serde_json::json!([
+            {"nats": {"url": "nats://app@h", "stream": "s", "password_secret": "pw"}}
+        ])))
+        .unwrap();
+        // Two sources on one stream need consumers of their own.
+        assert_eq!(
+            field_of(serde_json::json!([
+                {"nats": {"url": "nats://h", "stream": "s"}},
+                {"nats": {"url": "nats://other", "stream": "s"}}
+            ])),
+            "sources[1].nats.durable"
+        );
+    }
+
+    #[test]
+    fn a_nats_consumer_is_named_after_its_hook_unless_named() {
+        let v = parse(serde_json::json!([{"nats": {"url": "nats://h", "stream": "s"}}]));
+        let SourceSpec::Nats(n) = &v[0] else { panic!() };
+        let name = n.durable_name("ci.eu", "build");
+        assert!(name.starts_with("taskhook-ci_eu-build-"), "{name}");
+        assert!(!name.contains('.'));
+        // Names that clean to the same text stay apart; the same hook always gets one name.
+        assert_ne!(name, n.durable_name("ci_eu", "build"));
+        assert_ne!(n.durable_name("a-b", "c"), n.durable_name("a", "b-c"));
+        assert_eq!(name, n.durable_name("ci.eu", "build"));
+        let named = NatsSource {
+            durable: Some("mine".into()),
+            ..n.clone()
+        };
+        assert_eq!(named.durable_name("g", "h"), "mine");
+    }
+
+    #[test]
+    fn a_token_is_masked_like_a_password() {
+        let v =
+            parse(serde_json::json!([{"nats": {"url": "nats://:t0ken@h:4222", "stream": "s"}}]));
+        let shown = v[0].redacted();
+        assert!(!shown.url().contains("t0ken"), "{}", shown.url());
+        assert_eq!(shown.with_password_from(&v[0]), Some(v[0].clone()));
+        let bare = parse(serde_json::json!([{"nats": {"url": "nats://h:4222", "stream": "s"}}]));
+        assert_eq!(
+            bare[0].with_password("t0ken").unwrap().url(),
+            "nats://:t0ken@h:4222"
+        );
+        let amqp =
+            parse(serde_json::json!([{"amqp": {"url": "amqp://guest:guest@h/%2f", "queue": "q"}}]));
+        assert!(!amqp[0].redacted().url().contains(":guest@"));
     }
 
     #[test]

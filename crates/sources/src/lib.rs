@@ -5,8 +5,9 @@
 //! - `schedule.rs`: cron schedules.
 //! - `supervisor.rs`: runs every hook's `sources` subscriptions, starting, restarting and
 //!   stopping them as hooks change, reconnecting with backoff.
-//! - one file per broker behind the [`Source`] trait: `redis.rs` (Redis Streams), `git.rs`
-//!   (a repository polled by one instance at a time, its position kept in the store).
+//! - one file per broker behind the [`Source`] trait: `redis.rs` (Redis Streams), `amqp.rs`
+//!   (RabbitMQ queues), `nats.rs` (NATS JetStream), `git.rs` (a repository polled by one
+//!   instance at a time, its position kept in the store).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -18,7 +19,9 @@ use taskhook_hooks::{Hook, Message};
 use taskhook_store::{HookRow, now_ms};
 use tokio_util::sync::CancellationToken;
 
+mod amqp;
 mod git;
+mod nats;
 mod redis;
 pub mod schedule;
 pub mod supervisor;

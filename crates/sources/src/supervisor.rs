@@ -198,5 +198,7 @@ fn make(spec: &SourceSpec) -> Box<dyn Source> {
     match spec {
         SourceSpec::Redis(s) => Box::new(crate::redis::Redis::new(s.clone())),
         SourceSpec::Git(s) => Box::new(crate::git::Git::new(s.clone())),
+        SourceSpec::Amqp(s) => Box::new(crate::amqp::Amqp::new(s.clone())),
+        SourceSpec::Nats(s) => Box::new(crate::nats::Nats::new(s.clone())),
     }
 }
