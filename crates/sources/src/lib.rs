@@ -5,7 +5,8 @@
 //! - `schedule.rs`: cron schedules.
 //! - `supervisor.rs`: runs every hook's `sources` subscriptions, starting, restarting and
 //!   stopping them as hooks change, reconnecting with backoff.
-//! - one file per broker behind the [`Source`] trait: `redis.rs` (Redis Streams).
+//! - one file per broker behind the [`Source`] trait: `redis.rs` (Redis Streams), `mqtt.rs`
+//!   (MQTT 3.1.1), `kafka.rs` (Kafka consumer groups).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -17,6 +18,8 @@ use taskhook_hooks::{Hook, Message};
 use taskhook_store::{HookRow, now_ms};
 use tokio_util::sync::CancellationToken;
 
+mod kafka;
+mod mqtt;
 mod redis;
 pub mod schedule;
 pub mod supervisor;

@@ -197,5 +197,7 @@ async fn with_password(engine: &Engine, spec: &SourceSpec) -> Result<SourceSpec,
 fn make(spec: &SourceSpec) -> Box<dyn Source> {
     match spec {
         SourceSpec::Redis(s) => Box::new(crate::redis::Redis::new(s.clone())),
+        SourceSpec::Mqtt(s) => Box::new(crate::mqtt::Mqtt::new(s.clone())),
+        SourceSpec::Kafka(s) => Box::new(crate::kafka::Kafka::new(s.clone())),
     }
 }
