@@ -143,6 +143,10 @@ impl Kafka {
                     StartFrom::All => "earliest",
                 },
             )
+            // A member that died (kill -9) is noticed after 10 s, not librdkafka's 45 s, so its
+            // partitions go to the others (or to it, restarted) sooner.
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "3000")
             .set("socket.connection.setup.timeout.ms", "10000")
             .set("reconnect.backoff.max.ms", "5000")
             // At most about max_in_flight messages wait in librdkafka's queue per partition.
