@@ -124,6 +124,7 @@ pub struct GitSource {
 }
 }
 
+source_struct! {
 /// A RabbitMQ (AMQP 0-9-1) queue, declared durable, optionally bound to an exchange.
 pub struct AmqpSource {
     /// `amqp://[user:password@]host[:port][/vhost]` or `amqps://…`.
@@ -169,6 +170,52 @@ pub struct NatsSource {
 }
 }
 
+fn default_qos() -> u8 {
+    1
+}
+
+source_struct! {
+/// An MQTT (3.1.1) topic filter. With QoS 1 the session persists (clean session off), so what
+/// is published while taskhook is away is delivered when it is back, and each message is
+/// acknowledged (PUBACK) only after its fire is committed.
+pub struct MqttSource {
+    /// `mqtt://[user:password@]host[:port]` (port 1883) or `mqtts://…` (TLS, 8883); `tcp://`
+    /// and `ssl://` are the same.
+    pub url: String,
+    /// The topic filter (`+` one level, `#` every level below).
+    pub topic: String,
+    /// 1: at least once, acknowledged after the fire is committed. 0: at most once, nothing to
+    /// acknowledge: a message whose fire could not be stored is lost.
+    #[serde(default = "default_qos")]
+    pub qos: u8,
+    /// The MQTT client id, naming the broker's session; default `taskhook-<group>-<id>-<hash>`
+    /// from the hook and the subscription, the same across restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// Subscribe as `$share/<shared_group>/<topic>`: instances share the messages (each
+    /// instance then has its own session, its client id ending in the instance name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_group: Option<String>,
+}
+}
+
+source_struct! {
+/// A Kafka topic read by a consumer group; offsets are committed only up to messages whose
+/// fires are committed.
+pub struct KafkaSource {
+    /// Bootstrap brokers, `host:port` each (plaintext, no authentication).
+    pub brokers: Vec<String>,
+    /// The topic.
+    pub topic: String,
+    /// The consumer group.
+    #[serde(default = "default_group")]
+    pub group: String,
+    /// Where a new group starts (`auto.offset.reset`).
+    #[serde(default)]
+    pub from: StartFrom,
+}
+}
+
 impl NatsSource {
     /// The durable consumer's name: the written one, else `taskhook-<group>-<id>-<hash>`,
     /// where the characters NATS refuses in names are replaced by `_` and the hash (of
@@ -206,6 +253,8 @@ pub enum SourceSpec {
     Git(GitSource),
     Amqp(AmqpSource),
     Nats(NatsSource),
+    Mqtt(MqttSource),
+    Kafka(KafkaSource),
 }
 
 impl SourceSpec {
@@ -216,16 +265,21 @@ impl SourceSpec {
             SourceSpec::Git(_) => "git",
             SourceSpec::Amqp(_) => "amqp",
             SourceSpec::Nats(_) => "nats",
+            SourceSpec::Mqtt(_) => "mqtt",
+            SourceSpec::Kafka(_) => "kafka",
         }
     }
 
-    /// The broker or repository URL.
+    /// The broker or repository URL; empty for a kind that names its brokers otherwise
+    /// (kafka: `brokers`).
     pub fn url(&self) -> &str {
         match self {
             SourceSpec::Redis(s) => &s.url,
             SourceSpec::Git(s) => &s.url,
             SourceSpec::Amqp(s) => &s.url,
             SourceSpec::Nats(s) => &s.url,
+            SourceSpec::Mqtt(s) => &s.url,
+            SourceSpec::Kafka(_) => "",
         }
     }
 
@@ -235,6 +289,9 @@ impl SourceSpec {
             SourceSpec::Git(s) => &mut s.url,
             SourceSpec::Amqp(s) => &mut s.url,
             SourceSpec::Nats(s) => &mut s.url,
+            SourceSpec::Mqtt(s) => &mut s.url,
+            // Not a URL: nothing in it is ever masked or replaced.
+            SourceSpec::Kafka(_) => unreachable!("kafka sources have no URL"),
         }
     }
 
@@ -244,6 +301,8 @@ impl SourceSpec {
             SourceSpec::Git(s) => s.common(),
             SourceSpec::Amqp(s) => s.common(),
             SourceSpec::Nats(s) => s.common(),
+            SourceSpec::Mqtt(s) => s.common(),
+            SourceSpec::Kafka(s) => s.common(),
         }
     }
 
@@ -276,6 +335,11 @@ impl SourceSpec {
                     )
                 }
             }
+            SourceSpec::Mqtt(s) => match &s.shared_group {
+                Some(g) => format!("mqtt topic {} (qos {}, shared group {g})", s.topic, s.qos),
+                None => format!("mqtt topic {} (qos {})", s.topic, s.qos),
+            },
+            SourceSpec::Kafka(s) => format!("kafka topic {} (group {})", s.topic, s.group),
         }
     }
 
@@ -286,42 +350,51 @@ impl SourceSpec {
             SourceSpec::Git(_) => &["https", "http", "file"],
             SourceSpec::Amqp(_) => &["amqp", "amqps"],
             SourceSpec::Nats(_) => &["nats", "tls"],
+            SourceSpec::Mqtt(_) => &["mqtt", "mqtts", "tcp", "ssl"],
+            // Brokers are `host:port`, checked with the kind's fields.
+            SourceSpec::Kafka(_) => &[],
         }
     }
 
     fn validate(&self, field: &str) -> Result<(), HookError> {
-        let url = url::Url::parse(self.url()).map_err(|e| {
-            err(
-                format!("{field}.url"),
-                format!("not a URL: {e}{}", hint(self.url(), self.kind())),
-            )
-        })?;
-        if matches!(self, SourceSpec::Git(_)) && url.scheme() == "ssh" {
-            return Err(err(
-                format!("{field}.url"),
-                "ssh is not supported (it would need keys on the server): use https, with a \
-                 token in password_secret",
-            ));
-        }
-        if !self.schemes().contains(&url.scheme()) {
-            return Err(err(
-                format!("{field}.url"),
-                format!(
-                    "scheme {:?} is not one of {}",
-                    url.scheme(),
-                    self.schemes().join(", ")
-                ),
-            ));
-        }
-        if url.scheme() != "file" && url.host_str().is_none_or(str::is_empty) {
-            return Err(err(format!("{field}.url"), "the URL has no host"));
-        }
-        if url.password() == Some(REDACTED_SECRET) {
-            return Err(err(
-                format!("{field}.url"),
-                "the password is the redaction placeholder; send the real password",
-            ));
-        }
+        // Kinds without a URL (kafka) check their brokers below.
+        let url = if self.schemes().is_empty() {
+            None
+        } else {
+            let url = url::Url::parse(self.url()).map_err(|e| {
+                err(
+                    format!("{field}.url"),
+                    format!("not a URL: {e}{}", hint(self.url(), self.kind())),
+                )
+            })?;
+            if matches!(self, SourceSpec::Git(_)) && url.scheme() == "ssh" {
+                return Err(err(
+                    format!("{field}.url"),
+                    "ssh is not supported (it would need keys on the server): use https, with a \
+                     token in password_secret",
+                ));
+            }
+            if !self.schemes().contains(&url.scheme()) {
+                return Err(err(
+                    format!("{field}.url"),
+                    format!(
+                        "scheme {:?} is not one of {}",
+                        url.scheme(),
+                        self.schemes().join(", ")
+                    ),
+                ));
+            }
+            if url.scheme() != "file" && url.host_str().is_none_or(str::is_empty) {
+                return Err(err(format!("{field}.url"), "the URL has no host"));
+            }
+            if url.password() == Some(REDACTED_SECRET) {
+                return Err(err(
+                    format!("{field}.url"),
+                    "the password is the redaction placeholder; send the real password",
+                ));
+            }
+            Some(url)
+        };
         let c = self.common();
         if c.max_in_flight == 0 || c.max_in_flight > MAX_MAX_IN_FLIGHT {
             return Err(err(
@@ -388,8 +461,9 @@ impl SourceSpec {
                 }
             }
             SourceSpec::Nats(s) => {
-                if url.password().is_none()
-                    && !url.username().is_empty()
+                if url
+                    .as_ref()
+                    .is_some_and(|u| u.password().is_none() && !u.username().is_empty())
                     && c.password_secret.is_none()
                 {
                     return Err(err(
@@ -406,6 +480,8 @@ impl SourceSpec {
                     nats_subject(subject, &format!("{field}.subjects[{j}]"))?;
                 }
             }
+            SourceSpec::Mqtt(s) => validate_mqtt(s, field)?,
+            SourceSpec::Kafka(s) => validate_kafka(s, field)?,
         }
         Ok(())
     }
@@ -458,6 +534,93 @@ impl SourceSpec {
 }
 
 fn hint(url: &str, kind: &str) -> String {
+fn validate_mqtt(s: &MqttSource, field: &str) -> Result<(), HookError> {
+    let topic = format!("{field}.topic");
+    nonempty(&s.topic, &topic)?;
+    if s.topic.starts_with("$share/") {
+        return Err(err(
+            topic,
+            "write the topic without $share/…: set shared_group for a shared subscription",
+        ));
+    }
+    for (i, level) in s.topic.split('/').enumerate() {
+        let last = i == s.topic.split('/').count() - 1;
+        if (level.contains('+') && level != "+") || (level.contains('#') && (level != "#" || !last))
+        {
+            return Err(err(
+                topic,
+                "+ must stand alone in a level, # alone in the last level",
+            ));
+        }
+    }
+    if s.topic.contains('\0') || s.topic.len() > 65_535 {
+        return Err(err(topic, "not a valid MQTT topic filter"));
+    }
+    if s.qos > 1 {
+        return Err(err(
+            format!("{field}.qos"),
+            "0 (at most once) or 1 (at least once, acknowledged after the fire is committed)",
+        ));
+    }
+    if let Some(id) = &s.client_id {
+        nonempty(id, &format!("{field}.client_id"))?;
+        if id.len() > 128 || id.chars().any(|c| c.is_control()) {
+            return Err(err(
+                format!("{field}.client_id"),
+                "at most 128 characters, none a control character",
+            ));
+        }
+    }
+    if let Some(g) = &s.shared_group
+        && (g.is_empty() || g.contains(['/', '+', '#']))
+    {
+        return Err(err(
+            format!("{field}.shared_group"),
+            "a name without /, + or #",
+        ));
+    }
+    Ok(())
+}
+
+fn validate_kafka(s: &KafkaSource, field: &str) -> Result<(), HookError> {
+    if s.brokers.is_empty() {
+        return Err(err(format!("{field}.brokers"), "name at least one broker"));
+    }
+    for (i, b) in s.brokers.iter().enumerate() {
+        let ok = b.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty()
+                && !host.contains(['/', '@', ',', ' '])
+                && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if !ok {
+            return Err(err(
+                format!("{field}.brokers[{i}]"),
+                "host:port, e.g. 127.0.0.1:9092 (without a scheme)",
+            ));
+        }
+    }
+    let topic_ok = !s.topic.is_empty()
+        && s.topic.len() <= 249
+        && s.topic
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if !topic_ok {
+        return Err(err(
+            format!("{field}.topic"),
+            "1 to 249 characters: letters, digits, '.', '_' and '-'",
+        ));
+    }
+    nonempty(&s.group, &format!("{field}.group"))?;
+    if s.password_secret.is_some() {
+        return Err(err(
+            format!("{field}.password_secret"),
+            "kafka sources connect without authentication or TLS",
+        ));
+    }
+    Ok(())
+}
+
+fn hint(url: &str) -> &'static str {
     if url.contains("://") {
         return String::new();
     }
@@ -780,6 +943,84 @@ mod tests {
             validate_sources(&[s]).unwrap_err().field,
             "sources[0].redis.max_in_flight"
         );
+    }
+
+    fn field_of(v: serde_json::Value) -> String {
+        let s: SourceSpec = serde_json::from_value(v).unwrap();
+        validate_sources(&[s]).map_or_else(|e| e.field, |()| "ok".into())
+    }
+
+    #[test]
+    fn mqtt_sources_are_checked() {
+        use serde_json::json;
+        let ok = json!({"mqtt": {"url": "mqtt://u:p@h", "topic": "a/+/c/#"}});
+        assert_eq!(field_of(ok.clone()), "ok");
+        let s: SourceSpec = serde_json::from_value(ok).unwrap();
+        let SourceSpec::Mqtt(m) = &s else { panic!() };
+        assert_eq!((m.qos, &m.client_id, &m.shared_group), (1, &None, &None));
+        assert!(!s.redacted().url().contains(":p@"));
+        for (v, field) in [
+            (json!({"url": "http://h", "topic": "t"}), "url"),
+            (json!({"url": "mqtt://h", "topic": "a/b#"}), "topic"),
+            (json!({"url": "mqtt://h", "topic": "a/#/b"}), "topic"),
+            (json!({"url": "mqtt://h", "topic": "a+/b"}), "topic"),
+            (json!({"url": "mqtt://h", "topic": "$share/g/t"}), "topic"),
+            (json!({"url": "mqtt://h", "topic": "t", "qos": 2}), "qos"),
+            (
+                json!({"url": "mqtt://h", "topic": "t", "client_id": ""}),
+                "client_id",
+            ),
+            (
+                json!({"url": "mqtt://h", "topic": "t", "shared_group": "a/b"}),
+                "shared_group",
+            ),
+        ] {
+            assert_eq!(
+                field_of(json!({ "mqtt": v })),
+                format!("sources[0].mqtt.{field}"),
+                "{v}"
+            );
+        }
+    }
+
+    #[test]
+    fn kafka_sources_name_brokers_not_a_url() {
+        use serde_json::json;
+        let ok = json!({"kafka": {"brokers": ["127.0.0.1:9092", "k2:9093"], "topic": "ev.1"}});
+        assert_eq!(field_of(ok.clone()), "ok");
+        let s: SourceSpec = serde_json::from_value(ok).unwrap();
+        assert_eq!(s.url(), "");
+        assert_eq!(s.redacted(), s);
+        assert!(!s.is_redacted());
+        assert_eq!(s.with_password("pw"), None);
+        assert_eq!(s.describe(), "kafka topic ev.1 (group taskhook)");
+        for (v, field) in [
+            (json!({"brokers": [], "topic": "t"}), "brokers"),
+            (
+                json!({"brokers": ["kafka://h:9092"], "topic": "t"}),
+                "brokers[0]",
+            ),
+            (json!({"brokers": ["h"], "topic": "t"}), "brokers[0]"),
+            (json!({"brokers": ["h:1"], "topic": "a b"}), "topic"),
+            (
+                json!({"brokers": ["h:1"], "topic": "t", "group": ""}),
+                "group",
+            ),
+            (
+                json!({"brokers": ["h:1"], "topic": "t", "password_secret": "pw"}),
+                "password_secret",
+            ),
+        ] {
+            assert_eq!(
+                field_of(json!({ "kafka": v })),
+                format!("sources[0].kafka.{field}"),
+                "{v}"
+            );
+        }
+        let bad = serde_json::from_value::<SourceSpec>(
+            json!({"kafka": {"url": "kafka://h", "brokers": ["h:1"], "topic": "t"}}),
+        );
+        assert!(bad.is_err());
     }
 
     #[test]

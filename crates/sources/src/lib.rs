@@ -5,9 +5,10 @@
 //! - `schedule.rs`: cron schedules.
 //! - `supervisor.rs`: runs every hook's `sources` subscriptions, starting, restarting and
 //!   stopping them as hooks change, reconnecting with backoff.
-//! - one file per broker behind the [`Source`] trait: `redis.rs` (Redis Streams), `amqp.rs`
-//!   (RabbitMQ queues), `nats.rs` (NATS JetStream), `git.rs` (a repository polled by one
-//!   instance at a time, its position kept in the store).
+//! - one file per source behind the [`Source`] trait: `redis.rs` (Redis Streams), `amqp.rs`
+//!   (RabbitMQ queues), `nats.rs` (NATS JetStream), `mqtt.rs` (MQTT 3.1.1), `kafka.rs` (Kafka
+//!   consumer groups), `git.rs` (a repository polled by one instance at a time, its position
+//!   kept in the store).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -21,6 +22,8 @@ use tokio_util::sync::CancellationToken;
 
 mod amqp;
 mod git;
+mod kafka;
+mod mqtt;
 mod nats;
 mod redis;
 pub mod schedule;

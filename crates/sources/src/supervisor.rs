@@ -200,5 +200,7 @@ fn make(spec: &SourceSpec) -> Box<dyn Source> {
         SourceSpec::Git(s) => Box::new(crate::git::Git::new(s.clone())),
         SourceSpec::Amqp(s) => Box::new(crate::amqp::Amqp::new(s.clone())),
         SourceSpec::Nats(s) => Box::new(crate::nats::Nats::new(s.clone())),
+        SourceSpec::Mqtt(s) => Box::new(crate::mqtt::Mqtt::new(s.clone())),
+        SourceSpec::Kafka(s) => Box::new(crate::kafka::Kafka::new(s.clone())),
     }
 }

@@ -19,6 +19,14 @@ pub struct Server {
     pub http: reqwest::Client,
 }
 
+/// The binary under test: `TASKHOOK_TEST_BIN` when set (a copy taken right after building,
+/// safe from other builds sharing the target directory), else the one cargo built.
+pub fn bin() -> PathBuf {
+    std::env::var_os("TASKHOOK_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_taskhook")))
+}
+
 pub fn fresh_dir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("taskhook-test-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -43,7 +51,7 @@ impl Server {
         env: &[(&str, &str)],
         lines_to: Option<std::sync::mpsc::Sender<String>>,
     ) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_taskhook"))
+        let mut child = Command::new(bin())
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&data_dir)
             .args(extra)
@@ -256,7 +264,7 @@ pub fn assert_schema_accepts(text: &str) {
 /// Runs the `taskhook` binary with `args`, pointed at `server` (or at nothing: no URL, no
 /// token); returns the exit code, stdout and stderr.
 pub fn taskhook(server: Option<&Server>, args: &[&str]) -> (i32, String, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_taskhook"));
+    let mut cmd = Command::new(bin());
     cmd.args(args)
         .env_remove("TASKHOOK_TOKEN")
         .env_remove("TASKHOOK_URL");
@@ -282,7 +290,7 @@ impl Server {
     /// Starts `taskhook serve` without the `api` role: it serves nothing, so it is ready once it
     /// says it runs without an API. `url` is empty; `extra` may give a `--listen`.
     pub fn start_without_api(data_dir: PathBuf, extra: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_taskhook"))
+        let mut child = Command::new(bin())
             .args(["serve", "--data-dir"])
             .arg(&data_dir)
             .args(extra)
