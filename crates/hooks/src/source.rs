@@ -533,7 +533,6 @@ impl SourceSpec {
     }
 }
 
-fn hint(url: &str, kind: &str) -> String {
 fn validate_mqtt(s: &MqttSource, field: &str) -> Result<(), HookError> {
     let topic = format!("{field}.topic");
     nonempty(&s.topic, &topic)?;
@@ -620,13 +619,15 @@ fn validate_kafka(s: &KafkaSource, field: &str) -> Result<(), HookError> {
     Ok(())
 }
 
-fn hint(url: &str) -> &'static str {
+fn hint(url: &str, kind: &str) -> String {
     if url.contains("://") {
         return String::new();
     }
     let example = match kind {
         "amqp" => "amqp://127.0.0.1:5672",
         "nats" => "nats://127.0.0.1:4222",
+        "mqtt" => "mqtt://127.0.0.1:1883",
+        "git" => "https://git.example.com/org/repo.git",
         _ => "redis://127.0.0.1:6379",
     };
     format!(" (write it with its scheme, e.g. {example})")
@@ -1043,7 +1044,7 @@ mod tests {
         serde_json::from_value(v).unwrap()
     }
 
-    fn field_of(v: serde_json::Value) -> String {
+    fn refused_field(v: serde_json::Value) -> String {
         validate_sources(&parse(v)).unwrap_err().field
     }
 
@@ -1087,7 +1088,7 @@ mod tests {
             (serde_json::json!({"url": "nats://h", "queue": "q"}), "url"),
         ] {
             assert_eq!(
-                field_of(serde_json::json!([{ "amqp": source }])),
+                refused_field(serde_json::json!([{ "amqp": source }])),
                 format!("sources[0].amqp.{field}")
             );
         }
@@ -1127,7 +1128,7 @@ mod tests {
             ),
         ] {
             assert_eq!(
-                field_of(serde_json::json!([{ "nats": source }])),
+                refused_field(serde_json::json!([{ "nats": source }])),
                 format!("sources[0].nats.{field}")
             );
         }
@@ -1138,7 +1139,7 @@ mod tests {
         .unwrap();
         // Two sources on one stream need consumers of their own.
         assert_eq!(
-            field_of(serde_json::json!([
+            refused_field(serde_json::json!([
                 {"nats": {"url": "nats://h", "stream": "s"}},
                 {"nats": {"url": "nats://other", "stream": "s"}}
             ])),
