@@ -190,49 +190,6 @@ fn json_msg(v: Value) -> Vec<u8> {
     v.to_string().into_bytes()
 }
 
-fn created(fires: &[Value]) -> Vec<&Value> {
-    fires.iter().filter(|f| f["result"] == "created").collect()
-}
-
-async fn wait_created(s: &Server, n: usize, limit: Duration) -> Vec<Value> {
-    let deadline = std::time::Instant::now() + limit;
-    loop {
-        let fires = s.fires("bus", "jobs").await;
-        if created(&fires).len() >= n {
-            return fires;
-        }
-        if std::time::Instant::now() > deadline {
-            panic!(
-                "{} created fires, not {n}: {:#}",
-                created(&fires).len(),
-                Value::Array(fires)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Every message made exactly one task: as many created fires as messages, each with its own
-/// delivery id; a repeated delivery only ever shows as a `duplicate` fire.
-fn assert_once_each(fires: &[Value], queue: &str, n: usize) {
-    let made = created(fires);
-    let ids: BTreeSet<&str> = made
-        .iter()
-        .map(|f| f["delivery_id"].as_str().unwrap())
-        .collect();
-    assert_eq!(made.len(), n, "one created fire per message");
-    assert_eq!(ids.len(), n, "no message made two tasks");
-    assert!(ids.iter().all(|i| i.starts_with(&format!("amqp:{queue}:"))));
-    let payloads: BTreeSet<String> = made.iter().map(|f| f["payload"]["n"].to_string()).collect();
-    assert_eq!(payloads.len(), n, "every message fired");
-    for f in fires {
-        assert!(
-            matches!(f["result"].as_str(), Some("created" | "duplicate")),
-            "{f}"
-        );
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_fire_the_hook_once_each_and_are_acknowledged() {
     let Some(b) = amqp().await else {
@@ -300,7 +257,7 @@ async fn messages_fire_the_hook_once_each_and_are_acknowledged() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let fires_now = s.fires("bus", "jobs").await;
     assert_eq!(fires_now.len(), 4, "{fires:#?}");
-    assert_eq!(created(&fires).len(), 3, "{fires:#?}");
+    assert_eq!(support::created(&fires).len(), 3, "{fires:#?}");
     assert_eq!(
         fires.iter().filter(|f| f["result"] == "filtered").count(),
         1
@@ -316,7 +273,7 @@ async fn messages_fire_the_hook_once_each_and_are_acknowledged() {
         );
     }
     let mut outputs = BTreeSet::new();
-    for f in created(&fires) {
+    for f in support::created(&fires) {
         let t = s
             .wait_state(f["task_id"].as_str().unwrap(), &["DONE"])
             .await;
@@ -550,7 +507,8 @@ async fn passwords_are_masked_and_a_missing_exchange_or_refused_login_shows_on_t
         BasicProperties::default(),
     )
     .await;
-    wait_created(&s, 1, Duration::from_secs(10)).await;
+    s.wait_created("bus", "jobs", 1, Duration::from_secs(10))
+        .await;
 
     // A wrong password: not connected, and the reason is on the status.
     let mut wrong = parsed.clone();
@@ -613,7 +571,8 @@ async fn passwords_are_masked_and_a_missing_exchange_or_refused_login_shows_on_t
         BasicProperties::default(),
     )
     .await;
-    wait_created(&s, 2, Duration::from_secs(10)).await;
+    s.wait_created("bus", "jobs", 2, Duration::from_secs(10))
+        .await;
 
     // amqps to a listener without TLS: a TLS failure on the status (the process has its one
     // rustls crypto provider), not a crash.
@@ -707,8 +666,10 @@ async fn connections_closed_by_the_broker_lose_nothing() {
         closed > 0,
         "no connection of this instance was found to close"
     );
-    let fires = wait_created(&s, n, Duration::from_secs(90)).await;
-    assert_once_each(&fires, &queue, n);
+    let fires = s
+        .wait_created("bus", "jobs", n, Duration::from_secs(90))
+        .await;
+    support::assert_once_each(&fires, &format!("amqp:{queue}:"), n);
     let status = s
         .wait_source("bus", "jobs", 0, Duration::from_secs(10), |v| {
             v["connected"] == true
@@ -765,8 +726,10 @@ async fn kill_9_mid_stream_loses_nothing_and_repeats_nothing() {
     }
     // The broker gave the dead connection's unacknowledged messages back to the queue.
     let s = Server::start_in(dir, &[]);
-    let fires = wait_created(&s, n, Duration::from_secs(60)).await;
-    assert_once_each(&fires, &queue, n);
+    let fires = s
+        .wait_created("bus", "jobs", n, Duration::from_secs(60))
+        .await;
+    support::assert_once_each(&fires, &format!("amqp:{queue}:"), n);
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     while b.depth(&queue).await != (0, 0) {
         assert!(

@@ -92,34 +92,12 @@ sources:
     )
 }
 
-fn created(fires: &[Value]) -> Vec<&Value> {
-    fires.iter().filter(|f| f["result"] == "created").collect()
-}
-
-async fn wait_created(s: &Server, id: &str, n: usize, limit: Duration) -> Vec<Value> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let fires = s.fires("repo", id).await;
-        if created(&fires).len() >= n {
-            return fires;
-        }
-        if Instant::now() > deadline {
-            let status = s.source_status("repo", id).await;
-            panic!(
-                "not {n} created fires: {:#}\nstatus: {status:#?}",
-                Value::Array(fires)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Waits `polls` polls' worth and checks the fires are still exactly these `n`, each push once.
 async fn settle(s: &Server, id: &str, n: usize) -> Vec<Value> {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let fires = s.fires("repo", id).await;
     assert_eq!(fires.len(), n, "{:#}", Value::Array(fires.clone()));
-    assert_eq!(created(&fires).len(), n, "{fires:#?}");
+    assert_eq!(support::created(&fires).len(), n, "{fires:#?}");
     let ids: BTreeSet<&str> = fires
         .iter()
         .map(|f| f["delivery_id"].as_str().unwrap())
@@ -162,7 +140,9 @@ async fn each_push_to_a_watched_branch_fires_once_even_across_kill_9() {
 
     let c1 = repo.commit("one\n\nwith a body");
     repo.push(&["main"]);
-    let fires = wait_created(&s, "file", 1, Duration::from_secs(10)).await;
+    let fires = s
+        .wait_created("repo", "file", 1, Duration::from_secs(10))
+        .await;
     let p = &fires[0]["payload"];
     assert_eq!(fires[0]["fired_by"], "git");
     assert_eq!(p["ref"], "refs/heads/main");
@@ -190,7 +170,8 @@ async fn each_push_to_a_watched_branch_fires_once_even_across_kill_9() {
     repo.push(&["feature"]);
     let c4 = repo.commit("four");
     repo.push(&["release/1"]);
-    wait_created(&s, "file", 3, Duration::from_secs(10)).await;
+    s.wait_created("repo", "file", 3, Duration::from_secs(10))
+        .await;
     let fires = settle(&s, "file", 3).await;
     let main = fires
         .iter()
@@ -219,7 +200,9 @@ async fn each_push_to_a_watched_branch_fires_once_even_across_kill_9() {
     let c5 = repo.commit("five");
     repo.push(&["main"]);
     let s = Server::start_in(data, &[]);
-    let fires = wait_created(&s, "file", 4, Duration::from_secs(15)).await;
+    let fires = s
+        .wait_created("repo", "file", 4, Duration::from_secs(15))
+        .await;
     let last = fires.last().unwrap();
     assert_eq!(last["payload"]["before"], c3.as_str());
     assert_eq!(last["payload"]["after"], c5.as_str());
@@ -284,7 +267,9 @@ async fn a_repository_over_http_with_a_token() {
 
     let c1 = repo.commit("over http");
     repo.push(&["main"]);
-    let fires = wait_created(&s, "http", 1, Duration::from_secs(10)).await;
+    let fires = s
+        .wait_created("repo", "http", 1, Duration::from_secs(10))
+        .await;
     let p = &fires[0]["payload"];
     assert_eq!(p["before"], c0.as_str());
     assert_eq!(p["after"], c1.as_str());
@@ -323,7 +308,12 @@ async fn two_instances_on_postgres_fire_each_push_once() {
     let repo = Repo::new();
     let c0 = repo.commit("first");
     repo.push(&["main"]);
-    start_polling(&servers[0], "pg", &repo.url(), "").await;
+    // Either instance may take the lease first: no waiting for servers[0] to poll.
+    assert_eq!(servers[0].put_template("job", TEMPLATE).await.0, 201);
+    let (st, v) = servers[0]
+        .put_hook("repo", "pg", &hook(&repo.url(), ""))
+        .await;
+    assert_eq!(st, 201, "{v}");
     // One polls, the other stands by.
     let mut holder = None;
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -350,13 +340,17 @@ async fn two_instances_on_postgres_fire_each_push_once() {
     for i in 1..=3 {
         pushed.push(repo.commit(&format!("c{i}")));
         repo.push(&["main"]);
-        wait_created(&servers[other], "pg", i, Duration::from_secs(10)).await;
+        servers[other]
+            .wait_created("repo", "pg", i, Duration::from_secs(10))
+            .await;
     }
     // The poller dies; a push meanwhile is fired once by the other after its lease runs out.
     servers[holder].kill9();
     pushed.push(repo.commit("c4"));
     repo.push(&["main"]);
-    let fires = wait_created(&servers[other], "pg", 4, Duration::from_secs(30)).await;
+    let fires = servers[other]
+        .wait_created("repo", "pg", 4, Duration::from_secs(30))
+        .await;
     let st = &servers[other].source_status("repo", "pg").await[0];
     assert_eq!(st["standby"], false, "{st}");
     let fires = if fires.len() == 4 {

@@ -10,7 +10,6 @@
 
 mod support;
 
-use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -206,50 +205,6 @@ sources:
     )
 }
 
-fn created(fires: &[Value]) -> Vec<&Value> {
-    fires.iter().filter(|f| f["result"] == "created").collect()
-}
-
-async fn wait_created(s: &Server, n: usize, limit: Duration) -> Vec<Value> {
-    let deadline = std::time::Instant::now() + limit;
-    loop {
-        let fires = s.fires("bus", "jobs").await;
-        if created(&fires).len() >= n {
-            return fires;
-        }
-        if std::time::Instant::now() > deadline {
-            panic!("{} created fires, not {n}", created(&fires).len());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// One created fire per record, each its own delivery id; repeats only as `duplicate`.
-fn assert_once_each(fires: &[Value], topic: &str, n: usize) {
-    let made = created(fires);
-    let ids: BTreeSet<&str> = made
-        .iter()
-        .map(|f| f["delivery_id"].as_str().unwrap())
-        .collect();
-    let ns: BTreeSet<i64> = made
-        .iter()
-        .map(|f| f["payload"]["n"].as_i64().unwrap())
-        .collect();
-    assert_eq!(made.len(), n, "one created fire per record");
-    assert_eq!(ids.len(), n, "no record made two tasks");
-    assert_eq!(ns.len(), n, "every record made its task");
-    assert!(
-        ids.iter()
-            .all(|i| i.starts_with(&format!("kafka:{topic}:")))
-    );
-    for f in fires {
-        assert!(
-            matches!(f["result"].as_str(), Some("created" | "duplicate")),
-            "{f}"
-        );
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_fire_the_hook_once_each_and_offsets_follow_the_fires() {
     let Some(b) = broker().await else {
@@ -290,7 +245,7 @@ async fn records_fire_the_hook_once_each_and_offsets_follow_the_fires() {
         .wait_fires("bus", "jobs", 4, Duration::from_secs(60))
         .await;
     assert_eq!(fires.len(), 4, "{fires:#?}");
-    assert_eq!(created(&fires).len(), 3, "{fires:#?}");
+    assert_eq!(support::created(&fires).len(), 3, "{fires:#?}");
     assert_eq!(
         fires.iter().filter(|f| f["result"] == "filtered").count(),
         1
@@ -304,7 +259,7 @@ async fn records_fire_the_hook_once_each_and_offsets_follow_the_fires() {
                 .starts_with(&format!("kafka:{topic}:"))
         );
     }
-    for f in created(&fires) {
+    for f in support::created(&fires) {
         let t = s
             .wait_state(f["task_id"].as_str().unwrap(), &["DONE"])
             .await;
@@ -421,7 +376,8 @@ async fn dropped_connections_lose_nothing() {
         &json!({"kind": "build", "n": 0}).to_string(),
     )
     .await;
-    wait_created(&s, 1, Duration::from_secs(60)).await;
+    s.wait_created("bus", "jobs", 1, Duration::from_secs(60))
+        .await;
     let n = 300;
     for i in 1..n {
         send(
@@ -439,8 +395,10 @@ async fn dropped_connections_lose_nothing() {
         cuts += b.cut();
     }
     assert!(cuts > 0, "no connection was cut");
-    let fires = wait_created(&s, n, Duration::from_secs(60)).await;
-    assert_once_each(&fires, &topic, n);
+    let fires = s
+        .wait_created("bus", "jobs", n, Duration::from_secs(60))
+        .await;
+    support::assert_once_each(&fires, &format!("kafka:{topic}:"), n);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -467,7 +425,8 @@ async fn kill_9_mid_stream_loses_nothing_and_repeats_nothing() {
         &json!({"kind": "build", "n": 0}).to_string(),
     )
     .await;
-    wait_created(&s, 1, Duration::from_secs(60)).await;
+    s.wait_created("bus", "jobs", 1, Duration::from_secs(60))
+        .await;
     let n = 300;
     for i in 1..n {
         send(
@@ -483,6 +442,8 @@ async fn kill_9_mid_stream_loses_nothing_and_repeats_nothing() {
         }
     }
     let s = Server::start_in(dir, &[]);
-    let fires = wait_created(&s, n, Duration::from_secs(90)).await;
-    assert_once_each(&fires, &topic, n);
+    let fires = s
+        .wait_created("bus", "jobs", n, Duration::from_secs(90))
+        .await;
+    support::assert_once_each(&fires, &format!("kafka:{topic}:"), n);
 }

@@ -5,13 +5,12 @@
 
 mod support;
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use serde_json::{Value, json};
+use serde_json::json;
 use support::{Server, fresh_dir, service_url};
 
 const TEMPLATE: &str = "name: job\nauto_runnable: true\ninputs: [{name: n}]\nsteps:\n  a: {action: {type: echo, configuration: {output: '{{ input.n }}'}}}\n";
@@ -89,48 +88,6 @@ impl Publisher {
     }
 }
 
-fn created(fires: &[Value]) -> Vec<&Value> {
-    fires.iter().filter(|f| f["result"] == "created").collect()
-}
-
-async fn wait_created(s: &Server, n: usize, limit: Duration) -> Vec<Value> {
-    let deadline = std::time::Instant::now() + limit;
-    loop {
-        let fires = s.fires("bus", "jobs").await;
-        if created(&fires).len() >= n {
-            return fires;
-        }
-        if std::time::Instant::now() > deadline {
-            panic!("{} created fires, not {n}", created(&fires).len());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Every message made exactly one task: one created fire per message (a distinct `n` and a
-/// distinct delivery id each); a repeated delivery only ever shows as a `duplicate` fire.
-fn assert_once_each(fires: &[Value], n: usize) {
-    let made = created(fires);
-    let ids: BTreeSet<&str> = made
-        .iter()
-        .map(|f| f["delivery_id"].as_str().unwrap())
-        .collect();
-    let ns: BTreeSet<i64> = made
-        .iter()
-        .map(|f| f["payload"]["n"].as_i64().unwrap())
-        .collect();
-    assert_eq!(made.len(), n, "one created fire per message");
-    assert_eq!(ids.len(), n, "no message made two tasks");
-    assert_eq!(ns.len(), n, "every message made its task");
-    assert!(ids.iter().all(|i| i.starts_with("mqtt:")));
-    for f in fires {
-        assert!(
-            matches!(f["result"].as_str(), Some("created" | "duplicate")),
-            "{f}"
-        );
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_fire_the_hook_once_each_and_are_acknowledged() {
     let Some(url) = broker().await else {
@@ -170,7 +127,7 @@ async fn messages_fire_the_hook_once_each_and_are_acknowledged() {
         .wait_fires("bus", "jobs", 4, Duration::from_secs(10))
         .await;
     assert_eq!(fires.len(), 4, "{fires:#?}");
-    assert_eq!(created(&fires).len(), 3, "{fires:#?}");
+    assert_eq!(support::created(&fires).len(), 3, "{fires:#?}");
     assert_eq!(
         fires.iter().filter(|f| f["result"] == "filtered").count(),
         1
@@ -178,7 +135,7 @@ async fn messages_fire_the_hook_once_each_and_are_acknowledged() {
     for f in &fires {
         assert_eq!(f["fired_by"], "mqtt");
     }
-    for f in created(&fires) {
+    for f in support::created(&fires) {
         let t = s
             .wait_state(f["task_id"].as_str().unwrap(), &["DONE"])
             .await;
@@ -390,8 +347,10 @@ async fn a_session_taken_over_mid_stream_loses_nothing() {
     sending.await.unwrap();
     p.flushed(n).await;
     eprintln!("{stolen} deliveries went to the client that took the session");
-    let fires = wait_created(&s, n, Duration::from_secs(60)).await;
-    assert_once_each(&fires, n);
+    let fires = s
+        .wait_created("bus", "jobs", n, Duration::from_secs(60))
+        .await;
+    support::assert_once_each(&fires, "mqtt:", n);
     let status = s
         .wait_source("bus", "jobs", 0, Duration::from_secs(20), |v| {
             v["connected"] == true
@@ -438,7 +397,9 @@ async fn kill_9_mid_stream_loses_nothing_and_repeats_nothing() {
     }
     p.flushed(n).await;
     let s = Server::start_in(dir, &[]);
-    let fires = wait_created(&s, n, Duration::from_secs(60)).await;
-    assert_once_each(&fires, n);
+    let fires = s
+        .wait_created("bus", "jobs", n, Duration::from_secs(60))
+        .await;
+    support::assert_once_each(&fires, "mqtt:", n);
     let _ = p.client.disconnect().await;
 }

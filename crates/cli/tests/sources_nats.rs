@@ -76,50 +76,6 @@ sources:
     )
 }
 
-fn created(fires: &[Value]) -> Vec<&Value> {
-    fires.iter().filter(|f| f["result"] == "created").collect()
-}
-
-async fn wait_created(s: &Server, n: usize, limit: Duration) -> Vec<Value> {
-    let deadline = std::time::Instant::now() + limit;
-    loop {
-        let fires = s.fires("bus", "jobs").await;
-        if created(&fires).len() >= n {
-            return fires;
-        }
-        if std::time::Instant::now() > deadline {
-            panic!(
-                "{} created fires, not {n}: {:#}",
-                created(&fires).len(),
-                Value::Array(fires)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Every message made exactly one task: as many created fires as messages, each with its own
-/// delivery id; a repeated delivery only ever shows as a `duplicate` fire.
-fn assert_once_each(fires: &[Value], stream: &str, n: usize) {
-    let made = created(fires);
-    let ids: BTreeSet<&str> = made
-        .iter()
-        .map(|f| f["delivery_id"].as_str().unwrap())
-        .collect();
-    assert_eq!(made.len(), n, "one created fire per message");
-    assert_eq!(ids.len(), n, "no message made two tasks");
-    assert!(
-        ids.iter()
-            .all(|i| i.starts_with(&format!("nats:{stream}:")))
-    );
-    for f in fires {
-        assert!(
-            matches!(f["result"].as_str(), Some("created" | "duplicate")),
-            "{f}"
-        );
-    }
-}
-
 /// A `nats-server` of this test's own, with JetStream, on a free port.
 struct PrivateNats {
     child: Child,
@@ -282,7 +238,7 @@ async fn messages_fire_the_hook_once_each_and_are_acknowledged() {
         .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(s.fires("bus", "jobs").await.len(), 4, "{fires:#?}");
-    assert_eq!(created(&fires).len(), 3, "{fires:#?}");
+    assert_eq!(support::created(&fires).len(), 3, "{fires:#?}");
     assert_eq!(
         fires.iter().filter(|f| f["result"] == "filtered").count(),
         1
@@ -300,7 +256,7 @@ async fn messages_fire_the_hook_once_each_and_are_acknowledged() {
     sorted.sort();
     assert_eq!(sorted, expected);
     let mut outputs = BTreeSet::new();
-    for f in created(&fires) {
+    for f in support::created(&fires) {
         let t = s
             .wait_state(f["task_id"].as_str().unwrap(), &["DONE"])
             .await;
@@ -484,7 +440,8 @@ async fn a_missing_stream_shows_on_the_status() {
         None,
     )
     .await;
-    wait_created(&s, 1, Duration::from_secs(20)).await;
+    s.wait_created("bus", "jobs", 1, Duration::from_secs(20))
+        .await;
 
     // tls:// to a server without TLS: a TLS failure on the status (the process has its one
     // rustls crypto provider), not a crash.
@@ -552,7 +509,8 @@ async fn passwords_and_tokens_are_masked_and_a_refused_login_shows_on_the_status
         None,
     )
     .await;
-    wait_created(&s, 1, Duration::from_secs(10)).await;
+    s.wait_created("bus", "jobs", 1, Duration::from_secs(10))
+        .await;
 
     // A wrong password: not connected, and the reason is on the status.
     let wrong = format!("nats://app:wrong@{}", server.address());
@@ -601,7 +559,8 @@ async fn passwords_and_tokens_are_masked_and_a_refused_login_shows_on_the_status
         None,
     )
     .await;
-    wait_created(&s, 2, Duration::from_secs(10)).await;
+    s.wait_created("bus", "jobs", 2, Duration::from_secs(10))
+        .await;
 
     // A token: the password with no user, masked the same way; here from a secret.
     let token = "t0ken-value";
@@ -651,7 +610,8 @@ async fn passwords_and_tokens_are_masked_and_a_refused_login_shows_on_the_status
         None,
     )
     .await;
-    wait_created(&s, 3, Duration::from_secs(10)).await;
+    s.wait_created("bus", "jobs", 3, Duration::from_secs(10))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -698,8 +658,10 @@ async fn a_server_restart_mid_stream_loses_nothing() {
             .await;
         server.restart(Duration::from_millis(300)).await;
     }
-    let fires = wait_created(&s, n, Duration::from_secs(120)).await;
-    assert_once_each(&fires, &stream, n);
+    let fires = s
+        .wait_created("bus", "jobs", n, Duration::from_secs(120))
+        .await;
+    support::assert_once_each(&fires, &format!("nats:{stream}:"), n);
     let status = s
         .wait_source("bus", "jobs", 0, Duration::from_secs(30), |v| {
             v["connected"] == true
@@ -746,7 +708,9 @@ async fn kill_9_mid_stream_loses_nothing_and_repeats_nothing() {
     }
     // Messages the dead process held unacknowledged come back after the ack wait (30 s).
     let s = Server::start_in(dir, &[]);
-    let fires = wait_created(&s, n, Duration::from_secs(90)).await;
-    assert_once_each(&fires, &stream, n);
+    let fires = s
+        .wait_created("bus", "jobs", n, Duration::from_secs(90))
+        .await;
+    support::assert_once_each(&fires, &format!("nats:{stream}:"), n);
     js.delete_stream(&stream).await.unwrap();
 }

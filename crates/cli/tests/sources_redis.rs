@@ -4,11 +4,10 @@
 
 mod support;
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use redis::AsyncCommands;
-use serde_json::{Value, json};
+use serde_json::json;
 use support::{Server, fresh_dir, service_url};
 
 const TEMPLATE: &str = "name: job\nauto_runnable: true\ninputs: [{name: n}]\nsteps:\n  a: {action: {type: echo, configuration: {output: '{{ input.n }}'}}}\n";
@@ -46,50 +45,6 @@ async fn add(con: &mut redis::aio::MultiplexedConnection, stream: &str, payload:
 async fn pending(con: &mut redis::aio::MultiplexedConnection, stream: &str) -> usize {
     let info: redis::streams::StreamInfoGroupsReply = con.xinfo_groups(stream).await.unwrap();
     info.groups.iter().map(|g| g.pending).sum()
-}
-
-fn created(fires: &[Value]) -> Vec<&Value> {
-    fires.iter().filter(|f| f["result"] == "created").collect()
-}
-
-async fn wait_created(s: &Server, n: usize, limit: Duration) -> Vec<Value> {
-    let deadline = std::time::Instant::now() + limit;
-    loop {
-        let fires = s.fires("bus", "jobs").await;
-        if created(&fires).len() >= n {
-            return fires;
-        }
-        if std::time::Instant::now() > deadline {
-            panic!(
-                "{} created fires, not {n}: {:#}",
-                created(&fires).len(),
-                Value::Array(fires)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Every message made exactly one task: as many created fires as messages, each with its own
-/// delivery id; a repeated delivery only ever shows as a `duplicate` fire.
-fn assert_once_each(fires: &[Value], stream: &str, n: usize) {
-    let made = created(fires);
-    let ids: BTreeSet<&str> = made
-        .iter()
-        .map(|f| f["delivery_id"].as_str().unwrap())
-        .collect();
-    assert_eq!(made.len(), n, "one created fire per message");
-    assert_eq!(ids.len(), n, "no message made two tasks");
-    assert!(
-        ids.iter()
-            .all(|i| i.starts_with(&format!("redis:{stream}:")))
-    );
-    for f in fires {
-        assert!(
-            matches!(f["result"].as_str(), Some("created" | "duplicate")),
-            "{f}"
-        );
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -131,7 +86,7 @@ async fn entries_fire_the_hook_once_each_and_are_acknowledged() {
         .wait_fires("bus", "jobs", 4, Duration::from_secs(10))
         .await;
     assert_eq!(fires.len(), 4, "{fires:#?}");
-    assert_eq!(created(&fires).len(), 3, "{fires:#?}");
+    assert_eq!(support::created(&fires).len(), 3, "{fires:#?}");
     assert_eq!(
         fires.iter().filter(|f| f["result"] == "filtered").count(),
         1
@@ -139,7 +94,7 @@ async fn entries_fire_the_hook_once_each_and_are_acknowledged() {
     for f in &fires {
         assert_eq!(f["fired_by"], "redis");
     }
-    for f in created(&fires) {
+    for f in support::created(&fires) {
         let t = s
             .wait_state(f["task_id"].as_str().unwrap(), &["DONE"])
             .await;
@@ -303,7 +258,8 @@ async fn passwords_are_never_shown_and_a_refused_login_shows_on_the_status() {
     })
     .await;
     add(&mut con, &stream, r#"{"kind": "build", "n": 1}"#).await;
-    wait_created(&s, 1, Duration::from_secs(10)).await;
+    s.wait_created("bus", "jobs", 1, Duration::from_secs(10))
+        .await;
 
     // A wrong password: not connected, and the reason is on the status.
     let wrong = format!("redis://{user}:wrong@{host}");
@@ -346,7 +302,8 @@ async fn passwords_are_never_shown_and_a_refused_login_shows_on_the_status() {
     })
     .await;
     add(&mut con, &stream, r#"{"kind": "build", "n": 2}"#).await;
-    wait_created(&s, 2, Duration::from_secs(10)).await;
+    s.wait_created("bus", "jobs", 2, Duration::from_secs(10))
+        .await;
     let _: () = con.del(&stream).await.unwrap();
     let _: () = redis::cmd("ACL")
         .arg("DELUSER")
@@ -428,8 +385,10 @@ async fn dropped_connections_lose_nothing() {
     }
     publisher.await.unwrap();
     assert!(kills > 0, "no consumer connection was found to close");
-    let fires = wait_created(&s, n, Duration::from_secs(60)).await;
-    assert_once_each(&fires, &stream, n);
+    let fires = s
+        .wait_created("bus", "jobs", n, Duration::from_secs(60))
+        .await;
+    support::assert_once_each(&fires, &format!("redis:{stream}:"), n);
     let status = s
         .wait_source("bus", "jobs", 0, Duration::from_secs(10), |v| {
             v["connected"] == true
@@ -477,8 +436,10 @@ async fn kill_9_mid_stream_loses_nothing_and_repeats_nothing() {
         }
     }
     let s = Server::start_in(dir, &args);
-    let fires = wait_created(&s, n, Duration::from_secs(60)).await;
-    assert_once_each(&fires, &stream, n);
+    let fires = s
+        .wait_created("bus", "jobs", n, Duration::from_secs(60))
+        .await;
+    support::assert_once_each(&fires, &format!("redis:{stream}:"), n);
     let _: () = con.del(&stream).await.unwrap();
 }
 
@@ -516,8 +477,10 @@ async fn two_instances_on_postgresql_fire_each_entry_once() {
         )
         .await;
     }
-    let fires = wait_created(&cluster[0], n, Duration::from_secs(60)).await;
-    assert_once_each(&fires, &stream, n);
+    let fires = cluster[0]
+        .wait_created("bus", "jobs", n, Duration::from_secs(60))
+        .await;
+    support::assert_once_each(&fires, &format!("redis:{stream}:"), n);
     let mut per_instance = Vec::new();
     for s in &cluster {
         let st = s.source_status("bus", "jobs").await;

@@ -515,3 +515,63 @@ pub fn start_cluster(url: &str, n: usize, extra: &[&str]) -> Vec<Server> {
         .map(|_| Server::start_in(fresh_dir(), &flags))
         .collect()
 }
+
+/// The fires of a ledger that created a task.
+pub fn created(fires: &[Value]) -> Vec<&Value> {
+    fires.iter().filter(|f| f["result"] == "created").collect()
+}
+
+/// Every message made exactly one task: `n` created fires, each with its own delivery id
+/// starting with `id_prefix` (and its own `payload.n` when payloads carry one); a repeated
+/// delivery only ever shows as a `duplicate` fire.
+pub fn assert_once_each(fires: &[Value], id_prefix: &str, n: usize) {
+    let made = created(fires);
+    let ids: std::collections::BTreeSet<&str> = made
+        .iter()
+        .map(|f| f["delivery_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(made.len(), n, "one created fire per message");
+    assert_eq!(ids.len(), n, "no message made two tasks");
+    assert!(
+        ids.iter().all(|i| i.starts_with(id_prefix)),
+        "delivery ids not starting with {id_prefix}: {ids:?}"
+    );
+    if made.iter().all(|f| f["payload"]["n"].is_number()) {
+        let ns: std::collections::BTreeSet<String> =
+            made.iter().map(|f| f["payload"]["n"].to_string()).collect();
+        assert_eq!(ns.len(), n, "every message made its task");
+    }
+    for f in fires {
+        assert!(
+            matches!(f["result"].as_str(), Some("created" | "duplicate")),
+            "{f}"
+        );
+    }
+}
+
+impl Server {
+    /// Waits until a hook's ledger has at least `n` created fires; returns every fire.
+    pub async fn wait_created(
+        &self,
+        group: &str,
+        id: &str,
+        n: usize,
+        limit: Duration,
+    ) -> Vec<Value> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let fires = self.fires(group, id).await;
+            if created(&fires).len() >= n {
+                return fires;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{} created fires of {group}/{id}, not {n}: {:#}",
+                    created(&fires).len(),
+                    Value::Array(fires)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
