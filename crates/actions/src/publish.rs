@@ -11,7 +11,9 @@
 //!     headers: {kind: build}
 //! ```
 //!
-//! One file per broker under `publish/`. A broker that cannot be reached, or times out, is a
+//! Brokers: `amqp` (RabbitMQ), `kafka`, `mqtt`, `nats` (JetStream, or a plain subject),
+//! `redis` (a stream). One file per broker under `publish/`, each saying what confirms a
+//! message there. A broker that cannot be reached, or times out, is a
 //! server error (the step is retried); a broker refusing the message is a client error.
 //! The broker's address is checked against the same network policy as `http` steps.
 
@@ -24,13 +26,17 @@ use serde_json::{Map, Value};
 use crate::config::{Check, Stage, opt};
 use crate::{Action, ActionContext, ActionError, ActionOutput, ConfigError, NetworkPolicy};
 
+mod amqp;
+mod kafka;
+mod mqtt;
+mod nats;
 mod redis;
 
 /// How long connecting and publishing may take together, unless `timeout` says otherwise.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The broker kinds, as configuration keys.
-const KINDS: &[&str] = &["redis"];
+const KINDS: &[&str] = &["amqp", "kafka", "mqtt", "nats", "redis"];
 const COMMON: &[&str] = &["body", "headers", "timeout"];
 
 /// The `publish` action.
@@ -51,17 +57,24 @@ impl Publish {
 pub struct Outgoing {
     pub body: Vec<u8>,
     pub headers: BTreeMap<String, String>,
+    /// The body was written as JSON (anything but a string).
+    pub json: bool,
 }
 
 impl Outgoing {
     /// A body as configured: a string as its bytes, any other value as JSON.
     pub fn new(body: &Value, headers: BTreeMap<String, String>) -> Outgoing {
+        let json = !matches!(body, Value::String(_) | Value::Null);
         let body = match body {
             Value::String(s) => s.clone().into_bytes(),
             Value::Null => Vec::new(),
             other => other.to_string().into_bytes(),
         };
-        Outgoing { body, headers }
+        Outgoing {
+            body,
+            headers,
+            json,
+        }
     }
 }
 
@@ -102,8 +115,11 @@ fn check(config: &Value, stage: Stage) -> Result<(), ConfigError> {
         return Ok(());
     };
     match kind {
-        "redis" => redis::check(&c, target),
-        _ => Ok(()),
+        "amqp" => amqp::check(&c, target),
+        "kafka" => kafka::check(&c, target),
+        "mqtt" => mqtt::check(&c, target),
+        "nats" => nats::check(&c, target),
+        _ => redis::check(&c, target),
     }
 }
 
@@ -138,10 +154,20 @@ impl Action for Publish {
             None => DEFAULT_TIMEOUT,
         };
         let send = async {
-            if let Some(target) = map.get("redis").and_then(Value::as_object) {
-                return redis::publish(&self.policy, target, &message).await;
+            let Some((kind, target)) = KINDS
+                .iter()
+                .find_map(|k| Some((*k, map.get(*k)?.as_object()?)))
+            else {
+                return Err(ActionError::client("no broker named"));
+            };
+            let policy = &self.policy;
+            match kind {
+                "amqp" => amqp::publish(policy, target, &message).await,
+                "kafka" => kafka::publish(policy, target, &message, timeout).await,
+                "mqtt" => mqtt::publish(policy, target, &message).await,
+                "nats" => nats::publish(policy, target, &message).await,
+                _ => redis::publish(policy, target, &message).await,
             }
-            Err(ActionError::client("no broker named"))
         };
         tokio::select! {
             r = tokio::time::timeout(timeout, send) => match r {
@@ -180,9 +206,68 @@ pub(crate) async fn check_address(
     Ok(())
 }
 
-/// A required string field of a broker's configuration (checked already).
+/// A string field of a broker's configuration (checked already), `""` when absent.
 pub(crate) fn field<'a>(target: &'a Map<String, Value>, key: &str) -> &'a str {
     target.get(key).and_then(Value::as_str).unwrap_or_default()
+}
+
+/// A boolean field (checked already: a boolean, or `"true"`/`"false"` from a template).
+pub(crate) fn flag(target: &Map<String, Value>, key: &str, default: bool) -> bool {
+    match target.get(key) {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(s)) => s.trim() == "true",
+        _ => default,
+    }
+}
+
+/// A count field (checked already: a number, or one rendered as a string).
+pub(crate) fn uint_field(target: &Map<String, Value>, key: &str) -> Option<u64> {
+    match target.get(key)? {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// A URL with one of `schemes`, when it is known (not a template).
+pub(crate) fn check_url(
+    c: &Check,
+    field: &str,
+    v: &Value,
+    schemes: &[&str],
+) -> Result<(), ConfigError> {
+    let Some(text) = c.string(field, v)? else {
+        return Ok(());
+    };
+    let url =
+        url::Url::parse(text).map_err(|e| ConfigError::new(field, format!("not a URL: {e}")))?;
+    if !schemes.contains(&url.scheme()) {
+        return Err(ConfigError::new(
+            field,
+            format!(
+                "scheme {:?} is not one of {}",
+                url.scheme(),
+                schemes.join(", ")
+            ),
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(ConfigError::new(field, "the URL names no host"));
+    }
+    Ok(())
+}
+
+/// A non-empty name (a stream, subject, topic), when it is known.
+pub(crate) fn check_name<'a>(
+    c: &Check,
+    field: &str,
+    v: &'a Value,
+) -> Result<Option<&'a str>, ConfigError> {
+    let name = c.string(field, v)?;
+    if name.is_some_and(|s| s.trim().is_empty()) {
+        return Err(ConfigError::new(field, "must not be empty"));
+    }
+    Ok(name)
 }
 
 #[cfg(test)]

@@ -136,6 +136,10 @@ pub struct ServeArgs {
     /// memory) before it goes BLOCKED instead of running again.
     #[arg(long, env = "TASKHOOK_MAX_TASK_CRASHES", default_value = "3", value_parser = clap::value_parser!(u32).range(1..=1000))]
     max_task_crashes: u32,
+    /// Let hooks' `git` sources read `file://` repositories on this server's disk (off: a hook
+    /// writer could otherwise read any repository the server's user can).
+    #[arg(long)]
+    git_allow_file_urls: bool,
     /// The key ring sealing stored data (`ID:BASE64KEY` per line, newest last). Default:
     /// TASKHOOK_KEYS, else `<data-dir>/keys`, generated on first start.
     #[arg(long, env = "TASKHOOK_KEY_FILE")]
@@ -594,6 +598,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         max_foreach_items: args.max_foreach_items,
         max_step_output_bytes: args.max_step_output_bytes,
         max_task_crashes: args.max_task_crashes,
+        git_file_urls: args.git_allow_file_urls,
     };
     let engine = Engine::new(store.clone(), Registry::builtin(&settings), config);
     if let Some(dir) = &args.functions {

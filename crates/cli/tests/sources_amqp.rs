@@ -740,3 +740,33 @@ async fn kill_9_mid_stream_loses_nothing_and_repeats_nothing() {
     }
     b.cleanup(&queue, None).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_on_postgresql_fire_each_message_once() {
+    let Some(b) = amqp().await else {
+        return;
+    };
+    let Some(db) = support::postgres_url().await else {
+        return;
+    };
+    let queue = name("q");
+    let cluster = support::cluster_with_hook(
+        &db,
+        TEMPLATE,
+        &hook(&b.url, &queue, "", ", max_in_flight: 16"),
+    )
+    .await;
+    let n = 300;
+    for i in 0..n {
+        let props = BasicProperties::default().with_message_id(format!("m{i}").into());
+        b.publish(
+            "",
+            &queue,
+            &json_msg(json!({"kind": "build", "n": i})),
+            props,
+        )
+        .await;
+    }
+    support::assert_cluster_once_each(&cluster, &format!("amqp:{queue}:m"), n).await;
+    b.cleanup(&queue, None).await;
+}

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use support::{Server, fresh_dir};
 
+/// Lets the server read `file://` repositories, which these tests serve.
+const LOCAL: &[&str] = &["--git-allow-file-urls"];
 const TEMPLATE: &str = "name: job\nauto_runnable: true\ninputs: [{name: after}]\nsteps:\n  a: {action: {type: echo, configuration: {output: '{{ input.after }}'}}}\n";
 
 /// Runs git in `dir`, as a fixed author; its standard output, trimmed.
@@ -132,7 +134,7 @@ async fn each_push_to_a_watched_branch_fires_once_even_across_kill_9() {
     let c0 = repo.commit("first");
     repo.push(&["main", "release/0"]);
     let data = fresh_dir();
-    let mut s = Server::start_in(data.clone(), &[]);
+    let mut s = Server::start_in(data.clone(), LOCAL);
     start_polling(&s, "file", &repo.url(), "").await;
     // The first poll fired nothing.
     tokio::time::sleep(Duration::from_millis(1200)).await;
@@ -199,7 +201,7 @@ async fn each_push_to_a_watched_branch_fires_once_even_across_kill_9() {
     s.kill9();
     let c5 = repo.commit("five");
     repo.push(&["main"]);
-    let s = Server::start_in(data, &[]);
+    let s = Server::start_in(data, LOCAL);
     let fires = s
         .wait_created("repo", "file", 4, Duration::from_secs(15))
         .await;
@@ -261,6 +263,24 @@ async fn a_repository_over_http_with_a_token() {
     let s = Server::start();
     let with_token = base.replacen("http://", "http://bot:s3cret@", 1);
     start_polling(&s, "http", &with_token, "").await;
+    // This server was started without --git-allow-file-urls: a repository on its own disk is
+    // refused when the hook is put.
+    let (st, v) = s
+        .put_hook(
+            "repo",
+            "local",
+            &format!(
+                "template: job\nsources: [{{git: {{url: \"{}\"}}}}]\n",
+                repo.url()
+            ),
+        )
+        .await;
+    assert_eq!(st, 400, "{v}");
+    let text = v.to_string();
+    assert!(
+        text.contains("sources[0].git.url") && text.contains("--git-allow-file-urls"),
+        "{v}"
+    );
     // The password is masked when the hook is shown.
     let (_, shown) = s.get("/api/v1/hooks/repo/http").await;
     assert!(!shown.to_string().contains("s3cret"), "{shown}");
@@ -300,7 +320,7 @@ async fn two_instances_on_postgres_fire_each_push_once() {
     let ring = ring.to_str().unwrap();
     let (code, _, err) = support::taskhook(None, &["keys", "generate", "--key-file", ring]);
     assert_eq!(code, 0, "{err}");
-    let flags = ["--database-url", db.as_str(), "--key-file", ring];
+    let flags = ["--database-url", db.as_str(), "--key-file", ring, LOCAL[0]];
     let mut servers = [
         Server::start_in(fresh_dir(), &flags),
         Server::start_in(fresh_dir(), &flags),

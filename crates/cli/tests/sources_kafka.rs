@@ -447,3 +447,116 @@ async fn kill_9_mid_stream_loses_nothing_and_repeats_nothing() {
         .await;
     support::assert_once_each(&fires, &format!("kafka:{topic}:"), n);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_publishes_a_record_and_the_topic_fires_a_hook() {
+    let Some(b) = broker().await else {
+        return;
+    };
+    let topic = topic();
+    b.create_topic(&topic, 1);
+    let s = Server::start();
+    assert_eq!(s.put_template("job", TEMPLATE).await.0, 201);
+    // `announce` produces a record; the hook on its topic turns it into a `job`.
+    let announce = format!(
+        r#"
+name: announce
+auto_runnable: true
+inputs: [{{name: n}}]
+steps:
+  tell:
+    action:
+      type: publish
+      configuration:
+        kafka: {{brokers: ["{addr}"], topic: {topic}, key: "order-{{{{ input.n }}}}"}}
+        body: {{kind: build, n: "{{{{ input.n }}}}"}}
+        headers: {{origin: taskhook}}
+"#,
+        addr = b.addr
+    );
+    assert_eq!(s.put_template("announce", &announce).await.0, 201);
+    let (st, v) = s.put_hook("bus", "relay", &hook(&b.addr, &topic, "")).await;
+    assert_eq!(st, 201, "{v}");
+    let (st, v) = s
+        .post(
+            "/api/v1/tasks",
+            json!({"template": "announce", "inputs": {"n": "5"}}),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let t = s
+        .wait_state(v["id"].as_str().unwrap(), &["DONE", "BLOCKED"])
+        .await;
+    assert_eq!(t["state"], "DONE", "{t:#}");
+    let out = &t["steps"]["tell"]["output"];
+    assert_eq!(out["topic"], topic.as_str());
+    assert_eq!(out["partition"], 0);
+    assert_eq!(out["offset"], 0);
+    let fires = s
+        .wait_fires("bus", "relay", 1, Duration::from_secs(60))
+        .await;
+    let created = support::created(&fires);
+    assert_eq!(created.len(), 1, "{fires:#?}");
+    assert_eq!(fires[0]["delivery_id"], format!("kafka:{topic}:0:0"));
+    let job = s
+        .wait_state(created[0]["task_id"].as_str().unwrap(), &["DONE"])
+        .await;
+    assert_eq!(job["steps"]["a"]["output"], "5");
+
+    // A broker nobody answers at: the record is given up before the step's timeout, as a
+    // server error (retried), never sent after the step failed.
+    let closed = free_port();
+    let tpl = format!(
+        "name: unreachable\nauto_runnable: true\nsteps:\n  tell:\n    max_retries: 0\n    action: {{type: publish, configuration: {{kafka: {{brokers: [\"127.0.0.1:{closed}\"], topic: t}}, body: x, timeout: 3s}}}}\n"
+    );
+    assert_eq!(s.put_template("unreachable", &tpl).await.0, 201);
+    let (st, v) = s
+        .post(
+            "/api/v1/tasks",
+            json!({"template": "unreachable", "inputs": {}}),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let t = s
+        .wait_state(v["id"].as_str().unwrap(), &["DONE", "BLOCKED"])
+        .await;
+    assert_eq!(t["state"], "BLOCKED", "{t:#}");
+    let e = t["steps"]["tell"]["error"].as_str().unwrap();
+    assert!(e.contains("producing to") || e.contains("within"), "{e}");
+    // A broker list that is not host:port is refused when the template is put.
+    let (st, v) = s
+        .put_template(
+            "bad",
+            "name: bad\nsteps:\n  tell:\n    action: {type: publish, configuration: {kafka: {brokers: [nohost], topic: t}}}\n",
+        )
+        .await;
+    assert_eq!(st, 400, "{v}");
+    assert!(v.to_string().contains("kafka.brokers[0]"), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_on_postgresql_fire_each_record_once() {
+    let Some(b) = broker().await else {
+        return;
+    };
+    let Some(db) = support::postgres_url().await else {
+        return;
+    };
+    let topic = topic();
+    b.create_topic(&topic, 2);
+    let cluster =
+        support::cluster_with_hook(&db, TEMPLATE, &hook(&b.addr, &topic, ", max_in_flight: 16"))
+            .await;
+    let p = b.producer();
+    let n = 300;
+    for i in 0..n {
+        send(
+            &p,
+            &topic,
+            &format!("k{i}"),
+            &json!({"kind": "build", "n": i}).to_string(),
+        )
+        .await;
+    }
+    support::assert_cluster_once_each(&cluster, &format!("kafka:{topic}:"), n).await;
+}

@@ -403,3 +403,32 @@ async fn kill_9_mid_stream_loses_nothing_and_repeats_nothing() {
     support::assert_once_each(&fires, "mqtt:", n);
     let _ = p.client.disconnect().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_on_postgresql_share_a_topic_and_fire_each_message_once() {
+    let Some(url) = broker().await else {
+        return;
+    };
+    let Some(db) = support::postgres_url().await else {
+        return;
+    };
+    let base = base();
+    let group = format!("g{}", uuid::Uuid::new_v4().simple());
+    let cluster = support::cluster_with_hook(
+        &db,
+        TEMPLATE,
+        &hook(&url, &base, &format!(", shared_group: {group}")),
+    )
+    .await;
+    let p = publisher(&url).await;
+    let n = 300;
+    for i in 0..n {
+        p.send(
+            &format!("{base}/x"),
+            &json!({"kind": "build", "n": i}).to_string(),
+        )
+        .await;
+    }
+    p.flushed(n).await;
+    support::assert_cluster_once_each(&cluster, &format!("mqtt:{base}/x:"), n).await;
+}

@@ -251,7 +251,11 @@ async fn messages_fire_the_hook_once_each_and_are_acknowledged() {
         assert_eq!(f["fired_by"], "nats");
     }
     // Stream sequences 1 to 4 (the fifth message is not on the consumer's subjects).
-    let expected: Vec<String> = (1..=4).map(|i| format!("nats:{stream}:{i}")).collect();
+    let created = js.get_stream(&stream).await.unwrap().cached_info().created;
+    let created = created.unix_timestamp_nanos() / 1_000_000;
+    let expected: Vec<String> = (1..=4)
+        .map(|i| format!("nats:{stream}:{created}:{i}"))
+        .collect();
     let mut sorted = ids.clone();
     sorted.sort();
     assert_eq!(sorted, expected);
@@ -442,6 +446,25 @@ async fn a_missing_stream_shows_on_the_status() {
     .await;
     s.wait_created("bus", "jobs", 1, Duration::from_secs(20))
         .await;
+    // Deleted and created again under its name, the stream starts its sequence over: its
+    // first message is a new event, not a duplicate of the old stream's first.
+    js.delete_stream(&stream).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    create_stream(&js, &stream).await;
+    publish(
+        &js,
+        &format!("{stream}.a"),
+        json!({"kind": "build", "n": 2}),
+        None,
+    )
+    .await;
+    let fires = s
+        .wait_created("bus", "jobs", 2, Duration::from_secs(30))
+        .await;
+    assert!(
+        fires.iter().all(|f| f["result"] != "duplicate"),
+        "{fires:#?}"
+    );
 
     // tls:// to a server without TLS: a TLS failure on the status (the process has its one
     // rustls crypto provider), not a crash.
@@ -712,5 +735,32 @@ async fn kill_9_mid_stream_loses_nothing_and_repeats_nothing() {
         .wait_created("bus", "jobs", n, Duration::from_secs(90))
         .await;
     support::assert_once_each(&fires, &format!("nats:{stream}:"), n);
+    js.delete_stream(&stream).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_on_postgresql_fire_each_message_once() {
+    let Some((url, js)) = nats().await else {
+        return;
+    };
+    let Some(db) = support::postgres_url().await else {
+        return;
+    };
+    let stream = name();
+    create_stream(&js, &stream).await;
+    let cluster =
+        support::cluster_with_hook(&db, TEMPLATE, &hook(&url, &stream, ", max_in_flight: 16"))
+            .await;
+    let n = 300;
+    for i in 0..n {
+        publish(
+            &js,
+            &format!("{stream}.build"),
+            json!({"kind": "build", "n": i}),
+            None,
+        )
+        .await;
+    }
+    support::assert_cluster_once_each(&cluster, &format!("nats:{stream}:"), n).await;
     js.delete_stream(&stream).await.unwrap();
 }

@@ -13,6 +13,11 @@ use crate::{CreateTask, Engine, EngineError, Inner};
 /// Largest payload kept in the fire ledger; a bigger one is recorded as truncated.
 const MAX_STORED_PAYLOAD: usize = 64 * 1024;
 
+/// Why a `file://` git source is refused (at `PUT`, and on the status of one stored before the
+/// server was started without `--git-allow-file-urls`).
+pub const LOCAL_GIT_REFUSED: &str = "file:// repositories are on this server's own disk; this \
+    server refuses them (start it with --git-allow-file-urls to allow them)";
+
 /// What a fire did.
 #[derive(Debug, Clone)]
 pub struct FireResult {
@@ -58,6 +63,14 @@ impl Engine {
             return Err(EngineError::Invalid {
                 field: "template".into(),
                 message: format!("unknown template {:?}", hook.template),
+            });
+        }
+        if !self.inner.config.git_file_urls
+            && let Some(i) = hook.sources.iter().position(|s| s.is_local_git())
+        {
+            return Err(EngineError::Invalid {
+                field: format!("sources[{i}].git.url"),
+                message: LOCAL_GIT_REFUSED.into(),
             });
         }
         let needs_previous = hook.webhook.as_ref().is_some_and(|w| w.is_redacted())

@@ -7,6 +7,7 @@
 
 mod catalog;
 mod hooks;
+pub use hooks::LOCAL_GIT_REFUSED;
 mod render;
 mod run;
 mod secrets;
@@ -72,6 +73,10 @@ pub struct EngineConfig {
     /// out-of-memory kill, a panic) before it is not run again: it goes BLOCKED for a person,
     /// so a task that takes the process down cannot do so forever.
     pub max_task_crashes: u32,
+    /// Whether hooks' `git` sources may name `file://` repositories, read from this server's
+    /// own disk. Off by default: a hook writer could otherwise read any repository the
+    /// server's user can.
+    pub git_file_urls: bool,
 }
 
 impl Default for EngineConfig {
@@ -89,6 +94,7 @@ impl Default for EngineConfig {
             max_foreach_items: 10_000,
             max_step_output_bytes: 1024 * 1024,
             max_task_crashes: 3,
+            git_file_urls: false,
         }
     }
 }

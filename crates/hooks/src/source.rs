@@ -343,6 +343,11 @@ impl SourceSpec {
         }
     }
 
+    /// A `git` source reading a repository on the server's own disk (`file://`).
+    pub fn is_local_git(&self) -> bool {
+        matches!(self, SourceSpec::Git(g) if g.url.trim_start().to_ascii_lowercase().starts_with("file:"))
+    }
+
     /// The URL schemes the source accepts.
     fn schemes(&self) -> &'static [&'static str] {
         match self {

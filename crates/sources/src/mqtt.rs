@@ -14,13 +14,11 @@
 //! a QoS 0 message is never redelivered and gets a fresh id.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use rumqttc::{
-    AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS,
-    SubscribeReasonCode, TlsConfiguration, Transport,
+    AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS, SubscribeReasonCode,
 };
 use sha2::{Digest, Sha256};
 use taskhook_hooks::Message;
@@ -105,64 +103,18 @@ fn message(p: &Publish, client_id: &str) -> Message {
     }
 }
 
-fn tls() -> Result<rustls::ClientConfig, String> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("setting up TLS: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
-}
-
 impl Mqtt {
     /// Connection options, and where it connects (for messages: no password in it).
     fn options(&self, client_id: String) -> Result<(MqttOptions, String), String> {
         let s = &self.spec;
-        let url = url::Url::parse(&s.url).map_err(|e| format!("mqtt URL: {e}"))?;
-        let secure = matches!(url.scheme(), "mqtts" | "ssl");
-        let host = match url.host() {
-            Some(url::Host::Domain(d)) => d.to_string(),
-            Some(url::Host::Ipv4(a)) => a.to_string(),
-            Some(url::Host::Ipv6(a)) => a.to_string(),
-            None => return Err("the mqtt URL has no host".into()),
-        };
-        let port = url.port().unwrap_or(if secure { 8883 } else { 1883 });
-        let at = format!("{}:{port}", url.host_str().unwrap_or_default());
-        if client_id.starts_with(' ') {
-            return Err("the client id must not start with a space".into());
-        }
-        let mut o = MqttOptions::new(client_id, host, port);
+        let (mut o, at) = taskhook_brokers::mqtt::options(&s.url, client_id)?;
         o.set_keep_alive(KEEP_ALIVE)
             // QoS 0 has nothing to redeliver: no session to keep.
             .set_clean_session(s.qos == 0)
             .set_manual_acks(true)
             .set_max_packet_size(MAX_PACKET, 64 * 1024);
-        let decode = |v: &str| {
-            percent_decode(v)
-                .map_err(|()| "the mqtt URL's user or password is not UTF-8".to_string())
-        };
-        if !url.username().is_empty() || url.password().is_some() {
-            o.set_credentials(
-                decode(url.username())?,
-                decode(url.password().unwrap_or(""))?,
-            );
-        }
-        if secure {
-            o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-                Arc::new(tls()?),
-            )));
-        }
         Ok((o, at))
     }
-}
-
-fn percent_decode(v: &str) -> Result<String, ()> {
-    url::form_urlencoded::parse(format!("x={}", v.replace('+', "%2B")).as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .ok_or(())
 }
 
 /// What the connection's task hands the subscription.
@@ -365,6 +317,5 @@ mod tests {
         assert!(client_id(&s, "g", "h", "i1").ends_with("-i1"));
         s.client_id = Some("mine".into());
         assert_eq!(client_id(&s, "g", "h", "i1"), "mine-i1");
-        assert_eq!(percent_decode("p%40ss+w").unwrap(), "p@ss+w");
     }
 }

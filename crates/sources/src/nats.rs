@@ -10,7 +10,9 @@
 //! instances pull from the one consumer, so each message goes to one of them. A subscription
 //! that stops (the hook changed or was disabled) gives back what it received and did not fire.
 //!
-//! Delivery ids are `nats:<stream>:<stream sequence>`, which a redelivery keeps.
+//! Delivery ids are `nats:<stream>:<stream created, unix ms>:<stream sequence>`, which a
+//! redelivery keeps; a stream deleted and created again under its name starts its sequence
+//! over, and its creation time keeps its messages apart from the old stream's.
 //!
 //! Credentials: `user:password` in the URL, or a token written as the password with no user
 //! (`nats://:TOKEN@host`); `password_secret` supplies the password (or the token, with no
@@ -24,6 +26,8 @@ use async_nats::{ConnectOptions, Event};
 use futures_util::{FutureExt, StreamExt};
 use taskhook_hooks::Message;
 use taskhook_hooks::source::{NatsSource, StartFrom};
+
+use taskhook_brokers::nats::split_url;
 
 use crate::{Cx, Source};
 
@@ -51,41 +55,13 @@ impl Nats {
     }
 }
 
-/// How the client proves who it is.
-#[derive(Debug, PartialEq)]
-enum Auth {
-    None,
-    UserPassword(String, String),
-    Token(String),
-}
-
-/// The server address without credentials, and the credentials the URL carried.
-fn split_url(url: &str) -> Result<(String, Auth), String> {
-    let u = url::Url::parse(url).map_err(|e| format!("nats URL: {e}"))?;
-    let decode = |s: &str| {
-        percent_encoding::percent_decode_str(s)
-            .decode_utf8_lossy()
-            .into_owned()
-    };
-    let user = decode(u.username());
-    let auth = match u.password().map(decode) {
-        Some(p) if user.is_empty() => Auth::Token(p),
-        Some(p) => Auth::UserPassword(user, p),
-        None if user.is_empty() => Auth::None,
-        None => return Err("the URL has a user but no password".into()),
-    };
-    let host = u.host_str().ok_or("the URL has no host")?;
-    let port = u.port().unwrap_or(4222);
-    Ok((format!("{}://{host}:{port}", u.scheme()), auth))
-}
-
 #[async_trait::async_trait]
 impl Source for Nats {
     async fn run(&self, cx: &Cx) -> Result<(), String> {
         let s = &self.spec;
         let (server, auth) = split_url(&s.url)?;
         let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
-        let mut options = ConnectOptions::new()
+        let options = ConnectOptions::new()
             .name(format!("taskhook-{}", cx.instance))
             .connection_timeout(CONNECT_TIMEOUT)
             // A lost connection ends the subscription (the supervisor reconnects with its
@@ -97,12 +73,8 @@ impl Source for Nats {
                     let _ = tx.send(event);
                 }
             });
-        options = match auth {
-            Auth::None => options,
-            Auth::UserPassword(u, p) => options.user_and_password(u, p),
-            Auth::Token(t) => options.token(t),
-        };
-        let client = options
+        let client = auth
+            .apply(options)
             .connect(server.as_str())
             .await
             .map_err(|e| format!("connecting: {e}"))?;
@@ -119,6 +91,7 @@ impl Source for Nats {
                 format!("reading stream {:?}: {e}", s.stream)
             }
         })?;
+        let created_ms = stream.cached_info().created.unix_timestamp_nanos() / 1_000_000;
         let name = s.durable_name(&cx.row.group, &cx.row.id);
         let mut config = consumer::pull::Config {
             durable_name: Some(name.clone()),
@@ -217,7 +190,12 @@ impl Source for Nats {
                 return Ok(());
             }
             let fired = cx
-                .fire_all(batch.iter().map(|m| message(&s.stream, m)).collect())
+                .fire_all(
+                    batch
+                        .iter()
+                        .map(|m| message(&s.stream, created_ms, m))
+                        .collect(),
+                )
                 .await;
             for (m, ok) in batch.iter().zip(fired) {
                 let answer = if ok {
@@ -272,7 +250,7 @@ fn delivered(
 
 /// A JetStream message as a message: its headers (several values of one name joined with
 /// `, `) are `event.headers`, its subject `event.source`.
-fn message(stream: &str, m: &jetstream::Message) -> Message {
+fn message(stream: &str, created_ms: i128, m: &jetstream::Message) -> Message {
     let headers: BTreeMap<String, String> = m
         .headers
         .as_ref()
@@ -295,37 +273,9 @@ fn message(stream: &str, m: &jetstream::Message) -> Message {
         |i| i.stream_sequence.to_string(),
     );
     Message {
-        delivery_id: format!("nats:{stream}:{sequence}"),
+        delivery_id: format!("nats:{stream}:{created_ms}:{sequence}"),
         source: m.subject.to_string(),
         headers,
         body: m.payload.to_vec(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn credentials_leave_the_url() {
-        assert_eq!(
-            split_url("nats://app:s%2Fcret@127.0.0.1:4223").unwrap(),
-            (
-                "nats://127.0.0.1:4223".into(),
-                Auth::UserPassword("app".into(), "s/cret".into())
-            )
-        );
-        assert_eq!(
-            split_url("tls://:tok3n@nats.example").unwrap(),
-            (
-                "tls://nats.example:4222".into(),
-                Auth::Token("tok3n".into())
-            )
-        );
-        assert_eq!(
-            split_url("nats://127.0.0.1").unwrap(),
-            ("nats://127.0.0.1:4222".into(), Auth::None)
-        );
-        assert!(split_url("nats://app@127.0.0.1").is_err());
     }
 }

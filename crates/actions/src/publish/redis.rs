@@ -10,7 +10,7 @@
 
 use serde_json::{Map, Value, json};
 
-use super::{Outgoing, check_address, field};
+use super::{Outgoing, check_address, check_name, check_url, field, uint_field};
 use crate::config::{Check, join, opt};
 use crate::{ActionError, ConfigError, NetworkPolicy};
 
@@ -18,21 +18,8 @@ const FIELDS: &[&str] = &["url", "stream", "maxlen"];
 
 pub(super) fn check(c: &Check, target: &Map<String, Value>) -> Result<(), ConfigError> {
     c.keys("redis", target, FIELDS, &["url", "stream"])?;
-    if let Some(url) = c.string("redis.url", &target["url"])? {
-        let parsed = url::Url::parse(url)
-            .map_err(|e| ConfigError::new("redis.url", format!("not a URL: {e}")))?;
-        if !matches!(parsed.scheme(), "redis" | "rediss") {
-            return Err(ConfigError::new(
-                "redis.url",
-                format!("scheme {:?} is not one of redis, rediss", parsed.scheme()),
-            ));
-        }
-    }
-    if let Some(s) = c.string("redis.stream", &target["stream"])?
-        && s.trim().is_empty()
-    {
-        return Err(ConfigError::new("redis.stream", "must not be empty"));
-    }
+    check_url(c, "redis.url", &target["url"], &["redis", "rediss"])?;
+    check_name(c, "redis.stream", &target["stream"])?;
     if let Some(v) = opt(target, "maxlen")
         && c.uint(&join("redis", "maxlen"), v)? == Some(0)
     {
@@ -72,11 +59,7 @@ pub(super) async fn publish(
         .map_err(|e| failed("connecting", e))?;
     let mut cmd = redis::cmd("XADD");
     cmd.arg(stream);
-    if let Some(n) = target.get("maxlen").and_then(|v| match v {
-        Value::Number(n) => n.as_u64(),
-        Value::String(s) => s.trim().parse().ok(),
-        _ => None,
-    }) {
+    if let Some(n) = uint_field(target, "maxlen") {
         cmd.arg("MAXLEN").arg("~").arg(n);
     }
     cmd.arg("*").arg("payload").arg(&message.body);

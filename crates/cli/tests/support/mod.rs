@@ -575,3 +575,35 @@ impl Server {
         }
     }
 }
+
+/// Two instances on the PostgreSQL database `db` with template `job` (from `template`) and
+/// hook `bus/jobs` (from `hook`), once the hook's first source is connected on both.
+pub async fn cluster_with_hook(db: &str, template: &str, hook: &str) -> Vec<Server> {
+    let cluster = start_cluster(db, 2, &[]);
+    assert_eq!(cluster[0].put_template("job", template).await.0, 201);
+    let (st, v) = cluster[0].put_hook("bus", "jobs", hook).await;
+    assert_eq!(st, 201, "{v}");
+    // The other instance learns of the hook through the database.
+    for s in &cluster {
+        s.wait_source("bus", "jobs", 0, Duration::from_secs(40), |v| {
+            v["connected"] == true
+        })
+        .await;
+    }
+    cluster
+}
+
+/// Every one of `n` messages made one task across the cluster (see [`assert_once_each`]);
+/// prints how many each instance fired.
+pub async fn assert_cluster_once_each(cluster: &[Server], id_prefix: &str, n: usize) {
+    let fires = cluster[0]
+        .wait_created("bus", "jobs", n, Duration::from_secs(90))
+        .await;
+    assert_once_each(&fires, id_prefix, n);
+    let mut per_instance = Vec::new();
+    for s in cluster {
+        let st = s.source_status("bus", "jobs").await;
+        per_instance.push(st[0]["fired"].as_u64().unwrap());
+    }
+    eprintln!("messages fired per instance: {per_instance:?}");
+}
