@@ -487,12 +487,18 @@ impl Inner {
                 fire.error = Some(e);
             }
         }
-        let dedupe_since = event.delivery_id.as_ref().map(|_| {
-            let window_ms = i64::try_from(hook.dedupe_window_seconds)
-                .unwrap_or(i64::MAX)
-                .saturating_mul(1000);
-            now_ms().saturating_sub(window_ms)
-        });
+        // A first delivery is not a repeat of anything, whatever its id (see
+        // `Event::first_delivery`).
+        let dedupe_since = event
+            .delivery_id
+            .as_ref()
+            .filter(|_| !event.first_delivery)
+            .map(|_| {
+                let window_ms = i64::try_from(hook.dedupe_window_seconds)
+                    .unwrap_or(i64::MAX)
+                    .saturating_mul(1000);
+                now_ms().saturating_sub(window_ms)
+            });
         let overlap = match (scheduled_for, hook.overlap) {
             (Some(_), Overlap::Skip) => Some("skipped"),
             (Some(_), Overlap::Queue) => Some("queued"),

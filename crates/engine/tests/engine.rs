@@ -2558,6 +2558,34 @@ async fn a_task_left_running_by_a_failed_run_is_picked_up_again(b: Backend) {
 
 // ---------------------------------------------------------------- both backends
 
+/// A fire whose sender vouches it is a first delivery (MQTT without DUP) is not checked
+/// against earlier fires with its delivery id, which such a sender may reuse; a redelivery
+/// (any other fire with the id) still is.
+async fn a_first_delivery_fires_whatever_its_id_and_a_redelivery_dedupes(b: Backend) {
+    let fx = Fx::new(b).await;
+    let e = &fx.engine;
+    put_on(
+        e,
+        "name: job\nauto_runnable: true\nsteps:\n  a: {action: {type: echo, configuration: {output: x}}}\n",
+    )
+    .await;
+    let hook = taskhook_hooks::Hook::parse("template: job\n").unwrap();
+    let (row, _) = e.put_hook("bus", "jobs", hook.clone()).await.unwrap();
+    let event = |first_delivery| taskhook_hooks::Event {
+        fired_by: "mqtt".into(),
+        delivery_id: Some("mqtt:t:reused".into()),
+        first_delivery,
+        ..Default::default()
+    };
+    let one = e.fire(&row, &hook, event(true), None).await.unwrap();
+    let two = e.fire(&row, &hook, event(true), None).await.unwrap();
+    assert!(!one.duplicate && !two.duplicate);
+    assert_ne!(one.fire.task_id, two.fire.task_id);
+    assert!(one.fire.task_id.is_some() && two.fire.task_id.is_some());
+    let again = e.fire(&row, &hook, event(false), None).await.unwrap();
+    assert!(again.duplicate, "{again:?}");
+}
+
 /// For each test `async fn <name>(b: Backend)`, generates `mod <name>` with the tests
 /// `sqlite` and `postgres` (which skips, with a visible message, when PostgreSQL is not
 /// reachable; it fails instead with TASKHOOK_TEST_REQUIRE_SERVICES=1).
@@ -2630,4 +2658,5 @@ on_both!(#[tokio::test] =>
     functions_inline_and_from_the_library_run_with_their_arguments,
     functions_calling_functions_chain_their_arguments,
     a_task_left_running_by_a_failed_run_is_picked_up_again,
+    a_first_delivery_fires_whatever_its_id_and_a_redelivery_dedupes,
 );

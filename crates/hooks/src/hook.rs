@@ -266,6 +266,12 @@ pub struct Event {
     pub event: Option<String>,
     /// The provider's delivery id, for webhooks.
     pub delivery_id: Option<String>,
+    /// The sender vouches that this is the message's first delivery (MQTT's DUP flag is
+    /// clear): its delivery id is recorded, so a later redelivery finds it, but it is not
+    /// checked against earlier fires (MQTT packet ids are reused, so two different messages
+    /// may share one).
+    #[serde(skip)]
+    pub first_delivery: bool,
 }
 
 /// What one event does to a hook.

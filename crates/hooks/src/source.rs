@@ -863,6 +863,8 @@ pub struct Message {
     pub source: String,
     pub headers: BTreeMap<String, String>,
     pub body: Vec<u8>,
+    /// The broker says this is the first delivery (see [`crate::Event::first_delivery`]).
+    pub first_delivery: bool,
 }
 
 impl Message {
@@ -881,6 +883,7 @@ impl Message {
             headers: self.headers,
             source: self.source,
             delivery_id: Some(self.delivery_id),
+            first_delivery: self.first_delivery,
             ..Default::default()
         };
         let error = too_big.then(|| {

@@ -310,6 +310,7 @@ fn message(queue: &str, d: &Delivery) -> Message {
         source: routing_key,
         headers,
         body: d.data.clone(),
+        first_delivery: false,
     }
 }
 

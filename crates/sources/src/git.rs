@@ -290,6 +290,7 @@ impl Poll<'_> {
                 source: p.refname.clone(),
                 headers: Default::default(),
                 body: serde_json::to_vec(&payload).unwrap_or_default(),
+                first_delivery: false,
             };
             let (event, too_big) = message.event("git", max);
             let mut moved = Map::new();

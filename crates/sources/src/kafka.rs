@@ -104,6 +104,7 @@ fn message(m: &OwnedMessage) -> Message {
         source: m.topic().to_string(),
         headers,
         body: m.payload().unwrap_or_default().to_vec(),
+        first_delivery: false,
     }
 }
 

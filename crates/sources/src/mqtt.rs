@@ -11,7 +11,9 @@
 //! `mqtt:<topic>:<hash>` of the session's client id, the topic, the packet id and the body,
 //! which a redelivery repeats exactly; a retained message (sent again on every subscription)
 //! hashes the topic and body only, so the same retained value fires once per dedupe window;
-//! a QoS 0 message is never redelivered and gets a fresh id.
+//! a QoS 0 message is never redelivered and gets a fresh id. Packet ids are reused once
+//! acknowledged, so two messages may share an id: only a redelivery (the broker sets DUP on
+//! every one) is checked against earlier fires; a message without DUP always fires.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -100,6 +102,10 @@ fn message(p: &Publish, client_id: &str) -> Message {
             ("mqtt_retain".to_string(), p.retain.to_string()),
         ]),
         body: p.payload.to_vec(),
+        // The broker sets DUP on every redelivery, so a QoS 1 or 2 message without it is new,
+        // even when it shares its packet id, topic and body (and so its id) with an earlier
+        // one: packet ids are reused once acknowledged. A retained value keeps its dedupe.
+        first_delivery: p.qos != QoS::AtMostOnce && !p.dup && !p.retain,
     }
 }
 
@@ -301,6 +307,11 @@ mod tests {
         let q0 = Publish::new("t", QoS::AtMostOnce, "x");
         assert_ne!(message(&q0, "c").delivery_id, message(&q0, "c").delivery_id);
         assert_eq!(a.headers["mqtt_qos"], "1");
+        // A message without DUP is a first delivery: a reused packet id with the same topic
+        // and body must not make it a duplicate. A redelivery (DUP) is checked.
+        assert!(a.first_delivery);
+        assert!(!message(&again, "c").first_delivery);
+        assert!(!message(&publish("t/1", 1, "on", true), "c").first_delivery);
         assert_eq!(a.source, "t/1");
     }
 

@@ -277,5 +277,6 @@ fn message(stream: &str, created_ms: i128, m: &jetstream::Message) -> Message {
         source: m.subject.to_string(),
         headers,
         body: m.payload.to_vec(),
+        first_delivery: false,
     }
 }

@@ -241,6 +241,7 @@ fn message(stream: &str, entry: StreamId) -> Message {
         source: stream.to_string(),
         headers: fields,
         body,
+        first_delivery: false,
     }
 }
 
