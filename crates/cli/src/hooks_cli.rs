@@ -444,6 +444,58 @@ fn print_status(out: &Value) {
         }
         println!("{line}");
     }
+    print_sources(out["sources"].as_array().map(Vec::as_slice).unwrap_or(&[]));
+}
+
+/// A time in milliseconds since the epoch, as RFC 3339.
+fn at_ms(v: &Value) -> String {
+    v.as_i64()
+        .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
+        .map_or_else(|| "-".to_string(), |t| t.to_string())
+}
+
+/// Each source of the hook as this instance runs it (brokers' subscriptions, git pollers).
+fn print_sources(sources: &[Value]) {
+    if sources.is_empty() {
+        return;
+    }
+    println!("sources (on the instance answering):");
+    for src in sources {
+        let head = format!(
+            "  [{}] {}",
+            src["index"].as_u64().unwrap_or(0),
+            text(&src["subscription"])
+        );
+        if src["running_here"] == json!(false) {
+            println!("{head}: not running on this instance");
+            continue;
+        }
+        let mut line = if src["standby"] == json!(true) {
+            format!(
+                "{head}: standby (lease held by {})",
+                text(&src["lease_holder"])
+            )
+        } else if src["connected"] == json!(true) {
+            format!("{head}: connected since {}", at_ms(&src["since"]))
+        } else {
+            format!("{head}: not connected since {}", at_ms(&src["since"]))
+        };
+        line.push_str(&format!(
+            "; received {}, fired {}",
+            src["received"].as_u64().unwrap_or(0),
+            src["fired"].as_u64().unwrap_or(0)
+        ));
+        if let Some(lag) = src["lag"].as_u64() {
+            line.push_str(&format!(", lag {lag}"));
+        }
+        if let Some(d) = src["last_delivery_id"].as_str() {
+            line.push_str(&format!(", last delivery {d}"));
+        }
+        println!("{line}");
+        if let Some(e) = src["last_error"].as_str() {
+            println!("      last error at {}: {e}", at_ms(&src["last_error_at"]));
+        }
+    }
 }
 
 fn print_fires(out: &Value) {

@@ -100,6 +100,16 @@ async fn entries_fire_the_hook_once_each_and_are_acknowledged() {
             .await;
         assert!(["1", "2", "3"].contains(&t["steps"]["a"]["output"].as_str().unwrap()));
     }
+    // The CLI shows the subscription's state too.
+    let (code, out, err) = support::taskhook(Some(&s), &["hook", "status", "bus/jobs"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!("[0] redis stream {stream}"))
+            && out.contains(": connected since ")
+            && out.contains("received 4, fired 4")
+            && out.contains(&format!("last delivery redis:{stream}:")),
+        "{out}"
+    );
 
     // Text that is not JSON is a string payload; an entry over max_message_bytes is a fire
     // `error` saying why. Both are acknowledged.
