@@ -297,6 +297,31 @@ async fn a_repository_over_http_with_a_token() {
     assert_eq!(p["repository"]["url"], base.as_str());
     let status = &s.source_status("repo", "http").await[0];
     assert!(status["last_error"].is_null(), "{status}");
+    // The fetched commits live in a cache of the instance's, removed with the subscription.
+    let instance: String = status["instance"]
+        .as_str()
+        .unwrap()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect();
+    let caches = std::env::temp_dir().join("taskhook-git").join(instance);
+    let cached = || {
+        std::fs::read_dir(&caches).map_or(0, |d| {
+            d.filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().starts_with("repo-http-"))
+            })
+            .count()
+        })
+    };
+    assert_eq!(cached(), 1, "{}", caches.display());
 
     // A wrong token: the status says the poll fails.
     let wrong = base.replacen("http://", "http://bot:wrong@", 1);
@@ -309,6 +334,20 @@ async fn a_repository_over_http_with_a_token() {
         .await;
     assert_eq!(status["connected"], false, "{status}");
     assert!(!status.to_string().contains("wrong"), "{status}");
+
+    // Deleting the hook stops its poller, which removes its cache.
+    let deleted = s
+        .req(reqwest::Method::DELETE, "/api/v1/hooks/repo/http", None)
+        .await;
+    assert_eq!(deleted.0, 204, "{:?}", deleted.1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while cached() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cache is still there"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -129,6 +129,9 @@ impl Source for Git {
         let _ = store
             .release_source(&cx.row.group, &cx.row.id, &key, &owner)
             .await;
+        // No poll runs now. The cache goes with the subscription, so a deleted, disabled or
+        // changed hook leaves nothing behind; a restarted one fetches again.
+        let _ = tokio::fs::remove_dir_all(&runner.cache).await;
         Ok(())
     }
 }
