@@ -577,45 +577,6 @@ fn process_state(status: &ExitStatus) -> String {
     status.to_string()
 }
 
-/// Go's `Duration.String()`: `846.889µs`, `1.5s`, `2m3.04s`.
-fn go_duration(d: Duration) -> String {
-    let nanos = d.as_nanos();
-    if nanos == 0 {
-        return "0s".into();
-    }
-    let fraction = |value: u128, digits: usize| -> String {
-        let unit = 10u128.pow(digits as u32);
-        let whole = value / unit;
-        let frac = format!("{:0digits$}", value % unit);
-        let frac = frac.trim_end_matches('0');
-        if frac.is_empty() {
-            whole.to_string()
-        } else {
-            format!("{whole}.{frac}")
-        }
-    };
-    if nanos < 1_000 {
-        return format!("{nanos}ns");
-    }
-    if nanos < 1_000_000 {
-        return format!("{}µs", fraction(nanos, 3));
-    }
-    if nanos < 1_000_000_000 {
-        return format!("{}ms", fraction(nanos, 6));
-    }
-    let secs = nanos / 1_000_000_000;
-    let (h, m) = (secs / 3600, secs / 60 % 60);
-    let mut out = String::new();
-    if h > 0 {
-        out.push_str(&format!("{h}h"));
-    }
-    if h > 0 || m > 0 {
-        out.push_str(&format!("{m}m"));
-    }
-    out.push_str(&format!("{}s", fraction(nanos % 60_000_000_000, 9)));
-    out
-}
-
 /// The output convention: the last non-empty stdout line if it is JSON, else `{"stdout": …}`.
 fn script_output(stdout: &str) -> Value {
     let last = stdout.lines().map(str::trim).rfind(|line| !line.is_empty());
@@ -904,7 +865,12 @@ impl Action for Script {
                 state
             }),
         );
-        metadata.insert("execution_time".into(), Value::String(go_duration(elapsed)));
+        metadata.insert(
+            "execution_time".into(),
+            Value::String(taskhook_model::duration::go_duration(
+                elapsed.as_nanos() as i128
+            )),
+        );
         metadata.insert("output".into(), Value::String(combined.text()));
         metadata.insert("stdout".into(), Value::String(stdout.clone()));
         metadata.insert("stderr".into(), Value::String(stderr.clone()));
@@ -1549,22 +1515,6 @@ mod tests {
             )
             .await;
         assert!(matches!(r, Err(ActionError::Server { .. })), "{r:?}");
-    }
-
-    #[test]
-    fn go_durations() {
-        for (d, text) in [
-            (Duration::ZERO, "0s"),
-            (Duration::from_nanos(120), "120ns"),
-            (Duration::from_nanos(846_889), "846.889µs"),
-            (Duration::from_micros(1500), "1.5ms"),
-            (Duration::from_millis(1500), "1.5s"),
-            (Duration::from_secs(60), "1m0s"),
-            (Duration::from_millis(123_040), "2m3.04s"),
-            (Duration::from_secs(3600 * 26 + 1), "26h0m1s"),
-        ] {
-            assert_eq!(go_duration(d), text, "{d:?}");
-        }
     }
 
     #[test]

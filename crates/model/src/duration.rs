@@ -146,8 +146,64 @@ fn scaled(number: &str, unit_nanos: u128) -> Option<u128> {
     Some(total)
 }
 
+/// Go's `Duration.String()` for `ns` nanoseconds: `846.889µs`, `1.5s`, `2m3.04s`, `-1h0m0s`.
+pub fn go_duration(ns: i128) -> String {
+    if ns == 0 {
+        return "0s".into();
+    }
+    let nanos = ns.unsigned_abs();
+    let fraction = |value: u128, digits: usize| -> String {
+        let unit = 10u128.pow(digits as u32);
+        let whole = value / unit;
+        let frac = format!("{:0digits$}", value % unit);
+        let frac = frac.trim_end_matches('0');
+        if frac.is_empty() {
+            whole.to_string()
+        } else {
+            format!("{whole}.{frac}")
+        }
+    };
+    let mut out = String::from(if ns < 0 { "-" } else { "" });
+    if nanos < 1_000 {
+        out.push_str(&format!("{nanos}ns"));
+    } else if nanos < 1_000_000 {
+        out.push_str(&format!("{}µs", fraction(nanos, 3)));
+    } else if nanos < 1_000_000_000 {
+        out.push_str(&format!("{}ms", fraction(nanos, 6)));
+    } else {
+        let secs = nanos / 1_000_000_000;
+        let (h, m) = (secs / 3600, secs / 60 % 60);
+        if h > 0 {
+            out.push_str(&format!("{h}h"));
+        }
+        if h > 0 || m > 0 {
+            out.push_str(&format!("{m}m"));
+        }
+        out.push_str(&format!("{}s", fraction(nanos % 60_000_000_000, 9)));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn go_durations() {
+        for (ns, text) in [
+            (0, "0s"),
+            (120, "120ns"),
+            (846_889, "846.889µs"),
+            (1_500_000, "1.5ms"),
+            (1_500_000_000, "1.5s"),
+            (60_000_000_000, "1m0s"),
+            (123_040_000_000, "2m3.04s"),
+            ((3600 * 26 + 1) * 1_000_000_000, "26h0m1s"),
+            (-3_600_000_000_000, "-1h0m0s"),
+        ] {
+            assert_eq!(go_duration(ns), text, "{ns}");
+        }
+    }
+
     use super::*;
     use serde_json::json;
 

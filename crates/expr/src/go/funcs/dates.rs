@@ -54,7 +54,9 @@ pub(super) fn defs() -> Vec<FuncDef> {
         def("ago", &[Any], None, |_, a| {
             let t = as_time(&a[0]).unwrap_or_else(now);
             let secs = now().timestamp().as_second() - t.timestamp().as_second();
-            Ok(s(go_duration(i128::from(secs) * 1_000_000_000)))
+            Ok(s(taskhook_model::duration::go_duration(
+                i128::from(secs) * 1_000_000_000,
+            )))
         }),
         // Sprig reads a string or an int64 of seconds; any other value (an int constant
         // among them) is zero.
@@ -64,7 +66,9 @@ pub(super) fn defs() -> Vec<FuncDef> {
                 Val::Int(i, IntType::Int64) => *i,
                 _ => 0,
             };
-            Ok(s(go_duration(i128::from(secs) * 1_000_000_000)))
+            Ok(s(taskhook_model::duration::go_duration(
+                i128::from(secs) * 1_000_000_000,
+            )))
         }),
         // A duration text, an int64 of nanoseconds, or the time since a time.
         def("durationRound", &[Any], None, |_, a| {
@@ -618,51 +622,6 @@ pub(crate) fn parse_duration(t: &str) -> Result<i128, String> {
         return Err(format!("time: invalid duration {t:?}"));
     }
     Ok(if neg { -(total as i128) } else { total as i128 })
-}
-
-/// Go's `Duration.String()` for nanoseconds.
-pub(crate) fn go_duration(ns: i128) -> String {
-    if ns == 0 {
-        return "0s".into();
-    }
-    let neg = ns < 0;
-    let u = ns.unsigned_abs();
-    let mut out = String::new();
-    if u < 1_000_000_000 {
-        let (v, unit) = if u < 1_000 {
-            (u as f64, "ns")
-        } else if u < 1_000_000 {
-            (u as f64 / 1e3, "µs")
-        } else {
-            (u as f64 / 1e6, "ms")
-        };
-        out.push_str(&format!("{}{unit}", trim_float(v)));
-    } else {
-        let secs = u / 1_000_000_000;
-        let frac = u % 1_000_000_000;
-        let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
-        if h > 0 {
-            out.push_str(&format!("{h}h"));
-        }
-        if h > 0 || m > 0 {
-            out.push_str(&format!("{m}m"));
-        }
-        if frac == 0 {
-            out.push_str(&format!("{s}s"));
-        } else {
-            let f = format!("{frac:09}");
-            out.push_str(&format!("{s}.{}s", f.trim_end_matches('0')));
-        }
-    }
-    if neg {
-        out.insert(0, '-');
-    }
-    out
-}
-
-fn trim_float(v: f64) -> String {
-    let t = format!("{v:.9}");
-    t.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
 /// Sprig's `durationRound`: the largest unit the duration is more than (`2h`, `3d`).
