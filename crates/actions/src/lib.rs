@@ -32,7 +32,7 @@ mod testing;
 pub use duration::parse_duration;
 pub use echo::Echo;
 pub use http::Http;
-pub use network::{IpNet, NetworkPolicy};
+pub use network::{AddressError, IpNet, NetworkPolicy};
 pub use publish::{Outgoing, Publish};
 pub use script::Script;
 pub use sleep::Sleep;

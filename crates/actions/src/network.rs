@@ -30,6 +30,23 @@ const DEFAULT_DENY: &[&str] = &[
     "::/128",
 ];
 
+/// Why [`NetworkPolicy::check_host`] refused a host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AddressError {
+    /// The name does not resolve (now): perhaps a passing failure.
+    Unresolved(String),
+    /// An address of the name is in a denied network.
+    Denied(String),
+}
+
+impl fmt::Display for AddressError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AddressError::Unresolved(m) | AddressError::Denied(m) => f.write_str(m),
+        }
+    }
+}
+
 /// The CLI flag an operator uses to open a denied network; named in refusals.
 const ALLOW_FLAG: &str = "--http-allow-network";
 
@@ -119,6 +136,28 @@ impl NetworkPolicy {
             Some(net) => Err(*net),
             None => Ok(()),
         }
+    }
+
+    /// Resolves `host` and checks every address it has, for clients that connect by name
+    /// (broker clients): a name with an address in a denied network is refused. (The client
+    /// resolves it again when it connects; a name that changes in between is not caught.)
+    pub async fn check_host(&self, host: &str, port: u16) -> Result<(), AddressError> {
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|e| AddressError::Unresolved(format!("resolving {host}: {e}")))?
+            .collect();
+        if addrs.is_empty() {
+            return Err(AddressError::Unresolved(format!("{host} has no address")));
+        }
+        for a in addrs {
+            if let Err(net) = self.check(a.ip()) {
+                return Err(AddressError::Denied(format!(
+                    "{host} resolves to {}, in the denied network {net} (serve {ALLOW_FLAG} opens it)",
+                    a.ip()
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// True when `ip` may be connected to.

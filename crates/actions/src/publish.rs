@@ -181,29 +181,17 @@ impl Action for Publish {
     }
 }
 
-/// Resolves `host:port` and checks every address against the network policy (a broker
-/// client then connects by name: names that resolve to a denied network are refused).
+/// Checks a broker's address against the network policy: a name that does not resolve is a
+/// server error (retried), one in a denied network a client error.
 pub(crate) async fn check_address(
     policy: &NetworkPolicy,
     host: &str,
     port: u16,
 ) -> Result<(), ActionError> {
-    let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host, port))
-        .await
-        .map_err(|e| ActionError::server(format!("resolving {host}: {e}")))?
-        .collect();
-    if addrs.is_empty() {
-        return Err(ActionError::server(format!("{host} has no address")));
-    }
-    for a in addrs {
-        if let Err(net) = policy.check(a.ip()) {
-            return Err(ActionError::client(format!(
-                "{host} resolves to {}, in the denied network {net}",
-                a.ip()
-            )));
-        }
-    }
-    Ok(())
+    policy.check_host(host, port).await.map_err(|e| match e {
+        crate::AddressError::Unresolved(m) => ActionError::server(m),
+        crate::AddressError::Denied(m) => ActionError::client(m),
+    })
 }
 
 /// A string field of a broker's configuration (checked already), `""` when absent.

@@ -56,6 +56,7 @@ pub(crate) async fn bench_source(engine: &Engine, spec: &str, n: usize) -> anyho
     let supervisor = tokio::spawn(taskhook_sources::supervisor::run(
         engine.clone(),
         stop.clone(),
+        taskhook_actions::NetworkPolicy::default(),
     ));
     let fired_so_far = || {
         engine

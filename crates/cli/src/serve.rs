@@ -662,6 +662,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         tokio::spawn(taskhook_sources::supervisor::run(
             engine.clone(),
             stop_sources.clone(),
+            settings.http_networks.clone(),
         ))
     });
     tokio::spawn(prune_history(

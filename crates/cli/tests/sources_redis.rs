@@ -504,3 +504,23 @@ async fn two_instances_on_postgresql_fire_each_entry_once() {
     eprintln!("entries fired per instance: {per_instance:?}");
     let _: () = con.del(&stream).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_in_a_denied_network_is_not_connected_to() {
+    let s = Server::start();
+    assert_eq!(s.put_template("job", TEMPLATE).await.0, 201);
+    // The cloud metadata address is denied by default, for sources as for http steps.
+    let doc = hook("redis://169.254.169.254:6379", "jobs", "");
+    assert_eq!(s.put_hook("bus", "meta", &doc).await.0, 201);
+    let status = s
+        .wait_source("bus", "meta", 0, Duration::from_secs(10), |v| {
+            v["last_error"].is_string()
+        })
+        .await;
+    let error = status["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("denied network 169.254.0.0/16") && error.contains("--http-allow-network"),
+        "{error}"
+    );
+    assert_eq!(status["connected"], false);
+}

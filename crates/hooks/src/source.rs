@@ -343,6 +343,40 @@ impl SourceSpec {
         }
     }
 
+    /// The hosts and ports the source connects to (none for a `file://` repository), for the
+    /// network policy. Unparsable entries are left out (validation refuses them).
+    pub fn endpoints(&self) -> Vec<(String, u16)> {
+        if let SourceSpec::Kafka(k) = self {
+            return k
+                .brokers
+                .iter()
+                .filter_map(|b| {
+                    let (host, port) = b.rsplit_once(':')?;
+                    let host = host.trim_start_matches('[').trim_end_matches(']');
+                    Some((host.to_string(), port.parse().ok()?))
+                })
+                .collect();
+        }
+        let Ok(url) = url::Url::parse(self.url()) else {
+            return Vec::new();
+        };
+        let Some(host) = url.host_str().filter(|h| !h.is_empty()) else {
+            return Vec::new();
+        };
+        let default = match url.scheme() {
+            "amqp" => 5672,
+            "amqps" => 5671,
+            "nats" | "tls" => 4222,
+            "mqtt" | "tcp" => 1883,
+            "mqtts" | "ssl" => 8883,
+            "http" => 80,
+            "https" => 443,
+            _ => 6379,
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        vec![(host.to_string(), url.port().unwrap_or(default))]
+    }
+
     /// A `git` source reading a repository on the server's own disk (`file://`).
     pub fn is_local_git(&self) -> bool {
         matches!(self, SourceSpec::Git(g) if g.url.trim_start().to_ascii_lowercase().starts_with("file:"))
@@ -1188,6 +1222,26 @@ mod tests {
         let amqp =
             parse(serde_json::json!([{"amqp": {"url": "amqp://guest:guest@h/%2f", "queue": "q"}}]));
         assert!(!amqp[0].redacted().url().contains(":guest@"));
+    }
+
+    #[test]
+    fn endpoints_are_what_the_clients_connect_to() {
+        let all = parse(serde_json::json!([
+            {"redis": {"url": "redis://h1", "stream": "s"}},
+            {"amqp": {"url": "amqps://u:p@h2/%2f", "queue": "q"}},
+            {"mqtt": {"url": "mqtt://[::1]:1884", "topic": "t"}},
+            {"kafka": {"brokers": ["k1:9092", "k2:9093"], "topic": "t"}},
+            {"git": {"url": "https://git.example/r.git"}},
+            {"git": {"url": "file:///srv/r.git"}},
+        ]));
+        let ends: Vec<Vec<(String, u16)>> = all.iter().map(SourceSpec::endpoints).collect();
+        let e = |h: &str, p: u16| (h.to_string(), p);
+        assert_eq!(ends[0], [e("h1", 6379)]);
+        assert_eq!(ends[1], [e("h2", 5671)]);
+        assert_eq!(ends[2], [e("::1", 1884)]);
+        assert_eq!(ends[3], [e("k1", 9092), e("k2", 9093)]);
+        assert_eq!(ends[4], [e("git.example", 443)]);
+        assert!(ends[5].is_empty());
     }
 
     #[test]

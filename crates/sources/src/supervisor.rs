@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
+use taskhook_actions::{AddressError, NetworkPolicy};
 use taskhook_engine::Engine;
 use taskhook_engine::source_board::SourceStatus;
 use taskhook_hooks::source::reconnect_pause;
@@ -38,12 +39,12 @@ struct Running {
 
 /// Runs every hook's sources until `stop` is cancelled; then stops them, letting each finish
 /// (and acknowledge) the batch it holds.
-pub async fn run(engine: Engine, stop: CancellationToken) {
+pub async fn run(engine: Engine, stop: CancellationToken, policy: NetworkPolicy) {
     let mut running: HashMap<Key, Running> = HashMap::new();
     let mut changed = engine.hooks_changed();
     loop {
         match engine.store().list_hooks(None).await {
-            Ok(rows) => reconcile(&engine, rows, &mut running),
+            Ok(rows) => reconcile(&engine, &policy, rows, &mut running),
             Err(e) => tracing::error!(error = %e, "sources could not load hooks; retrying"),
         }
         tokio::select! {
@@ -60,7 +61,12 @@ pub async fn run(engine: Engine, stop: CancellationToken) {
     }
 }
 
-fn reconcile(engine: &Engine, rows: Vec<HookRow>, running: &mut HashMap<Key, Running>) {
+fn reconcile(
+    engine: &Engine,
+    policy: &NetworkPolicy,
+    rows: Vec<HookRow>,
+    running: &mut HashMap<Key, Running>,
+) {
     let mut wanted: HashMap<Key, (HookRow, Arc<Hook>)> = HashMap::new();
     for row in rows {
         let hook = match serde_json::from_value::<Hook>(row.body.clone()) {
@@ -98,6 +104,7 @@ fn reconcile(engine: &Engine, rows: Vec<HookRow>, running: &mut HashMap<Key, Run
         let body = row.body.clone();
         let done = tokio::spawn(subscription(
             engine.clone(),
+            policy.clone(),
             row,
             hook,
             key.2,
@@ -112,6 +119,7 @@ fn reconcile(engine: &Engine, rows: Vec<HookRow>, running: &mut HashMap<Key, Run
 /// One source of one hook, reconnecting until stopped.
 async fn subscription(
     engine: Engine,
+    policy: NetworkPolicy,
     row: HookRow,
     hook: Arc<Hook>,
     index: usize,
@@ -149,7 +157,11 @@ async fn subscription(
     let mut attempt = 0u32;
     while !stop.is_cancelled() {
         let started = tokio::time::Instant::now();
-        let outcome = match with_password(&engine, &spec).await {
+        let outcome = match allowed(&policy, &spec).await {
+            Err(e) => Err(e),
+            Ok(()) => with_password(&engine, &spec).await,
+        };
+        let outcome = match outcome {
             Ok(spec) => {
                 tracing::info!(hook = %name, source = %spec.describe(), "source connecting");
                 make(&spec).run(&cx).await
@@ -174,6 +186,17 @@ async fn subscription(
         cx.failures = Default::default();
     }
     cx.status.update(|s| s.connected = false);
+}
+
+/// Every address the source connects to is allowed by the network policy of `http` steps
+/// (checked before each connection attempt: a name may move).
+async fn allowed(policy: &NetworkPolicy, spec: &SourceSpec) -> Result<(), String> {
+    for (host, port) in spec.endpoints() {
+        if let Err(e @ AddressError::Denied(_)) = policy.check_host(&host, port).await {
+            return Err(e.to_string());
+        }
+    }
+    Ok(())
 }
 
 /// The source as it connects: the password of its `password_secret`, when it has one, put in
