@@ -213,9 +213,7 @@ async fn messages_fire_the_hook_once_each_and_are_acknowledged() {
         .await;
     assert_eq!(st, 201, "{v}");
     let status = s
-        .wait_source("bus", "jobs", 0, Duration::from_secs(10), |v| {
-            v["connected"] == true
-        })
+        .wait_connected("bus", "jobs", Duration::from_secs(10))
         .await;
     assert_eq!(status["kind"], "amqp");
     assert!(
@@ -496,10 +494,8 @@ async fn passwords_are_masked_and_a_missing_exchange_or_refused_login_shows_on_t
         )
         .await;
     assert_eq!(st, 200, "{v}");
-    s.wait_source("bus", "jobs", 0, Duration::from_secs(10), |v| {
-        v["connected"] == true
-    })
-    .await;
+    s.wait_connected("bus", "jobs", Duration::from_secs(10))
+        .await;
     b.publish(
         &exchange,
         "a",
@@ -560,10 +556,8 @@ async fn passwords_are_masked_and_a_missing_exchange_or_refused_login_shows_on_t
         .0,
         200
     );
-    s.wait_source("bus", "jobs", 0, Duration::from_secs(10), |v| {
-        v["connected"] == true
-    })
-    .await;
+    s.wait_connected("bus", "jobs", Duration::from_secs(10))
+        .await;
     b.publish(
         &exchange,
         "a",
@@ -618,10 +612,8 @@ async fn connections_closed_by_the_broker_lose_nothing() {
         .0,
         201
     );
-    s.wait_source("bus", "jobs", 0, Duration::from_secs(10), |v| {
-        v["connected"] == true
-    })
-    .await;
+    s.wait_connected("bus", "jobs", Duration::from_secs(10))
+        .await;
     let n = 300;
     let publisher = {
         let url = b.url.clone();
@@ -671,9 +663,7 @@ async fn connections_closed_by_the_broker_lose_nothing() {
         .await;
     support::assert_once_each(&fires, &format!("amqp:{queue}:"), n);
     let status = s
-        .wait_source("bus", "jobs", 0, Duration::from_secs(10), |v| {
-            v["connected"] == true
-        })
+        .wait_connected("bus", "jobs", Duration::from_secs(10))
         .await;
     assert!(status["last_error"].is_string(), "{status}");
     b.cleanup(&queue, None).await;
@@ -698,10 +688,8 @@ async fn kill_9_mid_stream_loses_nothing_and_repeats_nothing() {
         .0,
         201
     );
-    s.wait_source("bus", "jobs", 0, Duration::from_secs(10), |v| {
-        v["connected"] == true
-    })
-    .await;
+    s.wait_connected("bus", "jobs", Duration::from_secs(10))
+        .await;
     let n = 400;
     for i in 0..n {
         // Half with a message_id, half identified by their content.

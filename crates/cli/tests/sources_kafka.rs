@@ -222,9 +222,7 @@ async fn records_fire_the_hook_once_each_and_offsets_follow_the_fires() {
     let (st, v) = s.put_hook("bus", "jobs", &doc).await;
     assert_eq!(st, 201, "{v}");
     let status = s
-        .wait_source("bus", "jobs", 0, Duration::from_secs(20), |v| {
-            v["connected"] == true
-        })
+        .wait_connected("bus", "jobs", Duration::from_secs(20))
         .await;
     assert_eq!(status["kind"], "kafka");
     let p = b.producer();

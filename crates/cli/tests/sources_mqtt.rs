@@ -104,9 +104,7 @@ async fn messages_fire_the_hook_once_each_and_are_acknowledged() {
     let (st, v) = s.put_hook("bus", "jobs", &doc).await;
     assert_eq!(st, 201, "{v}");
     let status = s
-        .wait_source("bus", "jobs", 0, Duration::from_secs(10), |v| {
-            v["connected"] == true
-        })
+        .wait_connected("bus", "jobs", Duration::from_secs(10))
         .await;
     assert_eq!(status["kind"], "mqtt");
     let p = publisher(&url).await;
@@ -313,10 +311,8 @@ async fn a_session_taken_over_mid_stream_loses_nothing() {
         .0,
         201
     );
-    s.wait_source("bus", "jobs", 0, Duration::from_secs(10), |v| {
-        v["connected"] == true
-    })
-    .await;
+    s.wait_connected("bus", "jobs", Duration::from_secs(10))
+        .await;
     let n = 300;
     let p = publisher(&url).await;
     let topic = format!("{base}/a");
@@ -352,9 +348,7 @@ async fn a_session_taken_over_mid_stream_loses_nothing() {
         .await;
     support::assert_once_each(&fires, "mqtt:", n);
     let status = s
-        .wait_source("bus", "jobs", 0, Duration::from_secs(20), |v| {
-            v["connected"] == true
-        })
+        .wait_connected("bus", "jobs", Duration::from_secs(20))
         .await;
     assert!(status["last_error"].is_string(), "{status}");
 }
@@ -376,10 +370,8 @@ async fn kill_9_mid_stream_loses_nothing_and_repeats_nothing() {
             .0,
         201
     );
-    s.wait_source("bus", "jobs", 0, Duration::from_secs(10), |v| {
-        v["connected"] == true
-    })
-    .await;
+    s.wait_connected("bus", "jobs", Duration::from_secs(10))
+        .await;
     let n = 400;
     let p = publisher(&url).await;
     for i in 0..n {

@@ -200,9 +200,7 @@ async fn messages_fire_the_hook_once_each_and_are_acknowledged() {
         .await;
     assert_eq!(st, 201, "{v}");
     let status = s
-        .wait_source("bus", "jobs", 0, Duration::from_secs(10), |v| {
-            v["connected"] == true
-        })
+        .wait_connected("bus", "jobs", Duration::from_secs(10))
         .await;
     assert_eq!(status["kind"], "nats");
 
@@ -501,30 +499,13 @@ async fn passwords_and_tokens_are_masked_and_a_refused_login_shows_on_the_status
     assert_eq!(s.put_template("job", TEMPLATE).await.0, 201);
 
     let with_password = format!("nats://app:{password}@{}", server.address());
-    let (st, v) = s
-        .put_hook("bus", "jobs", &hook(&with_password, &stream, ""))
-        .await;
-    assert_eq!(st, 201, "{v}");
-    assert!(!v.to_string().contains(password), "{v}");
-    let (_, got) = s.get("/api/v1/hooks/bus/jobs").await;
-    assert!(!got.to_string().contains(password), "{got}");
     // Sending the masked document back keeps the password.
-    let masked = got["hook"]["sources"][0]["nats"]["url"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let (st, v) = s
-        .put_hook(
-            "bus",
-            "jobs",
-            &hook(&masked, &stream, ", max_in_flight: 10"),
-        )
-        .await;
-    assert_eq!(st, 200, "{v}");
-    s.wait_source("bus", "jobs", 0, Duration::from_secs(10), |v| {
-        v["connected"] == true
+    support::put_masked_round_trip(&s, "nats", &with_password, password, |url| {
+        hook(url, &stream, ", max_in_flight: 10")
     })
     .await;
+    s.wait_connected("bus", "jobs", Duration::from_secs(10))
+        .await;
     publish(
         &js,
         &format!("{stream}.a"),
@@ -571,10 +552,8 @@ async fn passwords_and_tokens_are_masked_and_a_refused_login_shows_on_the_status
         .0,
         200
     );
-    s.wait_source("bus", "jobs", 0, Duration::from_secs(10), |v| {
-        v["connected"] == true
-    })
-    .await;
+    s.wait_connected("bus", "jobs", Duration::from_secs(10))
+        .await;
     publish(
         &js,
         &format!("{stream}.a"),
@@ -622,10 +601,8 @@ async fn passwords_and_tokens_are_masked_and_a_refused_login_shows_on_the_status
         .0,
         200
     );
-    s.wait_source("bus", "jobs", 0, Duration::from_secs(10), |v| {
-        v["connected"] == true
-    })
-    .await;
+    s.wait_connected("bus", "jobs", Duration::from_secs(10))
+        .await;
     publish(
         &js,
         &format!("{stream}.a"),
@@ -656,10 +633,8 @@ async fn a_server_restart_mid_stream_loses_nothing() {
             .0,
         201
     );
-    s.wait_source("bus", "jobs", 0, Duration::from_secs(10), |v| {
-        v["connected"] == true
-    })
-    .await;
+    s.wait_connected("bus", "jobs", Duration::from_secs(10))
+        .await;
     let n = 300;
     let mut sent = 0;
     for round in 0..3 {
@@ -686,9 +661,7 @@ async fn a_server_restart_mid_stream_loses_nothing() {
         .await;
     support::assert_once_each(&fires, &format!("nats:{stream}:"), n);
     let status = s
-        .wait_source("bus", "jobs", 0, Duration::from_secs(30), |v| {
-            v["connected"] == true
-        })
+        .wait_connected("bus", "jobs", Duration::from_secs(30))
         .await;
     assert!(status["last_error"].is_string(), "{status}");
 }
@@ -709,10 +682,8 @@ async fn kill_9_mid_stream_loses_nothing_and_repeats_nothing() {
             .0,
         201
     );
-    s.wait_source("bus", "jobs", 0, Duration::from_secs(10), |v| {
-        v["connected"] == true
-    })
-    .await;
+    s.wait_connected("bus", "jobs", Duration::from_secs(10))
+        .await;
     let n = 400;
     for i in 0..n {
         publish(

@@ -64,9 +64,7 @@ async fn entries_fire_the_hook_once_each_and_are_acknowledged() {
         .await;
     assert_eq!(st, 201, "{v}");
     let status = s
-        .wait_source("bus", "jobs", 0, Duration::from_secs(10), |v| {
-            v["connected"] == true
-        })
+        .wait_connected("bus", "jobs", Duration::from_secs(10))
         .await;
     assert_eq!(status["kind"], "redis");
     assert!(status["running_here"] == true, "{status}");
@@ -242,31 +240,13 @@ async fn passwords_are_never_shown_and_a_refused_login_shows_on_the_status() {
     let stream = stream();
 
     let with_password = format!("redis://{user}:{password}@{host}");
-    let (st, v) = s
-        .put_hook("bus", "jobs", &hook(&with_password, &stream, ""))
-        .await;
-    assert_eq!(st, 201, "{v}");
-    let shown = v.to_string();
-    assert!(!shown.contains(password), "{shown}");
-    let (_, got) = s.get("/api/v1/hooks/bus/jobs").await;
-    assert!(!got.to_string().contains(password), "{got}");
     // Sending the masked document back keeps the password.
-    let masked = got["hook"]["sources"][0]["redis"]["url"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let (st, v) = s
-        .put_hook(
-            "bus",
-            "jobs",
-            &hook(&masked, &stream, ", max_in_flight: 10"),
-        )
-        .await;
-    assert_eq!(st, 200, "{v}");
-    s.wait_source("bus", "jobs", 0, Duration::from_secs(10), |v| {
-        v["connected"] == true
+    support::put_masked_round_trip(&s, "redis", &with_password, password, |url| {
+        hook(url, &stream, ", max_in_flight: 10")
     })
     .await;
+    s.wait_connected("bus", "jobs", Duration::from_secs(10))
+        .await;
     add(&mut con, &stream, r#"{"kind": "build", "n": 1}"#).await;
     s.wait_created("bus", "jobs", 1, Duration::from_secs(10))
         .await;
@@ -307,10 +287,8 @@ async fn passwords_are_never_shown_and_a_refused_login_shows_on_the_status() {
         .0,
         200
     );
-    s.wait_source("bus", "jobs", 0, Duration::from_secs(10), |v| {
-        v["connected"] == true
-    })
-    .await;
+    s.wait_connected("bus", "jobs", Duration::from_secs(10))
+        .await;
     add(&mut con, &stream, r#"{"kind": "build", "n": 2}"#).await;
     s.wait_created("bus", "jobs", 2, Duration::from_secs(10))
         .await;
@@ -366,10 +344,8 @@ async fn dropped_connections_lose_nothing() {
             .0,
         201
     );
-    s.wait_source("bus", "jobs", 0, Duration::from_secs(10), |v| {
-        v["connected"] == true
-    })
-    .await;
+    s.wait_connected("bus", "jobs", Duration::from_secs(10))
+        .await;
     let n = 300;
     let publisher = {
         let mut con = con.clone();
@@ -400,9 +376,7 @@ async fn dropped_connections_lose_nothing() {
         .await;
     support::assert_once_each(&fires, &format!("redis:{stream}:"), n);
     let status = s
-        .wait_source("bus", "jobs", 0, Duration::from_secs(10), |v| {
-            v["connected"] == true
-        })
+        .wait_connected("bus", "jobs", Duration::from_secs(10))
         .await;
     assert!(status["last_error"].is_string(), "{status}");
     let _: () = con.del(&stream).await.unwrap();
@@ -426,10 +400,8 @@ async fn kill_9_mid_stream_loses_nothing_and_repeats_nothing() {
             .0,
         201
     );
-    s.wait_source("bus", "jobs", 0, Duration::from_secs(10), |v| {
-        v["connected"] == true
-    })
-    .await;
+    s.wait_connected("bus", "jobs", Duration::from_secs(10))
+        .await;
     let n = 400;
     for i in 0..n {
         add(
@@ -473,10 +445,8 @@ async fn two_instances_on_postgresql_fire_each_entry_once() {
     );
     // The other instance learns of the hook through the database.
     for s in &cluster {
-        s.wait_source("bus", "jobs", 0, Duration::from_secs(40), |v| {
-            v["connected"] == true
-        })
-        .await;
+        s.wait_connected("bus", "jobs", Duration::from_secs(40))
+            .await;
     }
     let n = 500;
     for i in 0..n {

@@ -141,6 +141,16 @@ pub struct AmqpSource {
 }
 }
 
+impl GitSource {
+    /// The repository is on the server's own disk (`file://`).
+    pub fn is_local(&self) -> bool {
+        self.url
+            .trim_start()
+            .to_ascii_lowercase()
+            .starts_with("file:")
+    }
+}
+
 impl AmqpSource {
     /// The binding keys in force: the written ones, else `#`.
     pub fn routing_keys(&self) -> Vec<String> {
@@ -379,7 +389,7 @@ impl SourceSpec {
 
     /// A `git` source reading a repository on the server's own disk (`file://`).
     pub fn is_local_git(&self) -> bool {
-        matches!(self, SourceSpec::Git(g) if g.url.trim_start().to_ascii_lowercase().starts_with("file:"))
+        matches!(self, SourceSpec::Git(g) if g.is_local())
     }
 
     /// The URL schemes the source accepts.

@@ -65,9 +65,7 @@ fn lease_ttl(interval: Duration) -> Duration {
 #[async_trait::async_trait]
 impl Source for Git {
     async fn run(&self, cx: &Cx) -> Result<(), String> {
-        if !cx.engine.config().git_file_urls
-            && self.spec.url.to_ascii_lowercase().starts_with("file:")
-        {
+        if !cx.engine.config().git_file_urls && self.spec.is_local() {
             return Err(taskhook_engine::LOCAL_GIT_REFUSED.into());
         }
         let interval = self.spec.interval()?;

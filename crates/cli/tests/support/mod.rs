@@ -492,6 +492,12 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+
+    /// Waits until a hook's first source is connected; its status.
+    pub async fn wait_connected(&self, group: &str, id: &str, limit: Duration) -> Value {
+        self.wait_source(group, id, 0, limit, |v| v["connected"] == true)
+            .await
+    }
 }
 
 /// Starts `n` instances sharing the PostgreSQL database `url` and one key ring, as every
@@ -585,10 +591,8 @@ pub async fn cluster_with_hook(db: &str, template: &str, hook: &str) -> Vec<Serv
     assert_eq!(st, 201, "{v}");
     // The other instance learns of the hook through the database.
     for s in &cluster {
-        s.wait_source("bus", "jobs", 0, Duration::from_secs(40), |v| {
-            v["connected"] == true
-        })
-        .await;
+        s.wait_connected("bus", "jobs", Duration::from_secs(40))
+            .await;
     }
     cluster
 }
@@ -606,4 +610,26 @@ pub async fn assert_cluster_once_each(cluster: &[Server], id_prefix: &str, n: us
         per_instance.push(st[0]["fired"].as_u64().unwrap());
     }
     eprintln!("messages fired per instance: {per_instance:?}");
+}
+
+/// Puts hook `bus/jobs` from `doc(url)`, `url` holding `password`: the answer and the hook as
+/// shown never contain the password, and the shown (masked) URL sent back keeps it (200).
+pub async fn put_masked_round_trip(
+    s: &Server,
+    kind: &str,
+    url: &str,
+    password: &str,
+    doc: impl Fn(&str) -> String,
+) {
+    let (st, v) = s.put_hook("bus", "jobs", &doc(url)).await;
+    assert_eq!(st, 201, "{v}");
+    assert!(!v.to_string().contains(password), "{v}");
+    let (_, got) = s.get("/api/v1/hooks/bus/jobs").await;
+    assert!(!got.to_string().contains(password), "{got}");
+    let masked = got["hook"]["sources"][0][kind]["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (st, v) = s.put_hook("bus", "jobs", &doc(&masked)).await;
+    assert_eq!(st, 200, "{v}");
 }
