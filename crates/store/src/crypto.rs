@@ -609,9 +609,9 @@ impl crate::Store {
     }
 
     /// Reseals every sealed value held under an older key, and every value stored before
-    /// sealing, with the newest key, page by page while the store keeps serving. Each page is
-    /// one short write of compare-and-swaps: a cell another writer changed since it was read
-    /// is left as that writer wrote it. The canary is resealed last.
+    /// sealing, with the newest key, page by page while the store keeps serving. Each cell is
+    /// a compare-and-swap: a cell another writer changed since it was read is left as that
+    /// writer wrote it. The canary is resealed last.
     pub async fn rotate_keys(&self) -> Result<RotationReport, StoreError> {
         let ring = self.key_ring().ok_or(KeyError::NoRing)?;
         let mut report = RotationReport {

@@ -61,15 +61,16 @@ impl PgStore {
         Ok(out)
     }
 
-    /// Applies each swap while its cell still holds the old text, in one transaction; returns
-    /// how many were applied.
+    /// Applies each swap while its cell still holds the old text, each as its own statement;
+    /// returns how many were applied. No transaction spans the page: one holding many rows'
+    /// locks deadlocked with the writes going on meanwhile (which lock rows in other orders),
+    /// and a single-row compare-and-swap needs none.
     pub(crate) async fn swap_sealed(
         &self,
         table: &'static SealedTable,
         swaps: Vec<CellSwap>,
     ) -> Result<usize> {
-        let mut c = self.client().await?;
-        let tx = c.transaction().await?;
+        let c = self.client().await?;
         let mut done = 0;
         for s in &swaps {
             let col = table.columns[s.column].0;
@@ -83,9 +84,8 @@ impl PgStore {
             );
             let mut args: Vec<Param<'_>> = vec![&s.new, &s.old];
             args.extend(s.key.iter().map(param));
-            done += execute(&tx, &sql, &args).await? as usize;
+            done += execute(&c, &sql, &args).await? as usize;
         }
-        tx.commit().await?;
         Ok(done)
     }
 }
